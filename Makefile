@@ -1,0 +1,64 @@
+# edgesplit: two commands on a fresh machine.
+#   make run    set up everything, then run the main job on the embedded default
+#   make test   set up everything, then lint and run the whole test suite (tiers timed)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: run test lint setup data proto bench clean help
+
+help:
+	@echo "make run    - set up and run the default job (emulated 3-device cluster)"
+	@echo "make test   - set up, lint, and run every test tier"
+	@echo "make lint   - ruff check, ruff format --check, mypy on src/"
+	@echo "make proto  - regenerate the gRPC code from src/edgesplit/runtime/edgesplit.proto"
+	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml or constraints.txt change.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# The real Fashion-MNIST test set comes from Debian's dataset-fashion-mnist package.
+data:
+	@if [ -d $(DATA_DIR) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dataset-fashion-mnist with apt-get"; \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+	  echo "installing dataset-fashion-mnist with sudo apt-get"; \
+	  sudo apt-get update -q >/dev/null && sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "NOTE: $(DATA_DIR) not found and apt-get is not usable here."; \
+	  echo "      Install Debian/Ubuntu's dataset-fashion-mnist, or pass --data-dir / --download."; \
+	fi
+
+run: setup
+	$(BIN)/edgesplit run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup
+	@bash scripts/test-tiers.sh
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""One exception hierarchy for edgesplit.
+
+Every error says what was expected and what was given. Lower-level exceptions (grpc, OSError,
+torch.fx) are translated into these at the boundary, so the CLI only has to catch
+:class:`EdgesplitError`.
+"""
+
+
+class EdgesplitError(Exception):
+    """Base class of every error edgesplit raises on purpose."""
+
+
+class ConfigError(EdgesplitError):
+    """A config file, CLI option or spec is malformed."""
+
+
+class ModelError(EdgesplitError):
+    """A model name, checkpoint or weight file is unknown, missing or does not match."""
+
+
+class GraphError(EdgesplitError):
+    """A model cannot be traced or split."""
+
+
+class PartitionError(EdgesplitError):
+    """A partition (list of unit ranges) is malformed or does not fit the model."""
+
+
+class PlanError(EdgesplitError):
+    """No plan satisfies the constraints."""
+
+
+class DataError(EdgesplitError):
+    """A dataset is missing, corrupt or unknown."""
+
+
+class WorkerError(EdgesplitError):
+    """A worker refused a request, or could not be reached."""
+
+
+class RunError(EdgesplitError):
+    """A distributed run could not complete."""
