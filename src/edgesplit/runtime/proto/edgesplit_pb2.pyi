@@ -1,0 +1,209 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class HopTiming(_message.Message):
+    __slots__ = ("device", "stage", "received", "compute_start", "compute_end", "serialize_end", "send_start", "send_end", "bytes_out", "batch_size")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_START_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_END_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZE_END_FIELD_NUMBER: _ClassVar[int]
+    SEND_START_FIELD_NUMBER: _ClassVar[int]
+    SEND_END_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    stage: int
+    received: float
+    compute_start: float
+    compute_end: float
+    serialize_end: float
+    send_start: float
+    send_end: float
+    bytes_out: int
+    batch_size: int
+    def __init__(self, device: _Optional[str] = ..., stage: _Optional[int] = ..., received: _Optional[float] = ..., compute_start: _Optional[float] = ..., compute_end: _Optional[float] = ..., serialize_end: _Optional[float] = ..., send_start: _Optional[float] = ..., send_end: _Optional[float] = ..., bytes_out: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class MicroBatch(_message.Message):
+    __slots__ = ("request_id", "plan_epoch", "tensor", "hops")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    plan_epoch: int
+    tensor: Tensor
+    hops: _containers.RepeatedCompositeFieldContainer[HopTiming]
+    def __init__(self, request_id: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., hops: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("since_t",)
+    SINCE_T_FIELD_NUMBER: _ClassVar[int]
+    since_t: float
+    def __init__(self, since_t: _Optional[float] = ...) -> None: ...
+
+class DeviceSample(_message.Message):
+    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv")
+    T_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CPU_FREQ_MHZ_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_FIELD_NUMBER: _ClassVar[int]
+    NET_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    NET_BYTES_RECV_FIELD_NUMBER: _ClassVar[int]
+    t: float
+    cpu_percent: float
+    process_cpu_percent: float
+    cpu_freq_mhz: float
+    memory_percent: float
+    rss_mb: float
+    temperature_c: float
+    throttled: int
+    net_bytes_sent: int
+    net_bytes_recv: int
+    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ...) -> None: ...
+
+class EpochInfo(_message.Message):
+    __slots__ = ("epoch", "stage", "start", "end", "next_hop")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    stage: int
+    start: int
+    end: int
+    next_hop: str
+    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EDGESPLIT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRPC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOBUF_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NUM_UNITS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    SEND_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    protocol_version: int
+    edgesplit_version: str
+    torch_version: str
+    grpc_version: str
+    protobuf_version: str
+    python_version: str
+    clock: float
+    model: str
+    weights_sha256: str
+    num_units: int
+    epochs: _containers.RepeatedCompositeFieldContainer[EpochInfo]
+    queue_depth: int
+    send_queue_depth: int
+    processed: int
+    samples: _containers.RepeatedCompositeFieldContainer[DeviceSample]
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    threads: int
+    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    weights_sha256: str
+    weights: bytes
+    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., in_channels: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights: _Optional[bytes] = ...) -> None: ...
+
+class LoadModelReply(_message.Message):
+    __slots__ = ("loaded", "need_weights", "num_units")
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    NEED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_UNITS_FIELD_NUMBER: _ClassVar[int]
+    loaded: bool
+    need_weights: bool
+    num_units: int
+    def __init__(self, loaded: _Optional[bool] = ..., need_weights: _Optional[bool] = ..., num_units: _Optional[int] = ...) -> None: ...
+
+class InstallPlanRequest(_message.Message):
+    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MBPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    stage: int
+    start: int
+    end: int
+    next_hop: str
+    coordinator: str
+    bandwidth_mbps: float
+    latency_ms: float
+    next_token: str
+    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., coordinator: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., next_token: _Optional[str] = ...) -> None: ...
+
+class DropEpochRequest(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class FailureReport(_message.Message):
+    __slots__ = ("device", "plan_epoch", "request_id", "next_hop", "message")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    plan_epoch: int
+    request_id: int
+    next_hop: str
+    message: str
+    def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
