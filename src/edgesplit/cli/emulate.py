@@ -1,0 +1,171 @@
+"""``edgesplit emulate``: run N real workers on this machine until Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from edgesplit.cli import main
+from edgesplit.config import LinkSpec
+from edgesplit.emulate import (
+    EmulatedCluster,
+    EmulatedDevice,
+    cluster_table,
+    default_worker_cmd,
+    exit_on_sigterm,
+    template_worker_cmd,
+    uniform_devices,
+)
+from edgesplit.errors import ConfigError
+
+MECHANISMS = ("auto", "cgroup-v2", "cgroup-v1", "affinity", "none")
+
+
+def _overrides(devices: list[EmulatedDevice], items: tuple[str, ...]) -> list[EmulatedDevice]:
+    cpus: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            cpus[name] = float(value) if sep else float("nan")
+        except ValueError:
+            cpus[name] = float("nan")
+        if cpus[name] != cpus[name]:
+            raise ConfigError(f"--device-cpus expects NAME=CPUS like pi2=0.25, got {item!r}")
+    unknown = sorted(set(cpus) - {d.name for d in devices})
+    if unknown:
+        raise ConfigError(f"--device-cpus names unknown devices {unknown}")
+    return [EmulatedDevice(d.name, cpus.get(d.name, d.cpus), d.threads) for d in devices]
+
+
+@main.command()
+@click.option(
+    "--devices",
+    "-n",
+    "n",
+    type=click.IntRange(1, 64),
+    required=True,
+    help="Number of emulated devices (named pi1..piN).",
+)
+@click.option(
+    "--cpus",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="CPU share of each device in cores (0.5 = half of one core).",
+)
+@click.option(
+    "--device-cpus",
+    multiple=True,
+    metavar="NAME=CPUS",
+    help="Override one device's CPU share, e.g. pi3=0.25 (repeatable).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Worker threads per device [default: max(1, ceil(cpus))].",
+)
+@click.option(
+    "--bandwidth-mbps",
+    type=float,
+    default=940.0,
+    show_default=True,
+    help="Default link bandwidth in Mbit/s (0 = unshaped).",
+)
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Default link one-way latency in ms.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the cluster file here [default: cluster.yaml in the cluster folder].",
+)
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for token, ready files and worker logs [default: a temporary one, "
+    "removed on exit].",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="First worker port (pi1 gets it, pi2 the next...); 0 = any free port.",
+)
+@click.option(
+    "--mechanism",
+    type=click.Choice(MECHANISMS),
+    default="auto",
+    show_default=True,
+    help="How CPU shares are enforced; auto picks cgroups when writable, else affinity.",
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for every worker to report ready.",
+)
+@click.option("--worker-command", default=None, metavar="TEMPLATE",
+              help="Run this instead of 'python -m edgesplit worker'; placeholders {name} "
+              "{listen} {token_file} {threads} {ready_file}.")  # fmt: skip
+def emulate(
+    n: int,
+    cpus: float,
+    device_cpus: tuple[str, ...],
+    threads: int | None,
+    bandwidth_mbps: float,
+    latency_ms: float,
+    out: Path | None,
+    folder: Path | None,
+    base_port: int,
+    mechanism: str,
+    ready_timeout: float,
+    worker_command: str | None,
+) -> None:
+    """Start an emulated cluster of N real worker processes on this machine; Ctrl-C stops it."""
+    devices = _overrides(uniform_devices(n, cpus, threads), device_cpus)
+    if latency_ms < 0:
+        raise ConfigError(f"--latency-ms must be >= 0, got {latency_ms}")
+    link = LinkSpec(bandwidth_mbps=bandwidth_mbps if bandwidth_mbps > 0 else None,
+                    latency_ms=latency_ms)  # fmt: skip
+    worker_cmd = template_worker_cmd(worker_command) if worker_command else default_worker_cmd
+    with exit_on_sigterm():
+        cluster = EmulatedCluster.start(
+            devices,
+            link,
+            worker_cmd=worker_cmd,
+            folder=folder,
+            base_port=base_port,
+            mechanism=mechanism,  # type: ignore[arg-type]  # click.Choice checked it
+            ready_timeout_s=ready_timeout,
+        )
+        with cluster:
+            path = cluster.write_spec(out if out is not None else cluster.folder / "cluster.yaml")
+            click.echo(cluster_table(cluster.spec))
+            click.echo(f"cluster file: {path}\nlogs: {cluster.folder}\nCtrl-C to stop.")
+            _watch(cluster)
+
+
+def _watch(cluster: EmulatedCluster) -> None:
+    """Run until interrupted, saying once when a worker exits on its own."""
+    reported: set[str] = set()
+    try:
+        while True:
+            for name, code in cluster.poll().items():
+                if code is not None and name not in reported:
+                    reported.add(name)
+                    click.echo(f"{name} exited with code {code}; see {cluster.log_path(name)}",
+                               err=True)  # fmt: skip
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping", err=True)

@@ -1,0 +1,566 @@
+"""Emulated cluster: N real worker processes on this machine, each limited to a CPU share.
+
+A CPU share is a cgroup CPU quota when we may create cgroups (v2 ``cpu.max`` or v1
+``cpu.cfs_quota_us``), otherwise worker threads plus CPU affinity; the cluster spec records
+which mechanism is in force, so results say what they were measured under.
+
+No worker outlives the cluster: each child runs in its own process group (so a stop also ends
+anything it spawned), asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``,
+which covers a SIGKILLed parent), and :meth:`EmulatedCluster.close` runs on ``with`` exit,
+atexit, and SIGTERM (via :func:`exit_on_sigterm`). A SIGKILLed parent cannot remove its cgroup
+directories; the next cluster start sweeps them (:func:`sweep_stale_cgroups`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from edgesplit.config import (
+    ClusterSpec,
+    DeviceSpec,
+    EmulationSpec,
+    LinkSpec,
+    PairLink,
+    dump_cluster,
+)
+from edgesplit.errors import ConfigError, WorkerError
+
+log = logging.getLogger(__name__)
+
+Mechanism = Literal["cgroup-v1", "cgroup-v2", "affinity", "none"]
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+MIN_CPUS = 0.01
+"""The kernel refuses CFS quotas below 1 ms per period."""
+PR_SET_PDEATHSIG = 1
+_CGROUP_NAME = re.compile(r"^edgesplit-(\d+)-")
+
+
+@dataclass(frozen=True)
+class EmulatedDevice:
+    """One emulated device: a worker limited to ``cpus`` cores (0.5 = half a core)."""
+
+    name: str
+    cpus: float = 1.0
+    threads: int | None = None
+    """Worker compute threads; default ``max(1, ceil(cpus))``."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"device name must match [A-Za-z0-9_.-]+, got {self.name!r}")
+        if not self.cpus >= MIN_CPUS:
+            raise ConfigError(f"device {self.name}: cpus must be >= {MIN_CPUS}, got {self.cpus}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"device {self.name}: threads must be >= 1, got {self.threads}")
+
+    @property
+    def worker_threads(self) -> int:
+        return self.threads if self.threads is not None else max(1, math.ceil(self.cpus))
+
+
+def uniform_devices(n: int, cpus: float = 1.0, threads: int | None = None) -> list[EmulatedDevice]:
+    """``n`` equal devices named ``pi1`` .. ``piN``."""
+    if n < 1:
+        raise ConfigError(f"an emulated cluster needs at least 1 device, got {n}")
+    return [EmulatedDevice(f"pi{i}", cpus, threads) for i in range(1, n + 1)]
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """What a worker command needs to know to start one device's worker."""
+
+    name: str
+    listen: str
+    token_file: Path
+    threads: int
+    ready_file: Path
+    """The worker writes its bound ``host:port`` here atomically once it serves."""
+
+
+WorkerCommand = Callable[[WorkerLaunch], Sequence[str]]
+
+
+def default_worker_cmd(launch: WorkerLaunch) -> list[str]:
+    """The real worker: ``python -m edgesplit worker ...``."""
+    return [
+        sys.executable, "-m", "edgesplit", "worker",
+        "--listen", launch.listen,
+        "--name", launch.name,
+        "--token-file", str(launch.token_file),
+        "--threads", str(launch.threads),
+        "--ready-file", str(launch.ready_file),
+    ]  # fmt: skip
+
+
+def template_worker_cmd(template: str) -> WorkerCommand:
+    """A worker command from a shell-style template with ``{name}``, ``{listen}``,
+    ``{token_file}``, ``{threads}`` and ``{ready_file}`` placeholders."""
+    try:
+        shlex.split(
+            template.format(name="x", listen="x", token_file="x", threads=1, ready_file="x")
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"worker command template {template!r} is malformed: {exc}") from None
+
+    def build(launch: WorkerLaunch) -> list[str]:
+        return shlex.split(template.format(**vars(launch)))
+
+    return build
+
+
+# --- CPU share mechanisms ---------------------------------------------------------------------
+
+
+def _probe_mkdir(parent: Path) -> bool:
+    # os.access says yes to root even where the kernel refuses a child cgroup; just try.
+    probe = parent / f"edgesplit-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def cgroup_base(mechanism: Mechanism, cgroup_root: Path = CGROUP_ROOT) -> Path | None:
+    """The directory edgesplit's cgroups are created in for ``mechanism``, if it has one."""
+    if mechanism == "cgroup-v1":
+        return cgroup_root / "cpu"
+    if mechanism == "cgroup-v2":
+        for base in (cgroup_root, cgroup_root / "unified"):
+            controllers = base / "cgroup.controllers"
+            if controllers.exists() and "cpu" in controllers.read_text().split():
+                return base
+    return None
+
+
+def detect_mechanism(cgroup_root: Path = CGROUP_ROOT) -> Mechanism:
+    """The best CPU-share mechanism available here: cgroup v2, cgroup v1, affinity, none."""
+    v2 = cgroup_base("cgroup-v2", cgroup_root)
+    if v2 is not None and _probe_mkdir(v2):
+        return "cgroup-v2"
+    v1 = cgroup_root / "cpu"
+    if (v1 / "cpu.cfs_quota_us").exists() and _probe_mkdir(v1):
+        return "cgroup-v1"
+    return "affinity" if hasattr(os, "sched_setaffinity") else "none"
+
+
+def create_cgroup(
+    mechanism: Mechanism, name: str, cpus: float, cgroup_root: Path = CGROUP_ROOT
+) -> Path:
+    """Create ``edgesplit-<ourpid>-<name>`` limited to ``cpus`` cores; returns its directory."""
+    base = cgroup_base(mechanism, cgroup_root)
+    if base is None:
+        raise ConfigError(f"{mechanism} has no cpu controller under {cgroup_root}")
+    quota_us = max(round(cpus * CFS_PERIOD_US), 1000)
+    path = base / f"edgesplit-{os.getpid()}-{name}"
+    try:
+        if mechanism == "cgroup-v2":
+            subtree = base / "cgroup.subtree_control"
+            if "cpu" not in subtree.read_text().split():
+                subtree.write_text("+cpu")
+        path.mkdir(exist_ok=True)
+        if mechanism == "cgroup-v2":
+            (path / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
+        else:
+            (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+            (path / "cpu.cfs_quota_us").write_text(str(quota_us))
+    except OSError as exc:
+        raise WorkerError(f"cannot create cgroup {path} for {name}: {exc}") from exc
+    return path
+
+
+def remove_cgroup(path: Path, timeout_s: float = 2.0) -> bool:
+    """Remove an (emptied) cgroup directory; retries while the kernel still lists exiting tasks."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                log.warning("cannot remove cgroup %s: %s", path, exc)
+                return False
+            time.sleep(0.05)
+
+
+def sweep_stale_cgroups(cgroup_root: Path = CGROUP_ROOT) -> list[Path]:
+    """Remove edgesplit cgroups whose creating process is gone (e.g. it was SIGKILLed)."""
+    removed = []
+    mechanisms: tuple[Mechanism, ...] = ("cgroup-v1", "cgroup-v2")
+    for mechanism in mechanisms:
+        base = cgroup_base(mechanism, cgroup_root)
+        if base is None or not base.is_dir():
+            continue
+        for path in base.glob("edgesplit-*"):
+            match = _CGROUP_NAME.match(path.name)
+            if match and not psutil.pid_exists(int(match.group(1))) and remove_cgroup(path, 0.0):
+                removed.append(path)
+    return removed
+
+
+def affinity_sets(devices: Sequence[EmulatedDevice], host_cpus: Sequence[int]) -> list[set[int]]:
+    """CPU sets for the affinity mechanism: ``ceil(cpus)`` CPUs each, dealt round-robin."""
+    cpus = sorted(host_cpus)
+    sets, next_cpu = [], 0
+    for device in devices:
+        want = min(max(1, math.ceil(device.cpus)), len(cpus))
+        sets.append({cpus[(next_cpu + k) % len(cpus)] for k in range(want)})
+        next_cpu = (next_cpu + want) % len(cpus)
+    return sets
+
+
+def _child_setup(
+    parent_pid: int, procs_file: Path | None, cpu_set: set[int] | None
+) -> Callable[[], None]:
+    """The function the child runs between fork and exec. Everything it needs is bound here:
+    loading libraries after fork can deadlock in a threaded parent."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    procs = str(procs_file) if procs_file is not None else None
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+        if procs is not None:
+            with open(procs, "w") as fh:
+                fh.write(str(os.getpid()))
+        if cpu_set is not None:
+            os.sched_setaffinity(0, cpu_set)
+
+    return setup
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    device: EmulatedDevice
+    launch: WorkerLaunch
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    cgroup: Path | None = None
+    address: str | None = None
+    state: Literal["starting", "running", "paused", "stopped"] = "starting"
+
+
+@dataclass
+class EmulatedCluster:
+    """Running emulated devices. Build with :meth:`start`; use as a context manager."""
+
+    folder: Path
+    mechanism: Mechanism
+    token_file: Path
+    default_link: LinkSpec
+    links: tuple[PairLink, ...]
+    _workers: dict[str, _Worker] = field(default_factory=dict)
+    _own_folder: bool = False
+    _closed: bool = False
+
+    @classmethod
+    def start(
+        cls,
+        devices: Sequence[EmulatedDevice],
+        default_link: LinkSpec | None = None,
+        links: Sequence[PairLink] = (),
+        *,
+        worker_cmd: WorkerCommand = default_worker_cmd,
+        folder: Path | None = None,
+        base_port: int = 0,
+        mechanism: Mechanism | Literal["auto"] = "auto",
+        ready_timeout_s: float = 60.0,
+        cgroup_root: Path = CGROUP_ROOT,
+    ) -> EmulatedCluster:
+        """Start one worker per device and wait until every one has written its ready file.
+
+        Raises WorkerError (with the tail of the worker's log) when a worker exits or is not
+        ready within ``ready_timeout_s``; everything started so far is stopped first.
+        """
+        names = [d.name for d in devices]
+        if not devices or len(set(names)) != len(names):
+            raise ConfigError(f"expected at least one device and unique names, got {names}")
+        if mechanism == "auto":
+            mechanism = detect_mechanism(cgroup_root)
+        if mechanism.startswith("cgroup"):
+            sweep_stale_cgroups(cgroup_root)
+        own = folder is None
+        folder = Path(tempfile.mkdtemp(prefix="edgesplit-emulate-")) if folder is None else folder
+        folder.mkdir(parents=True, exist_ok=True)
+        token_file = folder / "token"
+        with contextlib.suppress(FileNotFoundError):
+            token_file.unlink()
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+        cluster = cls(folder, mechanism, token_file, default_link or LinkSpec(), tuple(links))
+        cluster._own_folder = own
+        atexit.register(cluster.close)
+        try:
+            cpu_sets = affinity_sets(devices, _host_cpus())
+            for i, device in enumerate(devices):
+                port = base_port + i if base_port else 0
+                cluster._spawn(device, worker_cmd, port, cpu_sets[i], cgroup_root)
+            cluster._wait_ready(ready_timeout_s)
+        except BaseException:
+            cluster.close()
+            raise
+        log.info("emulated cluster up: %s (%s) in %s", ", ".join(names), mechanism, folder)
+        return cluster
+
+    def _spawn(
+        self,
+        device: EmulatedDevice,
+        worker_cmd: WorkerCommand,
+        port: int,
+        cpu_set: set[int],
+        cgroup_root: Path,
+    ) -> None:
+        launch = WorkerLaunch(
+            name=device.name,
+            listen=f"127.0.0.1:{port}",
+            token_file=self.token_file,
+            threads=device.worker_threads,
+            ready_file=self.folder / f"{device.name}.ready",
+        )
+        with contextlib.suppress(FileNotFoundError):
+            launch.ready_file.unlink()
+        cgroup = None
+        if self.mechanism in ("cgroup-v1", "cgroup-v2"):
+            cgroup = create_cgroup(self.mechanism, device.name, device.cpus, cgroup_root)
+        affinity = cpu_set if self.mechanism == "affinity" else None
+        procs = cgroup / "cgroup.procs" if cgroup is not None else None
+        log_path = self.folder / f"{device.name}.log"
+        argv = list(worker_cmd(launch))
+        try:
+            with open(log_path, "wb") as log_fh:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: killpg reaches grandchildren
+                    preexec_fn=_child_setup(os.getpid(), procs, affinity),
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            if cgroup is not None:
+                remove_cgroup(cgroup)
+            raise WorkerError(f"cannot start worker {device.name} ({argv[0]}): {exc}") from exc
+        self._workers[device.name] = _Worker(device, launch, log_path, process, cgroup)
+        log.debug("[%s] started pid %d: %s", device.name, process.pid, shlex.join(argv))
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = dict(self._workers)
+        while pending:
+            for name, worker in list(pending.items()):
+                text = _read_ready(worker.launch.ready_file)
+                if text:
+                    worker.address, worker.state = text, "running"
+                    del pending[name]
+                elif worker.process.poll() is not None:
+                    raise WorkerError(
+                        f"worker {name} exited with code {worker.process.returncode} before it "
+                        f"was ready; last lines of {worker.log_path}:\n{_tail(worker.log_path)}"
+                    )
+            if pending and time.monotonic() > deadline:
+                name, worker = next(iter(pending.items()))
+                raise WorkerError(
+                    f"workers {sorted(pending)} not ready after {timeout_s:g} s (no "
+                    f"{worker.launch.ready_file.name}); last lines of {worker.log_path}:\n"
+                    f"{_tail(worker.log_path)}"
+                )
+            if pending:
+                time.sleep(0.05)
+        self.spec  # noqa: B018 - validate the addresses now, not at the caller's first use
+
+    @property
+    def spec(self) -> ClusterSpec:
+        """The cluster file's content: addresses, token file, links, and each CPU share."""
+        devices = []
+        for w in self._workers.values():
+            emulation = EmulationSpec(
+                cpus=w.device.cpus, mechanism=self.mechanism, pid=w.process.pid
+            )
+            try:
+                devices.append(
+                    DeviceSpec(
+                        name=w.device.name,
+                        address=w.address or "",
+                        threads=w.device.worker_threads,
+                        emulation=emulation,
+                    )
+                )
+            except ValueError as exc:
+                raise WorkerError(
+                    f"worker {w.device.name} wrote {w.address!r} to {w.launch.ready_file}; "
+                    f"expected HOST:PORT ({exc})"
+                ) from None
+        return ClusterSpec(
+            devices=devices,
+            default_link=self.default_link,
+            links=list(self.links),
+            token_file=self.token_file,
+        )
+
+    def write_spec(self, path: Path) -> Path:
+        """Write the cluster file atomically (a reader never sees half a file)."""
+        tmp = path.with_name(path.name + ".tmp")
+        dump_cluster(self.spec, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._workers)
+
+    def _worker(self, name: str) -> _Worker:
+        if name not in self._workers:
+            raise ConfigError(f"no emulated device {name!r}; devices: {', '.join(self._workers)}")
+        return self._workers[name]
+
+    def pid(self, name: str) -> int:
+        return self._worker(name).process.pid
+
+    def log_path(self, name: str) -> Path:
+        return self._worker(name).log_path
+
+    def cgroup(self, name: str) -> Path | None:
+        return self._worker(name).cgroup
+
+    def poll(self) -> dict[str, int | None]:
+        """Exit code of every worker, ``None`` while it runs."""
+        return {name: w.process.poll() for name, w in self._workers.items()}
+
+    def _signal(self, worker: _Worker, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.process.pid, sig)
+
+    def pause(self, name: str) -> None:
+        """Freeze a device (SIGSTOP): it keeps its connections but answers nothing."""
+        worker = self._worker(name)
+        self._signal(worker, signal.SIGSTOP)
+        worker.state = "paused"
+
+    def resume(self, name: str) -> None:
+        worker = self._worker(name)
+        self._signal(worker, signal.SIGCONT)
+        worker.state = "running"
+
+    def kill(self, name: str) -> None:
+        """Crash a device: SIGKILL, no goodbye."""
+        self._stop(self._worker(name), grace_s=0.0)
+
+    def stop(self, name: str, grace_s: float = 5.0) -> None:
+        """Stop a device: SIGTERM, then SIGKILL after ``grace_s``."""
+        self._stop(self._worker(name), grace_s)
+
+    def _stop(self, worker: _Worker, grace_s: float) -> None:
+        if worker.process.poll() is None:
+            if grace_s > 0:
+                self._signal(worker, signal.SIGTERM)
+                self._signal(worker, signal.SIGCONT)  # a paused worker must run to exit
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.process.wait(grace_s)
+            if worker.process.poll() is None:
+                self._signal(worker, signal.SIGKILL)
+                worker.process.wait()
+        # The group may hold grandchildren that outlived the leader.
+        self._signal(worker, signal.SIGKILL)
+        if worker.cgroup is not None and remove_cgroup(worker.cgroup):
+            worker.cgroup = None
+        worker.state = "stopped"
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop every worker, remove the cgroups and, if we made it, the folder. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        for worker in self._workers.values():
+            if worker.process.poll() is None and grace_s > 0:
+                self._signal(worker, signal.SIGTERM)
+                self._signal(worker, signal.SIGCONT)
+        deadline = time.monotonic() + grace_s
+        for worker in self._workers.values():
+            self._stop(worker, max(deadline - time.monotonic(), 0.01) if grace_s > 0 else 0.0)
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> EmulatedCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _host_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _read_ready(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit in the main thread, so ``with`` blocks clean up."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cluster_table(spec: ClusterSpec) -> str:
+    """A short fixed-width table of the devices in ``spec``."""
+    rows = [("device", "address", "cpus", "threads", "mechanism", "pid")]
+    for d in spec.devices:
+        emu = d.emulation or EmulationSpec()
+        rows.append(
+            (d.name, d.address, f"{emu.cpus:g}", str(d.threads or ""), emu.mechanism, str(emu.pid))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
