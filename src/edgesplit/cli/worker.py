@@ -1,0 +1,118 @@
+"""``edgesplit worker``: serve one device's Worker until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from edgesplit.cli import main
+from edgesplit.config import TlsSpec, env_token, read_token_file
+from edgesplit.errors import ConfigError
+from edgesplit.runtime.worker import WorkerConfig, serve
+
+log = logging.getLogger(__name__)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Launchers poll for this file, so it must never be seen half-written."""
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsSpec | None:
+    given = [p for p in (cert, key, ca) if p is not None]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise ConfigError("mTLS needs all of --tls-cert, --tls-key and --tls-ca")
+    assert cert is not None and key is not None and ca is not None
+    return TlsSpec(ca=ca, cert=cert, key=key)
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="0.0.0.0:50051",
+    show_default=True,
+    help="HOST:PORT to serve on; port 0 picks a free port (see --ready-file).",
+)
+@click.option("--name", required=True, help="This device's name, as in the cluster file.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="File holding the cluster token (default: $EDGESPLIT_TOKEN).",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve without token auth (only on a trusted, isolated network).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch intra-op threads for stage compute (default: torch's choice).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM certificate of this worker (mTLS; needs --tls-key and --tls-ca).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM private key of this worker.",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM CA that signs the cluster's certificates; clients must present one.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path),
+    help="Write the bound HOST:PORT here (atomically) once serving.",
+)
+def worker(
+    listen: str,
+    name: str,
+    token_file: Path | None,
+    insecure_no_token: bool,
+    threads: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    ready_file: Path | None,
+) -> None:
+    """Serve this device's stages of a split model until SIGTERM or SIGINT."""
+    token = read_token_file(token_file) if token_file is not None else env_token()
+    config = WorkerConfig(
+        name=name, token=token, threads=threads, tls=_tls(tls_cert, tls_key, tls_ca)
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("[%s] got signal %d, shutting down", name, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running = serve(config, listen, insecure_no_token=insecure_no_token)
+    try:
+        if ready_file is not None:
+            _write_atomically(ready_file, running.address)
+        click.echo(f"worker {name} serving on {running.address}", err=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        running.stop()

@@ -1,0 +1,149 @@
+"""gRPC plumbing shared by the worker and the coordinator: servers, channels, handlers.
+
+Servers register handlers built here rather than protoc's ``add_*Servicer_to_server``: the
+handler receives raw bytes and parses them itself, so a garbage payload gets an
+``INVALID_ARGUMENT`` status naming the expected message instead of grpc's generic
+"Exception deserializing request". Handlers raise :class:`Refused` to answer with a status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from edgesplit.config import TlsSpec
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime import MAX_MESSAGE_BYTES
+from edgesplit.runtime.auth import (
+    TokenClientInterceptor,
+    TokenServerInterceptor,
+    channel_credentials,
+    server_credentials,
+)
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req", bound=Message)
+
+GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Keep-alives notice a dead peer on an idle persistent channel.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *GRPC_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+)
+
+
+class Refused(EdgesplitError):
+    """Raised by a handler to answer the call with ``code`` and a message saying what was
+    expected."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Handler = tuple[type[Message], Callable[[Any], Message]]
+"""(request message class, implementation taking the parsed request)."""
+
+
+def _unary(
+    service: str, method: str, request_cls: type[Message], impl: Callable[[Any], Message]
+) -> grpc.RpcMethodHandler:
+    def handle(raw: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            request = request_cls.FromString(raw)
+        except DecodeError as exc:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method} expects a serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
+            )
+        try:
+            return impl(request).SerializeToString()
+        except Refused as exc:
+            context.abort(exc.code, str(exc))
+        except EdgesplitError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:  # a bug must not take the server down
+            log.exception("%s/%s failed", service, method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def service_handler(service: str, methods: Mapping[str, Handler]) -> grpc.GenericRpcHandler:
+    """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``)."""
+    handlers = {name: _unary(service, name, cls, impl) for name, (cls, impl) in methods.items()}
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def make_server(
+    handlers: Sequence[grpc.GenericRpcHandler],
+    tokens: Sequence[str] | None,
+    max_workers: int = 8,
+) -> grpc.Server:
+    """A sync gRPC server with size limits, and token auth unless ``tokens`` is None."""
+    interceptors = [TokenServerInterceptor(tokens)] if tokens is not None else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        handlers=list(handlers),
+        interceptors=interceptors,
+        options=list(SERVER_OPTIONS),
+        maximum_concurrent_rpcs=max_workers * 8,
+    )
+    return server
+
+
+def bind(server: grpc.Server, address: str, tls: TlsSpec | None) -> int:
+    """Bind ``address`` (port 0 picks a free one) and return the bound port."""
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, server_credentials(tls))
+    except RuntimeError as exc:
+        raise EdgesplitError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise EdgesplitError(f"cannot listen on {address}: the address is in use or invalid")
+    return int(port)
+
+
+def open_channel(
+    address: str, token: str | None, tls: TlsSpec | None = None, server_name: str | None = None
+) -> grpc.Channel:
+    """A channel to ``address`` that sends ``token`` on every call (mTLS when ``tls``).
+
+    ``server_name`` overrides the name checked against the server certificate (useful when
+    certificates name devices rather than IP addresses).
+    """
+    options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+    if tls is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
+    if token:
+        channel = grpc.intercept_channel(channel, TokenClientInterceptor(token))
+    return channel
+
+
+def describe_rpc_error(exc: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, for one-line error messages."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {details}"

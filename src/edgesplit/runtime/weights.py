@@ -1,0 +1,83 @@
+"""Model weights on the wire and in the worker's cache, as safetensors (never pickle).
+
+Weights are identified by :func:`edgesplit.models.state_dict_sha256`, a digest of the state
+dict itself, so a worker verifies what it loaded regardless of how the file was written.
+The cache lives in ``~/.cache/edgesplit/weights`` unless ``EDGESPLIT_CACHE_DIR`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from edgesplit.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EDGESPLIT_CACHE_DIR"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def cache_dir() -> Path:
+    """Where verified weights are kept: ``$EDGESPLIT_CACHE_DIR`` or ``~/.cache/edgesplit``,
+    plus ``weights/``. The only place this package reads that variable."""
+    root = os.environ.get(CACHE_ENV, "").strip()
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edgesplit"
+    return base / "weights"
+
+
+def check_sha256(digest: str) -> str:
+    """``digest`` if it is 64 lowercase hex digits; it names a file, so nothing else passes."""
+    if not _SHA256.match(digest):
+        raise ModelError(f"weights sha256 must be 64 lowercase hex digits, got {digest[:80]!r}")
+    return digest
+
+
+def to_bytes(model: nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return st_save(state)
+
+
+def from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes into a state dict; a malformed blob is a :class:`ModelError`."""
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises several types for malformed input
+        raise ModelError(f"weights are not a valid safetensors blob: {exc}") from exc
+
+
+def cached(sha256: str) -> bytes | None:
+    """The cached safetensors bytes for ``sha256``, if present."""
+    path = cache_dir() / f"{check_sha256(sha256)}.safetensors"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read cached weights %s: %s", path, exc)
+        return None
+
+
+def store(sha256: str, data: bytes) -> Path | None:
+    """Write verified weights to the cache atomically; a failure only costs a re-send later."""
+    directory = cache_dir()
+    path = directory / f"{check_sha256(sha256)}.safetensors"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot cache weights in %s: %s", directory, exc)
+        return None
+    return path

@@ -1,0 +1,467 @@
+"""The worker: holds the whole model, runs its stage of each plan epoch, forwards the result.
+
+Three kinds of threads overlap so a stage is never idle waiting for the network:
+
+* gRPC handler threads validate a micro-batch and enqueue it (``Forward`` returns at once);
+* one compute thread runs the epoch's stage module and encodes the output;
+* one :class:`~edgesplit.runtime.links.LinkSender` per next hop ships it (emulated link delay
+  included).
+
+Bad input never takes the worker down: every refusal is a gRPC status naming what was expected.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import platform
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import torch
+from google.protobuf import __version__ as protobuf_version
+from torch import nn
+
+from edgesplit import __version__, graph, models
+from edgesplit.config import TlsSpec
+from edgesplit.errors import EdgesplitError
+from edgesplit.metrics.sampler import DeviceSampler
+from edgesplit.runtime import PROTOCOL_VERSION, codec
+from edgesplit.runtime import samples as sample_codec
+from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.transport import (
+    Refused,
+    bind,
+    describe_rpc_error,
+    make_server,
+    open_channel,
+    service_handler,
+)
+from edgesplit.runtime.weights import cached, check_sha256, from_bytes, store
+
+log = logging.getLogger(__name__)
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs. ``token`` is also what it sends to peers unless a plan names another."""
+
+    name: str
+    token: str | None
+    threads: int | None = None
+    tls: TlsSpec | None = None
+    max_elements: int = codec.DEFAULT_MAX_ELEMENTS
+    max_queue: int = 256
+    """Micro-batches waiting for compute before Forward answers RESOURCE_EXHAUSTED."""
+    sample_interval_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    key: tuple[str, int, int, int, str]
+    """(model, num_classes, in_channels, input_size, weights sha256)."""
+    graph: graph.UnitGraph
+
+    @property
+    def num_units(self) -> int:
+        return self.graph.num_units
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """This worker's part of one plan epoch: units ``[start, end)`` and where results go."""
+
+    epoch: int
+    stage: int
+    start: int
+    end: int
+    module: nn.Module
+    in_shape: tuple[int, ...]
+    """Per-sample input shape; the batch dimension comes in front."""
+    next_hop: str
+    coordinator: str
+    next_token: str | None
+    shape: LinkShape
+
+
+@dataclass(frozen=True)
+class Job:
+    batch: pb.MicroBatch
+    """The received message; its tensor is decoded into ``x`` already."""
+    x: torch.Tensor
+    epoch: Epoch
+    received: float
+
+
+class Worker:
+    """The Worker service's state and handlers; :func:`serve` puts it behind a server."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._model: LoadedModel | None = None
+        self._epochs: dict[int, Epoch] = {}
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._senders: dict[str, LinkSender] = {}
+        self._failures: collections.deque[str] = collections.deque(maxlen=50)
+        self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
+        self._processed = 0
+        self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
+        self._sampler = _start_sampler(config.sample_interval_s)
+        self._report_channels: dict[str, grpc.Channel] = {}
+        self._compute.start()
+
+    # --- service -------------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return service_handler(
+            "edgesplit.v1.Worker",
+            {
+                "Status": (pb.StatusRequest, self.status),
+                "LoadModel": (pb.LoadModelRequest, self.load_model),
+                "InstallPlan": (pb.InstallPlanRequest, self.install_plan),
+                "Forward": (pb.MicroBatch, self.forward),
+                "DropEpoch": (pb.DropEpochRequest, self.drop_epoch),
+            },
+        )
+
+    def status(self, request: pb.StatusRequest) -> pb.StatusReply:
+        with self._lock:
+            model, epochs = self._model, sorted(self._epochs.values(), key=lambda e: e.epoch)
+            failures = list(self._failures)
+            processed = self._processed
+            samples = self._collect_samples(request.since_t)
+        return pb.StatusReply(
+            name=self.config.name,
+            protocol_version=PROTOCOL_VERSION,
+            edgesplit_version=__version__,
+            torch_version=torch.__version__,
+            grpc_version=grpc.__version__,
+            protobuf_version=protobuf_version,
+            python_version=platform.python_version(),
+            clock=time.time(),
+            model=model.key[0] if model else "",
+            weights_sha256=model.key[4] if model else "",
+            num_units=model.num_units if model else 0,
+            epochs=[
+                pb.EpochInfo(
+                    epoch=e.epoch, stage=e.stage, start=e.start, end=e.end, next_hop=e.next_hop
+                )
+                for e in epochs
+            ],
+            queue_depth=self._jobs.qsize(),
+            send_queue_depth=sum(s.depth() for s in list(self._senders.values())),
+            processed=processed,
+            samples=samples,
+            failures=failures,
+            threads=self.config.threads or torch.get_num_threads(),
+        )
+
+    def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
+        try:
+            sha = check_sha256(request.weights_sha256)
+        except EdgesplitError as exc:
+            raise Refused(INVALID, str(exc)) from None
+        _check_range("num_classes", request.num_classes, 1, 100_000)
+        _check_range("in_channels", request.in_channels, 1, 64)
+        _check_range("input_size", request.input_size, 8, 4096)
+        key = (request.model, request.num_classes, request.in_channels, request.input_size, sha)
+        with self._lock:
+            if self._model is not None and self._model.key == key:
+                return pb.LoadModelReply(loaded=True, num_units=self._model.num_units)
+        data = request.weights or cached(sha)
+        if not data:
+            return pb.LoadModelReply(need_weights=True)
+        loaded = self._build(key, data)
+        if request.weights:
+            store(sha, request.weights)
+        with self._lock:
+            self._model = loaded
+            self._epochs.clear()  # epochs index units of the previous model
+        log.info("[%s] loaded %s (%d units)", self.config.name, key[0], loaded.num_units)
+        return pb.LoadModelReply(loaded=True, num_units=loaded.num_units)
+
+    def _build(self, key: tuple[str, int, int, int, str], data: bytes) -> LoadedModel:
+        name, num_classes, in_channels, input_size, sha = key
+        try:
+            state = from_bytes(data)
+            model = models.build(name, num_classes=num_classes, in_channels=in_channels)
+        except EdgesplitError as exc:
+            raise Refused(INVALID, str(exc)) from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise Refused(INVALID, f"weights do not fit {name}: {first}") from None
+        actual = models.state_dict_sha256(model)
+        if actual != sha:
+            raise Refused(INVALID, f"weights digest mismatch: expected {sha}, got {actual}")
+        try:
+            unit_graph = graph.trace(model, (in_channels, input_size, input_size))
+        except EdgesplitError as exc:
+            raise Refused(INVALID, str(exc)) from None
+        return LoadedModel(key=key, graph=unit_graph)
+
+    def install_plan(self, request: pb.InstallPlanRequest) -> pb.Ack:
+        with self._lock:
+            model = self._model
+        if model is None:
+            raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
+        n = model.num_units
+        if request.epoch < 1:
+            raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
+        if not 0 <= request.start < request.end <= n:
+            raise Refused(
+                INVALID,
+                f"unit range [{request.start}, {request.end}) must satisfy "
+                f"0 <= start < end <= {n} for {model.key[0]}",
+            )
+        if not request.next_hop or not request.coordinator:
+            raise Refused(INVALID, "InstallPlan needs next_hop and coordinator addresses")
+        if request.HasField("bandwidth_mbps") and not request.bandwidth_mbps > 0:
+            raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
+        if not request.latency_ms >= 0:
+            raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
+        in_shape = (
+            tuple(model.graph.input_shape)
+            if request.start == 0
+            else tuple(model.graph.units[request.start - 1].out_shape)
+        )
+        bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+        epoch = Epoch(
+            epoch=request.epoch,
+            stage=request.stage,
+            start=request.start,
+            end=request.end,
+            module=model.graph.stage(request.start, request.end),
+            in_shape=in_shape,
+            next_hop=request.next_hop,
+            coordinator=request.coordinator,
+            next_token=request.next_token or None,
+            shape=LinkShape(
+                bandwidth_mbps=bandwidth,
+                latency_ms=request.latency_ms,
+            ),
+        )
+        with self._lock:
+            if self._model is not model:
+                raise Refused(PRECONDITION, "the model changed while installing the plan")
+            self._epochs[epoch.epoch] = epoch
+        log.info(
+            "[%s] epoch %d: stage %d units [%d, %d) -> %s",
+            self.config.name, epoch.epoch, epoch.stage, epoch.start, epoch.end, epoch.next_hop,
+        )  # fmt: skip
+        return pb.Ack()
+
+    def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
+        # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.
+        with self._lock:
+            self._epochs.pop(request.epoch, None)
+        return pb.Ack()
+
+    def forward(self, request: pb.MicroBatch) -> pb.Ack:
+        received = time.time()
+        with self._lock:
+            model = self._model
+            epoch = self._epochs.get(request.plan_epoch)
+            known = sorted(self._epochs)
+        if model is None:
+            raise Refused(PRECONDITION, "no model loaded; call LoadModel and InstallPlan first")
+        if epoch is None:
+            raise Refused(
+                PRECONDITION, f"unknown plan epoch {request.plan_epoch}; installed: {known}"
+            )
+        if not request.HasField("tensor"):
+            raise Refused(INVALID, "Forward needs a tensor")
+        try:
+            x = codec.decode(
+                request.tensor, max_elements=self.config.max_elements, expect_dtype=torch.float32
+            )
+        except codec.CodecError as exc:
+            raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
+        if x.dim() != len(epoch.in_shape) + 1 or tuple(x.shape[1:]) != epoch.in_shape:
+            raise Refused(
+                INVALID,
+                f"stage {epoch.stage} (units [{epoch.start}, {epoch.end})) expects input "
+                f"[N, {', '.join(map(str, epoch.in_shape))}], got {list(x.shape)}",
+            )
+        if x.shape[0] < 1:
+            raise Refused(INVALID, f"stage {epoch.stage} expects a batch of at least 1, got 0")
+        if self._jobs.qsize() >= self.config.max_queue:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._jobs.qsize()} micro-batches queued; at most {self.config.max_queue}",
+            )
+        request.ClearField("tensor")  # the decoded copy is all we need
+        self._jobs.put(Job(batch=request, x=x, epoch=epoch, received=received))
+        return pb.Ack()
+
+    # --- compute and send ----------------------------------------------------------------------
+
+    def _compute_loop(self) -> None:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except Exception as exc:  # one bad batch must not stop the pipeline
+                log.exception("[%s] request %s failed", self.config.name, job.batch.request_id)
+                self._fail(
+                    job.batch.request_id,
+                    job.epoch,
+                    f"[{self.config.name}] stage {job.epoch.stage} failed on request "
+                    f"{job.batch.request_id}: {type(exc).__name__}: {exc}",
+                )
+
+    def _run(self, job: Job) -> None:
+        epoch = job.epoch
+        compute_start = time.time()
+        with torch.inference_mode():
+            y = epoch.module(job.x)
+        compute_end = time.time()
+        out = pb.MicroBatch(request_id=job.batch.request_id, plan_epoch=job.batch.plan_epoch)
+        out.hops.extend(job.batch.hops)
+        codec.encode(y, out=out.tensor)
+        out.hops.add(
+            device=self.config.name,
+            stage=epoch.stage,
+            received=job.received,
+            compute_start=compute_start,
+            compute_end=compute_end,
+            serialize_end=time.time(),
+            bytes_out=len(out.tensor.data),
+            batch_size=int(job.x.shape[0]),
+        )
+        with self._lock:
+            self._processed += 1
+        to_coordinator = epoch.next_hop == COORDINATOR_HOP
+        address = epoch.coordinator if to_coordinator else epoch.next_hop
+        token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
+        self._sender(address, token).put(
+            Outgoing(out, epoch.shape, to_coordinator, epoch.coordinator)
+        )
+
+    def _sender(self, address: str, token: str | None) -> LinkSender:
+        with self._lock:
+            sender = self._senders.get(address)
+            if sender is None:
+                sender = LinkSender(self.config.name, address, token, self.config.tls, self._report)
+                self._senders[address] = sender
+            return sender
+
+    def _fail(self, request_id: int, epoch: Epoch, message: str) -> None:
+        report = pb.FailureReport(
+            device=self.config.name,
+            plan_epoch=epoch.epoch,
+            request_id=request_id,
+            next_hop=epoch.next_hop,
+            message=message,
+        )
+        self._report(report, epoch.coordinator)
+
+    def _report(self, report: pb.FailureReport, coordinator: str) -> None:
+        """Record a failure and tell the coordinator, best effort (it may be the one down)."""
+        with self._lock:
+            self._failures.append(report.message)
+            channel = self._report_channels.get(coordinator)
+            if channel is None:
+                channel = open_channel(coordinator, self.config.token, self.config.tls)
+                self._report_channels[coordinator] = channel
+        call = channel.unary_unary(
+            "/edgesplit.v1.Coordinator/ReportFailure",
+            request_serializer=pb.FailureReport.SerializeToString,
+            response_deserializer=pb.Ack.FromString,
+        )
+        try:
+            call(report, timeout=5.0)
+        except grpc.RpcError as exc:
+            log.warning(
+                "[%s] cannot report failure to %s: %s",
+                self.config.name, coordinator, describe_rpc_error(exc),
+            )  # fmt: skip
+
+    def _collect_samples(self, since_t: float) -> list[pb.DeviceSample]:
+        if self._sampler is not None:
+            self._samples.extend(sample_codec.to_proto(s) for s in self._sampler.drain())
+        return [s for s in self._samples if s.t > since_t]
+
+    def close(self) -> None:
+        """Stop the compute thread, the senders and the sampler (the server is stopped first)."""
+        self._jobs.put(None)
+        self._compute.join(5.0)
+        with self._lock:
+            senders = list(self._senders.values())
+            self._senders.clear()
+            channels = list(self._report_channels.values())
+        for sender in senders:
+            sender.close()
+        for channel in channels:
+            channel.close()
+        if self._sampler is not None:
+            self._sampler.stop()
+
+
+def _check_range(what: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise Refused(INVALID, f"{what} must be in [{low}, {high}], got {value}")
+
+
+def _start_sampler(interval_s: float) -> DeviceSampler | None:
+    """The device sampler, or None where psutil cannot read this platform."""
+    try:
+        return DeviceSampler(interval_s=interval_s).start()
+    except Exception as exc:  # psutil on an exotic platform; metrics are optional here
+        log.warning("device sampler unavailable: %s", exc)
+        return None
+
+
+class RunningWorker:
+    """A worker behind a started gRPC server."""
+
+    def __init__(self, worker: Worker, server: grpc.Server, host: str, port: int) -> None:
+        self.worker = worker
+        self.server = server
+        self.address = f"{host}:{port}"
+        self.port = port
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.server.stop(grace_s).wait(grace_s + 1.0)
+        self.worker.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(config: WorkerConfig, listen: str, insecure_no_token: bool = False) -> RunningWorker:
+    """Start a worker listening on ``listen`` (``HOST:0`` picks a free port).
+
+    Without a token the worker refuses to start unless ``insecure_no_token`` says so.
+    """
+    if not config.token and not insecure_no_token:
+        raise EdgesplitError(
+            f"worker {config.name} has no token; give --token-file or EDGESPLIT_TOKEN "
+            "(or --insecure-no-token on a trusted network)"
+        )
+    worker = Worker(config)
+    server = make_server([worker.handler()], [config.token] if config.token else None)
+    try:
+        port = bind(server, listen, config.tls)
+    except EdgesplitError:
+        worker.close()
+        raise
+    server.start()
+    host = listen.rpartition(":")[0]
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = "127.0.0.1"
+    log.info("[%s] serving on %s:%d", config.name, host, port)
+    return RunningWorker(worker, server, host, port)
