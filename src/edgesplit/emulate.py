@@ -299,6 +299,9 @@ class EmulatedCluster:
 
         Raises WorkerError (with the tail of the worker's log) when a worker exits or is not
         ready within ``ready_timeout_s``; everything started so far is stopped first.
+
+        Call it from a thread that lives as long as the cluster: the kernel sends the
+        parent-death signal when the *thread* that forked a worker exits, not the process.
         """
         names = [d.name for d in devices]
         if not devices or len(set(names)) != len(names):
