@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
+_FX_LOCK = threading.Lock()
+"""torch.fx tracing patches module globals, so two workers in one process (tests, the
+in-process emulator) must not trace or build stage modules at the same time."""
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -204,7 +208,8 @@ class Worker:
         if actual != sha:
             raise Refused(INVALID, f"weights digest mismatch: expected {sha}, got {actual}")
         try:
-            unit_graph = graph.trace(model, (in_channels, input_size, input_size))
+            with _FX_LOCK:
+                unit_graph = graph.trace(model, (in_channels, input_size, input_size))
         except EdgesplitError as exc:
             raise Refused(INVALID, str(exc)) from None
         return LoadedModel(key=key, graph=unit_graph)
@@ -235,12 +240,14 @@ class Worker:
             else tuple(model.graph.units[request.start - 1].out_shape)
         )
         bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+        with _FX_LOCK:
+            module = model.graph.stage(request.start, request.end)
         epoch = Epoch(
             epoch=request.epoch,
             stage=request.stage,
             start=request.start,
             end=request.end,
-            module=model.graph.stage(request.start, request.end),
+            module=module,
             in_shape=in_shape,
             next_hop=request.next_hop,
             coordinator=request.coordinator,

@@ -1,0 +1,403 @@
+"""The coordinator: checks devices, ships the model, installs plan epochs, drives runs.
+
+A sync facade over sync gRPC with threads (the CLI is sync). Channels come from an injectable
+``channel_factory`` so tests and the emulator can swap the transport. Every remote call has a
+deadline, and gRPC errors are translated into :class:`WorkerError` / :class:`RunError` lines
+that name the device and its address.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import torch
+from torch import nn
+
+from edgesplit import __version__
+from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
+from edgesplit.errors import PlanError, WorkerError
+from edgesplit.models import state_dict_sha256
+from edgesplit.runtime import PROTOCOL_VERSION, codec
+from edgesplit.runtime.links import COORDINATOR_HOP
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
+from edgesplit.runtime.records import RunRecord, best_offset
+from edgesplit.runtime.runner import Event, FailureEvent, ResultEvent, Run
+from edgesplit.runtime.transport import (
+    Refused,
+    bind,
+    describe_rpc_error,
+    make_server,
+    open_channel,
+    service_handler,
+)
+from edgesplit.runtime.weights import to_bytes
+
+log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[DeviceSpec], grpc.Channel]
+"""Opens the channel to one device (token and TLS included)."""
+
+CHECK_TIMEOUT_S = 3.0
+LOAD_TIMEOUT_S = 180.0
+CLOCK_PROBES = 5
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What ``check()`` learned about one device."""
+
+    name: str
+    address: str
+    protocol_version: int
+    edgesplit_version: str
+    torch_version: str
+    grpc_version: str
+    python_version: str
+    threads: int
+    clock_offset_ms: float
+    rtt_ms: float
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of an installed plan: ``device`` runs units ``[start, end)``."""
+
+    device: str
+    start: int
+    end: int
+
+
+class Coordinator:
+    """Drives a cluster of workers. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        channel_factory: ChannelFactory | None = None,
+        rpc_timeout_s: float = 10.0,
+    ) -> None:
+        self.cluster = cluster
+        self.rpc_timeout_s = rpc_timeout_s
+        self._factory = channel_factory or self._default_channel
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, pb_grpc.WorkerStub] = {}
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self._address: str | None = None
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._epoch = 0
+        self._plan: tuple[Stage, ...] = ()
+        self._num_units: int | None = None
+        self.clock_offsets_ms: dict[str, float] = {}
+        self.rtt_ms: dict[str, float] = {}
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _default_channel(self, device: DeviceSpec) -> grpc.Channel:
+        return open_channel(device.address, self.cluster.token_for(device.name), self.cluster.tls)
+
+    def stub(self, name: str) -> pb_grpc.WorkerStub:
+        with self._lock:
+            stub = self._stubs.get(name)
+            if stub is None:
+                channel = self._factory(self.cluster.device(name))
+                self._channels[name] = channel
+                stub = self._stubs[name] = pb_grpc.WorkerStub(channel)
+            return stub
+
+    def where(self, name: str) -> str:
+        return f"device {name} at {self.cluster.device(name).address}"
+
+    def worker_error(self, name: str, what: str, exc: grpc.RpcError) -> WorkerError:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            why = "rejected our token (check token/token_file in the cluster file)"
+        elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            why = f"is unreachable ({describe_rpc_error(exc)})"
+        else:
+            why = f"failed: {describe_rpc_error(exc)}"
+        return WorkerError(f"{what}: {self.where(name)} {why}")
+
+    def _each(self, names: Iterable[str], fn: Callable[[str], Any]) -> dict[str, Any]:
+        """Run ``fn`` per device in parallel; raise one WorkerError listing every failure."""
+        names = list(names)
+        results: dict[str, Any] = {}
+        errors: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            futures = {name: pool.submit(fn, name) for name in names}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except WorkerError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise WorkerError("; ".join(errors))
+        return results
+
+    # --- health and clocks ---------------------------------------------------------------------
+
+    def probe(
+        self, name: str, since_t: float = 0.0, timeout_s: float = CHECK_TIMEOUT_S
+    ) -> tuple[pb.StatusReply, float, float]:
+        """One Status round trip: (reply, t_send, t_recv) on the coordinator clock."""
+        t_send = time.time()
+        reply = self.stub(name).Status(pb.StatusRequest(since_t=since_t), timeout=timeout_s)
+        return reply, t_send, time.time()
+
+    def _check_one(self, name: str) -> DeviceInfo:
+        probes = []
+        try:
+            for _ in range(CLOCK_PROBES):
+                reply, t_send, t_recv = self.probe(name)
+                probes.append((t_send, reply.clock, t_recv))
+        except grpc.RpcError as exc:
+            raise self.worker_error(name, "health check", exc) from None
+        if reply.name != name:
+            log.warning("%s calls itself %r", self.where(name), reply.name)
+        if reply.protocol_version != PROTOCOL_VERSION:
+            raise WorkerError(
+                f"{self.where(name)} speaks protocol {reply.protocol_version}, "
+                f"this coordinator speaks {PROTOCOL_VERSION}; install the same edgesplit on both"
+            )
+        if reply.edgesplit_version != __version__ or reply.torch_version != torch.__version__:
+            log.warning(
+                "%s runs edgesplit %s / torch %s, the coordinator %s / %s",
+                self.where(name), reply.edgesplit_version, reply.torch_version,
+                __version__, torch.__version__,
+            )  # fmt: skip
+        offset_ms, rtt_ms = best_offset(probes)
+        self.update_clock(name, offset_ms, rtt_ms)
+        return DeviceInfo(
+            name=name,
+            address=self.cluster.device(name).address,
+            protocol_version=reply.protocol_version,
+            edgesplit_version=reply.edgesplit_version,
+            torch_version=reply.torch_version,
+            grpc_version=reply.grpc_version,
+            python_version=reply.python_version,
+            threads=reply.threads,
+            clock_offset_ms=offset_ms,
+            rtt_ms=rtt_ms,
+        )
+
+    def update_clock(self, name: str, offset_ms: float, rtt_ms: float) -> None:
+        """Keep the offset measured with the smallest round trip seen so far."""
+        with self._lock:
+            if name not in self.rtt_ms or rtt_ms < self.rtt_ms[name]:
+                self.rtt_ms[name] = rtt_ms
+                self.clock_offsets_ms[name] = offset_ms
+
+    def check(self) -> dict[str, DeviceInfo]:
+        """Health, versions and clock offset of every device; :class:`WorkerError` if any device
+        is unreachable, rejects the token or speaks another protocol (within a few seconds)."""
+        return self._each((d.name for d in self.cluster.devices), self._check_one)
+
+    # --- model and plan ------------------------------------------------------------------------
+
+    def load_model(
+        self, name: str, num_classes: int, in_channels: int, input_size: int, model: nn.Module
+    ) -> int:
+        """Make every device hold ``model`` (weights sent only where not cached); returns the
+        number of units the devices traced."""
+        sha = state_dict_sha256(model)
+        blob: list[bytes] = []  # serialised once, on first need
+        blob_lock = threading.Lock()
+
+        def weights() -> bytes:
+            with blob_lock:
+                if not blob:
+                    blob.append(to_bytes(model))
+                return blob[0]
+
+        def load(device: str) -> int:
+            request = pb.LoadModelRequest(
+                model=name,
+                num_classes=num_classes,
+                in_channels=in_channels,
+                input_size=input_size,
+                weights_sha256=sha,
+            )
+            try:
+                reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
+                if reply.need_weights:
+                    log.info("sending %s weights to %s", name, self.where(device))
+                    request.weights = weights()
+                    reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                raise self.worker_error(device, f"loading {name}", exc) from None
+            if not reply.loaded:
+                raise WorkerError(f"loading {name}: {self.where(device)} did not load it")
+            return int(reply.num_units)
+
+        units = self._each((d.name for d in self.cluster.devices), load)
+        counts = sorted(set(units.values()))
+        if len(counts) != 1:
+            raise WorkerError(f"devices traced {name} into different unit counts: {units}")
+        with self._lock:
+            self._num_units = counts[0]
+            self._plan = ()
+        return counts[0]
+
+    def result_address(self) -> str:
+        """Start the Coordinator service (once) and return the address workers reach it at."""
+        with self._lock:
+            if self._address is not None:
+                return self._address
+            tokens = [self.cluster.token_for(d.name) for d in self.cluster.devices]
+            handler = service_handler(
+                "edgesplit.v1.Coordinator",
+                {
+                    "Result": (pb.MicroBatch, self._on_result),
+                    "ReportFailure": (pb.FailureReport, self._on_failure),
+                },
+            )
+            server = make_server([handler], tokens)
+            port = bind(server, f"{self.cluster.coordinator_host}:0", self.cluster.tls)
+            server.start()
+            self._server = server
+            self._address = f"{self.cluster.coordinator_host}:{port}"
+            log.info("coordinator service on %s", self._address)
+            return self._address
+
+    def _on_result(self, batch: pb.MicroBatch) -> pb.Ack:
+        arrival = time.time()
+        try:
+            tensor = codec.decode(batch.tensor)
+        except codec.CodecError as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Result: {exc}") from None
+        batch.ClearField("tensor")
+        self.events.put(ResultEvent(batch, tensor, arrival))
+        return pb.Ack()
+
+    def _on_failure(self, report: pb.FailureReport) -> pb.Ack:
+        log.warning("failure reported by %s: %s", report.device, report.message)
+        self.events.put(FailureEvent(report, time.time()))
+        return pb.Ack()
+
+    def install_plan(self, stages: list[tuple[str, int, int]]) -> int:
+        """Install a new plan epoch: ``stages[i] = (device, start, end)`` covering units
+        ``[0, num_units)`` in order, each a half-open range. Returns the new epoch."""
+        with self._lock:
+            num_units = self._num_units
+        if num_units is None:
+            raise PlanError("install_plan needs a model; call load_model first")
+        plan = tuple(Stage(d, s, e) for d, s, e in stages)
+        _validate_plan(plan, num_units, {d.name for d in self.cluster.devices})
+        coordinator = self.result_address()
+        with self._lock:
+            epoch = self._epoch + 1
+        # Last stage first, so every stage's next hop is ready before data can reach it.
+        for index in reversed(range(len(plan))):
+            self._install_one(epoch, index, plan, coordinator)
+        with self._lock:
+            self._epoch, self._plan = epoch, plan
+        log.info("installed epoch %d: %s", epoch, plan)
+        return epoch
+
+    def _install_one(self, epoch: int, index: int, plan: tuple[Stage, ...], coord: str) -> None:
+        stage = plan[index]
+        last = index + 1 == len(plan)
+        next_name = COORDINATOR if last else plan[index + 1].device
+        link = self.cluster.link(stage.device, next_name)
+        request = pb.InstallPlanRequest(
+            epoch=epoch,
+            stage=index,
+            start=stage.start,
+            end=stage.end,
+            next_hop=COORDINATOR_HOP if last else self.cluster.device(next_name).address,
+            coordinator=coord,
+            latency_ms=link.latency_ms,
+        )
+        if link.bandwidth_mbps is not None:
+            request.bandwidth_mbps = link.bandwidth_mbps
+        if not last:
+            next_token = self.cluster.token_for(next_name)
+            if next_token != self.cluster.token_for(stage.device):
+                request.next_token = next_token
+        try:
+            self.stub(stage.device).InstallPlan(request, timeout=self.rpc_timeout_s)
+        except grpc.RpcError as exc:
+            raise self.worker_error(stage.device, f"installing epoch {epoch}", exc) from None
+
+    def drop_epoch(self, epoch: int) -> None:
+        """Tell every device of the cluster to forget ``epoch`` (best effort per device)."""
+        for device in self.cluster.devices:
+            try:
+                self.stub(device.name).DropEpoch(
+                    pb.DropEpochRequest(epoch=epoch), timeout=self.rpc_timeout_s
+                )
+            except grpc.RpcError as exc:
+                log.warning("dropping epoch %d on %s: %s", epoch, device.name, exc)
+
+    @property
+    def epoch(self) -> int:
+        with self._lock:
+            return self._epoch
+
+    @property
+    def plan(self) -> tuple[Stage, ...]:
+        with self._lock:
+            return self._plan
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        batches: Iterable[tuple[int, torch.Tensor]],
+        window: int = 4,
+        on_result: Callable[[int, torch.Tensor], None] | None = None,
+        stall_timeout_s: float = 30.0,
+        status_interval_s: float = 0.5,
+    ) -> RunRecord:
+        """Stream ``(request_id, input batch)`` through the installed plan with at most
+        ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`."""
+        return Run(self, window, on_result, stall_timeout_s, status_interval_s).execute(batches)
+
+    def close(self) -> None:
+        with self._lock:
+            server, self._server, self._address = self._server, None, None
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        if server is not None:
+            server.stop(1.0).wait(2.0)
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _validate_plan(plan: tuple[Stage, ...], num_units: int, devices: set[str]) -> None:
+    if not plan:
+        raise PlanError("a plan needs at least one stage")
+    expected = 0
+    for i, stage in enumerate(plan):
+        if stage.device not in devices:
+            raise PlanError(
+                f"stage {i} names device {stage.device!r}; devices: {', '.join(sorted(devices))}"
+            )
+        if stage.start != expected or not stage.start < stage.end:
+            raise PlanError(
+                f"stage {i} covers units [{stage.start}, {stage.end}); expected a non-empty "
+                f"range starting at {expected}"
+            )
+        expected = stage.end
+    if expected != num_units:
+        raise PlanError(f"the plan ends at unit {expected}; the model has {num_units} units")
+    used = [s.device for s in plan]
+    repeated = sorted({d for d in used if used.count(d) > 1})
+    if repeated:
+        raise PlanError(f"a device can run one stage per epoch; repeated: {repeated}")
