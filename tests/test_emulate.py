@@ -159,9 +159,11 @@ def test_create_cgroup_v2_writes_cpu_max(tmp_path: Path) -> None:
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
 
 
-def test_start_rejects_duplicate_names() -> None:
+def test_start_rejects_bad_names_before_starting_anything() -> None:
     with pytest.raises(ConfigError, match="unique names"):
         EmulatedCluster.start([EmulatedDevice("a"), EmulatedDevice("a")])
+    with pytest.raises(ConfigError, match=r"unknown devices \['b'\]"):
+        EmulatedCluster.start([EmulatedDevice("a")], links=[PairLink(between=("a", "b"))])
 
 
 # --- stand-in processes -----------------------------------------------------------------------
@@ -197,6 +199,9 @@ def test_cluster_of_stand_ins(tmp_path: Path, stub_cmd: WorkerCommand) -> None:
         assert _status_soon(pids[0], psutil.STATUS_SLEEPING)
         cluster.kill("pi1")
         assert cluster.poll()["pi1"] == -signal.SIGKILL
+        with pytest.raises(WorkerError, match="pi1 is not running"):
+            cluster.pause("pi1")
+        cluster.kill("pi1")  # again: a no-op, never a signal to a recycled pid
         cluster.stop("family")
         assert cluster.poll()["family"] == -signal.SIGTERM
         assert wait_gone([*pids, grandchild]) == []

@@ -36,6 +36,7 @@ from typing import Literal
 import psutil
 
 from edgesplit.config import (
+    COORDINATOR,
     ClusterSpec,
     DeviceSpec,
     EmulationSpec,
@@ -306,6 +307,10 @@ class EmulatedCluster:
         names = [d.name for d in devices]
         if not devices or len(set(names)) != len(names):
             raise ConfigError(f"expected at least one device and unique names, got {names}")
+        for link in links:
+            unknown = sorted(set(link.between) - {*names, COORDINATOR})
+            if unknown:
+                raise ConfigError(f"link {list(link.between)} names unknown devices {unknown}")
         if mechanism == "auto":
             mechanism = detect_mechanism(cgroup_root)
         if mechanism.startswith("cgroup"):
@@ -462,14 +467,21 @@ class EmulatedCluster:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.process.pid, sig)
 
+    def _running(self, name: str) -> _Worker:
+        worker = self._worker(name)
+        code = worker.process.poll()
+        if code is not None:
+            raise WorkerError(f"emulated device {name} is not running (exit code {code})")
+        return worker
+
     def pause(self, name: str) -> None:
         """Freeze a device (SIGSTOP): it keeps its connections but answers nothing."""
-        worker = self._worker(name)
+        worker = self._running(name)
         self._signal(worker, signal.SIGSTOP)
         worker.state = "paused"
 
     def resume(self, name: str) -> None:
-        worker = self._worker(name)
+        worker = self._running(name)
         self._signal(worker, signal.SIGCONT)
         worker.state = "running"
 
@@ -482,6 +494,8 @@ class EmulatedCluster:
         self._stop(self._worker(name), grace_s)
 
     def _stop(self, worker: _Worker, grace_s: float) -> None:
+        if worker.state == "stopped":  # its pid, and so its group id, may belong to others now
+            return
         if worker.process.poll() is None:
             if grace_s > 0:
                 self._signal(worker, signal.SIGTERM)
