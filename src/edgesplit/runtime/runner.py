@@ -37,6 +37,7 @@ MAX_ATTEMPTS = 3
 """Sends of one request (first try + replays) before the run gives up."""
 MAX_STALLS = 2
 BUSY_RETRY_S = 0.05
+SAMPLE_LOOKBACK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,11 @@ class Run:
         while not events.empty():  # leftovers of an earlier run are not ours
             events.get_nowait()
         started = time.time()
+        # Samples from just before the run give a baseline; older ones are not this run's.
+        offsets = dict(self.c.clock_offsets_ms)
+        for stage in self.c.plan:
+            offset_s = offsets.get(stage.device, 0.0) / 1000.0
+            self._since[stage.device] = started + offset_s - SAMPLE_LOOKBACK_S
         poller = threading.Thread(target=self._poll, name="status-poll", daemon=True)
         poller.start()
         try:
