@@ -560,6 +560,8 @@ def exit_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into SystemExit in the main thread, so ``with`` blocks clean up."""
 
     def handler(signum: int, frame: object) -> None:
+        # A second SIGTERM must not interrupt the cleanup the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
