@@ -149,9 +149,16 @@ class Run:
                     f"{self.c.worker_error(first, 'upload', exc)}"
                 ) from None
 
-    def replay(self, request_id: int, why: str) -> None:
+    def replay(self, request_id: int, why: str, suspect: str | None = None) -> None:
+        """Send a pending request again under the current epoch; give up after MAX_ATTEMPTS,
+        naming ``suspect`` (the address a worker could not reach) if it is really down."""
         pending = self.pending[request_id]
         if pending.attempts >= MAX_ATTEMPTS:
+            lost = self._unreachable_at(suspect) if suspect else None
+            if lost is not None:
+                raise RunError(
+                    f"run cannot finish ({len(self.pending)} requests unfinished): {lost}"
+                )
             raise RunError(f"request {request_id} failed {pending.attempts} times; last: {why}")
         log.info("replaying request %d (%s)", request_id, why)
         self.replayed += 1
@@ -164,7 +171,7 @@ class Run:
             report = event.report
             self.failures.append(report.message)
             if report.request_id in self.pending:
-                self.replay(report.request_id, report.message)
+                self.replay(report.request_id, report.message, report.next_hop)
             return
         batch, tensor, arrival = event.batch, event.tensor, event.arrival
         pending = self.pending.pop(batch.request_id, None)
@@ -185,6 +192,16 @@ class Run:
         )
         if self.on_result is not None:
             self.on_result(batch.request_id, tensor)
+
+    def _unreachable_at(self, address: str) -> str | None:
+        """A one-line WorkerError text if the device at ``address`` does not answer."""
+        for device in self.c.cluster.devices:
+            if device.address == address:
+                try:
+                    self.c.probe(device.name, since_t=time.time(), timeout_s=3.0)
+                except grpc.RpcError as exc:
+                    return str(self.c.worker_error(device.name, "status", exc))
+        return None
 
     def stalled(self) -> None:
         """Nothing arrived for ``stall_timeout_s``: a lost device ends the run, else replay."""

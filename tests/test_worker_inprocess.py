@@ -1,0 +1,290 @@
+"""Workers and the coordinator in this process, over real gRPC on 127.0.0.1.
+
+One small model (squeezenet1_1 at 32x32) keeps this tier fast; the multi-process tier runs
+all five models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from edgesplit import models
+from edgesplit.config import ClusterSpec, parse_cluster
+from edgesplit.errors import EdgesplitError, RunError, WorkerError
+from edgesplit.runtime import codec
+from edgesplit.runtime.coordinator import Coordinator
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
+from edgesplit.runtime.transport import open_channel
+from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
+
+TOKEN = "in-process-test-token"
+MODEL = "squeezenet1_1"
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build(MODEL, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RunningWorker]]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    running = [
+        serve(WorkerConfig(name=f"w{i}", token=TOKEN, threads=1), "127.0.0.1:0") for i in range(3)
+    ]
+    yield running
+    for w in running:
+        w.stop(0.5)
+    mp.undo()
+
+
+def cluster_of(workers: list[RunningWorker], **extra: object) -> ClusterSpec:
+    devices = [{"name": f"w{i}", "address": w.address} for i, w in enumerate(workers)]
+    return parse_cluster({"token": TOKEN, "devices": devices, **extra})
+
+
+@pytest.fixture(scope="module")
+def coordinator(workers: list[RunningWorker], model: torch.nn.Module) -> Iterator[Coordinator]:
+    with Coordinator(cluster_of(workers)) as c:
+        c.check()
+        c.load_model(MODEL, 10, 3, SIZE, model)
+        yield c
+
+
+def stub(worker: RunningWorker, token: str | None = TOKEN) -> pb_grpc.WorkerStub:
+    return pb_grpc.WorkerStub(open_channel(worker.address, token))
+
+
+def test_status_reports_versions_clock_and_samples(
+    coordinator: Coordinator, workers: list[RunningWorker]
+) -> None:
+    time.sleep(0.3)  # let the sampler take a reading
+    reply = stub(workers[0]).Status(pb.StatusRequest(), timeout=5)
+    assert reply.name == "w0"
+    assert reply.protocol_version == 1
+    assert reply.torch_version == torch.__version__
+    assert abs(reply.clock - time.time()) < 5
+    assert reply.model == MODEL
+    assert reply.num_units > 3
+    assert reply.threads == 1
+    assert len(reply.samples) >= 1
+    later = stub(workers[0]).Status(pb.StatusRequest(since_t=time.time() + 60), timeout=5)
+    assert len(later.samples) == 0
+
+
+def test_split_run_matches_the_whole_model(
+    coordinator: Coordinator, model: torch.nn.Module
+) -> None:
+    n = coordinator._num_units
+    assert n is not None
+    epoch = coordinator.install_plan([("w0", 0, n // 3), ("w1", n // 3, n // 2), ("w2", n // 2, n)])
+    inputs = [(i, torch.randn(2, 3, SIZE, SIZE)) for i in range(5)]
+    seen: list[int] = []
+    record = coordinator.run(inputs, window=2, on_result=lambda rid, _t: seen.append(rid))
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    with torch.inference_mode():
+        for rid, x in inputs:
+            assert torch.equal(record.outputs[rid], model(x))
+    assert len(record.hops) == 15 and len(record.uploads) == 5
+    assert {h.device for h in record.hops} == {"w0", "w1", "w2"}
+    assert all(h.epoch == epoch and h.batch_size == 2 for h in record.hops)
+    assert all(h.compute_ms > 0 and h.transfer_ms > -5 for h in record.hops)
+    assert set(record.clock_offsets_ms) == {"w0", "w1", "w2"}
+    assert record.epochs == [epoch]
+    assert record.failures == [] and record.replayed == 0
+    assert record.samples, "expected device samples from status polling"
+
+
+def test_check_names_a_wrong_token(workers: list[RunningWorker]) -> None:
+    with (
+        Coordinator(cluster_of(workers[:1], token="wrong")) as c,
+        pytest.raises(WorkerError, match=r"device w0 at 127\.0\.0\.1:\d+ rejected our token"),
+    ):
+        c.check()
+
+
+def test_check_names_an_unreachable_device(tmp_path: Path) -> None:
+    cluster = parse_cluster(
+        {"token": TOKEN, "devices": [{"name": "gone", "address": "127.0.0.1:9"}]}
+    )
+    start = time.monotonic()
+    with (
+        Coordinator(cluster) as c,
+        pytest.raises(WorkerError, match=r"device gone at 127\.0\.0\.1:9 is unreachable"),
+    ):
+        c.check()
+    assert time.monotonic() - start < 6
+
+
+def rpc_error(fn: Callable[..., object], *args: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        fn(*args, timeout=10)
+    return info.value
+
+
+def test_forward_refusals_name_what_was_expected(
+    coordinator: Coordinator, workers: list[RunningWorker]
+) -> None:
+    n = coordinator._num_units
+    assert n is not None
+    epoch = coordinator.install_plan([("w0", 0, n // 2), ("w1", n // 2, n)])
+    s = stub(workers[0])
+
+    err = rpc_error(s.Forward, pb.MicroBatch(plan_epoch=epoch + 100))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"unknown plan epoch {epoch + 100}" in err.details()
+
+    wrong_shape = pb.MicroBatch(plan_epoch=epoch, tensor=codec.encode(torch.zeros(2, 3, 16, 16)))
+    err = rpc_error(s.Forward, wrong_shape)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"expects input [N, 3, {SIZE}, {SIZE}], got [2, 3, 16, 16]" in err.details()
+
+    wrong_dtype = pb.MicroBatch(
+        plan_epoch=epoch, tensor=codec.encode(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.float64))
+    )
+    err = rpc_error(s.Forward, wrong_dtype)
+    assert "expected a float32 tensor, got float64" in err.details()
+
+    lying = pb.MicroBatch(
+        plan_epoch=epoch, tensor=pb.Tensor(dtype="float32", shape=[1 << 30, 3], data=b"")
+    )
+    err = rpc_error(s.Forward, lying)
+    assert "at most" in err.details()
+
+    short = pb.MicroBatch(
+        plan_epoch=epoch,
+        tensor=pb.Tensor(dtype="float32", shape=[1, 3, SIZE, SIZE], data=b"\0" * 12),
+    )
+    err = rpc_error(s.Forward, short)
+    assert "bytes" in err.details() and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    err = rpc_error(
+        s.InstallPlan,
+        pb.InstallPlanRequest(
+            epoch=99, start=0, end=n + 1, next_hop="coordinator", coordinator="x:1"
+        ),
+    )
+    assert f"0 <= start < end <= {n}" in err.details()
+
+
+def test_load_model_refusals(workers: list[RunningWorker]) -> None:
+    s = stub(workers[2])
+    err = rpc_error(
+        s.LoadModel,
+        pb.LoadModelRequest(
+            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256="../../x"
+        ),
+    )
+    assert "64 lowercase hex" in err.details()
+    reply = s.LoadModel(
+        pb.LoadModelRequest(
+            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256="0" * 64
+        ),
+        timeout=10,
+    )
+    assert reply.need_weights and not reply.loaded
+    err = rpc_error(
+        s.LoadModel,
+        pb.LoadModelRequest(
+            model=MODEL,
+            num_classes=10,
+            in_channels=3,
+            input_size=SIZE,
+            weights_sha256="0" * 64,
+            weights=b"junk",
+        ),
+    )
+    assert "not a valid safetensors" in err.details()
+
+
+def test_weights_are_sent_once_then_cached(
+    workers: list[RunningWorker], model: torch.nn.Module, tmp_path: Path
+) -> None:
+    # The module fixture's workers share one cache, which the coordinator fixture filled.
+    fresh = serve(WorkerConfig(name="fresh", token=TOKEN), "127.0.0.1:0")
+    try:
+        sha = models.state_dict_sha256(model)
+        request = pb.LoadModelRequest(
+            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256=sha
+        )
+        reply = stub(fresh).LoadModel(request, timeout=60)
+        assert reply.loaded and not reply.need_weights  # found in the shared cache
+    finally:
+        fresh.stop(0.5)
+
+
+def test_garbage_payloads_and_the_worker_keeps_serving(
+    coordinator: Coordinator, workers: list[RunningWorker], model: torch.nn.Module
+) -> None:
+    channel = grpc.insecure_channel(
+        workers[0].address, options=[("grpc.max_send_message_length", 80 * 1024 * 1024)]
+    )
+    meta = (("authorization", f"Bearer {TOKEN}"),)
+    raw = channel.unary_unary("/edgesplit.v1.Worker/Forward")
+    torch.manual_seed(1)
+    for payload in (
+        bytes(torch.randint(0, 256, (64,), dtype=torch.uint8).tolist()),
+        b"\xff\xff\xff",
+        b"\x1a\x05\x0a\x03flo",
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            raw(payload, metadata=meta, timeout=10)
+        assert info.value.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\0" * (65 * 1024 * 1024), metadata=meta, timeout=20)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as info:
+        stub(workers[0], token="nope").Status(pb.StatusRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as info:
+        stub(workers[0], token=None).Status(pb.StatusRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+    n = coordinator._num_units
+    assert n is not None
+    coordinator.install_plan([("w0", 0, n)])
+    x = torch.randn(1, 3, SIZE, SIZE)
+    record = coordinator.run([(1, x)], window=1)
+    with torch.inference_mode():
+        assert torch.equal(record.outputs[1], model(x))
+
+
+def test_dead_next_hop_is_reported_and_the_run_fails_with_one_line(
+    workers: list[RunningWorker], model: torch.nn.Module
+) -> None:
+    victim = serve(WorkerConfig(name="victim", token=TOKEN), "127.0.0.1:0")
+    devices = [
+        {"name": "w0", "address": workers[0].address},
+        {"name": "victim", "address": victim.address},
+    ]
+    cluster = parse_cluster({"token": TOKEN, "devices": devices})
+    with Coordinator(cluster) as c:
+        n = c.load_model(MODEL, 10, 3, SIZE, model)
+        c.install_plan([("w0", 0, n // 2), ("victim", n // 2, n)])
+        victim.stop(0.1)
+        with pytest.raises(
+            RunError,
+            match=r"run cannot finish .*: status: device victim at 127\.0\.0\.1:\d+ is unreachable",
+        ):
+            c.run([(0, torch.randn(1, 3, SIZE, SIZE))], window=1, stall_timeout_s=5)
+    status = stub(workers[0]).Status(pb.StatusRequest(), timeout=5)
+    assert any("failed" in f for f in status.failures)
+
+
+def test_worker_refuses_to_start_without_a_token() -> None:
+    with pytest.raises(EdgesplitError, match="has no token"):
+        serve(WorkerConfig(name="x", token=None), "127.0.0.1:0")
