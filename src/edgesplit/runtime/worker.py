@@ -23,16 +23,16 @@ from dataclasses import dataclass
 import grpc
 import torch
 from google.protobuf import __version__ as protobuf_version
-from torch import nn
 
-from edgesplit import __version__, graph, models
+from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.sampler import DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec
 from edgesplit.runtime import samples as sample_codec
-from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
+from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, Outgoing
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.stages import Epoch, LoadedModel, build_model, make_epoch, model_key
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -41,16 +41,12 @@ from edgesplit.runtime.transport import (
     open_channel,
     service_handler,
 )
-from edgesplit.runtime.weights import cached, check_sha256, from_bytes, store
+from edgesplit.runtime.weights import cached, store
 
 log = logging.getLogger(__name__)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-
-_FX_LOCK = threading.Lock()
-"""torch.fx tracing patches module globals, so two workers in one process (tests, the
-in-process emulator) must not trace or build stage modules at the same time."""
 
 
 @dataclass(frozen=True)
@@ -65,34 +61,6 @@ class WorkerConfig:
     max_queue: int = 256
     """Micro-batches waiting for compute before Forward answers RESOURCE_EXHAUSTED."""
     sample_interval_s: float = 0.2
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    key: tuple[str, int, int, int, str]
-    """(model, num_classes, in_channels, input_size, weights sha256)."""
-    graph: graph.UnitGraph
-
-    @property
-    def num_units(self) -> int:
-        return self.graph.num_units
-
-
-@dataclass(frozen=True)
-class Epoch:
-    """This worker's part of one plan epoch: units ``[start, end)`` and where results go."""
-
-    epoch: int
-    stage: int
-    start: int
-    end: int
-    module: nn.Module
-    in_shape: tuple[int, ...]
-    """Per-sample input shape; the batch dimension comes in front."""
-    next_hop: str
-    coordinator: str
-    next_token: str | None
-    shape: LinkShape
 
 
 @dataclass(frozen=True)
@@ -151,8 +119,8 @@ class Worker:
             protobuf_version=protobuf_version,
             python_version=platform.python_version(),
             clock=time.time(),
-            model=model.key[0] if model else "",
-            weights_sha256=model.key[4] if model else "",
+            model=model.key.model if model else "",
+            weights_sha256=model.key.sha256 if model else "",
             num_units=model.num_units if model else 0,
             epochs=[
                 pb.EpochInfo(
@@ -169,94 +137,29 @@ class Worker:
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
-        try:
-            sha = check_sha256(request.weights_sha256)
-        except EdgesplitError as exc:
-            raise Refused(INVALID, str(exc)) from None
-        _check_range("num_classes", request.num_classes, 1, 100_000)
-        _check_range("in_channels", request.in_channels, 1, 64)
-        _check_range("input_size", request.input_size, 8, 4096)
-        key = (request.model, request.num_classes, request.in_channels, request.input_size, sha)
+        key = model_key(request)
+        sha = key.sha256
         with self._lock:
             if self._model is not None and self._model.key == key:
                 return pb.LoadModelReply(loaded=True, num_units=self._model.num_units)
         data = request.weights or cached(sha)
         if not data:
             return pb.LoadModelReply(need_weights=True)
-        loaded = self._build(key, data)
+        loaded = build_model(key, data)
         if request.weights:
             store(sha, request.weights)
         with self._lock:
             self._model = loaded
             self._epochs.clear()  # epochs index units of the previous model
-        log.info("[%s] loaded %s (%d units)", self.config.name, key[0], loaded.num_units)
+        log.info("[%s] loaded %s (%d units)", self.config.name, key.model, loaded.num_units)
         return pb.LoadModelReply(loaded=True, num_units=loaded.num_units)
-
-    def _build(self, key: tuple[str, int, int, int, str], data: bytes) -> LoadedModel:
-        name, num_classes, in_channels, input_size, sha = key
-        try:
-            state = from_bytes(data)
-            model = models.build(name, num_classes=num_classes, in_channels=in_channels)
-        except EdgesplitError as exc:
-            raise Refused(INVALID, str(exc)) from None
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise Refused(INVALID, f"weights do not fit {name}: {first}") from None
-        actual = models.state_dict_sha256(model)
-        if actual != sha:
-            raise Refused(INVALID, f"weights digest mismatch: expected {sha}, got {actual}")
-        try:
-            with _FX_LOCK:
-                unit_graph = graph.trace(model, (in_channels, input_size, input_size))
-        except EdgesplitError as exc:
-            raise Refused(INVALID, str(exc)) from None
-        return LoadedModel(key=key, graph=unit_graph)
 
     def install_plan(self, request: pb.InstallPlanRequest) -> pb.Ack:
         with self._lock:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
-        n = model.num_units
-        if request.epoch < 1:
-            raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
-        if not 0 <= request.start < request.end <= n:
-            raise Refused(
-                INVALID,
-                f"unit range [{request.start}, {request.end}) must satisfy "
-                f"0 <= start < end <= {n} for {model.key[0]}",
-            )
-        if not request.next_hop or not request.coordinator:
-            raise Refused(INVALID, "InstallPlan needs next_hop and coordinator addresses")
-        if request.HasField("bandwidth_mbps") and not request.bandwidth_mbps > 0:
-            raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
-        if not request.latency_ms >= 0:
-            raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
-        in_shape = (
-            tuple(model.graph.input_shape)
-            if request.start == 0
-            else tuple(model.graph.units[request.start - 1].out_shape)
-        )
-        bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
-        with _FX_LOCK:
-            module = model.graph.stage(request.start, request.end)
-        epoch = Epoch(
-            epoch=request.epoch,
-            stage=request.stage,
-            start=request.start,
-            end=request.end,
-            module=module,
-            in_shape=in_shape,
-            next_hop=request.next_hop,
-            coordinator=request.coordinator,
-            next_token=request.next_token or None,
-            shape=LinkShape(
-                bandwidth_mbps=bandwidth,
-                latency_ms=request.latency_ms,
-            ),
-        )
+        epoch = make_epoch(model, request)
         with self._lock:
             if self._model is not model:
                 raise Refused(PRECONDITION, "the model changed while installing the plan")
@@ -416,11 +319,6 @@ class Worker:
             channel.close()
         if self._sampler is not None:
             self._sampler.stop()
-
-
-def _check_range(what: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise Refused(INVALID, f"{what} must be in [{low}, {high}], got {value}")
 
 
 def _start_sampler(interval_s: float) -> DeviceSampler | None:
