@@ -217,6 +217,9 @@ def test_weights_are_sent_once_then_cached(
         request = pb.LoadModelRequest(
             model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256=sha
         )
+        before = rpc_error(stub(fresh).Forward, pb.MicroBatch(plan_epoch=1))
+        assert before.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no model loaded" in before.details()
         reply = stub(fresh).LoadModel(request, timeout=60)
         assert reply.loaded and not reply.need_weights  # found in the shared cache
     finally:

@@ -338,6 +338,11 @@ class Coordinator:
             except grpc.RpcError as exc:
                 log.warning("dropping epoch %d on %s: %s", epoch, device.name, exc)
 
+    def current(self) -> tuple[int, tuple[Stage, ...]]:
+        """The current epoch and its plan, read together (another thread may install)."""
+        with self._lock:
+            return self._epoch, self._plan
+
     @property
     def epoch(self) -> int:
         with self._lock:

@@ -122,7 +122,7 @@ class Run:
     def send(self, request_id: int) -> None:
         """Upload one pending request to the first stage of the current plan."""
         pending = self.pending[request_id]
-        epoch, plan = self.c.epoch, self.c.plan
+        epoch, plan = self.c.current()
         first = plan[0].device
         link = self.c.cluster.link(COORDINATOR, first)
         batch = pb.MicroBatch(request_id=request_id, plan_epoch=epoch)
