@@ -291,3 +291,12 @@ def test_dead_next_hop_is_reported_and_the_run_fails_with_one_line(
 def test_worker_refuses_to_start_without_a_token() -> None:
     with pytest.raises(EdgesplitError, match="has no token"):
         serve(WorkerConfig(name="x", token=None), "127.0.0.1:0")
+
+
+def test_an_oversized_micro_batch_is_a_run_error(coordinator: Coordinator) -> None:
+    n = coordinator._num_units
+    assert n is not None
+    coordinator.install_plan([("w0", 0, n)])
+    huge = torch.zeros(5600, 3, SIZE, SIZE)  # 68.8 MB of float32, over the 64 MiB limit
+    with pytest.raises(RunError, match=r"request 3 is \d+ bytes on the wire; the limit is"):
+        coordinator.run([(3, huge)], window=1)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import grpc
 
 from edgesplit.config import TlsSpec
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime import MAX_MESSAGE_BYTES
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import describe_rpc_error, open_channel
 
@@ -26,7 +28,11 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_HOP = "coordinator"
 SEND_TIMEOUT_S = 30.0
-REPORT_TIMEOUT_S = 5.0
+BUSY_RETRY_S = 0.05
+
+
+class OversizeError(EdgesplitError):
+    """A message would exceed the gRPC size limit."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,12 @@ class LinkSender:
             self._channel.close()
 
     def _call(self, item: Outgoing) -> None:
+        size = item.batch.ByteSize()
+        if size > MAX_MESSAGE_BYTES:
+            raise OversizeError(
+                f"a {size}-byte message exceeds the {MAX_MESSAGE_BYTES}-byte limit; "
+                "use smaller micro-batches"
+            )
         if self._channel is None:
             self._channel = open_channel(self.address, self._token, self._tls)
         method = (
@@ -106,7 +118,17 @@ class LinkSender:
             request_serializer=pb.MicroBatch.SerializeToString,
             response_deserializer=pb.Ack.FromString,
         )
-        call(item.batch, timeout=SEND_TIMEOUT_S)
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        while True:
+            try:
+                call(item.batch, timeout=max(deadline - time.monotonic(), 0.1))
+                return
+            except grpc.RpcError as exc:
+                # A full queue downstream is backpressure, not a failure: wait our turn.
+                busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(BUSY_RETRY_S)
 
     def _loop(self) -> None:
         while True:
@@ -121,11 +143,11 @@ class LinkSender:
             hop.send_end = time.time()
             try:
                 self._call(item)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, OversizeError) as exc:
+                why = describe_rpc_error(exc) if isinstance(exc, grpc.RpcError) else str(exc)
                 message = (
                     f"[{self._device}] sending request {item.batch.request_id} "
-                    f"(epoch {item.batch.plan_epoch}) to {self.address} failed: "
-                    f"{describe_rpc_error(exc)}"
+                    f"(epoch {item.batch.plan_epoch}) to {self.address} failed: {why}"
                 )
                 log.warning("%s", message)
                 report = pb.FailureReport(

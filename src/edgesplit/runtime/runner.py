@@ -21,7 +21,7 @@ import torch
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import RunError
-from edgesplit.runtime import codec
+from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -127,6 +127,11 @@ class Run:
         link = self.c.cluster.link(COORDINATOR, first)
         batch = pb.MicroBatch(request_id=request_id, plan_epoch=epoch)
         codec.encode(pending.x, out=batch.tensor)
+        if batch.ByteSize() > MAX_MESSAGE_BYTES:
+            raise RunError(
+                f"request {request_id} is {batch.ByteSize()} bytes on the wire; the limit is "
+                f"{MAX_MESSAGE_BYTES}: use smaller micro-batches"
+            )
         pending.attempts += 1
         pending.epoch = epoch
         pending.bytes_out = len(batch.tensor.data)
