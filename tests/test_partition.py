@@ -74,3 +74,34 @@ def test_balanced_ranges_is_optimal(costs: list[float], stages: int) -> None:
     assert len(ranges) == stages
     got = max(sum(costs[a:b]) for a, b in ranges)
     assert got == pytest.approx(_brute_best(costs, stages))
+
+
+def _brute_best_with_cuts(costs: list[float], cut_costs: list[float], stages: int) -> float:
+    n = len(costs)
+    best = float("inf")
+    for cuts in itertools.combinations(range(1, n), stages - 1):
+        bounds = [0, *cuts, n]
+        value = max(
+            sum(costs[a:b]) + (cut_costs[b - 1] if b < n else 0.0)
+            for a, b in itertools.pairwise(bounds)
+        )
+        best = min(best, value)
+    return best
+
+
+@given(
+    st.lists(st.tuples(st.floats(0.0, 100.0), st.floats(0.0, 100.0)), min_size=1, max_size=8),
+    st.integers(1, 4),
+)
+def test_balanced_ranges_with_cut_costs_is_optimal(
+    pairs: list[tuple[float, float]], stages: int
+) -> None:
+    costs = [p[0] for p in pairs]
+    cut_costs = [p[1] for p in pairs]
+    if stages > len(costs):
+        return
+    ranges = balanced_ranges(costs, stages, cut_costs)
+    validate_ranges(ranges, len(costs))
+    n = len(costs)
+    got = max(sum(costs[a:b]) + (cut_costs[b - 1] if b < n else 0.0) for a, b in ranges)
+    assert got == pytest.approx(_brute_best_with_cuts(costs, cut_costs, stages))

@@ -84,30 +84,38 @@ def format_partition(ranges: Sequence[tuple[int, int]]) -> str:
     return ",".join(f"{start}-{end}" for start, end in ranges)
 
 
-def balanced_ranges(costs: Sequence[float], stages: int) -> Ranges:
+def balanced_ranges(
+    costs: Sequence[float], stages: int, cut_costs: Sequence[float] | None = None
+) -> Ranges:
     """Split units with the given costs into ``stages`` contiguous ranges minimising the largest
-    stage cost (exact dynamic program, O(stages * units^2); fine for hundreds of units)."""
+    stage cost (exact dynamic program, O(stages * units^2); fine for hundreds of units).
+
+    ``cut_costs[i]``, when given, is added to a stage that ends after unit ``i`` and hands its
+    output on (the transfer of that tensor); the last stage pays none."""
     n = len(costs)
     if not 1 <= stages <= n:
         raise PartitionError(f"cannot cut {n} units into {stages} non-empty stages")
+    cut = list(cut_costs) if cut_costs is not None else [0.0] * n
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
     inf = float("inf")
-    # best[k][j]: smallest bottleneck splitting units [0, j) into k stages; cut[k][j]: last start
+    # best[k][j]: smallest bottleneck splitting units [0, j) into k stages; last[k][j]: the start
+    # of the k-th stage in that split.
     best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    last = [[0] * (n + 1) for _ in range(stages + 1)]
     best[0][0] = 0.0
     for k in range(1, stages + 1):
         for j in range(k, n + 1):
+            handoff = cut[j - 1] if j < n else 0.0
             for i in range(k - 1, j):
-                value = max(best[k - 1][i], prefix[j] - prefix[i])
+                value = max(best[k - 1][i], prefix[j] - prefix[i] + handoff)
                 if value < best[k][j]:
-                    best[k][j], cut[k][j] = value, i
+                    best[k][j], last[k][j] = value, i
     ranges: list[tuple[int, int]] = []
     end = n
     for k in range(stages, 0, -1):
-        start = cut[k][end]
+        start = last[k][end]
         ranges.append((start, end))
         end = start
     return tuple(reversed(ranges))
