@@ -1,0 +1,224 @@
+"""``edgesplit run``: run a model as a pipeline over a cluster and print the per-device table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgesplit import models
+from edgesplit.cli import main
+from edgesplit.config import load_cluster
+from edgesplit.data import known_datasets
+from edgesplit.job import RunConfig, run_job
+from edgesplit.metrics.table import device_table
+
+
+class _PlainProgress:
+    """Periodic plain lines for logs (stdout is not a terminal)."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, elapsed_s: float) -> None:
+        if done == total or elapsed_s - self.last >= self.every_s:
+            self.last = elapsed_s
+            rate = done / elapsed_s if elapsed_s > 0 else 0.0
+            click.echo(f"  {done}/{total} images, {rate:.1f} images/s, {elapsed_s:.1f} s", err=True)
+
+
+@main.command("run")
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cluster file (YAML) of real or emulated devices. Without it, an emulated "
+    "cluster of --devices workers is started for the run and stopped after.",
+)
+@click.option(
+    "--devices",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Emulated devices to start when no --cluster is given.",
+)
+@click.option(
+    "--cpus",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="CPU share of each emulated device, in cores.",
+)
+@click.option(
+    "--bandwidth-mbps",
+    default=None,
+    type=click.FloatRange(min=0.001),
+    help="Emulated link bandwidth (default: unshaped).",
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Emulated one-way link latency.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=models.DEFAULT_MODEL,
+    show_default=True,
+    help=f"Model: one of {', '.join(models.known_models())}.",
+)
+@click.option(
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help=f"Test set to classify: one of {', '.join(known_datasets())}. 'synthetic' "
+    "is random images without labels (timing only).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Weights (.safetensors + .json sidecar). Default: the shipped checkpoint "
+    "for the model and dataset, if any, else random weights (with a note).",
+)
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="Use random weights even if a checkpoint is shipped (timing runs).",
+)
+@click.option(
+    "--input-size",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Input size in pixels. Default: the checkpoint's, or 224.",
+)
+@click.option(
+    "--partition",
+    default=None,
+    help="Half-open unit ranges, one stage per device in cluster order, e.g. "
+    '"0-7,7-14,14-". Default: stages balanced by unit times measured here.',
+)
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per micro-batch.",
+)
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Only the first N images of the test set.",
+)
+@click.option(
+    "--window",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Micro-batches in flight at most (backpressure). Default: 2 x stages.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Look for the dataset here first.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder. Default: runs/<date>-<time>-<model>.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table.")
+def run_command(
+    cluster_file: Path | None,
+    devices: int,
+    cpus: float,
+    bandwidth_mbps: float | None,
+    latency_ms: float,
+    model_name: str,
+    dataset: str,
+    checkpoint: Path | None,
+    random_weights: bool,
+    input_size: int | None,
+    partition: str | None,
+    batch_size: int,
+    limit: int | None,
+    window: int | None,
+    data_dir: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Run a model as a pipeline across devices and measure every device.
+
+    With no options: MobileNetV2 with its shipped Fashion-MNIST checkpoint over the whole
+    Fashion-MNIST test set on an emulated 3-device cluster, with a balanced partition.
+    """
+    from edgesplit.emulate import exit_on_sigterm
+
+    cluster = load_cluster(cluster_file) if cluster_file is not None else None
+    config = RunConfig(
+        model=model_name,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        random_weights=random_weights,
+        input_size=input_size,
+        partition=partition,
+        batch_size=batch_size,
+        limit=limit,
+        window=window,
+        devices=devices,
+        cpus=cpus,
+        bandwidth_mbps=bandwidth_mbps,
+        latency_ms=latency_ms,
+        data_dir=data_dir,
+        out=out,
+    )
+    console = Console(stderr=True)
+    interactive = console.is_terminal
+    started = time.perf_counter()
+    with exit_on_sigterm():
+        if interactive:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("starting", total=None, rate="")
+
+                def progress(done: int, total: int, elapsed_s: float) -> None:
+                    rate = f"{done / elapsed_s:.1f} img/s" if elapsed_s > 0 else ""
+                    bar.update(task, completed=done, total=total, rate=rate, description="running")
+
+                outcome = run_job(
+                    config, cluster, progress, lambda text: bar.update(task, description=text)
+                )
+        else:
+            outcome = run_job(
+                config,
+                cluster,
+                _PlainProgress(),
+                lambda text: click.echo(f"edgesplit: {text}", err=True),
+            )
+    if as_json:
+        click.echo(json.dumps(outcome.summary, indent=2))
+    else:
+        out_console = Console(width=None if sys.stdout.isatty() else 200)
+        out_console.print(device_table(outcome.summary, outcome.rows))
+        for note in outcome.notes:
+            out_console.print(f"note: {note}")
+        out_console.print(
+            f"run folder: {outcome.folder} ({time.perf_counter() - started:.1f} s in all)"
+        )

@@ -1,0 +1,294 @@
+"""One inference job from start to run folder: model and weights, dataset, partition, cluster
+(given, or emulated for the job), coordinator run, and the reductions written to disk.
+
+This is the library behind ``edgesplit run``; the CLI only builds a :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgesplit import checkpoints, data, graph, models
+from edgesplit.config import ClusterSpec, LinkSpec
+from edgesplit.errors import ConfigError, ModelError
+from edgesplit.metrics import runfolder
+from edgesplit.metrics.summary import (
+    DeviceRow,
+    StageInfo,
+    device_rows,
+    latency_summary,
+    request_latencies_ms,
+)
+from edgesplit.partition import Ranges, balanced_ranges, format_partition, parse_partition
+
+log = logging.getLogger(__name__)
+
+ASSUMED_BANDWIDTH_MBPS = 940.0
+"""Gigabit Ethernet's TCP goodput, assumed for unshaped links when balancing stages."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``edgesplit run`` was asked to do. ``None`` means "choose for me" (see each field)."""
+
+    model: str = models.DEFAULT_MODEL
+    dataset: str = "fashion-mnist"
+    checkpoint: Path | None = None
+    """None: the shipped checkpoint for (model, dataset) if there is one, else random weights."""
+    random_weights: bool = False
+    input_size: int | None = None
+    """None: the checkpoint's input size, else 224."""
+    partition: str | None = None
+    """None: stages balanced by the unit times measured here, one per device."""
+    batch_size: int = 16
+    limit: int | None = None
+    window: int | None = None
+    """Micro-batches in flight; None: twice the number of stages."""
+    devices: int = 3
+    """Emulated devices started for the run when no cluster is given."""
+    cpus: float = 0.5
+    bandwidth_mbps: float | None = None
+    latency_ms: float = 0.0
+    data_dir: Path | None = None
+    out: Path | None = None
+    seed: int = 0
+
+
+@dataclass
+class ResolvedModel:
+    model: nn.Module
+    name: str
+    input_size: int
+    num_classes: int
+    weights: str
+    """Where the weights came from, for the record: a checkpoint path or "random"."""
+    checkpoint_accuracy: float | None = None
+
+
+@dataclass
+class RunOutcome:
+    folder: Path
+    summary: dict[str, object]
+    rows: list[DeviceRow]
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
+    classes = dataset.info.classes
+    path = config.checkpoint
+    if path is None and not config.random_weights and dataset.labels is not None:
+        with contextlib.suppress(ModelError):
+            path = checkpoints.shipped(config.model, dataset.name)
+    if path is not None:
+        model, info = checkpoints.load(path, model_name=config.model, num_classes=classes)
+        if info.dataset != dataset.name:
+            raise ModelError(
+                f"checkpoint {path} was trained on {info.dataset}, the run uses {dataset.name}"
+            )
+        size = config.input_size or info.input_size
+        return ResolvedModel(model, config.model, size, classes, str(path), info.test_accuracy)
+    torch.manual_seed(config.seed)
+    model = models.build(config.model, num_classes=classes)
+    return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+
+
+def unit_times_ms(ug: graph.UnitGraph, batch: torch.Tensor, repeats: int = 3) -> list[float]:
+    """Median time of each unit on this machine for ``batch`` (used to balance stages)."""
+    times = []
+    x = batch
+    with torch.inference_mode():
+        for unit in ug.units:
+            stage = ug.stage(unit.index, unit.index + 1)
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                y = stage(x)
+                samples.append((time.perf_counter() - t0) * 1000.0)
+            times.append(statistics.median(samples))
+            x = y
+    return times
+
+
+def choose_ranges(config: RunConfig, ug: graph.UnitGraph, devices: int) -> Ranges:
+    if config.partition is not None:
+        ranges = parse_partition(config.partition, ug.num_units)
+        if len(ranges) > devices:
+            raise ConfigError(
+                f"partition {config.partition!r} has {len(ranges)} stages but the cluster has "
+                f"{devices} devices; expected at most {devices} stages"
+            )
+        return ranges
+    stages = min(devices, ug.num_units)
+    batch = torch.zeros(config.batch_size, *ug.input_shape)
+    # A hand-off costs its transfer time over the link (gigabit when the link is unshaped), so
+    # the balance avoids cutting where the tensor is large.
+    mbps = config.bandwidth_mbps or ASSUMED_BANDWIDTH_MBPS
+    transfer_ms = [u.out_bytes * config.batch_size * 8 / (mbps * 1e3) for u in ug.units]
+    return balanced_ranges(unit_times_ms(ug, batch), stages, transfer_ms)
+
+
+def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[StageInfo]:
+    return [
+        StageInfo(
+            device=name,
+            start=a,
+            end=b,
+            first_layer=ug.units[a].first,
+            last_layer=ug.units[b - 1].last,
+            params=ug.params_in(a, b),
+        )
+        for name, (a, b) in zip(names, ranges, strict=False)
+    ]
+
+
+@contextlib.contextmanager
+def cluster_for(config: RunConfig, cluster: ClusterSpec | None) -> Iterator[ClusterSpec]:
+    """The given cluster, or an emulated one that lives for the ``with`` block."""
+    if cluster is not None:
+        yield cluster
+        return
+    from edgesplit.emulate import EmulatedCluster, uniform_devices
+
+    link = LinkSpec(bandwidth_mbps=config.bandwidth_mbps, latency_ms=config.latency_ms)
+    with EmulatedCluster.start(
+        uniform_devices(config.devices, cpus=config.cpus), default_link=link
+    ) as emulated:
+        yield emulated.spec
+
+
+def run_job(
+    config: RunConfig,
+    cluster: ClusterSpec | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Run ``config`` on ``cluster`` (or on an emulated cluster) and write the run folder.
+
+    ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
+    ``on_phase(text)`` when the job moves on (starting the cluster, loading, running)."""
+    from edgesplit.runtime.coordinator import Coordinator
+
+    phase = on_phase or (lambda text: log.info("%s", text))
+    notes: list[str] = []
+    phase(f"loading dataset {config.dataset}")
+    if config.dataset == "synthetic":
+        dataset = data.synthetic(config.limit or 256)
+        notes.append("synthetic dataset: random images without labels, accuracy is undefined")
+    else:
+        dataset = data.load(config.dataset, "test", data_dir=config.data_dir)
+    resolved = resolve_model(config, dataset)
+    if resolved.weights == "random" and dataset.labels is not None:
+        notes.append(f"{config.model} has random weights: the accuracy is meaningless")
+    size = resolved.input_size
+    ug = graph.trace(resolved.model, (3, size, size))
+    total = len(dataset) if config.limit is None else min(config.limit, len(dataset))
+    if total == 0:
+        raise ConfigError("--limit selects no images; expected at least 1")
+
+    with contextlib.ExitStack() as stack:
+        phase("starting the cluster" if cluster is None else "connecting to the cluster")
+        spec = stack.enter_context(cluster_for(config, cluster))
+        ranges = choose_ranges(config, ug, len(spec.devices))
+        names = [d.name for d in spec.devices[: len(ranges)]]
+        coordinator = stack.enter_context(Coordinator(spec))
+        coordinator.check()
+        phase(f"loading {config.model} on {len(spec.devices)} devices")
+        num_units = coordinator.load_model(
+            resolved.name, resolved.num_classes, 3, size, resolved.model
+        )
+        if num_units != ug.num_units:
+            raise ModelError(
+                f"devices traced {config.model} into {num_units} units, this machine into "
+                f"{ug.num_units}; check that edgesplit and torch versions match"
+            )
+        epoch = coordinator.install_plan(
+            [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
+        )
+        window = config.window or 2 * len(ranges)
+        starts: list[int] = []
+
+        def batches() -> Iterator[tuple[int, torch.Tensor]]:
+            for start, x, _ in dataset.batches(config.batch_size, size, 3, config.limit):
+                starts.append(start)
+                yield len(starts) - 1, x
+
+        done = 0
+        t0 = time.perf_counter()
+
+        def on_result(request_id: int, output: torch.Tensor) -> None:
+            nonlocal done
+            done += int(output.shape[0])
+            if on_progress is not None:
+                on_progress(done, total, time.perf_counter() - t0)
+
+        phase(f"running {total} images through {len(ranges)} stages")
+        record = coordinator.run(batches(), window=window, on_result=on_result)
+
+    predictions = torch.full((total,), -1, dtype=torch.int64)
+    for request_id, output in record.outputs.items():
+        start = starts[request_id]
+        predictions[start : start + output.shape[0]] = output.argmax(1)
+    accuracy = None
+    if dataset.labels is not None:
+        accuracy = float((predictions == dataset.labels[:total]).sum()) / total
+    stages = stage_infos(ug, ranges, names)
+    rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
+    latencies = request_latencies_ms(record.hops, record.uploads)
+    total_params = ug.total_params
+    summary: dict[str, object] = {
+        "model": config.model,
+        "dataset": dataset.name,
+        "weights": resolved.weights,
+        "checkpoint_accuracy": resolved.checkpoint_accuracy,
+        "input_size": size,
+        "batch_size": config.batch_size,
+        "window": window,
+        "images": total,
+        "completed_images": int((predictions >= 0).sum()),
+        "wall_s": record.wall_s,
+        "throughput_ips": total / record.wall_s if record.wall_s > 0 else None,
+        "latency_ms": latency_summary(latencies),
+        "accuracy": accuracy,
+        "params_total": total_params,
+        "partition": format_partition(ranges),
+        "plan": {
+            "epoch": epoch,
+            "stages": [
+                {
+                    "device": s.device,
+                    "units": [s.start, s.end],
+                    "first_layer": s.first_layer,
+                    "last_layer": s.last_layer,
+                    "params": s.params,
+                }
+                for s in stages
+            ],
+        },
+        "devices": [row.to_dict() for row in rows],
+        "clock_offsets_ms": record.clock_offsets_ms,
+        "rtt_ms": record.rtt_ms,
+        "failures": record.failures,
+        "replayed": record.replayed,
+        "duplicates": record.duplicates,
+        "notes": notes,
+    }
+    folder = runfolder.write(
+        config.out,
+        summary=summary,
+        rows=rows,
+        record=record,
+        spec=spec,
+        predictions=predictions,
+        labels=dataset.labels,
+        units=ug.units,
+    )
+    return RunOutcome(folder, summary, rows, notes)

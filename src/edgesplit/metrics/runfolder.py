@@ -1,0 +1,103 @@
+"""The run folder: every number of a run, as files that tools and people read.
+
+``summary.json`` (the keys documented in docs/USAGE.md), ``devices.csv`` (the per-device table),
+``requests.csv`` (one row per micro-batch per hop, the coordinator's upload as stage -1),
+``samples.csv`` (each device's sampler time series), ``predictions.csv`` (per image: prediction,
+label), ``plan.json`` (stages with device and unit range, and every unit), and ``cluster.yaml``
+(the cluster as used).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgesplit.config import ClusterSpec, dump_cluster
+from edgesplit.graph import Unit
+from edgesplit.metrics.summary import DeviceRow
+from edgesplit.runtime.records import RunRecord
+
+FILES = (
+    "summary.json",
+    "devices.csv",
+    "requests.csv",
+    "samples.csv",
+    "predictions.csv",
+    "plan.json",
+    "cluster.yaml",
+)
+
+
+def default_folder(model: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
+def _write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+
+
+def write(
+    folder: Path | None,
+    *,
+    summary: dict[str, Any],
+    rows: Sequence[DeviceRow],
+    record: RunRecord,
+    spec: ClusterSpec,
+    predictions: torch.Tensor,
+    labels: torch.Tensor | None,
+    units: Sequence[Unit],
+) -> Path:
+    """Write the run folder (created if needed) and return its path."""
+    folder = Path(folder) if folder is not None else default_folder(str(summary["model"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    device_dicts = [r.to_dict() for r in rows]
+    columns = list(device_dicts[0]) if device_dicts else ["name"]
+    _write_csv(folder / "devices.csv", device_dicts, columns)
+    hop_dicts = [h.to_dict() for h in (*record.uploads, *record.hops)]
+    hop_dicts.sort(key=lambda h: (h["request_id"], h["stage"]))
+    hop_columns = list(hop_dicts[0]) if hop_dicts else ["request_id"]
+    _write_csv(folder / "requests.csv", hop_dicts, hop_columns)
+    sample_rows = [
+        {"device": device, **sample}
+        for device, samples in record.samples.items()
+        for sample in samples
+    ]
+    sample_columns = (
+        ["device", *(sample_rows[0].keys() - {"device"})] if sample_rows else ["device"]
+    )
+    _write_csv(folder / "samples.csv", sample_rows, sorted(sample_columns, key=_sample_order))
+    label_list = labels[: len(predictions)].tolist() if labels is not None else None
+    _write_csv(
+        folder / "predictions.csv",
+        (
+            {
+                "index": i,
+                "prediction": p if p >= 0 else None,
+                "label": label_list[i] if label_list else None,
+            }
+            for i, p in enumerate(predictions.tolist())
+        ),
+        ["index", "prediction", "label"],
+    )
+    plan = dict(summary["plan"])
+    plan["partition"] = summary["partition"]
+    plan["units"] = [u.to_dict() for u in units]
+    (folder / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    dump_cluster(spec, folder / "cluster.yaml")
+    return folder
+
+
+def _sample_order(column: str) -> tuple[int, str]:
+    first = ("device", "t")
+    return (first.index(column), "") if column in first else (len(first), column)
