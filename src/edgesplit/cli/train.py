@@ -129,17 +129,22 @@ def train_command(
     out = out or checkpoints.SHIPPED_DIR / f"{model_name}-{dataset}-{input_size}.safetensors"
     started = time.perf_counter()
     with _progress() as bar:
-        task = bar.add_task(
-            "train", total=epochs * ((len(train_set) + batch_size - 1) // batch_size), info=""
-        )
+        steps = (len(train_set) + batch_size - 1) // batch_size
+        task = bar.add_task("train", total=epochs * steps, info="")
+        plain = not bar.console.is_terminal
 
         def show(p: TrainProgress) -> None:
-            bar.update(
-                task,
-                advance=1,
-                description=f"epoch {p.epoch + 1}/{epochs}",
-                info=f"loss {p.loss:.3f} acc {p.accuracy:.3f} {p.images_per_s:.0f} img/s",
-            )
+            info = f"loss {p.loss:.3f} acc {p.accuracy:.3f} {p.images_per_s:.0f} img/s"
+            bar.update(task, advance=1, description=f"epoch {p.epoch + 1}/{epochs}", info=info)
+            if plain and (p.step == p.steps or p.step % 100 == 0):
+                elapsed = time.perf_counter() - started
+                done = p.epoch * steps + p.step
+                eta = elapsed / done * (epochs * steps - done)
+                click.echo(
+                    f"epoch {p.epoch + 1}/{epochs} step {p.step}/{p.steps}: {info}, "
+                    f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s",
+                    err=True,
+                )
 
         train(model, train_set, config, show)
     half = not fp32
