@@ -67,3 +67,7 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path: Path) -> None:
         models.build("shufflenet_v2_x0_5", num_classes=10, weights=corrupt)
     with pytest.raises(ModelError, match="does not exist"):
         models.build("shufflenet_v2_x0_5", weights=tmp_path / "nope.safetensors")
+
+
+def test_known_models_match_the_zoo_builders() -> None:
+    assert sorted(models.zoo()) == models.known_models()

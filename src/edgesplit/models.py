@@ -8,17 +8,18 @@ safetensors checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgesplit.errors import ModelError
+
+if TYPE_CHECKING:  # torch and torchvision take seconds to import; the CLI's --help should not
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -32,49 +33,53 @@ class ZooEntry:
     default_input_size: int = 224
 
 
-ZOO: dict[str, ZooEntry] = {
-    "mobilenet_v2": ZooEntry(
-        torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights
-    ),
-    "mobilenet_v3_small": ZooEntry(
-        torchvision.models.mobilenet_v3_small, torchvision.models.MobileNet_V3_Small_Weights
-    ),
-    "squeezenet1_1": ZooEntry(
-        torchvision.models.squeezenet1_1, torchvision.models.SqueezeNet1_1_Weights
-    ),
-    "shufflenet_v2_x0_5": ZooEntry(
-        torchvision.models.shufflenet_v2_x0_5, torchvision.models.ShuffleNet_V2_X0_5_Weights
-    ),
-    "efficientnet_b0": ZooEntry(
-        torchvision.models.efficientnet_b0, torchvision.models.EfficientNet_B0_Weights
-    ),
-}
-
+KNOWN_MODELS = (
+    "efficientnet_b0",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+)
 DEFAULT_MODEL = "mobilenet_v2"
+
+
+@functools.cache
+def zoo() -> dict[str, ZooEntry]:
+    """The torchvision builders, keyed by :data:`KNOWN_MODELS` (imports torchvision)."""
+    import torchvision.models as tvm
+
+    return {
+        "mobilenet_v2": ZooEntry(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights),
+        "mobilenet_v3_small": ZooEntry(tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights),
+        "squeezenet1_1": ZooEntry(tvm.squeezenet1_1, tvm.SqueezeNet1_1_Weights),
+        "shufflenet_v2_x0_5": ZooEntry(tvm.shufflenet_v2_x0_5, tvm.ShuffleNet_V2_X0_5_Weights),
+        "efficientnet_b0": ZooEntry(tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights),
+    }
 
 
 def known_models() -> list[str]:
     """Names accepted by :func:`build`, sorted."""
-    return sorted(ZOO)
+    return sorted(KNOWN_MODELS)
 
 
 def _entry(name: str) -> ZooEntry:
-    try:
-        return ZOO[name]
-    except KeyError:
-        raise ModelError(
-            f"unknown model {name!r}; known models: {', '.join(known_models())}"
-        ) from None
+    if name not in KNOWN_MODELS:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
+    return zoo()[name]
 
 
 def imagenet_weights_path(name: str) -> Path:
     """Where torchvision's cache keeps the ImageNet weights of ``name``."""
+    import torch
+
     weights = _entry(name).weights_enum.DEFAULT  # type: ignore[attr-defined]
     filename = weights.url.rsplit("/", 1)[-1]
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def _load_imagenet(name: str, model: nn.Module, allow_download: bool) -> None:
+    import torch
+
     path = imagenet_weights_path(name)
     if not path.exists():
         if not allow_download:
@@ -90,6 +95,9 @@ def _load_imagenet(name: str, model: nn.Module, allow_download: bool) -> None:
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
     """Swap the ImageNet classifier for one with ``num_classes`` outputs."""
+    import torchvision
+    from torch import nn
+
     if isinstance(model, torchvision.models.SqueezeNet):
         conv = model.classifier[1]
         assert isinstance(conv, nn.Conv2d)
@@ -107,6 +115,8 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 def _replace_stem(model: nn.Module, in_channels: int) -> None:
     """Swap the first convolution for one that takes ``in_channels`` channels."""
+    from torch import nn
+
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
@@ -183,6 +193,8 @@ def load_checkpoint_into(model: nn.Module, path: Path) -> None:
 
 def state_dict_sha256(model: nn.Module) -> str:
     """A stable digest of a model's weights (names, dtypes, shapes and bytes)."""
+    import torch
+
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
