@@ -194,10 +194,12 @@ def run_job(
     if total == 0:
         raise ConfigError("--limit selects no images; expected at least 1")
 
+    # Before the cluster starts: a bad partition fails in a second, not after the workers load.
+    ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else config.devices)
+
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
         spec = stack.enter_context(cluster_for(config, cluster))
-        ranges = choose_ranges(config, ug, len(spec.devices))
         names = [d.name for d in spec.devices[: len(ranges)]]
         coordinator = stack.enter_context(Coordinator(spec))
         coordinator.check()
