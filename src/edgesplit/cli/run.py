@@ -215,7 +215,8 @@ def run_command(
     if as_json:
         click.echo(json.dumps(outcome.summary, indent=2))
     else:
-        out_console = Console(width=None if sys.stdout.isatty() else 200)
+        # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
+        out_console = Console(width=None if sys.stdout.isatty() else 1000)
         out_console.print(device_table(outcome.summary, outcome.rows))
         for note in outcome.notes:
             out_console.print(f"note: {note}")

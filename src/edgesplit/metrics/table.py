@@ -48,7 +48,14 @@ def device_table(summary: Mapping[str, Any], rows: Sequence[DeviceRow]) -> Table
         ("Temp °C", "right"),
     ]
     for name, justify in columns:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        # On a narrow console a device name is never cut (it is what the row is about) and
+        # layer names fold instead of ending in an ellipsis.
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=name == "Device",
+            overflow="fold" if name == "Layers" else "ellipsis",
+        )
     for row in rows:
         table.add_row(
             row.name,
