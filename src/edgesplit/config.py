@@ -206,6 +206,14 @@ def parse_cluster(data: object, source: str = "cluster spec") -> ClusterSpec:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line (its own message spans lines and quotes the source)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
 def load_cluster(path: Path) -> ClusterSpec:
     """Read and validate a cluster file."""
     try:
@@ -215,7 +223,7 @@ def load_cluster(path: Path) -> ClusterSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cluster file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"cluster file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     return parse_cluster(data, source=f"cluster file {path}")
 
 
