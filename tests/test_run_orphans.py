@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from edgesplit.emulate import CGROUP_ROOT, cgroup_base, detect_mechanism, sweep_stale_cgroups
@@ -31,6 +32,26 @@ def cgroups_of(pid: int) -> list[Path]:
     mechanism = detect_mechanism()
     base = cgroup_base(mechanism) if mechanism in ("cgroup-v1", "cgroup-v2") else None
     return sorted(base.glob(f"edgesplit-{pid}-*")) if base is not None else []
+
+
+def live_members(cgroup: Path, timeout_s: float = 10.0) -> list[int]:
+    """Pids in ``cgroup`` that still run. A worker killed by its parent-death signal can stay
+    listed for a moment (until the kernel has reaped it), so this waits a bounded time and then
+    ignores zombies, which hold no CPU or memory."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    live = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                live.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return live
 
 
 def uses_cgroups() -> bool:
@@ -75,7 +96,7 @@ def test_sigkilled_run_leaves_no_worker(cli: Any, tmp_path: Path) -> None:
     # A SIGKILLed run cannot remove its cgroups: they stay, empty, until the next start sweeps.
     stale = cgroups_of(run.proc.pid)
     for path in stale:
-        assert (path / "cgroup.procs").read_text().split() == [], path
+        assert live_members(path) == [], path
     if stale:
         assert set(stale) <= set(sweep_stale_cgroups(CGROUP_ROOT))
     assert cgroups_of(run.proc.pid) == []
