@@ -138,3 +138,11 @@ def test_real_fashion_mnist_from_the_debian_package() -> None:
     assert len(test) == 10_000
     assert test.labels is not None
     assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_two_sources_never_share_an_unpacked_copy(tmp_path: Path) -> None:
+    make_mnist(tmp_path / "a", n_test=5)
+    make_mnist(tmp_path / "b", n_test=7)
+    assert len(data.load("fashion-mnist", data_dir=tmp_path / "a")) == 5
+    assert len(data.load("fashion-mnist", data_dir=tmp_path / "b")) == 7
+    assert len(data.load("fashion-mnist", data_dir=tmp_path / "a")) == 5

@@ -57,6 +57,34 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _stored_state(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    """The tensors as written to disk: contiguous, floating ones in fp16 when ``half``."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        if half and t.is_floating_point():
+            t = t.to(torch.float16)
+        state[key] = t
+    return state
+
+
+def as_stored(model: nn.Module, half: bool = True) -> nn.Module:
+    """A copy of ``model`` with exactly the weights :func:`load` will give back after
+    :func:`save` (fp16-rounded when ``half``), so accuracy can be measured before writing."""
+    import copy
+
+    stored = copy.deepcopy(model)
+    stored.load_state_dict(
+        {
+            k: v.to(t.dtype)
+            for (k, v), t in zip(
+                _stored_state(model, half).items(), model.state_dict().values(), strict=True
+            )
+        }
+    )
+    return stored.eval()
+
+
 def save(
     model: nn.Module,
     path: Path,
@@ -76,12 +104,7 @@ def save(
     """Write ``model``'s weights (floating tensors in fp16 when ``half``) and the sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for key, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        if half and t.is_floating_point():
-            t = t.to(torch.float16)
-        state[key] = t
+    state = _stored_state(model, half)
     header = {
         "model": model_name,
         "dataset": dataset,

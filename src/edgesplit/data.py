@@ -13,6 +13,7 @@ resize to the input size -> per-dataset mean/std normalisation. It runs on whole
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import pickle
@@ -152,7 +153,7 @@ def _mnist_root(info: DatasetInfo, dirs: list[Path]) -> Path | None:
             if all((raw / f).exists() for f in _MNIST_FILES):
                 return root
             if all((root / f).exists() or (root / f"{f}.gz").exists() for f in _MNIST_FILES):
-                target = user_cache_dir() / info.name
+                target = user_cache_dir() / "unpacked" / f"{info.name}-{_source_key(root)}"
                 target_raw = target / cls_name / "raw"
                 target_raw.mkdir(parents=True, exist_ok=True)
                 for f in _MNIST_FILES:
@@ -170,6 +171,17 @@ def _mnist_root(info: DatasetInfo, dirs: list[Path]) -> Path | None:
                     tmp.replace(target_raw / f)
                 return target
     return None
+
+
+def _source_key(root: Path) -> str:
+    """Names the unpacked copy of a folder of IDX files: its path, sizes and mtimes, so a
+    different or changed source never reuses a stale copy."""
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for f in sorted(root.iterdir()):
+        if f.name.split(".")[0] in _MNIST_FILES:
+            stat = f.stat()
+            digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _load_mnist(info: DatasetInfo, train: bool, dirs: list[Path], download: bool) -> ImageSet:
