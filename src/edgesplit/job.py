@@ -56,8 +56,9 @@ class RunConfig:
     devices: int = 3
     """Emulated devices started for the run when no cluster is given."""
     cpus: float = 0.5
-    bandwidth_mbps: float | None = None
-    latency_ms: float = 0.0
+    bandwidth_mbps: float | None = 940.0
+    """Emulated links (None = unshaped); 940 Mbit/s is Gigabit Ethernet's goodput."""
+    latency_ms: float = 0.2
     data_dir: Path | None = None
     out: Path | None = None
     seed: int = 0

@@ -58,16 +58,17 @@ class _PlainProgress:
 )
 @click.option(
     "--bandwidth-mbps",
-    default=None,
-    type=click.FloatRange(min=0.001),
-    help="Emulated link bandwidth (default: unshaped).",
+    default=940.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Emulated link bandwidth in Mbit/s (Gigabit Ethernet's goodput; 0 = unshaped).",
 )
 @click.option(
     "--latency-ms",
-    default=0.0,
+    default=0.2,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Emulated one-way link latency.",
+    help="Emulated one-way link latency in ms.",
 )
 @click.option(
     "--model",
@@ -178,7 +179,7 @@ def run_command(
         window=window,
         devices=devices,
         cpus=cpus,
-        bandwidth_mbps=bandwidth_mbps,
+        bandwidth_mbps=bandwidth_mbps or None,
         latency_ms=latency_ms,
         data_dir=data_dir,
         out=out,
