@@ -99,3 +99,6 @@ def test_train_then_eval_through_the_cli(tmp_path: Path) -> None:
     doc = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert doc["images"] == 8
     assert doc["accuracy"] == info.test_accuracy
+    manifest = json.loads((out.parent / "MANIFEST.json").read_text())
+    assert [e["file"] for e in manifest["checkpoints"]] == ["sq.safetensors"]
+    assert manifest["checkpoints"][0]["sha256"] == info.sha256

@@ -192,6 +192,31 @@ def load(
     return model.eval(), info
 
 
+def update_manifest(folder: Path) -> Path:
+    """Rewrite ``folder/MANIFEST.json`` from the sidecars of the checkpoints in ``folder``."""
+    entries = []
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        info = read_info(weights)
+        entries.append(
+            {
+                "file": weights.name,
+                "model": info.model,
+                "dataset": info.dataset,
+                "input_size": info.input_size,
+                "num_classes": info.num_classes,
+                "test_accuracy": info.test_accuracy,
+                "epochs": info.epochs,
+                "dtype": info.dtype,
+                "size_bytes": weights.stat().st_size,
+                "sha256": info.sha256,
+                "command": info.command,
+            }
+        )
+    manifest = Path(folder) / "MANIFEST.json"
+    manifest.write_text(json.dumps({"checkpoints": entries}, indent=2) + "\n")
+    return manifest
+
+
 def shipped(model_name: str, dataset: str = "fashion-mnist") -> Path:
     """The shipped checkpoint for ``model_name`` on ``dataset`` (from ``MANIFEST.json``)."""
     manifest = SHIPPED_DIR / "MANIFEST.json"

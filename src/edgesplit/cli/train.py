@@ -167,6 +167,7 @@ def train_command(
         seed=seed,
         extra={"train_seconds": train_seconds},
     )
+    checkpoints.update_manifest(out.parent)
     click.echo(
         f"{model_name} on {dataset} at {input_size}px: test accuracy {acc:.4f} "
         f"({len(test_set)} images); wrote {out} ({out.stat().st_size / 1e6:.1f} MB, "
