@@ -17,7 +17,7 @@ import click
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
 
-SUBCOMMAND_MODULES = ("split", "train", "worker", "emulate", "run")
+SUBCOMMAND_MODULES = ("split", "train", "worker", "emulate", "run", "certs", "doctor")
 
 
 class EdgesplitGroup(click.Group):
