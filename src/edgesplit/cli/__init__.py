@@ -1,5 +1,7 @@
 """The ``edgesplit`` command: one thin layer that parses, builds config objects, calls the library
-and prints. Each subcommand lives in its own module and registers itself on :data:`main`.
+and prints. Each subcommand lives in its own module and registers itself on :data:`main`; a
+module is imported only when its command runs (torch takes seconds to import, and ``doctor`` must
+work even where the installed torch crashes on import).
 
 Only :class:`~edgesplit.errors.EdgesplitError` is caught: it becomes one clear line on stderr and
 exit code 2. Anything else is a bug and keeps its traceback.
@@ -17,11 +19,38 @@ import click
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
 
-SUBCOMMAND_MODULES = ("split", "train", "worker", "emulate", "run", "certs", "doctor")
+COMMANDS: dict[str, tuple[str, str]] = {
+    "split": (
+        "split",
+        "Show a model's units (the pieces it can be cut into), or check a partition.",
+    ),
+    "run": ("run", "Run a model as a pipeline across devices and measure every device."),
+    "emulate": ("emulate", "Start an emulated cluster of N real worker processes."),
+    "worker": ("worker", "Serve this device's stages of a split model."),
+    "train": ("train", "Train a model on a dataset and write a checkpoint."),
+    "eval": ("train", "Single-device test accuracy of a checkpoint."),
+    "certs": ("certs", "Create a cluster CA and sign device certificates for mutual TLS."),
+    "doctor": ("doctor", "Check this machine (and a cluster) and print OK / WARN / FAIL."),
+}
+"""Command name -> (module under edgesplit.cli, one-line summary shown by ``edgesplit --help``)."""
 
 
 class EdgesplitGroup(click.Group):
-    """A click group that turns EdgesplitError into one line and a non-zero exit."""
+    """A click group that loads subcommands on demand and turns EdgesplitError into one line
+    and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"edgesplit.cli.{COMMANDS[cmd_name][0]}")
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, summary) for name, (_, summary) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -39,11 +68,3 @@ def main(verbose: int) -> None:
     (Raspberry Pi 4B clusters, or an emulated cluster on this machine)."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-for _name in SUBCOMMAND_MODULES:
-    try:
-        importlib.import_module(f"edgesplit.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a subcommand module not written yet
-        if _exc.name != f"edgesplit.cli.{_name}":
-            raise

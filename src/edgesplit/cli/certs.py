@@ -15,7 +15,9 @@ _FORCE = click.option("--force", is_flag=True, help="Replace existing files.")
 
 @main.group("certs")
 def certs_group() -> None:
-    """Create a cluster CA and sign device certificates (mutual TLS between all ends)."""
+    """Create a cluster CA and sign device certificates for mutual TLS.
+
+    Every end (workers and the coordinator) gets a certificate from the same CA."""
 
 
 @certs_group.command("init")

@@ -114,8 +114,10 @@ def train_command(
     out: Path | None,
     fp32: bool,
 ) -> None:
-    """Train a model on a dataset, then write a checkpoint (safetensors + JSON sidecar) whose
-    sidecar records the test accuracy of the weights as stored."""
+    """Train a model on a dataset and write a checkpoint.
+
+    The checkpoint is a safetensors file and a JSON sidecar that records the test accuracy of
+    the weights as stored (fp16 unless --fp32), and checkpoints/MANIFEST.json is updated."""
     if threads:
         torch.set_num_threads(threads)
     command = "edgesplit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
