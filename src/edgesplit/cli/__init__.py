@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("train", "Single-device test accuracy of a checkpoint."),
     "certs": ("certs", "Create a cluster CA and sign device certificates for mutual TLS."),
     "doctor": ("doctor", "Check this machine (and a cluster) and print OK / WARN / FAIL."),
+    "report": (
+        "report",
+        "Write an HTML report with plots (or export its tables) from a run folder.",
+    ),
 }
 """Command name -> (module under edgesplit.cli, one-line summary shown by ``edgesplit --help``)."""
 

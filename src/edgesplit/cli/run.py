@@ -140,6 +140,12 @@ class _PlainProgress:
     help="Run folder. Default: runs/<date>-<time>-<model>.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table.")
+@click.option(
+    "--report",
+    "with_report",
+    is_flag=True,
+    help="Also write report.html and its plots into the run folder (as edgesplit report).",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -158,6 +164,7 @@ def run_command(
     data_dir: Path | None,
     out: Path | None,
     as_json: bool,
+    with_report: bool,
 ) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
@@ -213,6 +220,10 @@ def run_command(
                 _PlainProgress(),
                 lambda text: click.echo(f"edgesplit: {text}", err=True),
             )
+    if with_report:
+        from edgesplit.metrics.report import write_report
+
+        click.echo(f"report: {write_report(outcome.folder)}", err=True)
     if as_json:
         click.echo(json.dumps(outcome.summary, indent=2))
     else:

@@ -1,0 +1,416 @@
+"""``edgesplit report``: read a run folder, reduce it, and write plots, an HTML page or tables.
+
+The shell (reading files, writing files) is :func:`load_run`, :func:`write_report` and
+:func:`export`; everything between is a pure function of the loaded run, so tests can check the
+numbers without matplotlib. No torch import: a report must open on a laptop in a second.
+
+Time: ``requests.csv`` and ``samples.csv`` carry seconds on the coordinator's clock (workers'
+clocks are already offset), so every plot shares one time axis, starting at the run's first
+upload. Intervals are half-open ``[start_s, end_s)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import importlib.util
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesplit.errors import ConfigError
+
+REQUIRED = ("summary.json", "devices.csv", "requests.csv", "samples.csv")
+"""Files a report cannot do without (predictions, plan and cluster are not plotted)."""
+
+HOP_FLOATS = (
+    "queue_ms",
+    "compute_ms",
+    "serialize_ms",
+    "send_wait_ms",
+    "transfer_ms",
+    "start",
+    "end",
+)
+HOP_INTS = ("request_id", "epoch", "stage", "batch_size", "bytes_out")
+FORMATS = ("html", "csv", "json", "parquet")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One micro-batch at one hop (stage -1 = the coordinator's upload). ``start`` is its
+    arrival here, ``end`` its arrival at the next hop, both in seconds on the coordinator clock."""
+
+    request_id: int
+    epoch: int
+    stage: int
+    device: str
+    batch_size: int
+    queue_ms: float
+    compute_ms: float
+    serialize_ms: float
+    send_wait_ms: float
+    transfer_ms: float
+    bytes_out: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampler reading of one device; a value is None where the sensor is absent."""
+
+    device: str
+    t: float
+    values: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class RunData:
+    folder: Path
+    summary: dict[str, Any]
+    devices: list[dict[str, str]]
+    hops: list[Hop]
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What a device was doing for a request during ``[start_s, end_s)``; ``kind`` is one of
+    queue, compute, send (serialize + waiting to send) or transfer (on the wire)."""
+
+    device: str
+    request_id: int
+    kind: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Mean milliseconds per micro-batch at one stage."""
+
+    stage: int
+    device: str
+    queue_ms: float
+    compute_ms: float
+    send_ms: float
+    transfer_ms: float
+
+
+# --- loading (the edge) -------------------------------------------------------------------------
+
+
+def _read_csv(folder: Path, name: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    path = folder / name
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(max(0, path.stat().st_size - 1))
+            # csv writes end every row with a newline; without one the last row may be cut
+            # inside a cell and still parse.
+            if raw.read(1) not in (b"\n", b""):
+                raise ConfigError(f"{path} is truncated (its last line has no newline)")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ConfigError(f"{path}: missing columns {missing} (header: {header})")
+            rows = []
+            for row in reader:
+                # A truncated last line has fewer cells: DictReader fills the rest with None.
+                if None in row.values():
+                    raise ConfigError(f"{path}: line {reader.line_num} is truncated")
+                rows.append(row)
+            return rows
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a readable CSV file: {exc}") from None
+
+
+def _number(path: Path, line: int, column: str, text: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{path}: line {line}: {column} is {text!r}, expected a number") from None
+
+
+def load_run(folder: Path) -> RunData:
+    """Read a run folder written by ``edgesplit run``; a missing, truncated or malformed file is
+    a :class:`ConfigError` that names it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"run folder {folder} does not exist (expected a folder from edgesplit run)"
+        )
+    for name in REQUIRED:
+        if not (folder / name).is_file():
+            raise ConfigError(f"run folder {folder} has no {name} (is the run complete?)")
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder / 'summary.json'} is unreadable or truncated: {exc}") from None
+    if not isinstance(summary, dict) or "throughput_ips" not in summary:
+        raise ConfigError(f"{folder / 'summary.json'}: expected a run summary object")
+    devices = _read_csv(folder, "devices.csv", ["name"])
+    path = folder / "requests.csv"
+    hops = []
+    for line, row in enumerate(_read_csv(folder, "requests.csv", HOP_FLOATS + HOP_INTS), 2):
+        nums = {c: _number(path, line, c, row[c]) for c in HOP_FLOATS + HOP_INTS}
+        if any(v is None for v in nums.values()):
+            raise ConfigError(f"{path}: line {line} has empty timing cells")
+        values: dict[str, Any] = {c: float(nums[c] or 0.0) for c in HOP_FLOATS}
+        values.update({c: int(nums[c] or 0) for c in HOP_INTS})
+        hops.append(Hop(device=row["device"], **values))
+    if not hops:
+        raise ConfigError(f"{path} has no rows (the run completed no micro-batch)")
+    path = folder / "samples.csv"
+    samples = []
+    for line, row in enumerate(_read_csv(folder, "samples.csv", ["device", "t"]), 2):
+        t = _number(path, line, "t", row["t"])
+        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in ("device", "t")}
+        samples.append(Sample(row["device"], t or 0.0, rest))
+    return RunData(folder, summary, devices, hops, samples)
+
+
+# --- reductions (pure) ----------------------------------------------------------------------------
+
+
+def run_start(hops: Sequence[Hop]) -> float:
+    """The run's time zero: its first upload, in coordinator-clock seconds."""
+    return min(h.start for h in hops)
+
+
+def timeline_window(hops: Sequence[Hop], size: int = 20) -> list[int]:
+    """``size`` consecutive request ids from the middle of the run, where the pipeline is full
+    (the first and last few micro-batches show it filling and draining)."""
+    ids = sorted({h.request_id for h in hops})
+    first = max(0, (len(ids) - size) // 2)
+    return ids[first : first + size]
+
+
+def intervals(hops: Sequence[Hop], request_ids: Sequence[int], t0: float) -> list[Interval]:
+    """Each hop of the given requests cut into queue, compute, send and transfer intervals, in
+    seconds since ``t0``. The parts are laid end to end from the arrival, as the worker measured
+    them; they sum to ``end - start`` up to clock rounding."""
+    wanted = set(request_ids)
+    out = []
+    for h in hops:
+        if h.request_id not in wanted:
+            continue
+        t = h.start - t0
+        parts = (
+            ("queue", h.queue_ms),
+            ("compute", h.compute_ms),
+            ("send", h.serialize_ms + h.send_wait_ms),
+            ("transfer", h.transfer_ms),
+        )
+        for kind, ms in parts:
+            if ms > 0:
+                out.append(Interval(h.device, h.request_id, kind, t, t + ms / 1000))
+                t += ms / 1000
+    return out
+
+
+def request_latencies_ms(hops: Sequence[Hop]) -> dict[int, float]:
+    """End-to-end latency per request: upload start to the result's arrival (the same definition
+    as summary.json's latency_ms)."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for h in hops:
+        first[h.request_id] = min(first.get(h.request_id, h.start), h.start)
+        last[h.request_id] = max(last.get(h.request_id, h.end), h.end)
+    return {r: (last[r] - first[r]) * 1000 for r in sorted(first)}
+
+
+def stage_costs(hops: Sequence[Hop]) -> list[StageCost]:
+    """Mean queue, compute, send (serialize + send wait) and transfer per micro-batch, per stage
+    (the upload as stage -1). A stage served by two devices after a replay is split by device."""
+    groups: dict[tuple[int, str], list[Hop]] = defaultdict(list)
+    for h in hops:
+        groups[(h.stage, h.device)].append(h)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    return [
+        StageCost(
+            stage,
+            device,
+            mean([h.queue_ms for h in g]),
+            mean([h.compute_ms for h in g]),
+            mean([h.serialize_ms + h.send_wait_ms for h in g]),
+            mean([h.transfer_ms for h in g]),
+        )
+        for (stage, device), g in sorted(groups.items())
+    ]
+
+
+def bin_width_s(hops: Sequence[Hop]) -> float:
+    """1-s bins, but at least ~10 bins for a short run (a 0.6 s run would be one bar)."""
+    span = max(h.end for h in hops) - run_start(hops)
+    return 1.0 if span >= 10 else max(span / 10, 0.01)
+
+
+def throughput_bins(
+    hops: Sequence[Hop], bin_s: float, t0: float
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per device, images per second it passed on in each ``[k * bin_s, (k+1) * bin_s)`` bin
+    (counted at arrival at the next hop). Returns bin starts (s since ``t0``) and rates."""
+    span = max(h.end for h in hops) - t0
+    n = int(span // bin_s) + 1
+    counts: dict[str, list[float]] = {}
+    for h in hops:
+        if h.stage < 0:
+            continue
+        row = counts.setdefault(h.device, [0.0] * n)
+        row[min(int((h.end - t0) // bin_s), n - 1)] += h.batch_size
+    starts = [k * bin_s for k in range(n)]
+    return {d: (starts, [c / bin_s for c in row]) for d, row in counts.items()}
+
+
+def compare_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """One row per run with the headline numbers, for the side-by-side table and chart."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        latency = s.get("latency_ms") or {}
+        rows.append(
+            {
+                "run": run.folder.name,
+                "model": s.get("model"),
+                "batch_size": s.get("batch_size"),
+                "devices": len(s.get("devices") or []),
+                "throughput_ips": s.get("throughput_ips"),
+                "latency_p50_ms": latency.get("p50"),
+                "latency_p95_ms": latency.get("p95"),
+                "accuracy": s.get("accuracy"),
+            }
+        )
+    return rows
+
+
+def tables(run: RunData, others: Sequence[RunData] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Everything the report shows, as named tables of flat rows (what ``--format`` writes)."""
+    latencies = request_latencies_ms(run.hops)
+    return {
+        "devices": [dict(r) for r in run.devices],
+        "stages": [asdict(c) for c in stage_costs(run.hops)],
+        "latency": [{"request_id": r, "latency_ms": ms} for r, ms in latencies.items()],
+        "runs": compare_rows([run, *others]),
+    }
+
+
+# --- output (the edge) ----------------------------------------------------------------------------
+
+CAPTIONS = {
+    "timeline": "Pipeline timeline: what each device did for ~20 micro-batches in steady state.",
+    "devices": "Per-device time series from the samplers, and throughput from requests.csv.",
+    "latency_cdf": "End-to-end latency per micro-batch (upload start to result arrival).",
+    "stages": "Per-stage time per micro-batch, stacked.",
+    "compare": "Runs side by side.",
+}
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(no rows)</p>"
+
+    def cell(v: Any) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+        return f"<td>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(cell(v) for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[str, Any]]]) -> str:
+    """One self-contained page: the PNGs embedded as base64 data URIs (the page can be mailed
+    alone), each also named so a reader can find the file beside it."""
+    s = run.summary
+    latency = s.get("latency_ms") or {}
+    title = f"edgesplit run {run.folder.name}: {s.get('model')} on {s.get('dataset')}"
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        "<p>"
+        + html.escape(
+            f"{s.get('images')} images, batch {s.get('batch_size')}, "
+            f"throughput {s.get('throughput_ips', 0):.1f} images/s, latency p50 "
+            f"{latency.get('p50') or 0:.1f} ms / p95 {latency.get('p95') or 0:.1f} ms, "
+            f"accuracy {s.get('accuracy')}, failures {len(s.get('failures') or [])}"
+        )
+        + "</p>",
+    ]
+    if len(data["runs"]) > 1:
+        parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
+    parts.append("<h2>Per-device table (devices.csv)</h2>" + _html_table(data["devices"]))
+    for name, path in pngs.items():
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(
+            f"<h2>{html.escape(CAPTIONS.get(name, name))}</h2>"
+            f"<img alt='{name}' title='{path.name}' src='data:image/png;base64,{encoded}'>"
+        )
+    parts.append("<h2>Per-stage means (ms)</h2>" + _html_table(data["stages"]))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: Path, compare: Sequence[Path] = (), out: Path | None = None) -> Path:
+    """Write ``report.html`` and its PNGs into ``out`` (default: the run folder); returns the
+    HTML path."""
+    from edgesplit.metrics import plots  # matplotlib is slow to import; only when drawing
+
+    run = load_run(run_dir)
+    others = [load_run(c) for c in compare]
+    out = Path(out) if out is not None else run.folder
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = plots.render(run, others, out)
+    page = out / "report.html"
+    page.write_text(render_html(run, pngs, tables(run, others)))
+    return page
+
+
+def export(
+    run_dir: Path, fmt: str, compare: Sequence[Path] = (), out: Path | None = None
+) -> list[Path]:
+    """Write the report's tables as ``report_<name>.csv`` files, one ``report.json``, or
+    ``report_<name>.parquet`` files (needs pyarrow); returns the paths written."""
+    if fmt not in FORMATS[1:]:
+        raise ConfigError(f"export format must be one of {FORMATS[1:]}, got {fmt!r}")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise ConfigError("--format parquet needs pyarrow: pip install pyarrow (or use csv/json)")
+    run = load_run(run_dir)
+    data = tables(run, [load_run(c) for c in compare])
+    out = Path(out) if out is not None else run.folder
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        path = out / "report.json"
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return [path]
+    paths = []
+    for name, rows in data.items():
+        path = out / f"report_{name}.{fmt}"
+        if fmt == "csv":
+            columns = list(rows[0]) if rows else []
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,156 @@
+"""edgesplit report: plots and HTML from a real emulated run folder, exports, and clear errors for
+missing or truncated run folders."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgesplit.cli import main
+from edgesplit.errors import ConfigError
+from edgesplit.metrics import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("timeline", "devices", "latency_cdf", "stages")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short emulated run (3 real worker processes), made through the CLI --report path."""
+    out = tmp_path_factory.mktemp("run") / "r1"
+    args = [
+        "run",
+        "--devices",
+        "3",
+        "--model",
+        "squeezenet1_1",
+        "--random-weights",
+        "--input-size",
+        "32",
+        "--limit",
+        "192",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--report",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 5000, f"{path} is only {len(data)} bytes"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size[0] > 400 and image.size[1] > 200, image.size
+
+
+@pytest.mark.slow
+def test_run_with_report_writes_every_plot_embedded_in_html(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text()
+    for name in PLOTS:
+        png = run_dir / f"{name}.png"
+        check_png(png)
+        assert base64.b64encode(png.read_bytes()).decode() in page, f"{name} not embedded"
+        assert f"title='{name}.png'" in page
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for device in summary["devices"]:
+        assert f"<td>{device['name']}</td>" in page  # the per-device table
+
+
+@pytest.mark.slow
+def test_compare_writes_side_by_side(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "r2"
+    shutil.copytree(run_dir, other)
+    result = CliRunner().invoke(
+        main, ["report", str(run_dir), "--compare", str(other), "--out", str(tmp_path / "rep")]
+    )
+    assert result.exit_code == 0, result.output
+    for name in (*PLOTS, "compare"):
+        check_png(tmp_path / "rep" / f"{name}.png")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Runs compared" in page and "<td>r2</td>" in page
+
+
+@pytest.mark.slow
+def test_reductions_agree_with_the_summary(run_dir: Path) -> None:
+    run = report.load_run(run_dir)
+    latencies = sorted(report.request_latencies_ms(run.hops).values())
+    n = len(latencies)
+    p50 = latencies[-(-50 * n // 100) - 1]
+    assert p50 == pytest.approx(run.summary["latency_ms"]["p50"], rel=1e-6)
+    # The four parts of a hop laid end to end reach the next hop's arrival.
+    ids = report.timeline_window(run.hops, 20)
+    assert len(ids) == 20
+    t0 = report.run_start(run.hops)
+    spans = report.intervals(run.hops, ids, t0)
+    for hop in (h for h in run.hops if h.request_id == ids[0]):
+        last = max(s.end_s for s in spans if s.device == hop.device and s.request_id == ids[0])
+        assert last == pytest.approx(hop.end - t0, abs=2e-3)
+    bins = report.throughput_bins(run.hops, report.bin_width_s(run.hops), t0)
+    bin_s = report.bin_width_s(run.hops)
+    for device, (_, rates) in bins.items():
+        assert sum(rates) * bin_s == pytest.approx(run.summary["completed_images"]), device
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_tables(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+    result = CliRunner().invoke(
+        main, ["report", str(run_dir), "--format", fmt, "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        data = json.loads((tmp_path / "report.json").read_text())
+        assert set(data) == {"devices", "stages", "latency", "runs"}
+    else:
+        header = (tmp_path / "report_stages.csv").read_text().splitlines()[0]
+        assert header == "stage,device,queue_ms,compute_ms,send_ms,transfer_ms"
+
+
+def test_parquet_without_pyarrow_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="needs pyarrow"):
+        report.export(tmp_path, "parquet")
+
+
+def test_missing_folder_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["report", "/nonexistent/run"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "/nonexistent/run does not exist" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", report.REQUIRED)
+def test_missing_file_names_it(run_dir: Path, tmp_path: Path, name: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / name).unlink()
+    result = CliRunner().invoke(main, ["report", str(broken)])
+    assert result.exit_code == 2
+    assert f"has no {name}" in result.output and "\n" not in result.output.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["summary.json", "requests.csv", "samples.csv"])
+def test_truncated_file_names_it(run_dir: Path, tmp_path: Path, name: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    text = (broken / name).read_text()
+    (broken / name).write_text(text[: len(text) * 2 // 3 + 7])  # cut mid-line
+    with pytest.raises(ConfigError, match=name):
+        report.load_run(broken)
