@@ -154,3 +154,49 @@ def test_truncated_file_names_it(run_dir: Path, tmp_path: Path, name: str) -> No
     (broken / name).write_text(text[: len(text) * 2 // 3 + 7])  # cut mid-line
     with pytest.raises(ConfigError, match=name):
         report.load_run(broken)
+
+
+SUMMARY = {
+    "throughput_ips": 400.0,
+    "latency_ms": {"p50": 80.0, "p95": 130.0, "mean": 90.0},
+    "devices": [
+        {"name": "pi1", "cpu_percent": 47.0, "cpu_freq_mhz": 1500.0, "temperature_c": None},
+        {"name": "pi2", "cpu_percent": 33.0, "rss_mb": 2.0, "compute_ms_per_batch": 12.5},
+    ],
+}
+
+
+def test_prometheus_gauges_from_a_summary_with_units() -> None:
+    from prometheus_client import generate_latest
+
+    from edgesplit.metrics.prometheus import RunMetrics, device_samples
+
+    samples = set(device_samples(SUMMARY))
+    assert ("edgesplit_device_rss_bytes", "pi2", 2 * 1024 * 1024) in samples
+    assert ("edgesplit_device_compute_seconds_per_batch", "pi2", 0.0125) in samples
+    assert not any(m == "edgesplit_device_temperature_celsius" for m, _, _ in samples)  # absent
+    metrics = RunMetrics()
+    metrics.wrap(lambda *_: None)(64, 256, 0.5)
+    text = generate_latest(metrics.registry).decode()
+    assert "edgesplit_throughput_images_per_second 128.0" in text
+    metrics.on_summary(SUMMARY)
+    text = generate_latest(metrics.registry).decode()
+    assert 'edgesplit_device_cpu_percent{device="pi1"} 47.0' in text
+    assert 'edgesplit_latency_seconds{quantile="0.95"} 0.13' in text
+
+
+def test_prometheus_serves_on_loopback() -> None:
+    import socket
+    import urllib.request
+
+    from edgesplit.metrics.prometheus import RunMetrics, serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = RunMetrics()
+    metrics.on_summary(SUMMARY)
+    serve(metrics, port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    assert 'edgesplit_device_cpu_frequency_mhz{device="pi1"} 1500.0' in body

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -15,8 +16,12 @@ from edgesplit import models
 from edgesplit.cli import main
 from edgesplit.config import load_cluster
 from edgesplit.data import known_datasets
+from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.table import device_table
+
+if TYPE_CHECKING:
+    from edgesplit.metrics.prometheus import RunMetrics
 
 
 class _PlainProgress:
@@ -31,6 +36,17 @@ class _PlainProgress:
             self.last = elapsed_s
             rate = done / elapsed_s if elapsed_s > 0 else 0.0
             click.echo(f"  {done}/{total} images, {rate:.1f} images/s, {elapsed_s:.1f} s", err=True)
+
+
+def _serve_metrics(port: int) -> RunMetrics:
+    from edgesplit.metrics.prometheus import RunMetrics, serve
+
+    metrics = RunMetrics()
+    try:
+        serve(metrics, port)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on 127.0.0.1: {exc}") from None
+    return metrics
 
 
 @main.command("run")
@@ -146,6 +162,12 @@ class _PlainProgress:
     is_flag=True,
     help="Also write report.html and its plots into the run folder (as edgesplit report).",
 )
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Serve live Prometheus metrics on 127.0.0.1:PORT/metrics while the run goes.",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -165,6 +187,7 @@ def run_command(
     out: Path | None,
     as_json: bool,
     with_report: bool,
+    metrics_port: int | None,
 ) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
@@ -191,6 +214,7 @@ def run_command(
         data_dir=data_dir,
         out=out,
     )
+    metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)
     interactive = console.is_terminal
     started = time.perf_counter()
@@ -211,15 +235,20 @@ def run_command(
                     bar.update(task, completed=done, total=total, rate=rate, description="running")
 
                 outcome = run_job(
-                    config, cluster, progress, lambda text: bar.update(task, description=text)
+                    config,
+                    cluster,
+                    metrics.wrap(progress) if metrics else progress,
+                    lambda text: bar.update(task, description=text),
                 )
         else:
             outcome = run_job(
                 config,
                 cluster,
-                _PlainProgress(),
+                metrics.wrap(_PlainProgress()) if metrics else _PlainProgress(),
                 lambda text: click.echo(f"edgesplit: {text}", err=True),
             )
+    if metrics:
+        metrics.on_summary(outcome.summary)
     if with_report:
         from edgesplit.metrics.report import write_report
 
