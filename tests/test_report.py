@@ -200,3 +200,23 @@ def test_prometheus_serves_on_loopback() -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'edgesplit_device_cpu_frequency_mhz{device="pi1"} 1500.0' in body
+
+
+def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
+    import re
+
+    from prometheus_client import generate_latest
+
+    from edgesplit.metrics.prometheus import RunMetrics
+
+    metrics = RunMetrics()
+    metrics.on_summary(SUMMARY)
+    exported = set(re.findall(r"^# TYPE (\w+) ", generate_latest(metrics.registry).decode(), re.M))
+    dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"edgesplit_\w+", target["expr"])
+    }
+    assert used and used <= exported, used - exported
