@@ -128,7 +128,8 @@ def device_series(run: report.RunData) -> Figure:
                 xs, ys = data[device]
                 if data is rates:
                     # Repeat the last rate at the bin's end so the last bin is drawn too.
-                    xs, ys = [*xs, xs[-1] + bin_s], [*ys, ys[-1]]
+                    end = max(h.end for h in run.hops) - t0
+                    xs, ys = [*xs, end], [*ys, ys[-1]]
                     ax.step(xs, ys, where="post", label=device, color=colors[device])
                 else:
                     ax.plot(xs, ys, marker=".", label=device, color=colors[device])

@@ -16,6 +16,7 @@ import csv
 import html
 import importlib.util
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -263,9 +264,11 @@ def throughput_bins(
     hops: Sequence[Hop], bin_s: float, t0: float
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Per device, images per second it passed on in each ``[k * bin_s, (k+1) * bin_s)`` bin
-    (counted at arrival at the next hop). Returns bin starts (s since ``t0``) and rates."""
+    (counted at arrival at the next hop). Returns bin starts (s since ``t0``) and rates. The
+    last bin is cut at the run's end and divided by its real width, so a run's tail does not
+    look like a slowdown."""
     span = max(h.end for h in hops) - t0
-    n = int(span // bin_s) + 1
+    n = max(1, math.ceil(span / bin_s - 1e-9))  # the run's last arrival closes the last bin
     counts: dict[str, list[float]] = {}
     for h in hops:
         if h.stage < 0:
@@ -273,7 +276,10 @@ def throughput_bins(
         row = counts.setdefault(h.device, [0.0] * n)
         row[min(int((h.end - t0) // bin_s), n - 1)] += h.batch_size
     starts = [k * bin_s for k in range(n)]
-    return {d: (starts, [c / bin_s for c in row]) for d, row in counts.items()}
+    widths = [bin_s] * (n - 1) + [max(span - starts[-1], 1e-6)]
+    return {
+        d: (starts, [c / w for c, w in zip(row, widths, strict=True)]) for d, row in counts.items()
+    }
 
 
 def compare_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
