@@ -44,7 +44,7 @@ data:
 	fi
 
 run: setup
-	$(BIN)/edgesplit split --model mobilenet_v2 --partition "0-11,11-22,22-" --check
+	$(BIN)/edgesplit run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
