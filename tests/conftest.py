@@ -4,6 +4,7 @@ the same kernels in the same order."""
 from __future__ import annotations
 
 import functools
+import signal
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ import torch
 from edgesplit import graph, models
 
 torch.set_num_threads(1)
+
+# A shell that starts a job in the background sets SIGINT to "ignored", and children inherit an
+# ignored signal across exec: then a Python child never raises KeyboardInterrupt, and the tests
+# that press Ctrl-C on `edgesplit run`/`emulate` would test nothing. Children inherit a *handled*
+# SIGINT as the default action, as under an interactive terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @functools.cache
