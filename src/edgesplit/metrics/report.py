@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
+from edgesplit.runtime.records import HopRecord as Hop
 
 REQUIRED = ("summary.json", "devices.csv", "requests.csv", "samples.csv")
 """Files a report cannot do without (predictions, plan and cluster are not plotted)."""
@@ -39,26 +40,6 @@ HOP_FLOATS = (
 )
 HOP_INTS = ("request_id", "epoch", "stage", "batch_size", "bytes_out")
 FORMATS = ("html", "csv", "json", "parquet")
-
-
-@dataclass(frozen=True)
-class Hop:
-    """One micro-batch at one hop (stage -1 = the coordinator's upload). ``start`` is its
-    arrival here, ``end`` its arrival at the next hop, both in seconds on the coordinator clock."""
-
-    request_id: int
-    epoch: int
-    stage: int
-    device: str
-    batch_size: int
-    queue_ms: float
-    compute_ms: float
-    serialize_ms: float
-    send_wait_ms: float
-    transfer_ms: float
-    bytes_out: int
-    start: float
-    end: float
 
 
 @dataclass(frozen=True)
