@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 lat, record, outputs = distributed_run(coordinator, part, first_id=r * chunk)
                 dist += lat
-                lib += request_latencies_ms(record.hops, record.uploads)
+                lib += request_latencies_ms(record.hops, record.uploads).values()
                 hops += record.hops
                 uploads += record.uploads
                 dist_wall_s += record.wall_s

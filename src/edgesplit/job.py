@@ -245,7 +245,7 @@ def run_job(
         accuracy = float((predictions == dataset.labels[:total]).sum()) / total
     stages = stage_infos(ug, ranges, names)
     rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
-    latencies = request_latencies_ms(record.hops, record.uploads)
+    latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
     summary: dict[str, object] = {
         "model": config.model,

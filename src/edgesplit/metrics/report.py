@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
+from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
 from edgesplit.runtime.records import HopRecord as Hop
 
 REQUIRED = ("summary.json", "devices.csv", "requests.csv", "samples.csv")
@@ -202,14 +203,9 @@ def intervals(hops: Sequence[Hop], request_ids: Sequence[int], t0: float) -> lis
 
 
 def request_latencies_ms(hops: Sequence[Hop]) -> dict[int, float]:
-    """End-to-end latency per request: upload start to the result's arrival (the same definition
-    as summary.json's latency_ms)."""
-    first: dict[int, float] = {}
-    last: dict[int, float] = {}
-    for h in hops:
-        first[h.request_id] = min(first.get(h.request_id, h.start), h.start)
-        last[h.request_id] = max(last.get(h.request_id, h.end), h.end)
-    return {r: (last[r] - first[r]) * 1000 for r in sorted(first)}
+    """End-to-end latency per request, as in summary.json (upload start to result arrival);
+    ``hops`` hold the uploads as stage -1."""
+    return summary_latencies_ms([h for h in hops if h.stage >= 0], [h for h in hops if h.stage < 0])
 
 
 def stage_costs(hops: Sequence[Hop]) -> list[StageCost]:

@@ -103,7 +103,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def request_latencies_ms(hops: Sequence[HopRecord], uploads: Sequence[HopRecord]) -> list[float]:
+def request_latencies_ms(
+    hops: Sequence[HopRecord], uploads: Sequence[HopRecord]
+) -> dict[int, float]:
     """End-to-end latency per request id: upload start to result arrival."""
     start: dict[int, float] = {}
     for u in uploads:
@@ -111,7 +113,7 @@ def request_latencies_ms(hops: Sequence[HopRecord], uploads: Sequence[HopRecord]
     end: dict[int, float] = {}
     for h in hops:
         end[h.request_id] = max(end.get(h.request_id, h.end), h.end)
-    return [(end[r] - start[r]) * 1000.0 for r in sorted(end) if r in start]
+    return {r: (end[r] - start[r]) * 1000.0 for r in sorted(end) if r in start}
 
 
 def _window(samples: Sequence[Mapping[str, Any]], started: float, finished: float) -> list[Any]:
