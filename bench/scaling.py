@@ -188,7 +188,8 @@ def run_k(
         "coordinator_cpu_cores": coord_cpu / wall,
         "host_cpu": host,
         "stages": stages,
-        "failures": record.failures,
+        "failures": [f.to_dict() for f in record.failures],
+        "errors": record.errors,
         "replayed": record.replayed,
     }
 

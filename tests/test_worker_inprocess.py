@@ -281,7 +281,8 @@ def test_dead_next_hop_is_reported_and_the_run_fails_with_one_line(
         victim.stop(0.1)
         with pytest.raises(
             RunError,
-            match=r"run cannot finish .*: status: device victim at 127\.0\.0\.1:\d+ is unreachable",
+            match=r"run cannot finish .*: device victim at 127\.0\.0\.1:\d+ holds stage 1 and is "
+            r"lost \(send failed: .*UNAVAILABLE.*\); no replan function was given",
         ):
             c.run([(0, torch.randn(1, 3, SIZE, SIZE))], window=1, stall_timeout_s=5)
     status = stub(workers[0]).Status(pb.StatusRequest(), timeout=5)

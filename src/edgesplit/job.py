@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from edgesplit import checkpoints, data, graph, models
 from edgesplit.config import ClusterSpec, LinkSpec
-from edgesplit.errors import ConfigError, ModelError
+from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.summary import (
     DeviceRow,
@@ -29,6 +30,7 @@ from edgesplit.metrics.summary import (
     request_latencies_ms,
 )
 from edgesplit.partition import Ranges, balanced_ranges, format_partition, parse_partition
+from edgesplit.runtime.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,16 @@ def unit_times_ms(ug: graph.UnitGraph, batch: torch.Tensor, repeats: int = 3) ->
     return times
 
 
+def unit_costs(config: RunConfig, ug: graph.UnitGraph) -> tuple[list[float], list[float]]:
+    """Per unit: compute ms measured here, and ms to hand its output over a link."""
+    batch = torch.zeros(config.batch_size, *ug.input_shape)
+    # A hand-off costs its transfer time over the link (gigabit when the link is unshaped), so
+    # the balance avoids cutting where the tensor is large.
+    mbps = config.bandwidth_mbps or ASSUMED_BANDWIDTH_MBPS
+    transfer_ms = [u.out_bytes * config.batch_size * 8 / (mbps * 1e3) for u in ug.units]
+    return unit_times_ms(ug, batch), transfer_ms
+
+
 def choose_ranges(config: RunConfig, ug: graph.UnitGraph, devices: int) -> Ranges:
     if config.partition is not None:
         ranges = parse_partition(config.partition, ug.num_units)
@@ -129,12 +141,28 @@ def choose_ranges(config: RunConfig, ug: graph.UnitGraph, devices: int) -> Range
             )
         return ranges
     stages = min(devices, ug.num_units)
-    batch = torch.zeros(config.batch_size, *ug.input_shape)
-    # A hand-off costs its transfer time over the link (gigabit when the link is unshaped), so
-    # the balance avoids cutting where the tensor is large.
-    mbps = config.bandwidth_mbps or ASSUMED_BANDWIDTH_MBPS
-    transfer_ms = [u.out_bytes * config.batch_size * 8 / (mbps * 1e3) for u in ug.units]
-    return balanced_ranges(unit_times_ms(ug, batch), stages, transfer_ms)
+    times, cuts = unit_costs(config, ug)
+    return balanced_ranges(times, stages, cuts)
+
+
+def replanner(
+    config: RunConfig, ug: graph.UnitGraph, initial: list[tuple[str, int, int]]
+) -> Callable[[list[str]], list[tuple[str, int, int]]]:
+    """The plan when the usable devices change: the initial plan while all its devices are
+    usable, else the same number of stages (at most one per usable device) balanced by the unit
+    costs measured here (once, on first need)."""
+    measured: list[tuple[list[float], list[float]]] = []
+
+    def replan(usable: list[str]) -> list[tuple[str, int, int]]:
+        if all(device in usable for device, _, _ in initial):
+            return initial
+        if not measured:
+            measured.append(unit_costs(config, ug))
+        stages = min(len(initial), len(usable), ug.num_units)
+        ranges = balanced_ranges(measured[0][0], stages, measured[0][1])
+        return [(device, a, b) for device, (a, b) in zip(usable, ranges, strict=False)]
+
+    return replan
 
 
 def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[StageInfo]:
@@ -177,6 +205,7 @@ def run_job(
     ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
     ``on_phase(text)`` when the job moves on (starting the cluster, loading, running)."""
     from edgesplit.runtime.coordinator import Coordinator
+    from edgesplit.runtime.runner import RunAborted
 
     phase = on_phase or (lambda text: log.info("%s", text))
     notes: list[str] = []
@@ -213,9 +242,8 @@ def run_job(
                 f"devices traced {config.model} into {num_units} units, this machine into "
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
-        epoch = coordinator.install_plan(
-            [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
-        )
+        initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
+        epoch = coordinator.install_plan(initial)
         window = config.window or 2 * len(ranges)
         starts: list[int] = []
 
@@ -234,7 +262,16 @@ def run_job(
                 on_progress(done, total, time.perf_counter() - t0)
 
         phase(f"running {total} images through {len(ranges)} stages")
-        record = coordinator.run(batches(), window=window, on_result=on_result)
+        aborted: RunAborted | None = None
+        try:
+            record = coordinator.run(
+                batches(),
+                window=window,
+                on_result=on_result,
+                replan=replanner(config, ug, initial),
+            )
+        except RunAborted as exc:
+            aborted, record = exc, exc.record
 
     predictions = torch.full((total,), -1, dtype=torch.int64)
     for request_id, output in record.outputs.items():
@@ -279,11 +316,11 @@ def run_job(
         "devices": [row.to_dict() for row in rows],
         "clock_offsets_ms": record.clock_offsets_ms,
         "rtt_ms": record.rtt_ms,
-        "failures": record.failures,
-        "replayed": record.replayed,
-        "duplicates": record.duplicates,
+        **fault_summary(record),
         "notes": notes,
     }
+    if aborted is not None:
+        summary["error"] = str(aborted)
     folder = runfolder.write(
         config.out,
         summary=summary,
@@ -293,5 +330,34 @@ def run_job(
         predictions=predictions,
         labels=dataset.labels,
         units=ug.units,
+        events=run_events(record),
     )
+    if aborted is not None:
+        raise RunError(f"{aborted} (run folder with the completed images: {folder})")
     return RunOutcome(folder, summary, rows, notes)
+
+
+def fault_summary(record: RunRecord) -> dict[str, object]:
+    """summary.json's fault keys; ``time_s`` is seconds since the run started."""
+    return {
+        "failures": [_timed(f.to_dict(), record.started) for f in record.failures],
+        "replayed": record.replayed,
+        "duplicates": record.duplicates,
+        "plan_changes": [_timed(p.to_dict(), record.started) for p in record.plan_changes],
+        "errors": record.errors[:100],
+    }
+
+
+def run_events(record: RunRecord) -> list[dict[str, object]]:
+    """events.jsonl: device state transitions and plan changes, in time order."""
+    events = [{"event": "state", **_timed(t.to_dict(), record.started)} for t in record.transitions]
+    events += [
+        {"event": "plan", **_timed(p.to_dict(), record.started)} for p in record.plan_changes
+    ]
+    return sorted(events, key=lambda e: float(e["time_s"]))
+
+
+def _timed(fields: dict[str, Any], started: float) -> dict[str, Any]:
+    """``fields`` with its coordinator-clock ``t`` as ``time_s`` since ``started``."""
+    t = fields.pop("t")
+    return {"time_s": round(t - started, 3), **fields}

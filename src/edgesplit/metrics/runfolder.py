@@ -4,7 +4,8 @@
 ``requests.csv`` (one row per micro-batch per hop, the coordinator's upload as stage -1),
 ``samples.csv`` (each device's sampler time series), ``predictions.csv`` (per image: prediction,
 label), ``plan.json`` (stages with device and unit range, and every unit), and ``cluster.yaml``
-(the cluster as used).
+(the cluster as used), and ``events.jsonl`` (device state changes, plan changes and injected
+faults, one JSON object a line, by ``time_s`` since the run started).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FILES = (
     "predictions.csv",
     "plan.json",
     "cluster.yaml",
+    "events.jsonl",
 )
 
 
@@ -56,6 +58,7 @@ def write(
     predictions: torch.Tensor,
     labels: torch.Tensor | None,
     units: Sequence[Unit],
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the run folder (created if needed) and return its path."""
     folder = Path(folder) if folder is not None else default_folder(str(summary["model"]))
@@ -95,6 +98,8 @@ def write(
     plan["units"] = [u.to_dict() for u in units]
     (folder / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     dump_cluster(spec, folder / "cluster.yaml")
+    with open(folder / "events.jsonl", "w") as f:
+        f.writelines(json.dumps(event) + "\n" for event in events)
     return folder
 
 

@@ -26,11 +26,12 @@ from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
 from edgesplit.errors import PlanError, WorkerError
 from edgesplit.models import state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec
+from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
-from edgesplit.runtime.records import RunRecord, best_offset
-from edgesplit.runtime.runner import Event, FailureEvent, ResultEvent, Run
+from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
+from edgesplit.runtime.runner import Event, FailureEvent, InstallFailed, Replan, ResultEvent, Run
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -84,9 +85,11 @@ class Coordinator:
         cluster: ClusterSpec,
         channel_factory: ChannelFactory | None = None,
         rpc_timeout_s: float = 10.0,
+        health_policy: hl.HealthPolicy | None = None,
     ) -> None:
         self.cluster = cluster
         self.rpc_timeout_s = rpc_timeout_s
+        self.health_policy = health_policy or hl.HealthPolicy()
         self._factory = channel_factory or self._default_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.WorkerStub] = {}
@@ -97,8 +100,15 @@ class Coordinator:
         self._epoch = 0
         self._plan: tuple[Stage, ...] = ()
         self._num_units: int | None = None
+        self._installed: dict[int, tuple[Stage, ...]] = {}
+        """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
         self.clock_offsets_ms: dict[str, float] = {}
         self.rtt_ms: dict[str, float] = {}
+        now = time.time()
+        self._health = {d.name: hl.healthy(now) for d in cluster.devices}
+        self.transitions: list[Transition] = []
+        self.plan_changes: list[PlanChange] = []
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-epoch")
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -198,8 +208,47 @@ class Coordinator:
 
     def check(self) -> dict[str, DeviceInfo]:
         """Health, versions and clock offset of every device; :class:`WorkerError` if any device
-        is unreachable, rejects the token or speaks another protocol (within a few seconds)."""
-        return self._each((d.name for d in self.cluster.devices), self._check_one)
+        is unreachable, rejects the token or speaks another protocol (within a few seconds).
+        Every device that passes is HEALTHY from now on."""
+        infos = self._each((d.name for d in self.cluster.devices), self._check_one)
+        now = time.time()
+        with self._lock:
+            self._health = {name: hl.healthy(now) for name in infos}
+        return infos
+
+    def observe(self, name: str, obs: hl.Observation) -> tuple[hl.DeviceHealth, hl.DeviceHealth]:
+        """Feed one observation of device ``name`` to its state machine; returns (before,
+        after) and records a :class:`Transition` when the state changed."""
+        with self._lock:
+            before = self._health[name]
+            after = hl.step(before, obs, self.health_policy)
+            self._health[name] = after
+            if after.state is not before.state:
+                self.transitions.append(
+                    Transition(name, obs.t, before.state.value, after.state.value, after.reason)
+                )
+        if after.state is not before.state:
+            log.warning(
+                "[%s] %s -> %s%s", name, before.state.value, after.state.value,
+                f" ({after.reason})" if after.reason else "",
+            )  # fmt: skip
+        return before, after
+
+    def health(self) -> dict[str, hl.DeviceHealth]:
+        """Every device's current health, in cluster order."""
+        with self._lock:
+            return {d.name: self._health[d.name] for d in self.cluster.devices}
+
+    def usable_devices(self) -> list[str]:
+        """Devices a plan may use now (HEALTHY or SUSPECT), in cluster order."""
+        return [name for name, h in self.health().items() if h.usable]
+
+    def device_at(self, address: str) -> str | None:
+        """The name of the device listening at ``address``, if it is one of ours."""
+        for device in self.cluster.devices:
+            if device.address == address:
+                return device.name
+        return None
 
     # --- model and plan ------------------------------------------------------------------------
 
@@ -283,9 +332,18 @@ class Coordinator:
         self.events.put(FailureEvent(report, time.time()))
         return pb.Ack()
 
-    def install_plan(self, stages: list[tuple[str, int, int]]) -> int:
+    def install_plan(
+        self,
+        stages: list[tuple[str, int, int]],
+        reason: str = "install",
+        timeout_s: float | None = None,
+    ) -> int:
         """Install a new plan epoch: ``stages[i] = (device, start, end)`` covering units
-        ``[0, num_units)`` in order, each a half-open range. Returns the new epoch."""
+        ``[0, num_units)`` in order, each a half-open range. Returns the new epoch.
+
+        Earlier epochs stay installed (requests in flight finish under them) until
+        :meth:`drop_epoch`. Raises :class:`InstallFailed` naming the device that did not take
+        its stage; the epoch then does not become current."""
         with self._lock:
             num_units = self._num_units
         if num_units is None:
@@ -297,13 +355,28 @@ class Coordinator:
             epoch = self._epoch + 1
         # Last stage first, so every stage's next hop is ready before data can reach it.
         for index in reversed(range(len(plan))):
-            self._install_one(epoch, index, plan, coordinator)
+            self._install_one(epoch, index, plan, coordinator, timeout_s or self.rpc_timeout_s)
         with self._lock:
             self._epoch, self._plan = epoch, plan
-        log.info("installed epoch %d: %s", epoch, plan)
+            self._installed[epoch] = plan
+            self.plan_changes.append(
+                PlanChange(
+                    epoch, time.time(), reason, tuple((p.device, p.start, p.end) for p in plan)
+                )
+            )
+        log.info("installed epoch %d (%s): %s", epoch, reason, plan)
         return epoch
 
-    def _install_one(self, epoch: int, index: int, plan: tuple[Stage, ...], coord: str) -> None:
+    def switch_plan(self, stages: list[tuple[str, int, int]], reason: str = "switch") -> int:
+        """Make ``stages`` the plan for new micro-batches, also in the middle of a run (from any
+        thread): micro-batches already in flight finish under their epoch, and a running
+        :class:`Run` drops that epoch on the workers once none of its requests is unfinished.
+        Returns the new epoch."""
+        return self.install_plan(stages, reason=reason)
+
+    def _install_one(
+        self, epoch: int, index: int, plan: tuple[Stage, ...], coord: str, timeout_s: float
+    ) -> None:
         stage = plan[index]
         last = index + 1 == len(plan)
         next_name = COORDINATOR if last else plan[index + 1].device
@@ -324,19 +397,35 @@ class Coordinator:
             if next_token != self.cluster.token_for(stage.device):
                 request.next_token = next_token
         try:
-            self.stub(stage.device).InstallPlan(request, timeout=self.rpc_timeout_s)
+            self.stub(stage.device).InstallPlan(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise self.worker_error(stage.device, f"installing epoch {epoch}", exc) from None
+            error = self.worker_error(stage.device, f"installing epoch {epoch}", exc)
+            raise InstallFailed(str(error), stage.device) from None
 
-    def drop_epoch(self, epoch: int) -> None:
-        """Tell every device of the cluster to forget ``epoch`` (best effort per device)."""
-        for device in self.cluster.devices:
+    def drop_epoch(self, epoch: int, devices: Iterable[str] | None = None) -> None:
+        """Tell ``devices`` (default: every usable one) to forget ``epoch``; best effort per
+        device, with the heartbeat deadline as timeout (a lost device must not hold us up)."""
+        with self._lock:
+            self._installed.pop(epoch, None)
+        names = list(devices) if devices is not None else self.usable_devices()
+        for name in names:
             try:
-                self.stub(device.name).DropEpoch(
-                    pb.DropEpochRequest(epoch=epoch), timeout=self.rpc_timeout_s
+                self.stub(name).DropEpoch(
+                    pb.DropEpochRequest(epoch=epoch), timeout=self.health_policy.deadline_s
                 )
             except grpc.RpcError as exc:
-                log.warning("dropping epoch %d on %s: %s", epoch, device.name, exc)
+                log.warning("dropping epoch %d on %s: %s", epoch, name, describe_rpc_error(exc))
+
+    def drop_epoch_later(self, epoch: int, devices: Iterable[str] | None = None) -> None:
+        """:meth:`drop_epoch` on a background thread (the caller is a run's loop)."""
+        with self._lock:
+            self._installed.pop(epoch, None)
+        self._background.submit(self.drop_epoch, epoch, list(devices) if devices else None)
+
+    def installed_epochs(self) -> dict[int, tuple[Stage, ...]]:
+        """Epochs installed and not yet dropped, with their plans."""
+        with self._lock:
+            return dict(self._installed)
 
     def current(self) -> tuple[int, tuple[Stage, ...]]:
         """The current epoch and its plan, read together (another thread may install)."""
@@ -362,10 +451,16 @@ class Coordinator:
         on_result: Callable[[int, torch.Tensor], None] | None = None,
         stall_timeout_s: float = 30.0,
         status_interval_s: float = 0.5,
+        replan: Replan | None = None,
     ) -> RunRecord:
         """Stream ``(request_id, input batch)`` through the installed plan with at most
-        ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`."""
-        return Run(self, window, on_result, stall_timeout_s, status_interval_s).execute(batches)
+        ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`.
+
+        ``replan(usable_devices) -> [(device, start, end), ...]`` is called whenever the set of
+        usable devices changes (a device is LOST, or re-admitted after probation); without it a
+        lost device that holds a stage ends the run with :class:`RunAborted`."""
+        run = Run(self, window, on_result, stall_timeout_s, status_interval_s, replan)
+        return run.execute(batches)
 
     def close(self) -> None:
         with self._lock:
@@ -373,6 +468,7 @@ class Coordinator:
             channels = list(self._channels.values())
             self._channels.clear()
             self._stubs.clear()
+        self._background.shutdown(wait=False, cancel_futures=True)
         if server is not None:
             server.stop(1.0).wait(2.0)
         for channel in channels:

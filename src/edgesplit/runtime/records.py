@@ -61,6 +61,59 @@ class HopRecord:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """A device changed health state (see :mod:`edgesplit.runtime.health`); ``t`` on the
+    coordinator clock."""
+
+    device: str
+    t: float
+    before: str
+    after: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """A plan epoch became current at ``t``; ``stages`` are ``(device, start, end)``."""
+
+    epoch: int
+    t: float
+    reason: str
+    stages: tuple[tuple[str, int, int], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "t": self.t,
+            "reason": self.reason,
+            "stages": [{"device": d, "units": [a, b]} for d, a, b in self.stages],
+        }
+
+
+@dataclass
+class DeviceFailure:
+    """A device was LOST during a run.
+
+    ``replayed``: unfinished requests sent again because of it. ``recovery_s``: from the loss
+    (``t``) to the first result under a plan installed after it; None when no such result
+    came (the run ended first, or no request was affected)."""
+
+    device: str
+    t: float
+    reason: str
+    replayed: int = 0
+    recovery_s: float | None = None
+    recovery_epoch: int | None = None
+    """The first epoch installed after the loss; results under it (or later) end recovery."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Everything a run measured. ``outputs`` maps request id to the last stage's output."""
 
@@ -77,9 +130,15 @@ class RunRecord:
     started: float
     finished: float
     epochs: list[int] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: list[DeviceFailure] = field(default_factory=list)
+    """Devices lost during the run."""
+    errors: list[str] = field(default_factory=list)
+    """Failure reports and unanswered status calls, as messages."""
     replayed: int = 0
     duplicates: int = 0
+    plan_changes: list[PlanChange] = field(default_factory=list)
+    """Every epoch installed during the run (the one current at the start not included)."""
+    transitions: list[Transition] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:

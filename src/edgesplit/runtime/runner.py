@@ -1,31 +1,37 @@
-"""One run: feed micro-batches with backpressure, collect results, poll device status.
+"""One run: feed micro-batches with backpressure, collect results, keep the plan on usable devices.
 
 Invariants: a request is done only when its result reached the coordinator; until then its
-input is kept, so it can be replayed (after a failure report, or when nothing arrives for
-``stall_timeout_s`` although every device answers). Results are de-duplicated by request id.
-User callbacks run on the caller's thread.
+input is kept, so it can be replayed. Results are de-duplicated by request id, so a replayed
+request counts once whichever copy arrives first. User callbacks run on the caller's thread.
+
+Plans change in three ways, all through new epochs (workers keep old ones, so nothing in flight
+is disturbed): :meth:`Coordinator.switch_plan` from any thread; a device LOST (heartbeats
+missed past the deadline, or a failed send that our own probe confirms), after which
+``replan(usable devices)`` gives the plan and every unfinished request sent under a plan that
+uses a lost device is replayed; and a lost device re-admitted after probation. An old epoch is
+dropped on the workers once none of its requests is unfinished.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import torch
 
 from edgesplit.config import COORDINATOR
-from edgesplit.errors import RunError
+from edgesplit.errors import RunError, WorkerError
 from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
-from edgesplit.runtime import samples as sample_codec
+from edgesplit.runtime import health as hl
+from edgesplit.runtime.heartbeat import Collected, HealthEvent, Heartbeats
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
-from edgesplit.runtime.records import RunRecord, best_offset, hop_records, upload_record
+from edgesplit.runtime.records import DeviceFailure, RunRecord, hop_records, upload_record
 from edgesplit.runtime.transport import describe_rpc_error
 
 if TYPE_CHECKING:
@@ -34,10 +40,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-"""Sends of one request (first try + replays) before the run gives up."""
+"""Sends of one request after failure reports or stalls (not device losses) before giving up."""
 MAX_STALLS = 2
 BUSY_RETRY_S = 0.05
 SAMPLE_LOOKBACK_S = 1.0
+CONFIRM_TIMEOUT_S = 1.0
+"""How long a device named in a failed send gets to answer our own probe."""
+
+Replan = Callable[[list[str]], list[tuple[str, int, int]]]
+"""Given the usable devices (cluster order), the stages ``(device, start, end)`` to run on."""
+
+
+class InstallFailed(WorkerError):
+    """A device did not take its stage of a new epoch (the epoch did not become current)."""
+
+    def __init__(self, message: str, device: str) -> None:
+        super().__init__(message)
+        self.device = device
+
+
+class RunAborted(RunError):
+    """The run could not finish; ``record`` holds what it did (results that arrived, failures)."""
+
+    def __init__(self, message: str, record: RunRecord) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,7 @@ class FailureEvent:
     arrival: float
 
 
-Event = ResultEvent | FailureEvent
+Event = ResultEvent | FailureEvent | HealthEvent
 
 
 @dataclass
@@ -62,6 +89,7 @@ class Pending:
     x: torch.Tensor
     attempts: int = 0
     epoch: int = 0
+    """The epoch of the last send."""
     send_start: float = 0.0
     bytes_out: int = 0
 
@@ -79,12 +107,6 @@ class _Raw:
     batch_size: int
 
 
-@dataclass
-class _Collected:
-    samples: dict[str, list[dict[str, float | int | None]]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-
 class Run:
     """The state of one :meth:`Coordinator.run` call."""
 
@@ -95,6 +117,7 @@ class Run:
         on_result: Callable[[int, torch.Tensor], None] | None,
         stall_timeout_s: float,
         status_interval_s: float,
+        replan: Replan | None = None,
     ) -> None:
         if window < 1:
             raise RunError(f"window must be >= 1, got {window}")
@@ -105,22 +128,27 @@ class Run:
         self.on_result = on_result
         self.stall_timeout_s = stall_timeout_s
         self.status_interval_s = status_interval_s
+        self.replan = replan
         self.pending: dict[int, Pending] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.raw: list[_Raw] = []
-        self.failures: list[str] = []
+        self.errors: list[str] = []
+        self.failures: list[DeviceFailure] = []
         self.replayed = 0
         self.duplicates = 0
         self.epochs: set[int] = set()
-        self.collected = _Collected()
-        self._stop_polling = threading.Event()
-        self._since: dict[str, float] = {}
-        self._unreachable: set[str] = set()
+        self.collected = Collected()
+        self._planned_for: tuple[str, ...] = ()
+        """The usable devices the current plan was made for."""
+        self._transitions_from = len(coordinator.transitions)
+        self._transitions_seen = self._transitions_from
+        self._changes_from = len(coordinator.plan_changes)
 
     # --- sending -------------------------------------------------------------------------------
 
-    def send(self, request_id: int) -> None:
-        """Upload one pending request to the first stage of the current plan."""
+    def send(self, request_id: int) -> bool:
+        """Upload one pending request to the first stage of the current plan. False when that
+        device turned out to be lost (the request stays pending; :meth:`reconcile` replays it)."""
         pending = self.pending[request_id]
         epoch, plan = self.c.current()
         first = plan[0].device
@@ -144,40 +172,174 @@ class Run:
         while True:
             try:
                 stub.Forward(batch, timeout=self.c.rpc_timeout_s)
-                return
+                return True
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     time.sleep(BUSY_RETRY_S)  # the first stage's queue is full: wait our turn
                     continue
+                if self._confirm_lost(first, f"upload failed: {describe_rpc_error(exc)}"):
+                    return False
                 raise RunError(
                     f"cannot send request {request_id} to stage 0: "
                     f"{self.c.worker_error(first, 'upload', exc)}"
                 ) from None
 
-    def replay(self, request_id: int, why: str, suspect: str | None = None) -> None:
-        """Send a pending request again under the current epoch; give up after MAX_ATTEMPTS,
-        naming ``suspect`` (the address a worker could not reach) if it is really down."""
+    def replay(self, request_id: int, why: str) -> None:
+        """Send a pending request again under the current epoch; give up after MAX_ATTEMPTS."""
         pending = self.pending[request_id]
         if pending.attempts >= MAX_ATTEMPTS:
-            lost = self._unreachable_at(suspect) if suspect else None
-            if lost is not None:
-                raise RunError(
-                    f"run cannot finish ({len(self.pending)} requests unfinished): {lost}"
-                )
             raise RunError(f"request {request_id} failed {pending.attempts} times; last: {why}")
         log.info("replaying request %d (%s)", request_id, why)
         self.replayed += 1
-        self.send(request_id)
+        if not self.send(request_id):
+            self.reconcile()
+
+    # --- devices and plans ---------------------------------------------------------------------
+
+    def _confirm_lost(self, name: str, why: str) -> bool:
+        """A send to ``name`` failed: probe it once; if it does not answer either, it is LOST."""
+        try:
+            self.c.probe(name, since_t=time.time(), timeout_s=CONFIRM_TIMEOUT_S)
+        except grpc.RpcError:
+            self.c.observe(name, hl.SendFailed(time.time(), why))
+            return True
+        return False
+
+    def _note_losses(self) -> list[DeviceFailure]:
+        """DeviceFailures for the LOST transitions recorded since the last call."""
+        transitions = self.c.transitions[self._transitions_seen :]
+        self._transitions_seen += len(transitions)
+        new = [
+            DeviceFailure(t.device, t.t, t.reason)
+            for t in transitions
+            if t.after == hl.DeviceState.LOST.value
+        ]
+        self.failures.extend(new)
+        return new
+
+    def reconcile(self) -> None:
+        """Make the plan fit the usable devices: replan when they changed, then replay every
+        unfinished request last sent under a plan that uses a device no longer usable."""
+        while True:
+            self._note_losses()
+            usable = self.c.usable_devices()
+            if not usable:
+                raise RunError(
+                    f"run cannot finish: every device is lost ({self._describe_lost()}); "
+                    f"{len(self.outputs)} requests completed, {len(self.pending)} unfinished"
+                )
+            if tuple(usable) != self._planned_for:
+                try:
+                    self._switch(usable)
+                except InstallFailed as exc:
+                    self.c.observe(exc.device, hl.SendFailed(time.time(), str(exc)))
+                    continue  # plan again without it
+            if self._replay_lost(set(usable)):
+                return
+
+    def _switch(self, usable: list[str]) -> None:
+        lost = [d for d in self._planned_for if d not in usable]
+        back = [d for d in usable if d not in self._planned_for]
+        _, plan = self.c.current()
+        if self.replan is None:
+            dead = [(i, s.device) for i, s in enumerate(plan) if s.device not in usable]
+            if dead:
+                index, name = dead[0]
+                raise RunError(
+                    f"run cannot finish ({len(self.pending)} requests unfinished): "
+                    f"{self.c.where(name)} holds stage {index} and is lost "
+                    f"({self.c.health()[name].reason}); no replan function was given"
+                )
+            self._planned_for = tuple(usable)
+            return
+        stages = self.replan(usable)
+        outside = sorted({d for d, _, _ in stages} - set(usable))
+        if outside:
+            raise RunError(
+                f"replan gave stages to {outside}, which are not usable; usable: {usable}"
+            )
+        parts = ([f"lost {', '.join(lost)}"] if lost else []) + (
+            [f"re-admitted {', '.join(back)}"] if back else []
+        )
+        epoch = self.c.install_plan(
+            stages,
+            reason="; ".join(parts) or "devices changed",
+            timeout_s=self.c.health_policy.deadline_s,
+        )
+        self._planned_for = tuple(usable)
+        for failure in self.failures:
+            if failure.recovery_epoch is None:
+                failure.recovery_epoch = epoch
+
+    def _replay_lost(self, usable: set[str]) -> bool:
+        """Replay requests stuck on lost devices; False if a replay found another loss."""
+        installed = self.c.installed_epochs()
+        for request_id in sorted(self.pending):
+            pending = self.pending.get(request_id)
+            if pending is None:
+                continue
+            plan = installed.get(pending.epoch, ())
+            dead = [s.device for s in plan if s.device not in usable]
+            if plan and not dead:
+                continue
+            self._credit(dead)
+            log.info("replaying request %d (lost %s)", request_id, dead or "epoch")
+            self.replayed += 1
+            if not self.send(request_id):
+                return False
+        return True
+
+    def _credit(self, dead: list[str]) -> None:
+        """Count one replay against the newest failure of a device in ``dead``."""
+        for failure in reversed(self.failures):
+            if failure.device in dead or not dead:
+                failure.replayed += 1
+                return
+        if self.failures:
+            self.failures[-1].replayed += 1
+
+    def _describe_lost(self) -> str:
+        return "; ".join(
+            f"{name}: {h.reason or h.state.value}"
+            for name, h in self.c.health().items()
+            if not h.usable
+        )
+
+    def _drop_drained(self) -> None:
+        """Drop every old epoch that no unfinished request uses any more."""
+        current = self.c.epoch
+        busy = {p.epoch for p in self.pending.values()}
+        usable = set(self.c.usable_devices())
+        for epoch, plan in self.c.installed_epochs().items():
+            if epoch < current and epoch not in busy:
+                log.info("epoch %d drained; dropping it", epoch)
+                self.c.drop_epoch_later(epoch, [s.device for s in plan if s.device in usable])
 
     # --- receiving -----------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, FailureEvent):
-            report = event.report
-            self.failures.append(report.message)
-            if report.request_id in self.pending:
-                self.replay(report.request_id, report.message, report.next_hop)
+        if isinstance(event, HealthEvent):
+            self.reconcile()
+        elif isinstance(event, FailureEvent):
+            self._failed(event.report)
+        else:
+            self._result(event)
+        self._drop_drained()
+
+    def _failed(self, report: pb.FailureReport) -> None:
+        self.errors.append(report.message)
+        pending = self.pending.get(report.request_id)
+        if pending is None or pending.epoch != report.plan_epoch:
+            return  # a copy we replayed already, or a result that arrived after all
+        target = self.c.device_at(report.next_hop)
+        if target is not None and (
+            not self.c.health()[target].usable or self._confirm_lost(target, report.message)
+        ):
+            self.reconcile()
             return
+        self.replay(report.request_id, report.message)
+
+    def _result(self, event: ResultEvent) -> None:
         batch, tensor, arrival = event.batch, event.tensor, event.arrival
         pending = self.pending.pop(batch.request_id, None)
         if pending is None:
@@ -195,79 +357,57 @@ class Run:
                 batch_size=int(pending.x.shape[0]) if pending.x.dim() else 1,
             )
         )
+        for failure in self.failures:
+            ended = (
+                failure.recovery_epoch is not None and batch.plan_epoch >= failure.recovery_epoch
+            )
+            if failure.recovery_s is None and ended:
+                failure.recovery_s = arrival - failure.t
         if self.on_result is not None:
             self.on_result(batch.request_id, tensor)
 
-    def _unreachable_at(self, address: str) -> str | None:
-        """A one-line WorkerError text if the device at ``address`` does not answer."""
-        for device in self.c.cluster.devices:
-            if device.address == address:
-                try:
-                    self.c.probe(device.name, since_t=time.time(), timeout_s=3.0)
-                except grpc.RpcError as exc:
-                    return str(self.c.worker_error(device.name, "status", exc))
-        return None
-
     def stalled(self) -> None:
-        """Nothing arrived for ``stall_timeout_s``: a lost device ends the run, else replay."""
-        for stage in self.c.plan:
-            try:
-                self.c.probe(stage.device, since_t=time.time(), timeout_s=3.0)
-            except grpc.RpcError as exc:
-                raise RunError(
-                    f"run cannot finish ({len(self.pending)} requests unfinished): "
-                    f"{self.c.worker_error(stage.device, 'status', exc)}"
-                ) from None
+        """Nothing arrived for ``stall_timeout_s``: fix the plan, then replay what is left."""
+        self.reconcile()
         for request_id in sorted(self.pending):
-            self.replay(request_id, f"no result after {self.stall_timeout_s:.0f} s")
-
-    # --- status polling ------------------------------------------------------------------------
-
-    def _poll(self) -> None:
-        while not self._stop_polling.wait(self.status_interval_s):
-            self.poll_once(self._since)
-
-    def poll_once(self, since: dict[str, float]) -> None:
-        """One Status round to every stage's device: samples since ``since`` and clocks."""
-        for stage in self.c.plan:
-            name = stage.device
-            try:
-                reply, t_send, t_recv = self.c.probe(name, since.get(name, 0.0), 2.0)
-            except grpc.RpcError as exc:
-                if name not in self._unreachable:
-                    self._unreachable.add(name)
-                    self.collected.failures.append(
-                        f"status of {self.c.where(name)}: {describe_rpc_error(exc)}"
-                    )
-                continue
-            offset_ms, rtt_ms = best_offset([(t_send, reply.clock, t_recv)])
-            self.c.update_clock(name, offset_ms, rtt_ms)
-            got = [sample_codec.to_dict(s) for s in reply.samples]
-            if got:
-                since[name] = max(float(s["t"] or 0.0) for s in got)
-                self.collected.samples.setdefault(name, []).extend(got)
+            if request_id in self.pending:
+                self.replay(request_id, f"no result after {self.stall_timeout_s:.0f} s")
 
     # --- the loop ------------------------------------------------------------------------------
 
     def execute(self, batches: Iterable[tuple[int, torch.Tensor]]) -> RunRecord:
+        """Run to the end; :class:`RunAborted` (with the partial record) if it cannot finish."""
         events = self.c.events
         while not events.empty():  # leftovers of an earlier run are not ours
             events.get_nowait()
         started = time.time()
         # Samples from just before the run give a baseline; older ones are not this run's.
         offsets = dict(self.c.clock_offsets_ms)
-        for stage in self.c.plan:
-            offset_s = offsets.get(stage.device, 0.0) / 1000.0
-            self._since[stage.device] = started + offset_s - SAMPLE_LOOKBACK_S
-        poller = threading.Thread(target=self._poll, name="status-poll", daemon=True)
-        poller.start()
+        since = {
+            d.name: started + offsets.get(d.name, 0.0) / 1000.0 - SAMPLE_LOOKBACK_S
+            for d in self.c.cluster.devices
+        }
+        usable = self.c.usable_devices()
+        plan_ok = all(s.device in usable for s in self.c.plan)
+        self._planned_for = tuple(usable) if plan_ok else ()
+        beats = Heartbeats(self.c, events.put, self.status_interval_s, since).start()
+        self.collected = beats.collected
+        failed: RunError | None = None
         try:
+            if not plan_ok:
+                self.reconcile()
             self._loop(iter(batches), events)
+        except RunError as exc:
+            failed = exc
         finally:
-            self._stop_polling.set()
-            poller.join(5.0)
-        self.poll_once(self._since)  # the samples of the run's last moments
-        return self._record(started, time.time())
+            beats.stop()
+        for name in self.c.usable_devices():  # the samples of the run's last moments
+            beats.beat(name, timeout_s=CONFIRM_TIMEOUT_S)
+        self._note_losses()
+        record = self._record(started, time.time())
+        if failed is not None:
+            raise RunAborted(str(failed), record) from None
+        return record
 
     def _loop(self, it: Iterable[tuple[int, torch.Tensor]], events: queue.Queue[Event]) -> None:
         source = iter(it)
@@ -283,7 +423,8 @@ class Run:
                 if request_id in self.pending or request_id in self.outputs:
                     raise RunError(f"request id {request_id} was given twice; ids must be unique")
                 self.pending[request_id] = Pending(x=x)
-                self.send(request_id)
+                if not self.send(request_id):
+                    self.reconcile()
             if exhausted and not self.pending:
                 return
             try:
@@ -297,7 +438,8 @@ class Run:
                     ) from None
                 self.stalled()
                 continue
-            stalls = 0
+            if not isinstance(event, HealthEvent):
+                stalls = 0
             self.handle(event)
 
     def _record(self, started: float, finished: float) -> RunRecord:
@@ -331,7 +473,10 @@ class Run:
             started=started,
             finished=finished,
             epochs=sorted(self.epochs),
-            failures=self.failures + self.collected.failures,
+            failures=list(self.failures),
+            errors=self.errors + self.collected.errors,
             replayed=self.replayed,
             duplicates=self.duplicates,
+            plan_changes=self.c.plan_changes[self._changes_from :],
+            transitions=self.c.transitions[self._transitions_from :],
         )
