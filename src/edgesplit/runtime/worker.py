@@ -28,7 +28,7 @@ from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.sampler import DeviceSampler
-from edgesplit.runtime import PROTOCOL_VERSION, codec
+from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, Outgoing
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -78,6 +78,7 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
+        self._profile_lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._epochs: dict[int, Epoch] = {}
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -101,6 +102,9 @@ class Worker:
                 "InstallPlan": (pb.InstallPlanRequest, self.install_plan),
                 "Forward": (pb.MicroBatch, self.forward),
                 "DropEpoch": (pb.DropEpochRequest, self.drop_epoch),
+                "Profile": (pb.ProfileRequest, self.profile),
+                "Probe": (pb.ProbeRequest, lambda request: pb.Ack()),
+                "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
             },
         )
 
@@ -169,6 +173,20 @@ class Worker:
             self.config.name, epoch.epoch, epoch.stage, epoch.start, epoch.end, epoch.next_hop,
         )  # fmt: skip
         return pb.Ack()
+
+    def profile(self, request: pb.ProfileRequest) -> pb.ProfileReply:
+        with self._lock:
+            model = self._model
+        if model is None:
+            raise Refused(PRECONDITION, "no model loaded; call LoadModel before Profile")
+        if self._jobs.qsize():
+            raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
+        threads = self.config.threads or torch.get_num_threads()
+        with self._profile_lock:  # one profile at a time, or they would time each other
+            return profiling.profile_units(model, request, threads)
+
+    def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
+        return profiling.probe_link(request, self.config.token, self.config.tls)
 
     def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
         # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.

@@ -207,3 +207,59 @@ class FailureReport(_message.Message):
     next_hop: str
     message: str
     def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("batch_size", "warmup", "repeats")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    warmup: int
+    repeats: int
+    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
+
+class ProfileReply(_message.Message):
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads")
+    UNIT_MS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
+    RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    unit_ms: _containers.RepeatedScalarFieldContainer[float]
+    unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
+    rss_mb: float
+    available_memory_mb: float
+    cpu_count: int
+    threads: int
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class ProbeLinkRequest(_message.Message):
+    __slots__ = ("address", "token", "sizes", "repeats", "bandwidth_mbps", "latency_ms")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MBPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    token: str
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    repeats: int
+    bandwidth_mbps: float
+    latency_ms: float
+    def __init__(self, address: _Optional[str] = ..., token: _Optional[str] = ..., sizes: _Optional[_Iterable[int]] = ..., repeats: _Optional[int] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ProbeLinkReply(_message.Message):
+    __slots__ = ("sizes", "median_ms")
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_MS_FIELD_NUMBER: _ClassVar[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    median_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, sizes: _Optional[_Iterable[int]] = ..., median_ms: _Optional[_Iterable[float]] = ...) -> None: ...

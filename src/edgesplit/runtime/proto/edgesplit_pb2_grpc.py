@@ -59,6 +59,21 @@ class WorkerStub:
                 request_serializer=edgesplit__pb2.DropEpochRequest.SerializeToString,
                 response_deserializer=edgesplit__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Profile = channel.unary_unary(
+                '/edgesplit.v1.Worker/Profile',
+                request_serializer=edgesplit__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=edgesplit__pb2.ProfileReply.FromString,
+                _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/edgesplit.v1.Worker/Probe',
+                request_serializer=edgesplit__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=edgesplit__pb2.Ack.FromString,
+                _registered_method=True)
+        self.ProbeLink = channel.unary_unary(
+                '/edgesplit.v1.Worker/ProbeLink',
+                request_serializer=edgesplit__pb2.ProbeLinkRequest.SerializeToString,
+                response_deserializer=edgesplit__pb2.ProbeLinkReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -94,6 +109,24 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Profile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Probe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProbeLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +154,21 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.DropEpoch,
                     request_deserializer=edgesplit__pb2.DropEpochRequest.FromString,
                     response_serializer=edgesplit__pb2.Ack.SerializeToString,
+            ),
+            'Profile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=edgesplit__pb2.ProfileRequest.FromString,
+                    response_serializer=edgesplit__pb2.ProfileReply.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=edgesplit__pb2.ProbeRequest.FromString,
+                    response_serializer=edgesplit__pb2.Ack.SerializeToString,
+            ),
+            'ProbeLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbeLink,
+                    request_deserializer=edgesplit__pb2.ProbeLinkRequest.FromString,
+                    response_serializer=edgesplit__pb2.ProbeLinkReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +306,87 @@ class Worker:
             '/edgesplit.v1.Worker/DropEpoch',
             edgesplit__pb2.DropEpochRequest.SerializeToString,
             edgesplit__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesplit.v1.Worker/Profile',
+            edgesplit__pb2.ProfileRequest.SerializeToString,
+            edgesplit__pb2.ProfileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesplit.v1.Worker/Probe',
+            edgesplit__pb2.ProbeRequest.SerializeToString,
+            edgesplit__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesplit.v1.Worker/ProbeLink',
+            edgesplit__pb2.ProbeLinkRequest.SerializeToString,
+            edgesplit__pb2.ProbeLinkReply.FromString,
             options,
             channel_credentials,
             insecure,

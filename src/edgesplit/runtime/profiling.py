@@ -1,0 +1,107 @@
+"""The worker's side of profiling: time every unit of the loaded model, and time transfers.
+
+Unit times are for one micro-batch of zeros (compute time of these CNNs does not depend on the
+values). Each timed pass runs the units in order on the previous unit's output, so every unit
+sees its real input shape; the reply holds the median and the interquartile range per unit.
+Link probes time Probe calls of several sizes to another worker with the same emulated shaping
+a run applies (:func:`~edgesplit.runtime.links.link_delay_s`), so what they measure is what a
+hand-off costs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import grpc
+import psutil
+import torch
+
+from edgesplit.config import TlsSpec
+from edgesplit.runtime.links import LinkShape, link_delay_s
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
+from edgesplit.runtime.stages import _FX_LOCK, LoadedModel
+from edgesplit.runtime.transport import Refused, open_channel
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+MAX_PROFILE_BATCH = 256
+MAX_REPEATS = 50
+MAX_PROBE_BYTES = 16 * 1024 * 1024
+PROBE_TIMEOUT_S = 30.0
+
+
+def _iqr(samples: list[float]) -> float:
+    if len(samples) < 2:
+        return 0.0
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def profile_units(model: LoadedModel, request: pb.ProfileRequest, threads: int) -> pb.ProfileReply:
+    """Time each unit of ``model`` for one micro-batch of ``request.batch_size``."""
+    if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
+        raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
+    if not 1 <= request.repeats <= MAX_REPEATS or not 0 <= request.warmup <= MAX_REPEATS:
+        raise Refused(
+            INVALID, f"repeats must be in [1, {MAX_REPEATS}], warmup in [0, {MAX_REPEATS}]"
+        )
+    ug = model.graph
+    with _FX_LOCK:
+        stages = [ug.stage(u.index, u.index + 1) for u in ug.units]
+    samples: list[list[float]] = [[] for _ in stages]
+    x0 = torch.zeros(request.batch_size, *ug.input_shape)
+    with torch.inference_mode():
+        for rep in range(request.warmup + request.repeats):
+            x = x0
+            for i, stage in enumerate(stages):
+                t0 = time.perf_counter()
+                x = stage(x)
+                if rep >= request.warmup:
+                    samples[i].append((time.perf_counter() - t0) * 1000.0)
+    process = psutil.Process()
+    return pb.ProfileReply(
+        unit_ms=[statistics.median(s) for s in samples],
+        unit_spread_ms=[_iqr(s) for s in samples],
+        rss_mb=process.memory_info().rss / 2**20,
+        available_memory_mb=psutil.virtual_memory().available / 2**20,
+        cpu_count=psutil.cpu_count() or 1,
+        threads=threads,
+    )
+
+
+def probe_link(
+    request: pb.ProbeLinkRequest, token: str | None, tls: TlsSpec | None
+) -> pb.ProbeLinkReply:
+    """Time Probe calls of each size to ``request.address`` (median of ``repeats``)."""
+    if not request.address or ":" not in request.address:
+        raise Refused(INVALID, f"address must be HOST:PORT, got {request.address!r}")
+    if not request.sizes or any(not 0 <= s <= MAX_PROBE_BYTES for s in request.sizes):
+        raise Refused(INVALID, f"sizes must be 1 or more values in [0, {MAX_PROBE_BYTES}]")
+    if not 1 <= request.repeats <= MAX_REPEATS:
+        raise Refused(INVALID, f"repeats must be in [1, {MAX_REPEATS}]")
+    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+    if bandwidth is not None and not bandwidth > 0:
+        raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {bandwidth}")
+    shape = LinkShape(bandwidth_mbps=bandwidth, latency_ms=max(0.0, request.latency_ms))
+    channel = open_channel(request.address, request.token or token, tls)
+    try:
+        stub = pb_grpc.WorkerStub(channel)
+        stub.Probe(pb.ProbeRequest(), timeout=PROBE_TIMEOUT_S)  # connect before timing
+        medians = []
+        for size in request.sizes:
+            payload = pb.ProbeRequest(payload=bytes(size))
+            times = []
+            for _ in range(request.repeats):
+                t0 = time.perf_counter()
+                time.sleep(link_delay_s(shape, size))
+                stub.Probe(payload, timeout=PROBE_TIMEOUT_S)
+                times.append((time.perf_counter() - t0) * 1000.0)
+            medians.append(statistics.median(times))
+    except grpc.RpcError as exc:
+        raise Refused(
+            grpc.StatusCode.UNAVAILABLE, f"probing {request.address} failed: {exc.code()}"
+        ) from None
+    finally:
+        channel.close()
+    return pb.ProbeLinkReply(sizes=list(request.sizes), median_ms=medians)
