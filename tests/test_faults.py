@@ -6,16 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import torch
 
 from edgesplit import models
 from edgesplit.config import parse_cluster
-from edgesplit.errors import RunError
+from edgesplit.errors import ConfigError, RunError
+from edgesplit.faults import Injection, parse_injection, parse_injections
+from edgesplit.job import RunConfig, run_job
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.health import DeviceState as S
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.runner import RunAborted
+from edgesplit.runtime.transport import open_channel
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
 POLICY = hl.HealthPolicy(deadline_s=2.0, probation_s=3.0)
@@ -201,3 +207,92 @@ def test_when_every_device_is_lost_the_run_aborts_with_what_completed(
         assert isinstance(info.value, RunError)
         assert sorted(info.value.record.outputs) == [0, 1, 2, 3]
         assert [f.device for f in info.value.record.failures] == ["w0"]
+
+
+# --- injection specs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("pi2:stress@10s", Injection("pi2:stress@10s", "stress", ("pi2",), 10.0)),
+        ("pi3:kill@20s", Injection("pi3:kill@20s", "kill", ("pi3",), 20.0)),
+        ("pi2:pause@15s+5s", Injection("pi2:pause@15s+5s", "pause", ("pi2",), 15.0, 5.0)),
+        ("pi1:pause@500ms", Injection("pi1:pause@500ms", "pause", ("pi1",), 0.5)),
+        (
+            "link:pi1-pi2:bandwidth=50mbps@10s",
+            Injection("link:pi1-pi2:bandwidth=50mbps@10s", "link", ("pi1", "pi2"), 10.0,
+                      bandwidth_mbps=50.0),
+        ),
+        (
+            "link:a-b:bandwidth=1gbps,latency=5ms@1.5s+2s",
+            Injection("link:a-b:bandwidth=1gbps,latency=5ms@1.5s+2s", "link", ("a", "b"), 1.5,
+                      2.0, bandwidth_mbps=1000.0, latency_ms=5.0),
+        ),
+    ],
+)  # fmt: skip
+def test_injection_specs_parse(spec: str, expected: Injection) -> None:
+    assert parse_injection(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("pi2:stress", "no @TIME; expected DEVICE:ACTION@TIME"),
+        ("pi2:stress@10", "time '10' is not a time like 10s or 500ms"),
+        ("pi2:reboot@1s", "expected DEVICE:ACTION@TIME.*ACTION stress, kill or pause"),
+        ("pi2:pause@1s+0s", "the duration must be > 0"),
+        ("pi2:kill@1s+2s", "a kill has no \\+DURATION"),
+        ("link:pi1:bandwidth=5mbps@1s", "is not two different device names"),
+        ("link:pi1-pi1:bandwidth=5mbps@1s", "is not two different device names"),
+        ("link:pi1-pi2:bandwidth=5@1s", "bandwidth '5' is not a rate like 50mbps"),
+        ("link:pi1-pi2:speed=5mbps@1s", "link setting 'speed=5mbps' is not bandwidth=RATE"),
+        ("link:coordinator-pi2:latency=1ms@1s", "links to the coordinator cannot be injected"),
+        ("link:pi1-pi2@1s", "expected DEVICE:ACTION@TIME"),
+    ],
+)
+def test_bad_injection_specs_name_the_expected_form(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_injection(spec)
+
+
+def test_injections_must_name_cluster_devices() -> None:
+    with pytest.raises(ConfigError, match="names 'pi9'; devices: pi1, pi2"):
+        parse_injections(["pi1:kill@1s", "link:pi1-pi9:latency=1ms@2s"], ["pi1", "pi2"])
+
+
+def test_set_link_shapes_the_workers_sends_until_cleared(
+    workers: list[RunningWorker], model: torch.nn.Module
+) -> None:
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with coordinator_for(workers[:2], model) as c:
+        n = c.load_model(MODEL, 10, 3, SIZE, model)
+        c.install_plan([("w0", 0, n // 2), ("w1", n // 2, n)])
+        peer = stub_of(workers[0])
+
+        def transfer_ms(request_id: int) -> tuple[float, int]:
+            record = c.run([(request_id, x)], window=1)
+            hop = next(h for h in record.hops if h.stage == 0)
+            return hop.transfer_ms, hop.bytes_out
+
+        peer.SetLink(pb.SetLinkRequest(to=workers[1].address, bandwidth_mbps=2.0), timeout=5)
+        slow, nbytes = transfer_ms(0)
+        shaped_ms = nbytes * 8 / 2e6 * 1000.0  # the 2 Mbit/s serialisation time
+        assert slow >= shaped_ms, (slow, shaped_ms)
+        peer.SetLink(pb.SetLinkRequest(to=workers[1].address, clear=True), timeout=5)
+        fast, _ = transfer_ms(1)
+        assert fast < slow - shaped_ms / 2, (fast, slow, shaped_ms)
+        with pytest.raises(grpc.RpcError, match="bandwidth_mbps must be > 0"):
+            peer.SetLink(pb.SetLinkRequest(to="x:1", bandwidth_mbps=-1.0), timeout=5)
+
+
+def stub_of(worker: RunningWorker) -> pb_grpc.WorkerStub:
+    return pb_grpc.WorkerStub(open_channel(worker.address, TOKEN))
+
+
+def test_run_job_checks_injections_before_starting_anything() -> None:
+    given = parse_cluster({"token": TOKEN, "devices": [{"name": "a", "address": "127.0.0.1:1"}]})
+    with pytest.raises(ConfigError, match="--inject needs an emulated cluster"):
+        run_job(RunConfig(inject=("a:kill@1s",)), cluster=given)
+    with pytest.raises(ConfigError, match="names 'pi7'; devices: pi1, pi2, pi3"):
+        run_job(RunConfig(devices=3, inject=("pi7:kill@1s",)))

@@ -265,8 +265,11 @@ class _Worker:
     log_path: Path
     process: subprocess.Popen[bytes]
     cgroup: Path | None = None
+    cpu_set: set[int] | None = None
+    """The CPUs it may use under the affinity mechanism."""
     address: str | None = None
     state: Literal["starting", "running", "paused", "stopped"] = "starting"
+    hogs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -377,7 +380,7 @@ class EmulatedCluster:
             if cgroup is not None:
                 remove_cgroup(cgroup)
             raise WorkerError(f"cannot start worker {device.name} ({argv[0]}): {exc}") from exc
-        self._workers[device.name] = _Worker(device, launch, log_path, process, cgroup)
+        self._workers[device.name] = _Worker(device, launch, log_path, process, cgroup, affinity)
         log.debug("[%s] started pid %d: %s", device.name, process.pid, shlex.join(argv))
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -485,6 +488,40 @@ class EmulatedCluster:
         self._signal(worker, signal.SIGCONT)
         worker.state = "running"
 
+    def start_hog(self, name: str) -> int:
+        """Start a CPU hog inside device ``name``'s CPU share (its cgroup, or its CPU set), so
+        it competes with the worker as another busy program on that device would. Returns its
+        pid; it ends with :meth:`stop_hogs`, or when the device or the cluster stops."""
+        worker = self._running(name)
+        procs = worker.cgroup / "cgroup.procs" if worker.cgroup is not None else None
+        argv = [sys.executable, "-c", "while True: pass"]
+        try:
+            hog = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid(), procs, worker.cpu_set),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise WorkerError(f"cannot start a CPU hog on {name}: {exc}") from exc
+        worker.hogs.append(hog)
+        log.info("[%s] CPU hog started (pid %d)", name, hog.pid)
+        return hog.pid
+
+    def stop_hogs(self, name: str) -> int:
+        """End every CPU hog of device ``name``; returns how many were running."""
+        worker = self._worker(name)
+        hogs, worker.hogs = worker.hogs, []
+        running = 0
+        for hog in hogs:
+            if hog.poll() is None:
+                running += 1
+                hog.kill()
+            hog.wait()
+        return running
+
     def kill(self, name: str) -> None:
         """Crash a device: SIGKILL, no goodbye."""
         self._stop(self._worker(name), grace_s=0.0)
@@ -496,6 +533,7 @@ class EmulatedCluster:
     def _stop(self, worker: _Worker, grace_s: float) -> None:
         if worker.state == "stopped":  # its pid, and so its group id, may belong to others now
             return
+        self.stop_hogs(worker.device.name)
         if worker.process.poll() is None:
             if grace_s > 0:
                 self._signal(worker, signal.SIGTERM)

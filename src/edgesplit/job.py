@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from torch import nn
 from edgesplit import checkpoints, data, graph, models
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
+from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.summary import (
     DeviceRow,
@@ -31,6 +32,9 @@ from edgesplit.metrics.summary import (
 )
 from edgesplit.partition import Ranges, balanced_ranges, format_partition, parse_partition
 from edgesplit.runtime.records import RunRecord
+
+if TYPE_CHECKING:
+    from edgesplit.emulate import EmulatedCluster
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,12 @@ class RunConfig:
     data_dir: Path | None = None
     out: Path | None = None
     seed: int = 0
+    inject: tuple[str, ...] = ()
+    """Fault injection specs (see :mod:`edgesplit.faults`); only with an emulated cluster."""
+    heartbeat_deadline_s: float = 2.0
+    """A device silent for this long is LOST (see :mod:`edgesplit.runtime.health`)."""
+    probation_s: float = 3.0
+    """A lost device that answers again takes work after this long without a missed beat."""
 
 
 @dataclass
@@ -131,7 +141,13 @@ def unit_costs(config: RunConfig, ug: graph.UnitGraph) -> tuple[list[float], lis
     return unit_times_ms(ug, batch), transfer_ms
 
 
-def choose_ranges(config: RunConfig, ug: graph.UnitGraph, devices: int) -> Ranges:
+Costs = tuple[list[float], list[float]]
+"""Per unit: compute ms, and ms to hand its output on (see :func:`unit_costs`)."""
+
+
+def choose_ranges(
+    config: RunConfig, ug: graph.UnitGraph, devices: int, costs: Costs | None = None
+) -> Ranges:
     if config.partition is not None:
         ranges = parse_partition(config.partition, ug.num_units)
         if len(ranges) > devices:
@@ -141,25 +157,23 @@ def choose_ranges(config: RunConfig, ug: graph.UnitGraph, devices: int) -> Range
             )
         return ranges
     stages = min(devices, ug.num_units)
-    times, cuts = unit_costs(config, ug)
+    times, cuts = costs or unit_costs(config, ug)
     return balanced_ranges(times, stages, cuts)
 
 
 def replanner(
-    config: RunConfig, ug: graph.UnitGraph, initial: list[tuple[str, int, int]]
+    initial: list[tuple[str, int, int]], costs: Costs
 ) -> Callable[[list[str]], list[tuple[str, int, int]]]:
     """The plan when the usable devices change: the initial plan while all its devices are
-    usable, else the same number of stages (at most one per usable device) balanced by the unit
-    costs measured here (once, on first need)."""
-    measured: list[tuple[list[float], list[float]]] = []
+    usable, else the same number of stages (at most one per usable device) balanced by
+    ``costs`` (measured before the run, so a re-plan takes no time)."""
+    times, cuts = costs
 
     def replan(usable: list[str]) -> list[tuple[str, int, int]]:
         if all(device in usable for device, _, _ in initial):
             return initial
-        if not measured:
-            measured.append(unit_costs(config, ug))
-        stages = min(len(initial), len(usable), ug.num_units)
-        ranges = balanced_ranges(measured[0][0], stages, measured[0][1])
+        stages = min(len(initial), len(usable), len(times))
+        ranges = balanced_ranges(times, stages, cuts)
         return [(device, a, b) for device, (a, b) in zip(usable, ranges, strict=False)]
 
     return replan
@@ -180,10 +194,12 @@ def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[S
 
 
 @contextlib.contextmanager
-def cluster_for(config: RunConfig, cluster: ClusterSpec | None) -> Iterator[ClusterSpec]:
+def cluster_for(
+    config: RunConfig, cluster: ClusterSpec | None
+) -> Iterator[tuple[ClusterSpec, EmulatedCluster | None]]:
     """The given cluster, or an emulated one that lives for the ``with`` block."""
     if cluster is not None:
-        yield cluster
+        yield cluster, None
         return
     from edgesplit.emulate import EmulatedCluster, uniform_devices
 
@@ -191,7 +207,21 @@ def cluster_for(config: RunConfig, cluster: ClusterSpec | None) -> Iterator[Clus
     with EmulatedCluster.start(
         uniform_devices(config.devices, cpus=config.cpus), default_link=link
     ) as emulated:
-        yield emulated.spec
+        yield emulated.spec, emulated
+
+
+def injections_for(config: RunConfig, cluster: ClusterSpec | None) -> list[Injection]:
+    """The run's fault injections, checked before anything starts."""
+    if not config.inject:
+        return []
+    if cluster is not None:
+        raise ConfigError(
+            "--inject needs an emulated cluster (run without --cluster, with --devices N); "
+            "real devices cannot be killed or paused from here"
+        )
+    from edgesplit.emulate import uniform_devices
+
+    return parse_injections(config.inject, [d.name for d in uniform_devices(config.devices)])
 
 
 def run_job(
@@ -205,9 +235,11 @@ def run_job(
     ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
     ``on_phase(text)`` when the job moves on (starting the cluster, loading, running)."""
     from edgesplit.runtime.coordinator import Coordinator
+    from edgesplit.runtime.health import HealthPolicy
     from edgesplit.runtime.runner import RunAborted
 
     phase = on_phase or (lambda text: log.info("%s", text))
+    injections = injections_for(config, cluster)  # a bad spec fails before anything starts
     notes: list[str] = []
     phase(f"loading dataset {config.dataset}")
     if config.dataset == "synthetic":
@@ -225,13 +257,16 @@ def run_job(
         raise ConfigError("--limit selects no images; expected at least 1")
 
     # Before the cluster starts: a bad partition fails in a second, not after the workers load.
-    ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else config.devices)
+    injector: Injector | None = None
+    costs = unit_costs(config, ug)  # for the first plan, and for re-plans after a device loss
+    ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else config.devices, costs)
 
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
-        spec = stack.enter_context(cluster_for(config, cluster))
+        spec, emulated = stack.enter_context(cluster_for(config, cluster))
         names = [d.name for d in spec.devices[: len(ranges)]]
-        coordinator = stack.enter_context(Coordinator(spec))
+        policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
+        coordinator = stack.enter_context(Coordinator(spec, health_policy=policy))
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
         num_units = coordinator.load_model(
@@ -263,12 +298,15 @@ def run_job(
 
         phase(f"running {total} images through {len(ranges)} stages")
         aborted: RunAborted | None = None
+        if emulated is not None and injections:
+            injector = Injector(emulated, injections).start()
+            stack.callback(injector.stop)  # before the cluster closes
         try:
             record = coordinator.run(
                 batches(),
                 window=window,
                 on_result=on_result,
-                replan=replanner(config, ug, initial),
+                replan=replanner(initial, costs),
             )
         except RunAborted as exc:
             aborted, record = exc, exc.record
@@ -317,6 +355,7 @@ def run_job(
         "clock_offsets_ms": record.clock_offsets_ms,
         "rtt_ms": record.rtt_ms,
         **fault_summary(record),
+        "injected": relative(injector.events, record.started) if injector else [],
         "notes": notes,
     }
     if aborted is not None:
@@ -330,7 +369,7 @@ def run_job(
         predictions=predictions,
         labels=dataset.labels,
         units=ug.units,
-        events=run_events(record),
+        events=run_events(record, injector.events if injector else []),
     )
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
@@ -348,9 +387,13 @@ def fault_summary(record: RunRecord) -> dict[str, object]:
     }
 
 
-def run_events(record: RunRecord) -> list[dict[str, object]]:
-    """events.jsonl: device state transitions and plan changes, in time order."""
-    events = [{"event": "state", **_timed(t.to_dict(), record.started)} for t in record.transitions]
+def run_events(record: RunRecord, injected: list[dict[str, Any]]) -> list[dict[str, object]]:
+    """events.jsonl: injected faults, device state transitions and plan changes, in time
+    order."""
+    events = relative(injected, record.started)
+    events += [
+        {"event": "state", **_timed(t.to_dict(), record.started)} for t in record.transitions
+    ]
     events += [
         {"event": "plan", **_timed(p.to_dict(), record.started)} for p in record.plan_changes
     ]

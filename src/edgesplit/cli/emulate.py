@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +22,7 @@ from edgesplit.emulate import (
     uniform_devices,
 )
 from edgesplit.errors import ConfigError
+from edgesplit.faults import Injector, parse_injections
 
 MECHANISMS = ("auto", "cgroup-v2", "cgroup-v1", "affinity", "none")
 
@@ -118,6 +122,14 @@ def _overrides(devices: list[EmulatedDevice], items: tuple[str, ...]) -> list[Em
 @click.option("--worker-command", default=None, metavar="TEMPLATE",
               help="Run this instead of 'python -m edgesplit worker'; placeholders {name} "
               "{listen} {token_file} {threads} {ready_file}.")  # fmt: skip
+@click.option(
+    "--inject",
+    multiple=True,
+    metavar="SPEC",
+    help='Fault injection, seconds after the cluster is up (repeatable): "pi3:kill@20s", '
+    '"pi2:pause@15s+5s", "pi2:stress@10s", "link:pi1-pi2:bandwidth=50mbps@10s". '
+    "Each firing is printed and appended to injected.jsonl in the cluster folder.",
+)
 def emulate(
     n: int,
     cpus: float,
@@ -131,9 +143,11 @@ def emulate(
     mechanism: str,
     ready_timeout: float,
     worker_command: str | None,
+    inject: tuple[str, ...],
 ) -> None:
     """Start an emulated cluster of N real worker processes on this machine; Ctrl-C stops it."""
     devices = _overrides(uniform_devices(n, cpus, threads), device_cpus)
+    injections = parse_injections(inject, [d.name for d in devices])
     if latency_ms < 0:
         raise ConfigError(f"--latency-ms must be >= 0, got {latency_ms}")
     link = LinkSpec(bandwidth_mbps=bandwidth_mbps if bandwidth_mbps > 0 else None,
@@ -153,7 +167,27 @@ def emulate(
             path = cluster.write_spec(out if out is not None else cluster.folder / "cluster.yaml")
             click.echo(cluster_table(cluster.spec))
             click.echo(f"cluster file: {path}\nlogs: {cluster.folder}\nCtrl-C to stop.")
-            _watch(cluster)
+            injector = None
+            if injections:
+                injector = Injector(cluster, injections, _recorder(cluster.folder)).start()
+            try:
+                _watch(cluster)
+            finally:
+                if injector is not None:
+                    injector.stop()
+
+
+def _recorder(folder: Path) -> Callable[[dict[str, Any]], None]:
+    """Print each injection as it fires and append it to ``folder/injected.jsonl``."""
+    path = folder / "injected.jsonl"
+
+    def record(event: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        error = f" FAILED: {event['error']}" if "error" in event else ""
+        click.echo(f"injected {event['spec']} ({event['action']}){error}", err=True)
+
+    return record
 
 
 def _watch(cluster: EmulatedCluster) -> None:

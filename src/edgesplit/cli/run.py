@@ -168,6 +168,21 @@ def _serve_metrics(port: int) -> RunMetrics:
     type=click.IntRange(1, 65535),
     help="Serve live Prometheus metrics on 127.0.0.1:PORT/metrics while the run goes.",
 )
+@click.option(
+    "--inject",
+    multiple=True,
+    metavar="SPEC",
+    help='Fault injection on the emulated cluster (repeatable), e.g. "pi3:kill@20s", '
+    '"pi2:pause@15s+5s", "pi2:stress@10s", "link:pi1-pi2:bandwidth=50mbps@10s". '
+    "Not with --cluster.",
+)
+@click.option(
+    "--heartbeat-deadline",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds without a heartbeat before a device is lost and the run re-plans around it.",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -188,6 +203,8 @@ def run_command(
     as_json: bool,
     with_report: bool,
     metrics_port: int | None,
+    inject: tuple[str, ...],
+    heartbeat_deadline: float,
 ) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
@@ -213,6 +230,8 @@ def run_command(
         latency_ms=latency_ms,
         data_dir=data_dir,
         out=out,
+        inject=inject,
+        heartbeat_deadline_s=heartbeat_deadline,
     )
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)

@@ -30,7 +30,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.sampler import DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling
 from edgesplit.runtime import samples as sample_codec
-from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, Outgoing
+from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.stages import Epoch, LoadedModel, build_model, make_epoch, model_key
 from edgesplit.runtime.transport import (
@@ -89,6 +89,8 @@ class Worker:
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
         self._sampler = _start_sampler(config.sample_interval_s)
         self._report_channels: dict[str, grpc.Channel] = {}
+        self._link_overrides: dict[str, pb.SetLinkRequest] = {}
+        """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
         self._compute.start()
 
     # --- service -------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class Worker:
                 "Profile": (pb.ProfileRequest, self.profile),
                 "Probe": (pb.ProbeRequest, lambda request: pb.Ack()),
                 "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
+                "SetLink": (pb.SetLinkRequest, self.set_link),
             },
         )
 
@@ -194,6 +197,35 @@ class Worker:
             self._epochs.pop(request.epoch, None)
         return pb.Ack()
 
+    def set_link(self, request: pb.SetLinkRequest) -> pb.Ack:
+        if not request.to:
+            raise Refused(INVALID, 'SetLink needs "to": a next hop\'s host:port or "coordinator"')
+        if request.HasField("bandwidth_mbps") and not request.bandwidth_mbps > 0:
+            raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
+        if request.HasField("latency_ms") and not request.latency_ms >= 0:
+            raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
+        with self._lock:
+            if request.clear:
+                self._link_overrides.pop(request.to, None)
+            else:
+                self._link_overrides[request.to] = request
+        log.info("[%s] link to %s: %s", self.config.name, request.to, str(request).split())
+        return pb.Ack()
+
+    def _link_shape(self, to: str, planned: LinkShape) -> LinkShape:
+        with self._lock:
+            override = self._link_overrides.get(to)
+        if override is None:
+            return planned
+        return LinkShape(
+            bandwidth_mbps=override.bandwidth_mbps
+            if override.HasField("bandwidth_mbps")
+            else planned.bandwidth_mbps,
+            latency_ms=override.latency_ms
+            if override.HasField("latency_ms")
+            else planned.latency_ms,
+        )
+
     def forward(self, request: pb.MicroBatch) -> pb.Ack:
         received = time.time()
         with self._lock:
@@ -275,9 +307,8 @@ class Worker:
         to_coordinator = epoch.next_hop == COORDINATOR_HOP
         address = epoch.coordinator if to_coordinator else epoch.next_hop
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
-        self._sender(address, token).put(
-            Outgoing(out, epoch.shape, to_coordinator, epoch.coordinator)
-        )
+        shape = self._link_shape(COORDINATOR_HOP if to_coordinator else address, epoch.shape)
+        self._sender(address, token).put(Outgoing(out, shape, to_coordinator, epoch.coordinator))
 
     def _sender(self, address: str, token: str | None) -> LinkSender:
         with self._lock:

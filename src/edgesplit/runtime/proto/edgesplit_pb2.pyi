@@ -194,6 +194,18 @@ class DropEpochRequest(_message.Message):
     epoch: int
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
+class SetLinkRequest(_message.Message):
+    __slots__ = ("to", "bandwidth_mbps", "latency_ms", "clear")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MBPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    bandwidth_mbps: float
+    latency_ms: float
+    clear: bool
+    def __init__(self, to: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., clear: _Optional[bool] = ...) -> None: ...
+
 class FailureReport(_message.Message):
     __slots__ = ("device", "plan_epoch", "request_id", "next_hop", "message")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

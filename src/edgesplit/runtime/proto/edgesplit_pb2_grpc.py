@@ -74,6 +74,11 @@ class WorkerStub:
                 request_serializer=edgesplit__pb2.ProbeLinkRequest.SerializeToString,
                 response_deserializer=edgesplit__pb2.ProbeLinkReply.FromString,
                 _registered_method=True)
+        self.SetLink = channel.unary_unary(
+                '/edgesplit.v1.Worker/SetLink',
+                request_serializer=edgesplit__pb2.SetLinkRequest.SerializeToString,
+                response_deserializer=edgesplit__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -127,6 +132,12 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ProbeLink,
                     request_deserializer=edgesplit__pb2.ProbeLinkRequest.FromString,
                     response_serializer=edgesplit__pb2.ProbeLinkReply.SerializeToString,
+            ),
+            'SetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLink,
+                    request_deserializer=edgesplit__pb2.SetLinkRequest.FromString,
+                    response_serializer=edgesplit__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class Worker:
             '/edgesplit.v1.Worker/ProbeLink',
             edgesplit__pb2.ProbeLinkRequest.SerializeToString,
             edgesplit__pb2.ProbeLinkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgesplit.v1.Worker/SetLink',
+            edgesplit__pb2.SetLinkRequest.SerializeToString,
+            edgesplit__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
