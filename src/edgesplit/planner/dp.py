@@ -1,0 +1,243 @@
+"""Exact dynamic programs over (device subset, last device, units covered), vectorised with
+numpy over unit indices (PipeEdge: Hu et al., "PipeEdge: Pipeline Parallelism for Large-Scale
+Model Inference on Heterogeneous Edge Devices", DSD 2022, Sec. III).
+
+A plan is a path: upload to the first device, then stages on distinct devices, each followed by
+a hop to the next device (or the result return). Its cost combines the costs of these pieces with
+``max`` (the bottleneck) or ``+`` (a latency or an energy). ``f[S, d, e]`` is the best combined
+cost of covering units ``[0, e)`` with stages on exactly the devices in the bit set ``S``, the
+last stage on ``d`` and ending at ``e``, not counting that stage's outgoing hop yet. Because a
+stage's cost does not depend on the device before it, the best predecessor is folded first::
+
+    g[d2, j]    = min over d in S of  f[S, d, j] (+|max) hop[d, d2, j]
+    f[S+d2, d2, e] = min over j < e of  g[d2, j] (+|max) stage[d2, j, e]
+
+which makes one step O(|S| * D * n + D * n^2) array work per subset, O(2^D * D * n^2) in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgesplit.config import COORDINATOR
+from edgesplit.planner.types import Problem
+
+INF = np.inf
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every piece's cost for a problem, as arrays (inf where impossible)."""
+
+    names: tuple[str, ...]
+    compute: Array  # [d, j, e]: compute ms of units [j, e) on d; inf unless j < e
+    fits: Array  # [d, j, e]: units [j, e) fit d's memory budget (and j < e)
+    hop: Array  # [d, d2, j]: hand-off ms of unit j-1's output from d to d2; inf if not a cut
+    upload: Array  # [d]: input upload coordinator -> d
+    ret: Array  # [d]: result return d -> coordinator
+    active_extra_w: Array  # [d]: power above idle while computing
+    idle_w: Array  # [d]
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_units(self) -> int:
+        return int(self.compute.shape[1]) - 1
+
+
+def stage_memory(problem: Problem) -> Array:
+    """[j, e]: memory bytes of a stage of units [j, e) (weights + largest activation)."""
+    n = problem.num_units
+    weights = np.array([u.weight_bytes for u in problem.units], dtype=np.float64)
+    acts = np.array([u.activation_bytes for u in problem.units], dtype=np.float64)
+    wsum = np.concatenate([[0.0], np.cumsum(weights)])
+    memory = np.full((n + 1, n + 1), INF)
+    for j in range(n):
+        memory[j, j + 1 :] = wsum[j + 1 :] - wsum[j] + np.maximum.accumulate(acts[j:])
+    return memory
+
+
+def build_tables(problem: Problem) -> Tables:
+    n, names = problem.num_units, problem.device_names
+    times = np.array([d.unit_ms for d in problem.devices], dtype=np.float64)
+    prefix = np.concatenate([np.zeros((len(names), 1)), np.cumsum(times, axis=1)], axis=1)
+    upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
+    compute = np.where(upper, prefix[:, None, :] - prefix[:, :, None], INF)
+    memory = stage_memory(problem)
+    budgets = np.array(
+        [INF if d.memory_budget_bytes is None else d.memory_budget_bytes for d in problem.devices]
+    )
+    fits = upper & (memory[None, :, :] <= budgets[:, None, None])
+    out_bytes = [u.out_bytes for u in problem.units]
+    hop = np.full((len(names), len(names), n + 1), INF)
+    for a, da in enumerate(names):
+        for b, db in enumerate(names):
+            if a != b:
+                link = problem.link(da, db)
+                hop[a, b, 1:n] = [link.transfer_ms(out_bytes[j - 1]) for j in range(1, n)]
+    upload = np.array(
+        [problem.link(COORDINATOR, d).transfer_ms(problem.input_bytes) for d in names]
+    )
+    ret = np.array([problem.link(d, COORDINATOR).transfer_ms(out_bytes[-1]) for d in names])
+    return Tables(
+        names=names,
+        compute=compute,
+        fits=fits,
+        hop=hop,
+        upload=upload,
+        ret=ret,
+        active_extra_w=np.array([d.active_extra_w for d in problem.devices]),
+        idle_w=np.array([d.idle_w for d in problem.devices]),
+    )
+
+
+@dataclass(frozen=True)
+class Costs:
+    """One objective's cost of every piece of a path (inf: the piece may not be used)."""
+
+    stage: Array  # [d, j, e]
+    hop: Array  # [d, d2, j]
+    first: Array  # [d]: the upload, paid by the first stage's device
+    last: Array  # [d]: the result return, paid by the last stage's device
+    combine: str  # "max" or "sum"
+
+
+@dataclass(frozen=True)
+class Solved:
+    """The filled DP: ``total[S, d]`` is the best cost of a complete plan on exactly the device
+    set ``S`` ending on ``d`` (inf if none)."""
+
+    total: Array
+    arg_j: Array
+    arg_d: Array
+    names: tuple[str, ...]
+
+    def best(self, min_stages: int = 1) -> tuple[float, int, int] | None:
+        """(cost, S, d) of the best plan with at least ``min_stages`` stages; among costs equal
+        up to rounding, the one with the fewest stages. None if there is none."""
+        sizes = np.array([bin(s).count("1") for s in range(self.total.shape[0])])
+        total = np.where((sizes >= min_stages)[:, None], self.total, INF)
+        value = float(total.min())
+        if not np.isfinite(value):
+            return None
+        near = total <= value + 1e-9 * abs(value)
+        candidates = np.argwhere(near)
+        s, d = min(candidates.tolist(), key=lambda sd: (sizes[sd[0]], total[sd[0], sd[1]]))
+        return float(self.total[s, d]), int(s), int(d)
+
+    def stages(self, subset: int, device: int) -> tuple[tuple[str, int, int], ...]:
+        """The plan ending on ``device`` with device set ``subset``, as (device, start, end)."""
+        out = []
+        end = self.arg_j.shape[2] - 1
+        while device >= 0:
+            start = int(self.arg_j[subset, device, end])
+            prev = int(self.arg_d[subset, device, end])
+            out.append((self.names[device], start, end))
+            subset &= ~(1 << device)
+            device, end = prev, start
+        return tuple(reversed(out))
+
+
+def solve(tables: Tables, costs: Costs) -> Solved:
+    """Fill the DP of the module docstring for ``costs``."""
+    num_d, n = tables.num_devices, tables.num_units
+    op: Callable[[Array, Array], Array] = np.maximum if costs.combine == "max" else np.add
+    full = 1 << num_d
+    f = np.full((full, num_d, n + 1), INF)
+    arg_j = np.full((full, num_d, n + 1), -1, dtype=np.int32)
+    arg_d = np.full((full, num_d, n + 1), -1, dtype=np.int32)
+    members_of = [
+        np.array([d for d in range(num_d) if s >> d & 1], dtype=np.int64) for s in range(full)
+    ]
+    for s in range(full):
+        members = members_of[s]
+        outs = members_of[(full - 1) ^ s]
+        if len(outs) == 0:
+            continue
+        if s == 0:
+            g = np.full((num_d, n + 1), INF)
+            g[:, 0] = costs.first
+            g_dev = np.full((num_d, n + 1), -1, dtype=np.int64)
+        else:
+            fs = f[s, members]
+            if not np.isfinite(fs).any():
+                continue
+            h = op(fs[:, None, :], costs.hop[members])  # [member, d2, j]
+            pick = h.argmin(axis=0)
+            g = np.take_along_axis(h, pick[None], 0)[0]
+            g_dev = members[pick]
+        cand = op(g[outs][:, :, None], costs.stage[outs])  # [out, j, e]
+        best_j = cand.argmin(axis=1)  # [out, e]
+        value = np.take_along_axis(cand, best_j[:, None, :], 1)[:, 0, :]
+        for i, d2 in enumerate(outs.tolist()):
+            s2 = s | 1 << d2
+            f[s2, d2] = value[i]
+            arg_j[s2, d2] = best_j[i]
+            arg_d[s2, d2] = g_dev[d2, best_j[i]]
+    total = op(f[:, :, n], costs.last[None, :])
+    return Solved(total=total, arg_j=arg_j, arg_d=arg_d, names=tables.names)
+
+
+def _capped(values: Array, cap: float, strict: bool) -> Array:
+    ok = values < cap if strict else values <= cap
+    return np.where(ok, values, INF)
+
+
+def bottleneck_costs(tables: Tables) -> Costs:
+    return Costs(
+        stage=np.where(tables.fits, tables.compute, INF),
+        hop=tables.hop,
+        first=tables.upload,
+        last=tables.ret,
+        combine="max",
+    )
+
+
+def latency_costs(tables: Tables, cap: float = INF, strict: bool = False) -> Costs:
+    """End-to-end latency; pieces slower than ``cap`` (the bottleneck bound) excluded."""
+    return Costs(
+        stage=_capped(np.where(tables.fits, tables.compute, INF), cap, strict),
+        hop=_capped(tables.hop, cap, strict),
+        first=_capped(tables.upload, cap, strict),
+        last=_capped(tables.ret, cap, strict),
+        combine="sum",
+    )
+
+
+def active_energy_costs(tables: Tables, cap: float = INF, strict: bool = False) -> Costs:
+    """Energy above idle (W x ms = mJ per micro-batch); pieces slower than ``cap`` excluded."""
+    compute = _capped(np.where(tables.fits, tables.compute, INF), cap, strict)
+    stage = np.where(
+        np.isfinite(compute),
+        tables.active_extra_w[:, None, None] * np.where(np.isfinite(compute), compute, 0.0),
+        INF,
+    )
+
+    def zero_if_ok(values: Array) -> Array:
+        return np.where(np.isfinite(_capped(values, cap, strict)), 0.0, INF)
+
+    return Costs(
+        stage=stage,
+        hop=zero_if_ok(tables.hop),
+        first=zero_if_ok(tables.upload),
+        last=zero_if_ok(tables.ret),
+        combine="sum",
+    )
+
+
+def bottleneck_of(tables: Tables, stages: tuple[tuple[str, int, int], ...]) -> float:
+    """The bottleneck of ``stages`` from the tables' own numbers (so a cap derived from it
+    compares exactly with the DP's pieces; a sum in another order may differ in the last bit)."""
+    index = [tables.names.index(name) for name, _, _ in stages]
+    pieces = [float(tables.upload[index[0]]), float(tables.ret[index[-1]])]
+    for k, (_, start, end) in enumerate(stages):
+        pieces.append(float(tables.compute[index[k], start, end]))
+        if k + 1 < len(stages):
+            pieces.append(float(tables.hop[index[k], index[k + 1], end]))
+    return max(pieces)

@@ -1,0 +1,109 @@
+"""The prediction of a given assignment of unit ranges to devices (the cost model's reference
+implementation: plain sums, no vectorisation; the planner's search is checked against it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from edgesplit.config import COORDINATOR
+from edgesplit.errors import PartitionError, PlanError
+from edgesplit.partition import validate_ranges
+from edgesplit.planner.types import MB, OBJECTIVES, Plan, Prediction, Problem, StagePlan
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise PlanError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+
+
+def _check_assignment(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> None:
+    try:
+        validate_ranges([(a, b) for _, a, b in stages], problem.num_units)
+    except PartitionError as e:
+        raise PlanError(str(e)) from e
+    names = [d for d, _, _ in stages]
+    for name in names:
+        problem.device(name)
+        if names.count(name) > 1:
+            raise PlanError(
+                f"device {name!r} holds more than one stage; stages need distinct devices"
+            )
+
+
+def throughput_ips(batch_size: int, bottleneck_ms: float) -> float:
+    return batch_size * 1000.0 / bottleneck_ms if bottleneck_ms > 0 else math.inf
+
+
+def evaluate(
+    problem: Problem,
+    stages: Sequence[tuple[str, int, int]],
+    objective: str = "throughput",
+    *,
+    check_memory: bool = True,
+    notes: Sequence[str] = (),
+) -> Plan:
+    """The plan running units ``[start, end)`` on ``device`` for every ``(device, start, end)``
+    in ``stages``, with its prediction under the cost model of :mod:`edgesplit.planner`.
+
+    Raises :class:`PlanError` if the stages do not cover the units in order, repeat a device, or
+    (with ``check_memory``) a stage does not fit its device's memory budget."""
+    check_objective(objective)
+    _check_assignment(problem, stages)
+    units = problem.units
+    computes, transfers, memories = [], [], []
+    for k, (name, start, end) in enumerate(stages):
+        device = problem.device(name)
+        memory = problem.memory_bytes(start, end)
+        if check_memory and not device.fits(memory):
+            raise PlanError(
+                f"stage {k} (units {start}-{end}) needs {memory / MB:.1f} MB but device "
+                f"{name!r} has a budget of {device.memory_budget_bytes / MB:.1f} MB"  # type: ignore[operator]
+            )
+        next_hop = stages[k + 1][0] if k + 1 < len(stages) else COORDINATOR
+        computes.append(math.fsum(device.unit_ms[start:end]))
+        transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
+        memories.append(memory)
+    upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
+    bottleneck = max(upload_ms, *computes, *transfers)
+    used = {name for name, _, _ in stages}
+    idle_mj = sum(d.idle_w * bottleneck for d in problem.devices if d.name not in used)
+    plans = []
+    for (name, start, end), compute, transfer, memory in zip(
+        stages, computes, transfers, memories, strict=True
+    ):
+        device = problem.device(name)
+        energy_mj = device.idle_w * bottleneck + device.active_extra_w * compute
+        plans.append(
+            StagePlan(
+                device=name,
+                start=start,
+                end=end,
+                compute_ms=compute,
+                transfer_ms=transfer,
+                memory_bytes=memory,
+                energy_mj=energy_mj,
+                first_unit=units[start].name,
+                last_unit=units[end - 1].name,
+            )
+        )
+    total_mj = idle_mj + sum(s.energy_mj for s in plans)
+    prediction = Prediction(
+        upload_ms=upload_ms,
+        bottleneck_ms=bottleneck,
+        throughput_ips=throughput_ips(problem.batch_size, bottleneck),
+        latency_ms=upload_ms + math.fsum(computes) + math.fsum(transfers),
+        energy_j_per_image=total_mj / 1000.0 / problem.batch_size,
+        idle_devices_mj=idle_mj,
+    )
+    return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
+
+
+def objective_value(plan: Plan) -> float:
+    """The number the plan's objective minimises (bottleneck ms, latency ms, J per image)."""
+    p = plan.prediction
+    return {
+        "throughput": p.bottleneck_ms,
+        "latency": p.latency_ms,
+        "energy": p.energy_j_per_image,
+    }[plan.objective]

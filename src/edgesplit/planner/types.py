@@ -1,0 +1,251 @@
+"""The planner's data: a planning problem, a plan and its prediction (frozen, pure data).
+
+The cost model these types carry is defined once, in :mod:`edgesplit.planner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgesplit.config import COORDINATOR
+from edgesplit.errors import PlanError
+from edgesplit.partition import format_partition
+
+OBJECTIVES = ("throughput", "latency", "energy")
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    """What one unit costs, independent of the device it runs on."""
+
+    out_bytes: int  # handed to the next stage per micro-batch when a stage ends after this unit
+    weight_bytes: int  # parameters + buffers
+    activation_bytes: int  # peak working memory per micro-batch while this unit runs
+    name: str = ""  # e.g. "features.0.0 .. features.0.2", for tables and errors
+
+
+@dataclass(frozen=True)
+class DeviceCost:
+    """A device: its time per micro-batch for every unit, its memory budget and power model.
+
+    Power is linear in utilisation: ``idle_w + (busy_w - idle_w) * busy_fraction`` while the
+    device computes, ``idle_w`` otherwise."""
+
+    name: str
+    unit_ms: tuple[float, ...]
+    memory_budget_bytes: int | None = None  # None: unlimited
+    idle_w: float = 2.7
+    busy_w: float = 6.4
+    busy_fraction: float = 1.0  # utilisation (0..1 of all cores) while this device computes
+
+    @property
+    def active_extra_w(self) -> float:
+        """Power above idle while this device computes."""
+        return (self.busy_w - self.idle_w) * self.busy_fraction
+
+    def fits(self, memory_bytes: int) -> bool:
+        return self.memory_budget_bytes is None or memory_bytes <= self.memory_budget_bytes
+
+
+@dataclass(frozen=True)
+class LinkCost:
+    """A network link. ``bandwidth_mbps=None``: no transfer time beyond ``latency_ms``."""
+
+    bandwidth_mbps: float | None = None
+    latency_ms: float = 0.0
+
+    def transfer_ms(self, nbytes: int) -> float:
+        if self.bandwidth_mbps is None:
+            return self.latency_ms
+        return self.latency_ms + nbytes * 8 / (self.bandwidth_mbps * 1e3)
+
+
+def _check_number(what: str, value: float, *, positive: bool = False) -> None:
+    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        kind = "a finite number > 0" if positive else "a finite number >= 0"
+        raise PlanError(f"{what} must be {kind}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the planner needs: unit costs, devices, links, batch size, input size.
+
+    ``links`` override ``default_link`` between two endpoints (device names or
+    :data:`~edgesplit.config.COORDINATOR`), in either order."""
+
+    units: tuple[UnitCost, ...]
+    devices: tuple[DeviceCost, ...]
+    batch_size: int
+    input_bytes: int  # upload per micro-batch, coordinator -> first stage
+    default_link: LinkCost = LinkCost()
+    links: tuple[tuple[str, str, LinkCost], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            raise PlanError("a problem needs at least one unit, got none")
+        if not self.devices:
+            raise PlanError("a problem needs at least one device, got none")
+        if self.batch_size < 1:
+            raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_number("input_bytes", self.input_bytes)
+        for i, u in enumerate(self.units):
+            for field in ("out_bytes", "weight_bytes", "activation_bytes"):
+                _check_number(f"unit {i} ({u.name!r}) {field}", getattr(u, field))
+        names = [d.name for d in self.devices]
+        for d in self.devices:
+            if d.name == COORDINATOR:
+                raise PlanError(f"{COORDINATOR!r} is reserved and cannot name a device")
+            if names.count(d.name) > 1:
+                raise PlanError(f"device names must be unique, {d.name!r} appears twice")
+            if len(d.unit_ms) != len(self.units):
+                raise PlanError(
+                    f"device {d.name!r} has {len(d.unit_ms)} unit times, expected one per unit "
+                    f"({len(self.units)})"
+                )
+            for i, ms in enumerate(d.unit_ms):
+                _check_number(f"device {d.name!r} time of unit {i}", ms)
+            if d.memory_budget_bytes is not None:
+                _check_number(f"device {d.name!r} memory_budget_bytes", d.memory_budget_bytes)
+            for field in ("idle_w", "busy_w"):
+                _check_number(f"device {d.name!r} {field}", getattr(d, field))
+            if not 0.0 <= d.busy_fraction <= 1.0:
+                raise PlanError(
+                    f"device {d.name!r} busy_fraction must be in [0, 1], got {d.busy_fraction}"
+                )
+        known = {*names, COORDINATOR}
+        for a, b, link in (*((COORDINATOR, COORDINATOR, self.default_link),), *self.links):
+            for end in (a, b):
+                if end not in known:
+                    raise PlanError(
+                        f"link {a}-{b}: unknown endpoint {end!r}; known: {sorted(known)}"
+                    )
+            if link.bandwidth_mbps is not None:
+                _check_number(f"link {a}-{b} bandwidth_mbps", link.bandwidth_mbps, positive=True)
+            _check_number(f"link {a}-{b} latency_ms", link.latency_ms)
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)
+
+    def device(self, name: str) -> DeviceCost:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise PlanError(f"unknown device {name!r}; the problem has {list(self.device_names)}")
+
+    def link(self, a: str, b: str) -> LinkCost:
+        """The link between endpoints ``a`` and ``b`` (either order)."""
+        for x, y, link in self.links:
+            if (x, y) in ((a, b), (b, a)):
+                return link
+        return self.default_link
+
+    def restrict(self, names: Sequence[str]) -> Problem:
+        """The same problem on only the devices ``names`` (in the problem's order)."""
+        wanted = set(names)
+        for name in wanted:
+            self.device(name)
+        if not wanted:
+            raise PlanError("the device selection is empty; name at least one device")
+        devices = tuple(d for d in self.devices if d.name in wanted)
+        keep = {*wanted, COORDINATOR}
+        links = tuple((a, b, lk) for a, b, lk in self.links if a in keep and b in keep)
+        return dataclasses.replace(self, devices=devices, links=links)
+
+    def memory_bytes(self, start: int, end: int) -> int:
+        """Memory of a stage holding units ``[start, end)``: their weights plus the largest
+        activation among them (units run one after the other)."""
+        units = self.units[start:end]
+        return sum(u.weight_bytes for u in units) + max(u.activation_bytes for u in units)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: units ``[start, end)`` (half-open) on ``device``, and its predicted costs."""
+
+    device: str
+    start: int
+    end: int
+    compute_ms: float
+    transfer_ms: float  # output to the next hop (last stage: result return to the coordinator)
+    memory_bytes: int  # weights of its units + the largest activation_bytes among them
+    energy_mj: float  # per micro-batch: this device's idle power over the period + active extra
+    first_unit: str = ""
+    last_unit: str = ""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    upload_ms: float
+    bottleneck_ms: float
+    throughput_ips: float
+    latency_ms: float
+    energy_j_per_image: float
+    idle_devices_mj: float = 0.0  # per micro-batch, drawn by cluster devices no stage uses
+
+
+@dataclass(frozen=True)
+class Plan:
+    objective: str  # "throughput" | "latency" | "energy"
+    stages: tuple[StagePlan, ...]
+    prediction: Prediction
+    notes: tuple[str, ...] = ()
+
+    def partition(self) -> str:
+        """The partition string (:func:`edgesplit.partition.format_partition`) of the stages."""
+        return format_partition([(s.start, s.end) for s in self.stages])
+
+    def assignment(self) -> tuple[tuple[str, int, int], ...]:
+        """``(device, start, end)`` per stage, the form :func:`evaluate` takes."""
+        return tuple((s.device, s.start, s.end) for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict` (e.g. after a JSON round trip); unknown or missing keys
+        are a :class:`PlanError` naming them."""
+        try:
+            _check_keys("plan", d, cls)
+            stages = []
+            for i, s in enumerate(d["stages"]):
+                _check_keys(f"plan stage {i}", s, StagePlan)
+                stages.append(StagePlan(**s))
+            _check_keys("plan prediction", d["prediction"], Prediction)
+            return cls(
+                objective=str(d["objective"]),
+                stages=tuple(stages),
+                prediction=Prediction(**d["prediction"]),
+                notes=tuple(d.get("notes", ())),
+            )
+        except (TypeError, AttributeError) as e:
+            raise PlanError(f"malformed plan: {e}") from e
+
+    def table(self) -> str:
+        from edgesplit.planner.table import plan_table
+
+        return plan_table(self)
+
+
+def _check_keys(what: str, d: Mapping[str, Any], cls: type) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    required = {
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(d))
+    if unknown or missing:
+        raise PlanError(f"{what}: unknown keys {unknown}, missing keys {missing}")
