@@ -21,6 +21,7 @@ import torch
 
 from edgesplit import models
 from edgesplit.config import ClusterSpec, parse_cluster
+from edgesplit.engines import Execution
 from edgesplit.runtime import codec
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -137,7 +138,7 @@ def test_worker_survives_abuse_then_serves(coordinator: Coordinator, procs: list
     torch.manual_seed(0)
     model = models.build("squeezenet1_1", num_classes=10)
     n = coordinator.load_model("squeezenet1_1", 10, 3, SIZE, model)
-    epoch = coordinator.install_plan(cuts(n, 2))
+    epoch = coordinator.install_plan(cuts(n, 2), execution=Execution(engine="torch"))
     target = procs[0].address
     raw_channel = grpc.insecure_channel(
         target, options=[("grpc.max_send_message_length", 80 << 20)]

@@ -13,6 +13,7 @@ import torch
 
 from edgesplit import models
 from edgesplit.config import TlsSpec, parse_cluster
+from edgesplit.engines import Execution
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
@@ -70,7 +71,7 @@ def test_mtls_pipeline_matches_reference(tls: TlsSpec, workers: list[RunningWork
     with Coordinator(cluster) as c:
         c.check()
         n = c.load_model("squeezenet1_1", 10, 3, SIZE, model)
-        c.install_plan([("t0", 0, n // 2), ("t1", n // 2, n)])
+        c.install_plan([("t0", 0, n // 2), ("t1", n // 2, n)], execution=Execution(engine="torch"))
         record = c.run([(0, x)], window=1)
     with torch.inference_mode():
         assert torch.equal(record.outputs[0], model(x))

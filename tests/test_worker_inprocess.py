@@ -16,8 +16,9 @@ import torch
 
 from edgesplit import models
 from edgesplit.config import ClusterSpec, parse_cluster
+from edgesplit.engines import Execution
 from edgesplit.errors import EdgesplitError, RunError, WorkerError
-from edgesplit.runtime import codec
+from edgesplit.runtime import PROTOCOL_VERSION, codec
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
@@ -27,6 +28,8 @@ from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 TOKEN = "in-process-test-token"
 MODEL = "squeezenet1_1"
 SIZE = 32
+TORCH = Execution(engine="torch")
+"""The exact reference engine: its split runs are bit-identical to the whole model."""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_status_reports_versions_clock_and_samples(
     time.sleep(0.3)  # let the sampler take a reading
     reply = stub(workers[0]).Status(pb.StatusRequest(), timeout=5)
     assert reply.name == "w0"
-    assert reply.protocol_version == 1
+    assert reply.protocol_version == PROTOCOL_VERSION
     assert reply.torch_version == torch.__version__
     assert abs(reply.clock - time.time()) < 5
     assert reply.model == MODEL
@@ -87,7 +90,9 @@ def test_split_run_matches_the_whole_model(
 ) -> None:
     n = coordinator._num_units
     assert n is not None
-    epoch = coordinator.install_plan([("w0", 0, n // 3), ("w1", n // 3, n // 2), ("w2", n // 2, n)])
+    epoch = coordinator.install_plan(
+        [("w0", 0, n // 3), ("w1", n // 3, n // 2), ("w2", n // 2, n)], execution=TORCH
+    )
     inputs = [(i, torch.randn(2, 3, SIZE, SIZE)) for i in range(5)]
     seen: list[int] = []
     record = coordinator.run(inputs, window=2, on_result=lambda rid, _t: seen.append(rid))
@@ -259,7 +264,7 @@ def test_garbage_payloads_and_the_worker_keeps_serving(
 
     n = coordinator._num_units
     assert n is not None
-    coordinator.install_plan([("w0", 0, n)])
+    coordinator.install_plan([("w0", 0, n)], execution=TORCH)
     x = torch.randn(1, 3, SIZE, SIZE)
     record = coordinator.run([(1, x)], window=1)
     with torch.inference_mode():

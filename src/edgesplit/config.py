@@ -58,6 +58,8 @@ class LinkSpec(Strict):
 
     bandwidth_mbps: float | None = Field(None, gt=0)
     latency_ms: float = Field(0.0, ge=0)
+    wire: Literal["fp32", "fp16", "int8"] | None = None
+    """Activation format on this link (edgesplit.runtime.wire); None: the run's choice."""
 
 
 class PairLink(LinkSpec):
@@ -143,7 +145,9 @@ class ClusterSpec(Strict):
         """The link between endpoints ``a`` and ``b`` (either order)."""
         for link in self.links:
             if set(link.between) == {a, b}:
-                return LinkSpec(bandwidth_mbps=link.bandwidth_mbps, latency_ms=link.latency_ms)
+                return LinkSpec(
+                    bandwidth_mbps=link.bandwidth_mbps, latency_ms=link.latency_ms, wire=link.wire
+                )
         return self.default_link
 
     def token_for(self, name: str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from edgesplit import checkpoints, data, graph, models
+from edgesplit import checkpoints, data, engines, graph, models
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.faults import Injection, Injector, parse_injections, relative
@@ -74,6 +74,13 @@ class RunConfig:
     """A device silent for this long is LOST (see :mod:`edgesplit.runtime.health`)."""
     probation_s: float = 3.0
     """A lost device that answers again takes work after this long without a missed beat."""
+    engine: str | None = None
+    """Stage executor; None: onnxruntime when installed, else torch (with a note)."""
+    precision: str = "fp32"
+    wire: str = "fp32"
+    """Activation format between stages (a link's own ``wire`` in the cluster file wins)."""
+    calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES
+    """Training images that calibrate int8 stages."""
 
 
 @dataclass
@@ -179,6 +186,48 @@ def replanner(
     return replan
 
 
+MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
+"""Calibration images travel in each InstallPlan message, below the 64 MiB message limit."""
+
+
+def calibration_images(
+    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
+) -> torch.Tensor:
+    """Model inputs for int8 calibration: ``config.calibration_images`` images drawn (seeded)
+    from the training split, or from the synthetic set itself."""
+    wanted = config.calibration_images
+    per_image = 4 * 3 * size * size
+    if wanted * per_image > MAX_CALIBRATION_BYTES:
+        wanted = max(1, MAX_CALIBRATION_BYTES // per_image)
+        notes.append(
+            f"int8 calibration uses {wanted} images: {config.calibration_images} at {size} px "
+            f"would exceed the {MAX_CALIBRATION_BYTES >> 20} MiB message budget"
+        )
+    if dataset.name == "synthetic":
+        source = dataset
+        notes.append("synthetic dataset: int8 calibration uses the synthetic images")
+    else:
+        source = data.load(config.dataset, "train", data_dir=config.data_dir)
+    generator = torch.Generator().manual_seed(config.seed)
+    count = min(wanted, len(source))
+    index = torch.randperm(len(source), generator=generator)[:count].sort().values
+    return data.preprocess(source.images[index], source.info, size, 3)
+
+
+def execution_for(
+    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
+) -> engines.Execution:
+    """The engine, precision, wire format and calibration set the run's stages use."""
+    engine, note = engines.resolve_engine(config.engine)
+    if note:
+        notes.append(note)
+    engines.EngineSpec(engine, config.precision)  # int8 on torch fails here, before any work
+    calibration = None
+    if config.precision == "int8":
+        calibration = calibration_images(config, dataset, size, notes)
+    return engines.Execution(engine, config.precision, config.wire, calibration)
+
+
 def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[StageInfo]:
     return [
         StageInfo(
@@ -260,6 +309,7 @@ def run_job(
     injector: Injector | None = None
     costs = unit_costs(config, ug)  # for the first plan, and for re-plans after a device loss
     ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else config.devices, costs)
+    execution = execution_for(config, dataset, size, notes)
 
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
@@ -278,7 +328,8 @@ def run_job(
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
-        epoch = coordinator.install_plan(initial)
+        phase(f"installing {len(ranges)} stages ({execution.engine} {execution.precision})")
+        epoch = coordinator.install_plan(initial, execution=execution)
         window = config.window or 2 * len(ranges)
         starts: list[int] = []
 
@@ -330,6 +381,9 @@ def run_job(
         "input_size": size,
         "batch_size": config.batch_size,
         "window": window,
+        "engine": execution.engine,
+        "precision": execution.precision,
+        "wire": config.wire,
         "images": total,
         "completed_images": int((predictions >= 0).sum()),
         "wall_s": record.wall_s,

@@ -163,6 +163,35 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="Also write report.html and its plots into the run folder (as edgesplit report).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default=None,
+    help="Stage executor. Default: onnxruntime when installed (the fast engine), else torch "
+    "with a note.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Stage precision; int8 is static quantization with onnxruntime, calibrated on "
+    "training images.",
+)
+@click.option(
+    "--wire",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Activation format between stages (a link's `wire` in the cluster file wins).",
+)
+@click.option(
+    "--calibration-images",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Training images that calibrate int8 stages.",
+)
+@click.option(
     "--metrics-port",
     default=None,
     type=click.IntRange(1, 65535),
@@ -202,6 +231,10 @@ def run_command(
     out: Path | None,
     as_json: bool,
     with_report: bool,
+    engine: str | None,
+    precision: str,
+    wire: str,
+    calibration_images: int,
     metrics_port: int | None,
     inject: tuple[str, ...],
     heartbeat_deadline: float,
@@ -232,6 +265,10 @@ def run_command(
         out=out,
         inject=inject,
         heartbeat_deadline_s=heartbeat_deadline,
+        engine=engine,
+        precision=precision,
+        wire=wire,
+        calibration_images=calibration_images,
     )
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)

@@ -14,6 +14,7 @@ import click
 
 from edgesplit.cli import main
 from edgesplit.config import TlsSpec, env_token, read_token_file
+from edgesplit.engines import resolve_engine
 from edgesplit.errors import ConfigError
 from edgesplit.runtime.worker import WorkerConfig, serve
 
@@ -64,6 +65,12 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsSpec | None
     help="Torch intra-op threads for stage compute (default: torch's choice).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default=None,
+    help="Stage executor when a plan names none. Default: onnxruntime when installed, else torch.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="PEM certificate of this worker (mTLS; needs --tls-key and --tls-ca).",
@@ -89,6 +96,7 @@ def worker(
     token_file: Path | None,
     insecure_no_token: bool,
     threads: int | None,
+    engine: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -96,8 +104,15 @@ def worker(
 ) -> None:
     """Serve this device's stages of a split model until SIGTERM or SIGINT."""
     token = read_token_file(token_file) if token_file is not None else env_token()
+    engine, note = resolve_engine(engine)
+    if note:
+        click.echo(f"note: {note}", err=True)
     config = WorkerConfig(
-        name=name, token=token, threads=threads, tls=_tls(tls_cert, tls_key, tls_ca)
+        name=name,
+        token=token,
+        threads=threads,
+        engine=engine,
+        tls=_tls(tls_cert, tls_key, tls_ca),
     )
     stop = threading.Event()
 

@@ -23,9 +23,10 @@ from torch import nn
 
 from edgesplit import __version__
 from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
+from edgesplit.engines import Execution
 from edgesplit.errors import PlanError, WorkerError
 from edgesplit.models import state_dict_sha256
-from edgesplit.runtime import PROTOCOL_VERSION, codec
+from edgesplit.runtime import PROTOCOL_VERSION, codec, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -49,6 +50,9 @@ ChannelFactory = Callable[[DeviceSpec], grpc.Channel]
 
 CHECK_TIMEOUT_S = 3.0
 LOAD_TIMEOUT_S = 180.0
+ENGINE_INSTALL_S = 60.0
+"""InstallPlan deadline for onnxruntime stages: the first install exports (and for int8
+quantizes) the stage; later ones load it from the worker's cache."""
 CLOCK_PROBES = 5
 
 
@@ -99,6 +103,7 @@ class Coordinator:
         self.events: queue.Queue[Event] = queue.Queue()
         self._epoch = 0
         self._plan: tuple[Stage, ...] = ()
+        self._execution = Execution()
         self._num_units: int | None = None
         self._installed: dict[int, tuple[Stage, ...]] = {}
         """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
@@ -320,7 +325,7 @@ class Coordinator:
     def _on_result(self, batch: pb.MicroBatch) -> pb.Ack:
         arrival = time.time()
         try:
-            tensor = codec.decode(batch.tensor)
+            tensor = wire.decode_activation(batch.tensor)
         except codec.CodecError as exc:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Result: {exc}") from None
         batch.ClearField("tensor")
@@ -337,14 +342,20 @@ class Coordinator:
         stages: list[tuple[str, int, int]],
         reason: str = "install",
         timeout_s: float | None = None,
+        execution: Execution | None = None,
     ) -> int:
         """Install a new plan epoch: ``stages[i] = (device, start, end)`` covering units
         ``[0, num_units)`` in order, each a half-open range. Returns the new epoch.
 
         Earlier epochs stay installed (requests in flight finish under them) until
         :meth:`drop_epoch`. Raises :class:`InstallFailed` naming the device that did not take
-        its stage; the epoch then does not become current."""
+        its stage; the epoch then does not become current.
+
+        ``execution`` (engine, precision, wire) applies from this epoch on; None keeps the
+        previous epoch's."""
         with self._lock:
+            if execution is not None:
+                self._execution = execution
             num_units = self._num_units
         if num_units is None:
             raise PlanError("install_plan needs a model; call load_model first")
@@ -390,17 +401,29 @@ class Coordinator:
             coordinator=coord,
             latency_ms=link.latency_ms,
         )
+        self._fill_execution(request, link.wire)
         if link.bandwidth_mbps is not None:
             request.bandwidth_mbps = link.bandwidth_mbps
         if not last:
             next_token = self.cluster.token_for(next_name)
             if next_token != self.cluster.token_for(stage.device):
                 request.next_token = next_token
+        # onnxruntime stages may be exported and quantized on first install: give them time.
+        timeout = timeout_s if request.engine == "torch" else max(timeout_s, ENGINE_INSTALL_S)
         try:
-            self.stub(stage.device).InstallPlan(request, timeout=timeout_s)
+            self.stub(stage.device).InstallPlan(request, timeout=timeout)
         except grpc.RpcError as exc:
             error = self.worker_error(stage.device, f"installing epoch {epoch}", exc)
             raise InstallFailed(str(error), stage.device) from None
+
+    def _fill_execution(self, request: pb.InstallPlanRequest, link_wire: str | None) -> None:
+        with self._lock:
+            execution = self._execution
+        request.engine = execution.engine or ""
+        request.precision = execution.precision
+        request.wire = link_wire or execution.wire
+        if execution.calibration is not None:
+            codec.encode(execution.calibration.to(torch.float32), out=request.calibration)
 
     def drop_epoch(self, epoch: int, devices: Iterable[str] | None = None) -> None:
         """Tell ``devices`` (default: every usable one) to forget ``epoch``; best effort per

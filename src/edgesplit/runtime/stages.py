@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import grpc
-from torch import nn
+import torch
 
-from edgesplit import graph, models
+from edgesplit import engines, graph, models
 from edgesplit.errors import EdgesplitError
+from edgesplit.runtime import codec, wire
 from edgesplit.runtime.links import LinkShape
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import Refused
@@ -55,7 +56,9 @@ class Epoch:
     stage: int
     start: int
     end: int
-    module: nn.Module
+    executor: engines.Executor
+    wire: str
+    """Format of this stage's output on the wire (runtime.wire)."""
     in_shape: tuple[int, ...]
     """Per-sample input shape; the batch dimension comes in front."""
     next_hop: str
@@ -107,8 +110,68 @@ def build_model(key: ModelKey, data: bytes) -> LoadedModel:
     return LoadedModel(key=key, graph=unit_graph)
 
 
-def make_epoch(model: LoadedModel, request: pb.InstallPlanRequest) -> Epoch:
-    """Validate an InstallPlan request against ``model`` and build its stage module."""
+def _engine_spec(request: pb.InstallPlanRequest, default_engine: str | None) -> engines.EngineSpec:
+    try:
+        engine, _ = engines.resolve_engine(request.engine or default_engine)
+        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
+        return engines.EngineSpec(engine, request.precision or "fp32")
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
+
+
+def _calibration(model: LoadedModel, request: pb.InstallPlanRequest) -> torch.Tensor | None:
+    """The int8 calibration images of an InstallPlan request, checked like any input."""
+    if not request.HasField("calibration"):
+        return None
+    try:
+        images = codec.decode(request.calibration, expect_dtype=torch.float32)
+    except codec.CodecError as exc:
+        raise Refused(INVALID, f"calibration images: {exc}") from None
+    expected = tuple(model.graph.input_shape)
+    if images.dim() != len(expected) + 1 or tuple(images.shape[1:]) != expected:
+        raise Refused(
+            INVALID,
+            f"calibration images must be [N, {', '.join(map(str, expected))}], "
+            f"got {list(images.shape)}",
+        )
+    return images
+
+
+def _executor(
+    model: LoadedModel,
+    request: pb.InstallPlanRequest,
+    spec: engines.EngineSpec,
+    threads: int,
+) -> engines.Executor:
+    calibration = _calibration(model, request)
+    if spec.precision == "int8" and calibration is None:
+        raise Refused(INVALID, "precision int8 needs calibration images in the InstallPlan")
+    key = engines.StageKey(
+        model=model.key.model,
+        weights_sha256=model.key.sha256,
+        input_shape=tuple(model.graph.input_shape),
+        start=request.start,
+        end=request.end,
+    )
+    try:
+        # Export traces the fx stage module, so it holds the fx lock like building one does.
+        with _FX_LOCK:
+            return engines.build_executor(
+                model.graph, request.start, request.end, spec, threads, key, calibration
+            )
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
+
+
+def make_epoch(
+    model: LoadedModel,
+    request: pb.InstallPlanRequest,
+    threads: int = 1,
+    default_engine: str | None = None,
+) -> Epoch:
+    """Validate an InstallPlan request against ``model`` and build its stage executor with
+    ``threads`` intra-op threads (the request's engine, else ``default_engine``, else the best
+    installed one)."""
     n = model.num_units
     if request.epoch < 1:
         raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
@@ -130,14 +193,15 @@ def make_epoch(model: LoadedModel, request: pb.InstallPlanRequest) -> Epoch:
         else tuple(model.graph.units[request.start - 1].out_shape)
     )
     bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
-    with _FX_LOCK:
-        module = model.graph.stage(request.start, request.end)
+    spec = _engine_spec(request, default_engine)
+    executor = _executor(model, request, spec, threads)
     return Epoch(
         epoch=request.epoch,
         stage=request.stage,
         start=request.start,
         end=request.end,
-        module=module,
+        executor=executor,
+        wire=request.wire or wire.DEFAULT_WIRE,
         in_shape=in_shape,
         next_hop=request.next_hop,
         coordinator=request.coordinator,

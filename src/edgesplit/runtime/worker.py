@@ -28,7 +28,7 @@ from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.sampler import DeviceSampler
-from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling
+from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -56,6 +56,8 @@ class WorkerConfig:
     name: str
     token: str | None
     threads: int | None = None
+    engine: str | None = None
+    """Engine for plans that name none; None: onnxruntime when installed, else torch."""
     tls: TlsSpec | None = None
     max_elements: int = codec.DEFAULT_MAX_ELEMENTS
     max_queue: int = 256
@@ -131,7 +133,14 @@ class Worker:
             num_units=model.num_units if model else 0,
             epochs=[
                 pb.EpochInfo(
-                    epoch=e.epoch, stage=e.stage, start=e.start, end=e.end, next_hop=e.next_hop
+                    epoch=e.epoch,
+                    stage=e.stage,
+                    start=e.start,
+                    end=e.end,
+                    next_hop=e.next_hop,
+                    engine=e.executor.engine,
+                    precision=e.executor.precision,
+                    wire=e.wire,
                 )
                 for e in epochs
             ],
@@ -166,14 +175,16 @@ class Worker:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
-        epoch = make_epoch(model, request)
+        threads = self.config.threads or torch.get_num_threads()
+        epoch = make_epoch(model, request, threads, self.config.engine)
         with self._lock:
             if self._model is not model:
                 raise Refused(PRECONDITION, "the model changed while installing the plan")
             self._epochs[epoch.epoch] = epoch
         log.info(
-            "[%s] epoch %d: stage %d units [%d, %d) -> %s",
-            self.config.name, epoch.epoch, epoch.stage, epoch.start, epoch.end, epoch.next_hop,
+            "[%s] epoch %d: stage %d units [%d, %d) on %s %s -> %s (%s wire)",
+            self.config.name, epoch.epoch, epoch.stage, epoch.start, epoch.end,
+            epoch.executor.engine, epoch.executor.precision, epoch.next_hop, epoch.wire,
         )  # fmt: skip
         return pb.Ack()
 
@@ -241,9 +252,7 @@ class Worker:
         if not request.HasField("tensor"):
             raise Refused(INVALID, "Forward needs a tensor")
         try:
-            x = codec.decode(
-                request.tensor, max_elements=self.config.max_elements, expect_dtype=torch.float32
-            )
+            x = wire.decode_activation(request.tensor, max_elements=self.config.max_elements)
         except codec.CodecError as exc:
             raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
         if x.dim() != len(epoch.in_shape) + 1 or tuple(x.shape[1:]) != epoch.in_shape:
@@ -286,12 +295,11 @@ class Worker:
     def _run(self, job: Job) -> None:
         epoch = job.epoch
         compute_start = time.time()
-        with torch.inference_mode():
-            y = epoch.module(job.x)
+        y = epoch.executor.run(job.x)
         compute_end = time.time()
         out = pb.MicroBatch(request_id=job.batch.request_id, plan_epoch=job.batch.plan_epoch)
         out.hops.extend(job.batch.hops)
-        codec.encode(y, out=out.tensor)
+        wire.encode_activation(y, epoch.wire, out=out.tensor)
         out.hops.add(
             device=self.config.name,
             stage=epoch.stage,

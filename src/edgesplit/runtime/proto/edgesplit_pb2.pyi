@@ -7,14 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data")
+    __slots__ = ("dtype", "shape", "data", "scale", "zero_point")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    scale: float
+    zero_point: int
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ...) -> None: ...
 
 class HopTiming(_message.Message):
     __slots__ = ("device", "stage", "received", "compute_start", "compute_end", "serialize_end", "send_start", "send_end", "bytes_out", "batch_size")
@@ -87,18 +91,24 @@ class DeviceSample(_message.Message):
     def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ...) -> None: ...
 
 class EpochInfo(_message.Message):
-    __slots__ = ("epoch", "stage", "start", "end", "next_hop")
+    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "engine", "precision", "wire")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     stage: int
     start: int
     end: int
     next_hop: str
-    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ...) -> None: ...
+    engine: str
+    precision: str
+    wire: str
+    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads")
@@ -167,7 +177,7 @@ class LoadModelReply(_message.Message):
     def __init__(self, loaded: _Optional[bool] = ..., need_weights: _Optional[bool] = ..., num_units: _Optional[int] = ...) -> None: ...
 
 class InstallPlanRequest(_message.Message):
-    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token")
+    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token", "engine", "precision", "wire", "calibration")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +187,10 @@ class InstallPlanRequest(_message.Message):
     BANDWIDTH_MBPS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     stage: int
     start: int
@@ -186,7 +200,11 @@ class InstallPlanRequest(_message.Message):
     bandwidth_mbps: float
     latency_ms: float
     next_token: str
-    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., coordinator: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., next_token: _Optional[str] = ...) -> None: ...
+    engine: str
+    precision: str
+    wire: str
+    calibration: Tensor
+    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., coordinator: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., next_token: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DropEpochRequest(_message.Message):
     __slots__ = ("epoch",)

@@ -1,0 +1,98 @@
+"""Activation wire formats: how a stage's float32 output travels to the next hop.
+
+* ``fp32`` — exact (the default).
+* ``fp16`` — half the bytes. Error bound per element: ``|x - x'| <= 2**-11 * |x|`` for
+  ``|x| >= 2**-14``, and ``<= 2**-25`` below (fp16's subnormal spacing, halved). Values beyond
+  fp16's range (65504) are refused rather than sent as infinity.
+* ``int8`` — a quarter of the bytes: per-tensor affine quantization with the scale and zero point
+  in the message, ``x' = (q - zero_point) * scale``. ``scale = (max - min) / 255`` over the
+  tensor (0 is always inside the range), so ``|x - x'| <= scale / 2`` per element.
+
+Decoding accepts any of the three, so a receiver never needs to know what the sender chose; the
+result is always float32. Everything from the network is checked by :mod:`codec` first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edgesplit.errors import ConfigError
+from edgesplit.runtime import codec
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+WIRE_FORMATS = ("fp32", "fp16", "int8")
+DEFAULT_WIRE = "fp32"
+FP16_MAX = 65504.0
+_QMIN, _QMAX = -128, 127
+
+
+def check_wire(wire: str) -> str:
+    """``wire`` if it names a format, else a :class:`ConfigError` listing the formats."""
+    if wire not in WIRE_FORMATS:
+        raise ConfigError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
+    return wire
+
+
+def int8_params(x: torch.Tensor) -> tuple[float, int]:
+    """Per-tensor affine (scale, zero point) covering ``[min(x, 0), max(x, 0)]`` in int8."""
+    low = min(float(x.min()), 0.0) if x.numel() else 0.0
+    high = max(float(x.max()), 0.0) if x.numel() else 0.0
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise codec.CodecError("cannot send a tensor with inf or nan in int8 wire format")
+    scale = (high - low) / (_QMAX - _QMIN)
+    if scale == 0.0:
+        return 1.0, 0
+    zero_point = round(_QMIN - low / scale)
+    return scale, max(_QMIN, min(_QMAX, zero_point))
+
+
+def encode_activation(x: torch.Tensor, wire: str, out: pb.Tensor | None = None) -> pb.Tensor:
+    """Encode a float activation in format ``wire`` (see the module doc) into ``out``."""
+    x = x.detach().to(torch.float32)
+    if wire == "fp32":
+        return codec.encode(x, out=out)
+    if wire == "fp16":
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        if peak > FP16_MAX:
+            raise codec.CodecError(
+                f"activation magnitude {peak:g} exceeds fp16's range ({FP16_MAX:g}); "
+                "use the fp32 or int8 wire format"
+            )
+        return codec.encode(x.to(torch.float16), out=out)
+    if wire == "int8":
+        scale, zero_point = int8_params(x)
+        q = torch.round(x / scale).add_(zero_point).clamp_(_QMIN, _QMAX).to(torch.int8)
+        msg = codec.encode(q, out=out)
+        msg.scale = scale
+        msg.zero_point = zero_point
+        return msg
+    raise ConfigError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
+
+
+def decode_activation(
+    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
+) -> torch.Tensor:
+    """A float32 tensor from a message in any wire format; :class:`codec.CodecError` if the
+    message is malformed (also a bad scale or zero point)."""
+    if msg.HasField("scale"):
+        if msg.dtype != "int8":
+            raise codec.CodecError(f"a quantized tensor must be int8, got {msg.dtype}")
+        if not (math.isfinite(msg.scale) and msg.scale > 0):
+            raise codec.CodecError(f"int8 scale must be finite and > 0, got {msg.scale}")
+        if not _QMIN <= msg.zero_point <= _QMAX:
+            raise codec.CodecError(
+                f"int8 zero point must be in [{_QMIN}, {_QMAX}], got {msg.zero_point}"
+            )
+        q = codec.decode(msg, max_elements=max_elements, expect_dtype=torch.int8)
+        return (q.to(torch.float32) - msg.zero_point) * msg.scale
+    dtype = codec.DTYPES.get(msg.dtype)
+    if dtype == torch.float16:
+        return codec.decode(msg, max_elements=max_elements).to(torch.float32)
+    return codec.decode(msg, max_elements=max_elements, expect_dtype=torch.float32)
+
+
+def wire_bytes_per_element(wire: str) -> int:
+    """Payload bytes of one activation element in format ``wire`` (for transfer estimates)."""
+    return {"fp32": 4, "fp16": 2, "int8": 1}[check_wire(wire)]

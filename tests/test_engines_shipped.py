@@ -1,0 +1,173 @@
+"""Acceptance for the fast engines (issue #9) with the shipped checkpoints on real
+Fashion-MNIST: onnxruntime fp32 stages across a 3-device cluster of real worker processes match
+torch in one process; int8 stages keep the checkpoint's test accuracy within 1 point; and
+`edgesplit run --engine onnxruntime --precision int8` works from an empty cache."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgesplit import checkpoints, data, graph
+from edgesplit.config import parse_cluster
+from edgesplit.engines import EngineSpec, Execution, build_executor
+from edgesplit.errors import ModelError
+from edgesplit.runtime.coordinator import Coordinator
+from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
+from tests.test_runtime_cluster import Proc, cluster_of, start_worker, wait_ready
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+MODELS = [
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "efficientnet_b0",
+]
+CALIBRATION_IMAGES = 256
+MAX_INT8_DROP = 0.01
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist"),
+]
+
+
+def shipped(name: str) -> tuple[torch.nn.Module, checkpoints.CheckpointInfo]:
+    try:
+        path = checkpoints.shipped(name, "fashion-mnist")
+    except ModelError:
+        pytest.skip(f"no shipped Fashion-MNIST checkpoint for {name} in checkpoints/ yet")
+    return checkpoints.load(path, model_name=name, num_classes=10)
+
+
+def thirds(n: int) -> list[tuple[int, int]]:
+    bounds = [round(n * k / 3) for k in range(4)]
+    return list(itertools.pairwise(bounds))
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Proc]]:
+    tmp = tmp_path_factory.mktemp("engine-workers")
+    started = []
+    try:
+        for i in range(3):
+            started.append((f"p{i}", *start_worker(f"p{i}", tmp, tmp / "cache")))
+        yield [Proc(n, p, wait_ready(p, r, lg), lg) for n, p, r, lg in started]
+    finally:
+        for _, process, _, _ in started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> data.ImageSet:
+    return data.load("fashion-mnist", "test")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnxruntime_stages_on_three_processes_match_torch(
+    procs: list[Proc], test_set: data.ImageSet, name: str
+) -> None:
+    model, info = shipped(name)
+    size = info.input_size
+    x = data.preprocess(test_set.images[:64], test_set.info, size, 3)
+    with torch.inference_mode():
+        reference = model(x)
+    with Coordinator(cluster_of(procs)) as c:
+        c.check()
+        n = c.load_model(name, 10, 3, size, model)
+        plan = [(p.name, a, b) for p, (a, b) in zip(procs, thirds(n), strict=True)]
+        c.install_plan(plan, execution=Execution(engine="onnxruntime"))
+        record = c.run([(i, x[i * 16 : (i + 1) * 16]) for i in range(4)], window=4)
+    out = torch.cat([record.outputs[i] for i in range(4)])
+    scale = reference.abs().max().item()
+    assert (out - reference).abs().max().item() <= 1e-4 * scale, name
+    assert torch.equal(out.argmax(1), reference.argmax(1)), name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_stages_keep_checkpoint_accuracy(
+    test_set: data.ImageSet, name: str, tmp_path: Path
+) -> None:
+    model, info = shipped(name)
+    assert info.test_accuracy is not None
+    size = info.input_size
+    train = data.load("fashion-mnist", "train")
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    calibration = data.preprocess(
+        train.images[index[:CALIBRATION_IMAGES].sort().values], train.info, size, 3
+    )
+    ug = graph.trace(model, (3, size, size))
+    t0 = time.perf_counter()
+    stages = [
+        build_executor(ug, a, b, EngineSpec("onnxruntime", "int8"), 1, None, calibration)
+        for a, b in thirds(ug.num_units)
+    ]
+    t1 = time.perf_counter()
+    correct = 0
+    for _, x, y in test_set.batches(500, size, 3):
+        h = x
+        for stage in stages:
+            h = stage.run(h)
+        assert y is not None
+        correct += int((h.argmax(1) == y).sum())
+    accuracy = correct / len(test_set)
+    drop = info.test_accuracy - accuracy
+    print(
+        f"\n{name}: int8 accuracy {accuracy:.4f}, checkpoint {info.test_accuracy:.4f}, "
+        f"drop {drop * 100:+.2f} points (quantize {t1 - t0:.1f} s, "
+        f"test set {time.perf_counter() - t1:.1f} s)"
+    )
+    assert drop <= MAX_INT8_DROP, f"{name} loses {drop * 100:.2f} points in int8"
+
+
+def test_run_int8_end_to_end_from_an_empty_cache(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "EDGESPLIT_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgesplit", "run", "--devices", "2", "--model", "squeezenet1_1",
+         "--engine", "onnxruntime", "--precision", "int8", "--calibration-images", "64",
+         "--wire", "fp16", "--limit", "256", "--batch-size", "32", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["engine"], summary["precision"], summary["wire"]) == (
+        "onnxruntime",
+        "int8",
+        "fp16",
+    )
+    assert summary["completed_images"] == 256
+    assert summary["accuracy"] > 0.8
+    assert list((tmp_path / "cache" / "onnx").glob("squeezenet1_1-*-int8-*.onnx"))
+
+
+def test_in_process_worker_reuses_its_compiled_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second install of the same stage loads the cached file instead of exporting again."""
+    monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path))
+    model, info = shipped("squeezenet1_1")
+    running: RunningWorker = serve(WorkerConfig(name="solo", token="t", threads=1), "127.0.0.1:0")
+    try:
+        spec = {"token": "t", "devices": [{"name": "solo", "address": running.address}]}
+        with Coordinator(parse_cluster(spec)) as c:
+            n = c.load_model("squeezenet1_1", 10, 3, info.input_size, model)
+            c.install_plan([("solo", 0, n)], execution=Execution(engine="onnxruntime"))
+            (cached,) = (tmp_path / "onnx").glob("*.onnx")
+            stamp = cached.stat().st_mtime_ns
+            c.install_plan([("solo", 0, n)])
+            assert cached.stat().st_mtime_ns == stamp
+    finally:
+        running.stop(0.5)
