@@ -98,7 +98,9 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RunningWo
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     running = [
-        serve(WorkerConfig(name=f"w{i}", token=TOKEN, threads=1), "127.0.0.1:0") for i in range(3)
+        # The torch engine: these tests compare split outputs bit for bit with the whole model.
+        serve(WorkerConfig(name=f"w{i}", token=TOKEN, threads=1, engine="torch"), "127.0.0.1:0")
+        for i in range(3)
     ]
     yield running
     for w in running:
