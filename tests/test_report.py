@@ -201,19 +201,34 @@ def test_prometheus_serves_on_loopback() -> None:
     serve(metrics, port)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body = response.read().decode()
-    assert 'edgesplit_device_cpu_frequency_mhz{device="pi1"} 1500.0' in body
+    assert 'edgesplit_device_cpu_frequency_hertz{device="pi1"} 1.5e+09' in body
 
 
 def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
     import re
 
     from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
 
     from edgesplit.metrics.prometheus import RunMetrics
+    from edgesplit.metrics.worker_prometheus import WorkerMetrics
 
-    metrics = RunMetrics()
-    metrics.on_summary(SUMMARY)
-    exported = set(re.findall(r"^# TYPE (\w+) ", generate_latest(metrics.registry).decode(), re.M))
+    class Idle:
+        def latest_sample(self) -> None:
+            return None
+
+        def queue_depths(self) -> tuple[int, int]:
+            return 0, 0
+
+    run, worker = RunMetrics(), WorkerMetrics("pi1", Idle())
+    run.on_summary(SUMMARY)
+    worker.on_computed(0, 8, 0.1, 100)
+    exported = {
+        name
+        for registry in (run.registry, worker.registry)
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for name in (family.name, *(s.name for s in family.samples))
+    }
     dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana-dashboard.json").read_text())
     used = {
         name

@@ -23,6 +23,7 @@ from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
+from edgesplit.metrics.live import LiveCallback
 from edgesplit.metrics.summary import (
     DeviceRow,
     StageInfo,
@@ -278,11 +279,13 @@ def run_job(
     cluster: ClusterSpec | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    on_live: LiveCallback | None = None,
 ) -> RunOutcome:
     """Run ``config`` on ``cluster`` (or on an emulated cluster) and write the run folder.
 
     ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
-    ``on_phase(text)`` when the job moves on (starting the cluster, loading, running)."""
+    ``on_phase(text)`` when the job moves on (starting the cluster, loading, running);
+    ``on_live(snapshot)`` while it runs (see :class:`edgesplit.metrics.live.LiveFeed`)."""
     from edgesplit.runtime.coordinator import Coordinator
     from edgesplit.runtime.health import HealthPolicy
     from edgesplit.runtime.runner import RunAborted
@@ -358,6 +361,7 @@ def run_job(
                 window=window,
                 on_result=on_result,
                 replan=replanner(initial, costs),
+                on_live=on_live,
             )
         except RunAborted as exc:
             aborted, record = exc, exc.record

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgesplit import models
 from edgesplit.cli import main
@@ -18,24 +17,26 @@ from edgesplit.config import load_cluster
 from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
+from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.table import device_table
 
 if TYPE_CHECKING:
     from edgesplit.metrics.prometheus import RunMetrics
 
 
-class _PlainProgress:
-    """Periodic plain lines for logs (stdout is not a terminal)."""
+def _on_live(show: LiveCallback | None, metrics: RunMetrics | None) -> LiveCallback | None:
+    """One callback for the dashboard and the gauges (None when neither wants the live view)."""
+    if metrics is None:
+        return show
+    if show is None:
+        return metrics.on_live
 
-    def __init__(self, every_s: float = 2.0) -> None:
-        self.every_s = every_s
-        self.last = 0.0
+    def both(snapshot: LiveSnapshot) -> None:
+        metrics.on_live(snapshot)
+        show(snapshot)
 
-    def __call__(self, done: int, total: int, elapsed_s: float) -> None:
-        if done == total or elapsed_s - self.last >= self.every_s:
-            self.last = elapsed_s
-            rate = done / elapsed_s if elapsed_s > 0 else 0.0
-            click.echo(f"  {done}/{total} images, {rate:.1f} images/s, {elapsed_s:.1f} s", err=True)
+    return both
 
 
 def _serve_metrics(port: int) -> RunMetrics:
@@ -212,6 +213,12 @@ def _serve_metrics(port: int) -> RunMetrics:
     type=click.FloatRange(min=0.1),
     help="Seconds without a heartbeat before a device is lost and the run re-plans around it.",
 )
+@click.option(
+    "--no-dashboard",
+    is_flag=True,
+    help="No live per-device dashboard (the table on a terminal, the periodic lines in a "
+    "log); the progress bar or lines stay.",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -238,6 +245,7 @@ def run_command(
     metrics_port: int | None,
     inject: tuple[str, ...],
     heartbeat_deadline: float,
+    no_dashboard: bool,
 ) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
@@ -272,37 +280,22 @@ def run_command(
     )
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)
-    interactive = console.is_terminal
+    dashboard: TerminalDashboard | PlainDashboard
+    if console.is_terminal:
+        dashboard = TerminalDashboard(console, show_table=not no_dashboard)
+    else:
+        dashboard = PlainDashboard(
+            lambda text: click.echo(text, err=True), show_table=not no_dashboard
+        )
     started = time.perf_counter()
-    with exit_on_sigterm():
-        if interactive:
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as bar:
-                task = bar.add_task("starting", total=None, rate="")
-
-                def progress(done: int, total: int, elapsed_s: float) -> None:
-                    rate = f"{done / elapsed_s:.1f} img/s" if elapsed_s > 0 else ""
-                    bar.update(task, completed=done, total=total, rate=rate, description="running")
-
-                outcome = run_job(
-                    config,
-                    cluster,
-                    metrics.wrap(progress) if metrics else progress,
-                    lambda text: bar.update(task, description=text),
-                )
-        else:
-            outcome = run_job(
-                config,
-                cluster,
-                metrics.wrap(_PlainProgress()) if metrics else _PlainProgress(),
-                lambda text: click.echo(f"edgesplit: {text}", err=True),
-            )
+    with exit_on_sigterm(), dashboard:
+        outcome = run_job(
+            config,
+            cluster,
+            metrics.wrap(dashboard.on_progress) if metrics else dashboard.on_progress,
+            dashboard.on_phase,
+            _on_live(None if no_dashboard else dashboard.on_live, metrics),
+        )
     if metrics:
         metrics.on_summary(outcome.summary)
     if with_report:

@@ -16,7 +16,7 @@ from edgesplit.cli import main
 from edgesplit.config import TlsSpec, env_token, read_token_file
 from edgesplit.engines import resolve_engine
 from edgesplit.errors import ConfigError
-from edgesplit.runtime.worker import WorkerConfig, serve
+from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsSpec | None
         raise ConfigError("mTLS needs all of --tls-cert, --tls-key and --tls-ca")
     assert cert is not None and key is not None and ca is not None
     return TlsSpec(ca=ca, cert=cert, key=key)
+
+
+def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> None:
+    from edgesplit.metrics import worker_prometheus
+
+    metrics = worker_prometheus.WorkerMetrics(name, running.worker)
+    try:
+        worker_prometheus.serve(metrics, port, addr)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {addr}: {exc}") from None
+    running.worker.on_computed = metrics.on_computed
+    click.echo(f"worker {name} metrics on http://{addr}:{port}/metrics", err=True)
 
 
 @main.command()
@@ -90,6 +102,19 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsSpec | None
     type=click.Path(path_type=Path),
     help="Write the bound HOST:PORT here (atomically) once serving.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this device's Prometheus metrics (sampler, queues, stage counters) on "
+    "--metrics-addr:PORT/metrics.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics server binds to; 0.0.0.0 exposes it to the network (no auth).",
+)
 def worker(
     listen: str,
     name: str,
@@ -101,6 +126,8 @@ def worker(
     tls_key: Path | None,
     tls_ca: Path | None,
     ready_file: Path | None,
+    metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     """Serve this device's stages of a split model until SIGTERM or SIGINT."""
     token = read_token_file(token_file) if token_file is not None else env_token()
@@ -124,6 +151,8 @@ def worker(
     signal.signal(signal.SIGINT, on_signal)
     running = serve(config, listen, insecure_no_token=insecure_no_token)
     try:
+        if metrics_port is not None:
+            _serve_metrics(running, name, metrics_port, metrics_addr)
         if ready_file is not None:
             _write_atomically(ready_file, running.address)
         click.echo(f"worker {name} serving on {running.address}", err=True)

@@ -25,6 +25,7 @@ from edgesplit import __version__
 from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
 from edgesplit.engines import Execution
 from edgesplit.errors import PlanError, WorkerError
+from edgesplit.metrics.live import LiveCallback
 from edgesplit.models import state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, wire
 from edgesplit.runtime import health as hl
@@ -475,14 +476,16 @@ class Coordinator:
         stall_timeout_s: float = 30.0,
         status_interval_s: float = 0.5,
         replan: Replan | None = None,
+        on_live: LiveCallback | None = None,
     ) -> RunRecord:
         """Stream ``(request_id, input batch)`` through the installed plan with at most
         ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`.
 
         ``replan(usable_devices) -> [(device, start, end), ...]`` is called whenever the set of
         usable devices changes (a device is LOST, or re-admitted after probation); without it a
-        lost device that holds a stage ends the run with :class:`RunAborted`."""
-        run = Run(self, window, on_result, stall_timeout_s, status_interval_s, replan)
+        lost device that holds a stage ends the run with :class:`RunAborted`.
+        ``on_live(snapshot)`` gets the live view after every result and heartbeat."""
+        run = Run(self, window, on_result, stall_timeout_s, status_interval_s, replan, on_live)
         return run.execute(batches)
 
     def close(self) -> None:

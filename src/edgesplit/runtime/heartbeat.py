@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from edgesplit.metrics.live import LiveFeed, Reading, StatusSeen, UnreachableSeen
 from edgesplit.runtime import health as hl
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -56,8 +57,10 @@ class Heartbeats:
         tell: Callable[[HealthEvent], None],
         interval_s: float,
         since: dict[str, float],
+        live: LiveFeed | None = None,
     ) -> None:
         self.c = coordinator
+        self.live = live
         self.tell = tell
         self.interval_s = interval_s
         self.since = since
@@ -99,6 +102,8 @@ class Heartbeats:
                 with self._lock:
                     self.collected.errors.append(f"status of {self.c.where(name)}: {why}")
             self._tell(name, before, after)
+            if self.live is not None:
+                self.live.push(UnreachableSeen(time.time(), name, why, after.state.value))
             return False
         before, after = self.c.observe(name, hl.HeartbeatOk(t_recv))
         self._tell(name, before, after)
@@ -109,8 +114,20 @@ class Heartbeats:
             self.since[name] = max(float(s["t"] or 0.0) for s in got)
             with self._lock:
                 self.collected.samples.setdefault(name, []).extend(got)
+        if self.live is not None:
+            self.live.push(self._status_seen(name, reply, got, t_recv, after.state.value))
         self._drop_stale(name, reply)
         return True
+
+    def _status_seen(
+        self, name: str, reply: pb.StatusReply, got: list[dict[str, Any]], t: float, health: str
+    ) -> StatusSeen:
+        stages = [s.device for s in self.c.plan]
+        stage = stages.index(name) if name in stages else None
+        return StatusSeen(
+            t, name, Reading.from_samples(got), reply.queue_depth, reply.send_queue_depth,
+            stage, health,
+        )  # fmt: skip
 
     def _tell(self, name: str, before: hl.DeviceHealth, after: hl.DeviceHealth) -> None:
         if after.state is not before.state:

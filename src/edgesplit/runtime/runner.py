@@ -2,7 +2,8 @@
 
 Invariants: a request is done only when its result reached the coordinator; until then its
 input is kept, so it can be replayed. Results are de-duplicated by request id, so a replayed
-request counts once whichever copy arrives first. User callbacks run on the caller's thread.
+request counts once whichever copy arrives first. User callbacks run on the caller's thread,
+except ``on_live`` (see :class:`~edgesplit.metrics.live.LiveFeed`).
 
 Plans change in three ways, all through new epochs (workers keep old ones, so nothing in flight
 is disturbed): :meth:`Coordinator.switch_plan` from any thread; a device LOST (heartbeats
@@ -26,6 +27,7 @@ import torch
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import RunError, WorkerError
+from edgesplit.metrics.live import FailureSeen, LiveCallback, LiveFeed, ResultSeen
 from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.heartbeat import Collected, HealthEvent, Heartbeats
@@ -118,6 +120,7 @@ class Run:
         stall_timeout_s: float,
         status_interval_s: float,
         replan: Replan | None = None,
+        on_live: LiveCallback | None = None,
     ) -> None:
         if window < 1:
             raise RunError(f"window must be >= 1, got {window}")
@@ -143,6 +146,8 @@ class Run:
         self._transitions_from = len(coordinator.transitions)
         self._transitions_seen = self._transitions_from
         self._changes_from = len(coordinator.plan_changes)
+        self.on_live = on_live
+        self.live: LiveFeed | None = None
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -328,6 +333,8 @@ class Run:
 
     def _failed(self, report: pb.FailureReport) -> None:
         self.errors.append(report.message)
+        if self.live is not None:
+            self.live.push(FailureSeen(time.time(), report.device, report.message))
         pending = self.pending.get(report.request_id)
         if pending is None or pending.epoch != report.plan_epoch:
             return  # a copy we replayed already, or a result that arrived after all
@@ -363,6 +370,10 @@ class Run:
             )
             if failure.recovery_s is None and ended:
                 failure.recovery_s = arrival - failure.t
+        if self.live is not None:
+            raw, offsets = self.raw[-1], dict(self.c.clock_offsets_ms)
+            hops = hop_records(raw.request_id, raw.epoch, raw.hops, arrival, offsets)
+            self.live.push(ResultSeen.from_records(arrival, raw.send_start, raw.batch_size, hops))
         if self.on_result is not None:
             self.on_result(batch.request_id, tensor)
 
@@ -390,7 +401,9 @@ class Run:
         usable = self.c.usable_devices()
         plan_ok = all(s.device in usable for s in self.c.plan)
         self._planned_for = tuple(usable) if plan_ok else ()
-        beats = Heartbeats(self.c, events.put, self.status_interval_s, since).start()
+        if self.on_live is not None:
+            self.live = LiveFeed(self.on_live, started, [s.device for s in self.c.plan])
+        beats = Heartbeats(self.c, events.put, self.status_interval_s, since, self.live).start()
         self.collected = beats.collected
         failed: RunError | None = None
         try:

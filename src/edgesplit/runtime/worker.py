@@ -18,6 +18,7 @@ import platform
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -27,7 +28,7 @@ from google.protobuf import __version__ as protobuf_version
 from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError
-from edgesplit.metrics.sampler import DeviceSampler
+from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
@@ -93,6 +94,9 @@ class Worker:
         self._report_channels: dict[str, grpc.Channel] = {}
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
+        self.on_computed: Callable[[int, int, float, int], None] | None = None
+        """Called by the compute thread after each micro-batch with (stage, images,
+        compute_s, bytes_out); set by ``edgesplit worker --metrics-port``."""
         self._compute.start()
 
     # --- service -------------------------------------------------------------------------------
@@ -312,6 +316,9 @@ class Worker:
         )
         with self._lock:
             self._processed += 1
+        if self.on_computed is not None:
+            images, seconds = int(job.x.shape[0]), compute_end - compute_start
+            self.on_computed(epoch.stage, images, seconds, len(out.tensor.data))
         to_coordinator = epoch.next_hop == COORDINATOR_HOP
         address = epoch.coordinator if to_coordinator else epoch.next_hop
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
@@ -356,6 +363,16 @@ class Worker:
                 "[%s] cannot report failure to %s: %s",
                 self.config.name, coordinator, describe_rpc_error(exc),
             )  # fmt: skip
+
+    def latest_sample(self) -> DeviceSample | None:
+        """The device sampler's newest reading (None without a sampler or before the first)."""
+        return self._sampler.latest() if self._sampler is not None else None
+
+    def queue_depths(self) -> tuple[int, int]:
+        """(micro-batches waiting for compute, outputs waiting for a link)."""
+        with self._lock:
+            senders = list(self._senders.values())
+        return self._jobs.qsize(), sum(s.depth() for s in senders)
 
     def _collect_samples(self, since_t: float) -> list[pb.DeviceSample]:
         if self._sampler is not None:
