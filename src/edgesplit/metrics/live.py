@@ -166,7 +166,7 @@ class LiveState:
     started: float
     window_s: float = DEFAULT_WINDOW_S
     devices: tuple[DeviceLive, ...] = ()
-    """In stage order as first seen (the plan's order)."""
+    """In first-seen order (the initial plan's first); snapshots sort them by stage."""
     images: int = 0
     recent: tuple[tuple[float, int, float], ...] = ()
     """(arrival, images, latency_s) of results inside the window."""
