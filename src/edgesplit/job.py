@@ -7,6 +7,7 @@ This is the library behind ``edgesplit run``; the CLI only builds a :class:`RunC
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import statistics
 import time
@@ -18,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from edgesplit import checkpoints, data, engines, graph, models
+from edgesplit import autoplan, checkpoints, data, engines, graph, models, planner
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.live import LiveCallback
+from edgesplit.metrics.energy import device_energy, energy_summary
 from edgesplit.metrics.summary import (
     DeviceRow,
     StageInfo,
@@ -32,6 +34,7 @@ from edgesplit.metrics.summary import (
     request_latencies_ms,
 )
 from edgesplit.partition import Ranges, balanced_ranges, format_partition, parse_partition
+from edgesplit.profiler import Profile, ProfileSettings
 from edgesplit.runtime.records import RunRecord
 
 if TYPE_CHECKING:
@@ -41,6 +44,13 @@ log = logging.getLogger(__name__)
 
 ASSUMED_BANDWIDTH_MBPS = 940.0
 """Gigabit Ethernet's TCP goodput, assumed for unshaped links when balancing stages."""
+
+NAMED = {
+    "auto": "profile the devices and links, then plan for --objective (the default)",
+    "balanced": "one stage per device, balanced by unit times measured on this machine",
+    "equal": "one stage per device, the same number of units each",
+}
+"""Partitions chosen by name instead of unit ranges."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,14 @@ class RunConfig:
     input_size: int | None = None
     """None: the checkpoint's input size, else 224."""
     partition: str | None = None
-    """None: stages balanced by the unit times measured here, one per device."""
+    """Unit ranges like "0-7,7-" for the devices in cluster order, or one of :data:`NAMED`;
+    None means "auto"."""
+    objective: str = "throughput"
+    """What ``auto`` optimises: throughput, latency or energy (see :mod:`edgesplit.planner`)."""
+    max_latency_ms: float | None = None
+    min_throughput_ips: float | None = None
+    reprofile: bool = False
+    """Measure the devices again even if a cached profile fits."""
     batch_size: int = 16
     limit: int | None = None
     window: int | None = None
@@ -63,6 +80,8 @@ class RunConfig:
     devices: int = 3
     """Emulated devices started for the run when no cluster is given."""
     cpus: float = 0.5
+    cpus_each: tuple[float, ...] | None = None
+    """CPU share of each emulated device (overrides ``devices`` and ``cpus``)."""
     bandwidth_mbps: float | None = 940.0
     """Emulated links (None = unshaped); 940 Mbit/s is Gigabit Ethernet's goodput."""
     latency_ms: float = 0.2
@@ -153,18 +172,30 @@ Costs = tuple[list[float], list[float]]
 """Per unit: compute ms, and ms to hand its output on (see :func:`unit_costs`)."""
 
 
+def equal_ranges(num_units: int, stages: int) -> Ranges:
+    """``stages`` contiguous ranges whose sizes differ by at most one unit."""
+    bounds = [round(i * num_units / stages) for i in range(stages + 1)]
+    return tuple((a, b) for a, b in itertools.pairwise(bounds))
+
+
 def choose_ranges(
     config: RunConfig, ug: graph.UnitGraph, devices: int, costs: Costs | None = None
-) -> Ranges:
-    if config.partition is not None:
-        ranges = parse_partition(config.partition, ug.num_units)
+) -> Ranges | None:
+    """The partition's unit ranges, or None when the planner chooses them (``auto``)."""
+    name = config.partition or "auto"
+    if name == "auto":
+        return None
+    stages = min(devices, ug.num_units)
+    if name == "equal":
+        return equal_ranges(ug.num_units, stages)
+    if name != "balanced":
+        ranges = parse_partition(name, ug.num_units)
         if len(ranges) > devices:
             raise ConfigError(
                 f"partition {config.partition!r} has {len(ranges)} stages but the cluster has "
                 f"{devices} devices; expected at most {devices} stages"
             )
         return ranges
-    stages = min(devices, ug.num_units)
     times, cuts = costs or unit_costs(config, ug)
     return balanced_ranges(times, stages, cuts)
 
@@ -251,12 +282,15 @@ def cluster_for(
     if cluster is not None:
         yield cluster, None
         return
-    from edgesplit.emulate import EmulatedCluster, uniform_devices
+    from edgesplit.emulate import EmulatedCluster, EmulatedDevice, uniform_devices
 
     link = LinkSpec(bandwidth_mbps=config.bandwidth_mbps, latency_ms=config.latency_ms)
-    with EmulatedCluster.start(
-        uniform_devices(config.devices, cpus=config.cpus), default_link=link
-    ) as emulated:
+    devices = uniform_devices(config.devices, cpus=config.cpus)
+    if config.cpus_each:
+        devices = [
+            EmulatedDevice(f"pi{i}", cpus) for i, cpus in enumerate(config.cpus_each, start=1)
+        ]
+    with EmulatedCluster.start(devices, default_link=link) as emulated:
         yield emulated.spec, emulated
 
 
@@ -271,7 +305,8 @@ def injections_for(config: RunConfig, cluster: ClusterSpec | None) -> list[Injec
         )
     from edgesplit.emulate import uniform_devices
 
-    return parse_injections(config.inject, [d.name for d in uniform_devices(config.devices)])
+    count = len(config.cpus_each) if config.cpus_each else config.devices
+    return parse_injections(config.inject, [d.name for d in uniform_devices(count)])
 
 
 def run_job(
@@ -309,15 +344,22 @@ def run_job(
         raise ConfigError("--limit selects no images; expected at least 1")
 
     # Before the cluster starts: a bad partition fails in a second, not after the workers load.
+    planned = autoplan.PlanRequest(
+        config.objective, config.max_latency_ms, config.min_throughput_ips
+    )  # checks the objective before anything starts
+    count = len(config.cpus_each) if config.cpus_each else config.devices
     injector: Injector | None = None
-    costs = unit_costs(config, ug)  # for the first plan, and for re-plans after a device loss
-    ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else config.devices, costs)
+    # Measured here for a fixed partition and its re-plans after a device loss; ``auto`` plans
+    # (and re-plans) from the devices' own profile instead.
+    costs = None if (config.partition or "auto") == "auto" else unit_costs(config, ug)
+    ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else count, costs)
     execution = execution_for(config, dataset, size, notes)
+    profile: Profile | None = None
+    chosen: planner.Plan | None = None
 
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
         spec, emulated = stack.enter_context(cluster_for(config, cluster))
-        names = [d.name for d in spec.devices[: len(ranges)]]
         policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
         coordinator = stack.enter_context(Coordinator(spec, health_policy=policy))
         coordinator.check()
@@ -330,6 +372,17 @@ def run_job(
                 f"devices traced {config.model} into {num_units} units, this machine into "
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
+        if ranges is None:
+            phase("profiling the devices and links")
+            settings = ProfileSettings(batch_size=config.batch_size, reprofile=config.reprofile)
+            profile, chosen = autoplan.profile_and_plan(
+                coordinator, ug, config.model, resolved.num_classes, planned, settings, phase
+            )
+            notes.extend(chosen.notes)
+            names = [s.device for s in chosen.stages]
+            ranges = tuple((s.start, s.end) for s in chosen.stages)
+        else:
+            names = [d.name for d in spec.devices[: len(ranges)]]
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
         phase(f"installing {len(ranges)} stages ({execution.engine} {execution.precision})")
         epoch = coordinator.install_plan(initial, execution=execution)
@@ -360,7 +413,11 @@ def run_job(
                 batches(),
                 window=window,
                 on_result=on_result,
-                replan=replanner(initial, costs),
+                replan=(
+                    autoplan.replanner(profile, planned, initial)
+                    if profile is not None
+                    else replanner(initial, costs or unit_costs(config, ug))
+                ),
                 on_live=on_live,
             )
         except RunAborted as exc:
@@ -377,6 +434,8 @@ def run_job(
     rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
+    energies = device_energy(spec, rows, record.wall_s, total)
+    energy = energy_summary(energies)
     summary: dict[str, object] = {
         "model": config.model,
         "dataset": dataset.name,
@@ -396,6 +455,10 @@ def run_job(
         "accuracy": accuracy,
         "params_total": total_params,
         "partition": format_partition(ranges),
+        "partition_method": config.partition or "auto",
+        "predicted": autoplan.prediction_dict(chosen) if chosen else None,
+        "energy": energy,
+        "energy_j_per_image": energy["energy_j_per_image"],
         "plan": {
             "epoch": epoch,
             "stages": [
@@ -429,6 +492,10 @@ def run_job(
         units=ug.units,
         events=run_events(record, injector.events if injector else []),
     )
+    if profile is not None:
+        profile.save(folder / "profile.json")
+    if chosen is not None:
+        (folder / "plan.txt").write_text(chosen.table() + "\n")
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
     return RunOutcome(folder, summary, rows, notes)
@@ -462,3 +529,37 @@ def _timed(fields: dict[str, Any], started: float) -> dict[str, Any]:
     """``fields`` with its coordinator-clock ``t`` as ``time_s`` since ``started``."""
     t = fields.pop("t")
     return {"time_s": round(t - started, 3), **fields}
+
+
+def default_input_size(model: str, dataset: str) -> int:
+    """The shipped checkpoint's input size for (model, dataset), else 224."""
+    with contextlib.suppress(ModelError):
+        return checkpoints.read_info(checkpoints.shipped(model, dataset)).input_size
+    return 224
+
+
+def profile_job(
+    config: RunConfig,
+    cluster: ClusterSpec | None,
+    settings: ProfileSettings,
+    phase: Callable[[str], None],
+) -> Profile:
+    """Profile ``config.model`` on ``cluster`` (or on an emulated cluster started for it).
+
+    Unit times do not depend on the weights' values, so the model gets random weights."""
+    from edgesplit.profiler import profile_cluster
+    from edgesplit.runtime.coordinator import Coordinator
+
+    classes = data.DATASETS[config.dataset].classes if config.dataset in data.DATASETS else 10
+    size = config.input_size or default_input_size(config.model, config.dataset)
+    torch.manual_seed(config.seed)
+    model = models.build(config.model, num_classes=classes)
+    ug = graph.trace(model, (3, size, size))
+    with contextlib.ExitStack() as stack:
+        phase("starting the cluster" if cluster is None else "connecting to the cluster")
+        spec, _ = stack.enter_context(cluster_for(config, cluster))
+        coordinator = stack.enter_context(Coordinator(spec))
+        coordinator.check()
+        phase(f"loading {config.model} on {len(spec.devices)} devices")
+        coordinator.load_model(config.model, classes, 3, size, model)
+        return profile_cluster(coordinator, ug, config.model, classes, settings, phase)

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Show a model's units (the pieces it can be cut into), or check a partition.",
     ),
     "run": ("run", "Run a model as a pipeline across devices and measure every device."),
+    "profile": ("profile", "Time every unit on every device and probe the links."),
+    "plan": ("plan", "The best partition for an objective, from a profile."),
     "emulate": ("emulate", "Start an emulated cluster of N real worker processes."),
     "worker": ("worker", "Serve this device's stages of a split model."),
     "train": ("train", "Train a model on a dataset and write a checkpoint."),

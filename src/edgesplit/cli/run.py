@@ -13,6 +13,7 @@ from rich.console import Console
 
 from edgesplit import models
 from edgesplit.cli import main
+from edgesplit.cli._cluster_options import parse_cpus
 from edgesplit.config import load_cluster
 from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
@@ -68,10 +69,10 @@ def _serve_metrics(port: int) -> RunMetrics:
 )
 @click.option(
     "--cpus",
-    default=0.5,
+    default="0.5",
     show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="CPU share of each emulated device, in cores.",
+    help="CPU share of each emulated device in cores, or one share per device "
+    "(e.g. 1,0.5,0.25: three devices, overrides --devices).",
 )
 @click.option(
     "--bandwidth-mbps",
@@ -123,7 +124,34 @@ def _serve_metrics(port: int) -> RunMetrics:
     "--partition",
     default=None,
     help="Half-open unit ranges, one stage per device in cluster order, e.g. "
-    '"0-7,7-14,14-". Default: stages balanced by unit times measured here.',
+    '"0-7,7-14,14-"; or auto (profile, then plan for --objective; the default), '
+    "balanced (unit times measured on this machine), equal (same number of units).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["throughput", "latency", "energy"]),
+    default="throughput",
+    show_default=True,
+    help="What --partition auto optimises: images/s, one micro-batch's end-to-end time, "
+    "or joules per image.",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --objective energy: the plan's predicted latency must stay under this.",
+)
+@click.option(
+    "--min-throughput",
+    "min_throughput_ips",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --objective energy: the plan's predicted images/s must reach this.",
+)
+@click.option(
+    "--reprofile",
+    is_flag=True,
+    help="Measure the devices again even when a cached profile fits.",
 )
 @click.option(
     "--batch-size",
@@ -222,7 +250,7 @@ def _serve_metrics(port: int) -> RunMetrics:
 def run_command(
     cluster_file: Path | None,
     devices: int,
-    cpus: float,
+    cpus: str,
     bandwidth_mbps: float | None,
     latency_ms: float,
     model_name: str,
@@ -231,6 +259,10 @@ def run_command(
     random_weights: bool,
     input_size: int | None,
     partition: str | None,
+    objective: str,
+    max_latency_ms: float | None,
+    min_throughput_ips: float | None,
+    reprofile: bool,
     batch_size: int,
     limit: int | None,
     window: int | None,
@@ -250,11 +282,13 @@ def run_command(
     """Run a model as a pipeline across devices and measure every device.
 
     With no options: MobileNetV2 with its shipped Fashion-MNIST checkpoint over the whole
-    Fashion-MNIST test set on an emulated 3-device cluster, with a balanced partition.
+    Fashion-MNIST test set on an emulated 3-device cluster, with the partition the planner
+    chooses from a profile of the devices and links (cached after the first run).
     """
     from edgesplit.emulate import exit_on_sigterm
 
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
+    cpus_value, cpus_each = parse_cpus(cpus)
     config = RunConfig(
         model=model_name,
         dataset=dataset,
@@ -262,11 +296,16 @@ def run_command(
         random_weights=random_weights,
         input_size=input_size,
         partition=partition,
+        objective=objective,
+        max_latency_ms=max_latency_ms,
+        min_throughput_ips=min_throughput_ips,
+        reprofile=reprofile,
         batch_size=batch_size,
         limit=limit,
         window=window,
         devices=devices,
-        cpus=cpus,
+        cpus=cpus_value,
+        cpus_each=cpus_each,
         bandwidth_mbps=bandwidth_mbps or None,
         latency_ms=latency_ms,
         data_dir=data_dir,
@@ -310,6 +349,25 @@ def run_command(
         out_console.print(device_table(outcome.summary, outcome.rows))
         for note in outcome.notes:
             out_console.print(f"note: {note}")
+        for line in _prediction_lines(outcome.summary):
+            out_console.print(line)
         out_console.print(
             f"run folder: {outcome.folder} ({time.perf_counter() - started:.1f} s in all)"
         )
+
+
+def _prediction_lines(summary: dict[str, object]) -> list[str]:
+    """The planner's prediction next to what was measured (only for planned partitions)."""
+    predicted = summary.get("predicted")
+    if not isinstance(predicted, dict):
+        return []
+    measured = summary.get("throughput_ips")
+    lines = [
+        f"planned for {predicted['objective']}: predicted {predicted['throughput_ips']:.1f} "
+        f"img/s, {predicted['latency_ms']:.1f} ms per micro-batch unloaded, "
+        f"{predicted['energy_j_per_image']:.3f} J/image"
+    ]
+    if isinstance(measured, float):
+        error = (measured - predicted["throughput_ips"]) / predicted["throughput_ips"]
+        lines.append(f"measured {measured:.1f} img/s ({error:+.0%} against the prediction)")
+    return lines

@@ -1,0 +1,109 @@
+"""The automatic partition of a run: profile the cluster (or reuse the cached profile), plan
+for the objective, and explain the plan. The shell around the pure planner."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from edgesplit import planner
+from edgesplit.errors import ConfigError
+from edgesplit.profiler import Profile, ProfileSettings, profile_cluster, to_problem
+
+if TYPE_CHECKING:
+    from edgesplit.graph import UnitGraph
+    from edgesplit.runtime.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What ``--partition auto`` optimises, and under which bounds."""
+
+    objective: str = "throughput"
+    max_latency_ms: float | None = None
+    min_throughput_ips: float | None = None
+    devices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in planner.OBJECTIVES:
+            raise ConfigError(
+                f"objective must be one of {', '.join(planner.OBJECTIVES)}, got {self.objective!r}"
+            )
+
+
+def plan(profile: Profile, request: PlanRequest) -> planner.Plan:
+    """Plan ``profile`` for ``request`` (pure)."""
+    return planner.choose_plan(
+        to_problem(profile),
+        request.objective,
+        devices=list(request.devices) if request.devices else None,
+        max_latency_ms=request.max_latency_ms,
+        min_throughput_ips=request.min_throughput_ips,
+    )
+
+
+def profile_and_plan(
+    coordinator: Coordinator,
+    ug: UnitGraph,
+    model: str,
+    num_classes: int,
+    request: PlanRequest,
+    settings: ProfileSettings,
+    say: Callable[[str], None],
+) -> tuple[Profile, planner.Plan]:
+    """Profile the coordinator's cluster (model loaded) and plan."""
+    profile = profile_cluster(coordinator, ug, model, num_classes, settings, say)
+    chosen = plan(profile, request)
+    p = chosen.prediction
+    say(
+        f"plan ({request.objective}): {chosen.partition()} on "
+        f"{', '.join(s.device for s in chosen.stages)}; predicted {p.throughput_ips:.1f} img/s, "
+        f"{p.latency_ms:.1f} ms per micro-batch"
+    )
+    return profile, chosen
+
+
+def replanner(
+    profile: Profile, request: PlanRequest, initial: list[tuple[str, int, int]]
+) -> Callable[[list[str]], list[tuple[str, int, int]]]:
+    """The plan when the usable devices change: the initial plan while all its devices are
+    usable, else the planner's best plan on the usable devices (same objective, same profile)."""
+
+    def replan(usable: list[str]) -> list[tuple[str, int, int]]:
+        if all(device in usable for device, _, _ in initial):
+            return initial
+        if not usable:
+            return []
+        chosen = plan(profile, replace(request, devices=tuple(usable)))
+        return [(s.device, s.start, s.end) for s in chosen.stages]
+
+    return replan
+
+
+def prediction_dict(chosen: planner.Plan) -> dict[str, object]:
+    """``summary.json``'s ``predicted`` entry: the plan's prediction and per-stage costs."""
+    p = chosen.prediction
+    return {
+        "objective": chosen.objective,
+        "throughput_ips": p.throughput_ips,
+        "latency_ms": p.latency_ms,
+        "bottleneck_ms": p.bottleneck_ms,
+        "upload_ms": p.upload_ms,
+        "energy_j_per_image": p.energy_j_per_image,
+        "stages": [
+            {
+                "device": s.device,
+                "units": [s.start, s.end],
+                "compute_ms": s.compute_ms,
+                "transfer_ms": s.transfer_ms,
+                "memory_bytes": s.memory_bytes,
+                "energy_mj": s.energy_mj,
+            }
+            for s in chosen.stages
+        ],
+        "notes": list(chosen.notes),
+    }

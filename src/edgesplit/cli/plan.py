@@ -1,0 +1,78 @@
+"""``edgesplit plan``: the best partition for an objective, from a profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgesplit.cli import main
+
+
+@main.command("plan")
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    default=Path("profile.json"),
+    show_default=True,
+    help="A profile written by edgesplit profile.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["throughput", "latency", "energy"]),
+    default="throughput",
+    show_default=True,
+    help="Minimise the bottleneck stage (images/s), one micro-batch's end-to-end time, "
+    "or joules per image.",
+)
+@click.option(
+    "--devices",
+    default=None,
+    help="Comma-separated device names the plan may use (default: all in the profile).",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --objective energy: predicted latency must stay under this.",
+)
+@click.option(
+    "--min-throughput",
+    "min_throughput_ips",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --objective energy: predicted images/s must reach this.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(
+    profile_path: Path,
+    objective: str,
+    devices: str | None,
+    max_latency_ms: float | None,
+    min_throughput_ips: float | None,
+    as_json: bool,
+) -> None:
+    """The best partition for an objective, from a profile.
+
+    Prints the stages (device, unit range, first and last layer, predicted compute, transfer,
+    memory and energy) and the predicted bottleneck, throughput, latency and joules per
+    image. Use the printed partition with edgesplit run --partition, or let
+    edgesplit run --partition auto profile and plan in one go.
+    """
+    from edgesplit.autoplan import PlanRequest, plan
+    from edgesplit.profiler import load_profile
+
+    profile = load_profile(profile_path)
+    names = tuple(n.strip() for n in devices.split(",") if n.strip()) if devices else None
+    for name in names or ():
+        profile.device(name)  # a clear error for an unknown name
+    chosen = plan(profile, PlanRequest(objective, max_latency_ms, min_throughput_ips, names))
+    if as_json:
+        click.echo(json.dumps(chosen.to_dict(), indent=2))
+        return
+    click.echo(chosen.table())  # includes the plan's notes
+    click.echo(
+        f"partition: {chosen.partition()}  (devices: {', '.join(s.device for s in chosen.stages)})"
+    )

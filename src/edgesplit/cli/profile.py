@@ -1,0 +1,144 @@
+"""``edgesplit profile``: time every unit on every device and probe the links."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from edgesplit import models
+from edgesplit.cli import main
+from edgesplit.cli._cluster_options import emulation_options, parse_cpus
+from edgesplit.config import load_cluster
+from edgesplit.job import RunConfig, profile_job
+from edgesplit.profiler import Profile, ProfileSettings
+
+
+@main.command("profile")
+@emulation_options
+@click.option(
+    "--model",
+    "model_name",
+    default=models.DEFAULT_MODEL,
+    show_default=True,
+    help=f"Model: one of {', '.join(models.known_models())}.",
+)
+@click.option(
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help="Dataset whose class count shapes the model's head (times barely depend on it).",
+)
+@click.option(
+    "--input-size",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Input size in pixels. Default: the shipped checkpoint's, or 224.",
+)
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Images per micro-batch (profile at the batch size you will run).",
+)
+@click.option(
+    "--repeats",
+    default=7,
+    show_default=True,
+    type=click.IntRange(1, 50),
+    help="Timed passes per device; the profile keeps the median and the spread.",
+)
+@click.option(
+    "--warmup", default=2, show_default=True, type=click.IntRange(0, 50), help="Untimed passes."
+)
+@click.option(
+    "--reprofile", is_flag=True, help="Measure again even when a cached device profile fits."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("profile.json"),
+    show_default=True,
+    help="Where to write the profile (JSON, input of edgesplit plan).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile JSON too.")
+def profile_command(
+    cluster_file: Path | None,
+    devices: int,
+    cpus: str,
+    bandwidth_mbps: float,
+    latency_ms: float,
+    model_name: str,
+    dataset: str,
+    input_size: int | None,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    reprofile: bool,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Time every unit on every device and probe the links.
+
+    Each device times each unit of the model for one micro-batch (warm-up passes, then the
+    median and interquartile range of --repeats passes), reports its memory, and every link
+    (coordinator to each device, each pair of devices) is probed with timed transfers of
+    several sizes to fit its latency and bandwidth. Device profiles are cached and reused
+    unless --reprofile. Without --cluster an emulated cluster is started for the profile.
+    """
+    cluster = load_cluster(cluster_file) if cluster_file is not None else None
+    cpus_value, cpus_each = parse_cpus(cpus)
+    config = RunConfig(
+        model=model_name,
+        dataset=dataset,
+        input_size=input_size,
+        batch_size=batch_size,
+        devices=devices,
+        cpus=cpus_value,
+        cpus_each=cpus_each,
+        bandwidth_mbps=bandwidth_mbps or None,
+        latency_ms=latency_ms,
+    )
+    settings = ProfileSettings(
+        batch_size=batch_size, warmup=warmup, repeats=repeats, reprofile=reprofile
+    )
+    console = Console(stderr=True)
+    with console.status("profiling") as status:
+
+        def phase(text: str) -> None:
+            status.update(text)
+            if not console.is_terminal:
+                click.echo(f"edgesplit: {text}", err=True)
+
+        profile = profile_job(config, cluster, settings, phase)
+    profile.save(out)
+    if as_json:
+        click.echo(json.dumps(profile.to_dict(), indent=1))
+    else:
+        Console(width=None if console.is_terminal else 1000).print(profile_table(profile))
+    click.echo(f"profile: {out}", err=True)
+
+
+def profile_table(profile: Profile) -> str:
+    """Devices (total compute, spread, memory) and links (latency, bandwidth) as text."""
+    lines = [
+        f"{profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
+        f"{len(profile.units)} units",
+        f"{'device':<12} {'compute ms':>11} {'spread ms':>10} {'threads':>7} {'cpus':>5} "
+        f"{'memory MB':>10} {'cached':>6}",
+    ]
+    for d in profile.devices:
+        budget = f"{d.memory_budget_bytes / 2**20:.0f}" if d.memory_budget_bytes else "-"
+        cpus = f"{d.cpus:g}" if d.cpus is not None else "-"
+        lines.append(
+            f"{d.name:<12} {d.total_ms:>11.2f} {sum(d.unit_spread_ms):>10.2f} {d.threads:>7} "
+            f"{cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6}"
+        )
+    lines.append(f"{'link':<24} {'latency ms':>10} {'Mbit/s':>9}")
+    for k in profile.links:
+        bw = f"{k.bandwidth_mbps:.0f}" if k.bandwidth_mbps else "unmeasurable"
+        lines.append(f"{k.a + ' - ' + k.b:<24} {k.latency_ms:>10.3f} {bw:>9}")
+    return "\n".join(lines)

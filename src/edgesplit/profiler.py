@@ -1,0 +1,470 @@
+"""Profiles: what each unit costs on each device, and what each link costs.
+
+A :class:`Profile` is plain data (JSON round trip) and holds everything the planner needs:
+per unit its output bytes, weight bytes and working memory; per device its median time for
+every unit at one micro-batch size (and the interquartile range), its memory budget and power
+model; per link its round-trip latency and bandwidth, fitted to timed transfers of several
+sizes (time = latency + bytes * 8 / bandwidth, least squares).
+
+Device profiles are cached on disk by (model, input size, batch size, classes, device, its CPU
+share and threads, software versions) and reused unless asked to re-profile. Link probes are
+cheap (a fraction of a second) and are always measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from edgesplit.config import COORDINATOR, ClusterSpec
+from edgesplit.errors import ConfigError, WorkerError
+from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
+
+if TYPE_CHECKING:
+    from edgesplit.graph import UnitGraph
+    from edgesplit.runtime.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgesplit-profile/1"
+PROBE_SIZES = (1024, 64 * 1024, 512 * 1024, 2 * 1024 * 1024)
+PROFILE_TIMEOUT_S = 600.0
+FLOAT_BYTES = 4
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UnitProfile:
+    index: int
+    first: str
+    last: str
+    params: int
+    macs: int
+    out_bytes: int
+    """Bytes handed on per micro-batch when a stage ends after this unit (fp32)."""
+    weight_bytes: int
+    """Parameter bytes (fp32)."""
+    activation_bytes: int
+    """Input + output bytes per micro-batch while this unit runs."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    unit_ms: tuple[float, ...]
+    unit_spread_ms: tuple[float, ...]
+    threads: int
+    cpu_count: int
+    cpus: float | None
+    """The emulated CPU share, when the device is emulated."""
+    memory_budget_bytes: int | None
+    idle_w: float
+    busy_w: float
+    versions: dict[str, str] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.unit_ms)
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the device's cores a running stage keeps busy (for the power model).
+
+        An emulated device is a whole (slower) device, so its stage keeps it fully busy."""
+        if self.cpus is not None:
+            return 1.0
+        return min(1.0, self.threads / max(1, self.cpu_count))
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    a: str
+    b: str
+    latency_ms: float
+    bandwidth_mbps: float | None
+    """None: too fast to measure with the probe sizes (treated as free)."""
+    sizes: tuple[int, ...] = ()
+    median_ms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    input_size: int
+    batch_size: int
+    num_classes: int
+    input_bytes: int
+    """Upload per micro-batch, coordinator to the first stage (fp32)."""
+    units: tuple[UnitProfile, ...]
+    devices: tuple[DeviceProfile, ...]
+    links: tuple[LinkProfile, ...]
+    default_bandwidth_mbps: float | None = None
+    """The cluster's default link, for pairs without a probe."""
+    default_latency_ms: float = 0.0
+    created: float = 0.0
+
+    def device(self, name: str) -> DeviceProfile:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        names = ", ".join(d.name for d in self.devices)
+        raise ConfigError(f"the profile has no device {name!r}; it has {names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        if data.get("format") != FORMAT:
+            raise ConfigError(f"expected a profile in format {FORMAT}, got {data.get('format')!r}")
+        try:
+            return cls(
+                model=data["model"],
+                input_size=int(data["input_size"]),
+                batch_size=int(data["batch_size"]),
+                num_classes=int(data["num_classes"]),
+                input_bytes=int(data["input_bytes"]),
+                units=tuple(UnitProfile(**u) for u in data["units"]),
+                devices=tuple(
+                    DeviceProfile(
+                        **{
+                            **d,
+                            "unit_ms": tuple(d["unit_ms"]),
+                            "unit_spread_ms": tuple(d["unit_spread_ms"]),
+                        }
+                    )
+                    for d in data["devices"]
+                ),
+                links=tuple(
+                    LinkProfile(
+                        **{**k, "sizes": tuple(k["sizes"]), "median_ms": tuple(k["median_ms"])}
+                    )
+                    for k in data["links"]
+                ),
+                default_bandwidth_mbps=data.get("default_bandwidth_mbps"),
+                default_latency_ms=float(data.get("default_latency_ms", 0.0)),
+                created=float(data.get("created", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def load_profile(path: Path) -> Profile:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"profile {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path}: expected a JSON object")
+    return Profile.from_dict(data)
+
+
+# --- pure pieces -------------------------------------------------------------------------------
+
+
+def unit_profiles(ug: UnitGraph, batch_size: int) -> tuple[UnitProfile, ...]:
+    """Per-unit sizes for micro-batches of ``batch_size`` (fp32 tensors and weights)."""
+    out = []
+    in_bytes = batch_size * FLOAT_BYTES * _numel(ug.input_shape)
+    for u in ug.units:
+        out_bytes = batch_size * u.out_bytes
+        out.append(
+            UnitProfile(
+                index=u.index,
+                first=u.first,
+                last=u.last,
+                params=u.params,
+                macs=u.macs,
+                out_bytes=out_bytes,
+                weight_bytes=u.params * FLOAT_BYTES,
+                activation_bytes=in_bytes + out_bytes,
+            )
+        )
+        in_bytes = out_bytes
+    return tuple(out)
+
+
+def _numel(shape: tuple[int, ...] | list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def fit_link(sizes: tuple[int, ...], median_ms: tuple[float, ...]) -> tuple[float, float | None]:
+    """Least-squares fit of ``time_ms = latency_ms + bytes * 8 / (bandwidth_mbps * 1e3)``.
+
+    Returns ``(latency_ms, bandwidth_mbps)``; bandwidth is None when time does not grow with
+    size (a link faster than the probes can tell)."""
+    if len(sizes) != len(median_ms) or not sizes:
+        raise ValueError("need one median per size")
+    if len(sizes) == 1:
+        return max(0.0, median_ms[0]), None
+    mx = statistics.fmean(sizes)
+    my = statistics.fmean(median_ms)
+    sxx = sum((x - mx) ** 2 for x in sizes)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(sizes, median_ms, strict=True))
+    slope = sxy / sxx if sxx > 0 else 0.0  # ms per byte
+    if slope <= 0:
+        return max(0.0, min(median_ms)), None
+    latency = max(0.0, my - slope * mx)
+    return latency, 8.0 / (slope * 1e3)
+
+
+def to_problem(profile: Profile, cluster: ClusterSpec | None = None) -> Problem:
+    """The planner's view of ``profile``; ``cluster`` (if given) overrides memory budgets and
+    power models with the ones in the cluster file."""
+    devices = []
+    for d in profile.devices:
+        budget, idle_w, busy_w = d.memory_budget_bytes, d.idle_w, d.busy_w
+        if cluster is not None:
+            spec = cluster.device(d.name)
+            if spec.memory_budget_mb is not None:
+                budget = int(spec.memory_budget_mb * 2**20)
+            idle_w, busy_w = spec.power.idle_w, spec.power.busy_w
+        devices.append(
+            DeviceCost(
+                name=d.name,
+                unit_ms=d.unit_ms,
+                memory_budget_bytes=budget,
+                idle_w=idle_w,
+                busy_w=busy_w,
+                busy_fraction=d.busy_fraction,
+            )
+        )
+    units = tuple(
+        UnitCost(
+            out_bytes=u.out_bytes,
+            weight_bytes=u.weight_bytes,
+            activation_bytes=u.activation_bytes,
+            name=u.first if u.first == u.last else f"{u.first} .. {u.last}",
+        )
+        for u in profile.units
+    )
+    links = tuple(
+        (k.a, k.b, LinkCost(bandwidth_mbps=k.bandwidth_mbps, latency_ms=k.latency_ms))
+        for k in profile.links
+    )
+    return Problem(
+        units=units,
+        devices=tuple(devices),
+        batch_size=profile.batch_size,
+        input_bytes=profile.input_bytes,
+        default_link=LinkCost(
+            bandwidth_mbps=profile.default_bandwidth_mbps, latency_ms=profile.default_latency_ms
+        ),
+        links=links,
+    )
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    from edgesplit.data import user_cache_dir  # data imports torch; plan must not need it
+
+    return user_cache_dir() / "profiles"
+
+
+def cache_key(
+    model: str, input_size: int, batch_size: int, num_classes: int, device: dict[str, Any]
+) -> str:
+    text = json.dumps([model, input_size, batch_size, num_classes, device], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    batch_size: int = 16
+    warmup: int = 2
+    repeats: int = 7
+    probe_sizes: tuple[int, ...] = PROBE_SIZES
+    probe_repeats: int = 3
+    reprofile: bool = False
+    cache: Path | None = None
+    """Where device profiles are cached; None: the user cache folder."""
+
+
+def profile_cluster(
+    coordinator: Coordinator,
+    ug: UnitGraph,
+    model: str,
+    num_classes: int,
+    settings: ProfileSettings = ProfileSettings(),
+    progress: Progress | None = None,
+) -> Profile:
+    """Profile every device of the coordinator's cluster (the model must be loaded on them)
+    one at a time (emulated devices share a host), then probe the links."""
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+    say = progress or (lambda text: log.info("%s", text))
+    spec = coordinator.cluster
+    units = unit_profiles(ug, settings.batch_size)
+    folder = settings.cache or cache_dir()
+    devices = []
+    for d in spec.devices:
+        reply, _, _ = coordinator.probe(d.name)
+        identity = {
+            "device": d.name,
+            "address": d.address,
+            "cpus": d.emulation.cpus if d.emulation else None,
+            "threads": reply.threads,
+            "edgesplit": reply.edgesplit_version,
+            "torch": reply.torch_version,
+            "python": reply.python_version,
+        }
+        key = cache_key(model, ug.input_shape[-1], settings.batch_size, num_classes, identity)
+        path = folder / f"{key}.json"
+        cached = None if settings.reprofile else _read_cached(path, len(units))
+        if cached is not None:
+            say(f"{d.name}: cached profile {path.name}")
+            devices.append(replace(cached, name=d.name, cached=True, **_budget(d, cached)))
+            continue
+        say(f"{d.name}: timing {len(units)} units (batch {settings.batch_size})")
+        request = pb.ProfileRequest(
+            batch_size=settings.batch_size, warmup=settings.warmup, repeats=settings.repeats
+        )
+        try:
+            answer = coordinator.stub(d.name).Profile(request, timeout=PROFILE_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise coordinator.worker_error(d.name, "profiling", exc) from None
+        if len(answer.unit_ms) != len(units):
+            raise WorkerError(
+                f"{coordinator.where(d.name)} timed {len(answer.unit_ms)} units, expected "
+                f"{len(units)}; check that edgesplit and torch versions match"
+            )
+        available = int(answer.available_memory_mb * 2**20)
+        device = DeviceProfile(
+            name=d.name,
+            unit_ms=tuple(answer.unit_ms),
+            unit_spread_ms=tuple(answer.unit_spread_ms),
+            threads=answer.threads,
+            cpu_count=answer.cpu_count,
+            cpus=d.emulation.cpus if d.emulation else None,
+            memory_budget_bytes=available,
+            idle_w=d.power.idle_w,
+            busy_w=d.power.busy_w,
+            versions={k: str(v) for k, v in identity.items() if k not in ("device", "address")},
+        )
+        device = replace(device, **_budget(d, device))
+        _write_cached(path, device)
+        devices.append(device)
+    links = probe_links(coordinator, settings, say)
+    return Profile(
+        model=model,
+        input_size=int(ug.input_shape[-1]),
+        batch_size=settings.batch_size,
+        num_classes=num_classes,
+        input_bytes=settings.batch_size * FLOAT_BYTES * _numel(ug.input_shape),
+        units=units,
+        devices=tuple(devices),
+        links=links,
+        default_bandwidth_mbps=spec.default_link.bandwidth_mbps,
+        default_latency_ms=spec.default_link.latency_ms,
+        created=time.time(),
+    )
+
+
+def _budget(spec_device: Any, device: DeviceProfile) -> dict[str, Any]:
+    """The cluster file's memory budget and power model win over the measured/cached ones."""
+    out: dict[str, Any] = {"idle_w": spec_device.power.idle_w, "busy_w": spec_device.power.busy_w}
+    if spec_device.memory_budget_mb is not None:
+        out["memory_budget_bytes"] = int(spec_device.memory_budget_mb * 2**20)
+    return out
+
+
+def _read_cached(path: Path, num_units: int) -> DeviceProfile | None:
+    try:
+        data = json.loads(path.read_text())
+        device = DeviceProfile(
+            **{
+                **data,
+                "unit_ms": tuple(data["unit_ms"]),
+                "unit_spread_ms": tuple(data["unit_spread_ms"]),
+            }
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # no cache, or a damaged one: measure again
+    return device if len(device.unit_ms) == num_units else None
+
+
+def _write_cached(path: Path, device: DeviceProfile) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(device)))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot cache the profile in %s: %s", path, exc.strerror)
+
+
+def probe_links(
+    coordinator: Coordinator, settings: ProfileSettings, say: Progress
+) -> tuple[LinkProfile, ...]:
+    """Probe the coordinator's link to every device and every device-to-device link."""
+    from edgesplit.runtime.links import LinkShape, link_delay_s
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+    spec = coordinator.cluster
+    names = [d.name for d in spec.devices]
+    out = []
+    say(f"probing {len(names) * (len(names) + 1) // 2} links")
+    for name in names:
+        link = spec.link(COORDINATOR, name)
+        shape = LinkShape(link.bandwidth_mbps, link.latency_ms)
+        stub = coordinator.stub(name)
+        medians = []
+        try:
+            for size in settings.probe_sizes:
+                payload = pb.ProbeRequest(payload=bytes(size))
+                times = []
+                for _ in range(settings.probe_repeats):
+                    t0 = time.perf_counter()
+                    time.sleep(link_delay_s(shape, size))
+                    stub.Probe(payload, timeout=30.0)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                medians.append(statistics.median(times))
+        except grpc.RpcError as exc:
+            raise coordinator.worker_error(name, "probing the link", exc) from None
+        out.append(_link(COORDINATOR, name, settings.probe_sizes, tuple(medians)))
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            link = spec.link(a, b)
+            request = pb.ProbeLinkRequest(
+                address=spec.device(b).address,
+                token=spec.token_for(b),
+                sizes=list(settings.probe_sizes),
+                repeats=settings.probe_repeats,
+                latency_ms=link.latency_ms,
+            )
+            if link.bandwidth_mbps is not None:
+                request.bandwidth_mbps = link.bandwidth_mbps
+            try:
+                reply = coordinator.stub(a).ProbeLink(request, timeout=60.0)
+            except grpc.RpcError as exc:
+                raise coordinator.worker_error(a, f"probing the link to {b}", exc) from None
+            out.append(_link(a, b, tuple(reply.sizes), tuple(reply.median_ms)))
+    return tuple(out)
+
+
+def _link(a: str, b: str, sizes: tuple[int, ...], medians: tuple[float, ...]) -> LinkProfile:
+    latency, bandwidth = fit_link(sizes, medians)
+    return LinkProfile(a, b, latency, bandwidth, sizes, medians)

@@ -1,0 +1,162 @@
+"""The profiler: pure pieces, then real workers in this process over gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from edgesplit import graph, models
+from edgesplit.config import parse_cluster
+from edgesplit.errors import ConfigError
+from edgesplit.profiler import (
+    Profile,
+    ProfileSettings,
+    fit_link,
+    load_profile,
+    profile_cluster,
+    to_problem,
+    unit_profiles,
+)
+from edgesplit.runtime.coordinator import Coordinator
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
+from edgesplit.runtime.transport import open_channel
+from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
+
+TOKEN = "profiler-test-token"
+MODEL = "squeezenet1_1"
+SIZE = 32
+
+
+def test_fit_link_recovers_latency_and_bandwidth() -> None:
+    sizes = (1000, 100_000, 1_000_000)
+    # 2 ms + bytes * 8 / (100 Mbit/s)
+    times = tuple(2.0 + s * 8 / (100 * 1e3) for s in sizes)
+    latency, bandwidth = fit_link(sizes, times)
+    assert latency == pytest.approx(2.0)
+    assert bandwidth == pytest.approx(100.0)
+
+
+def test_fit_link_without_growth_is_unmeasurable() -> None:
+    assert fit_link((10, 1000), (0.5, 0.4)) == (0.4, None)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build(MODEL, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def unit_graph(model: torch.nn.Module) -> graph.UnitGraph:
+    return graph.trace(model, (3, SIZE, SIZE))
+
+
+def test_unit_profiles_chain_activation_sizes(unit_graph: graph.UnitGraph) -> None:
+    units = unit_profiles(unit_graph, batch_size=4)
+    assert len(units) == unit_graph.num_units
+    first_in = 4 * 4 * 3 * SIZE * SIZE
+    assert units[0].activation_bytes == first_in + units[0].out_bytes
+    for before, after in itertools.pairwise(units):
+        assert after.activation_bytes == before.out_bytes + after.out_bytes
+    assert sum(u.weight_bytes for u in units) == 4 * unit_graph.total_params
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RunningWorker]]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    running = [
+        serve(WorkerConfig(name=f"w{i}", token=TOKEN, threads=1), "127.0.0.1:0") for i in range(2)
+    ]
+    yield running
+    for w in running:
+        w.stop(0.5)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def coordinator(workers: list[RunningWorker], model: torch.nn.Module) -> Iterator[Coordinator]:
+    devices = [
+        {"name": f"w{i}", "address": w.address, "memory_budget_mb": 100 + i}
+        for i, w in enumerate(workers)
+    ]
+    spec = parse_cluster(
+        {
+            "token": TOKEN,
+            "devices": devices,
+            "default_link": {"bandwidth_mbps": 200, "latency_ms": 3},
+        }
+    )
+    with Coordinator(spec) as c:
+        c.check()
+        c.load_model(MODEL, 10, 3, SIZE, model)
+        yield c
+
+
+def test_profile_times_every_unit_and_fits_shaped_links(
+    coordinator: Coordinator, unit_graph: graph.UnitGraph, tmp_path: Path
+) -> None:
+    settings = ProfileSettings(batch_size=2, repeats=3, warmup=1, cache=tmp_path)
+    profile = profile_cluster(coordinator, unit_graph, MODEL, 10, settings)
+    assert [d.name for d in profile.devices] == ["w0", "w1"]
+    for d in profile.devices:
+        assert len(d.unit_ms) == unit_graph.num_units
+        assert all(t > 0 for t in d.unit_ms)
+        assert all(s >= 0 for s in d.unit_spread_ms)
+        assert not d.cached
+    # The cluster file's memory budget wins over what the device reports.
+    assert profile.devices[1].memory_budget_bytes == 101 * 2**20
+    # coordinator-w0, coordinator-w1, w0-w1
+    assert {(k.a, k.b) for k in profile.links} == {
+        ("coordinator", "w0"),
+        ("coordinator", "w1"),
+        ("w0", "w1"),
+    }
+    for link in profile.links:
+        # The emulated shaping (3 ms, 200 Mbit/s) is a floor under every transfer; the RPC's
+        # own cost comes on top (how much depends on the load of this machine).
+        for size, ms in zip(link.sizes, link.median_ms, strict=True):
+            assert ms >= 3.0 + size * 8 / (200 * 1e3)
+        assert link.bandwidth_mbps is not None
+        assert link.bandwidth_mbps < 250
+
+    again = profile_cluster(coordinator, unit_graph, MODEL, 10, settings)
+    assert all(d.cached for d in again.devices)
+    assert again.devices[0].unit_ms == profile.devices[0].unit_ms
+
+    path = profile.save(tmp_path / "profile.json")
+    assert load_profile(path) == profile
+    problem = to_problem(profile)
+    assert len(problem.units) == unit_graph.num_units
+    assert problem.link("w0", "w1").bandwidth_mbps == profile.links[2].bandwidth_mbps
+
+
+def test_profile_refuses_bad_requests_and_keeps_serving(workers: list[RunningWorker]) -> None:
+    stub = pb_grpc.WorkerStub(open_channel(workers[0].address, TOKEN))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Profile(pb.ProfileRequest(batch_size=0, repeats=1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch_size" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ProbeLink(pb.ProbeLinkRequest(address="nowhere", sizes=[1], repeats=1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.Status(pb.StatusRequest(), timeout=5).name == "w0"
+
+
+def test_corrupt_profile_gives_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "p.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_profile(bad)
+    bad.write_text(json.dumps({"format": "edgesplit-profile/1", "model": "x"}))
+    with pytest.raises(ConfigError, match="malformed"):
+        load_profile(bad)
+    with pytest.raises(ConfigError, match="format"):
+        Profile.from_dict({"model": "x"})
