@@ -374,7 +374,11 @@ def run_job(
             )
         if ranges is None:
             phase("profiling the devices and links")
-            settings = ProfileSettings(batch_size=config.batch_size, reprofile=config.reprofile)
+            settings = ProfileSettings(
+                batch_size=config.batch_size,
+                reprofile=config.reprofile,
+                engine=execution.engine,
+            )
             profile, chosen = autoplan.profile_and_plan(
                 coordinator, ug, config.model, resolved.num_classes, planned, settings, phase
             )

@@ -69,6 +69,8 @@ class DeviceProfile:
     memory_budget_bytes: int | None
     idle_w: float
     busy_w: float
+    engine: str = "torch"
+    """The engine that ran the units (fp32)."""
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False
 
@@ -299,6 +301,8 @@ class ProfileSettings:
     probe_sizes: tuple[int, ...] = PROBE_SIZES
     probe_repeats: int = 3
     reprofile: bool = False
+    engine: str | None = None
+    """Engine to time the units on; None: each worker's default."""
     cache: Path | None = None
     """Where device profiles are cached; None: the user cache folder."""
 
@@ -324,7 +328,9 @@ def profile_cluster(
         reply, _, _ = coordinator.probe(d.name)
         identity = {
             "device": d.name,
-            "address": d.address,
+            # The host, not the port: an emulated device gets a new port every start.
+            "host": d.address.rpartition(":")[0],
+            "engine": settings.engine or "default",
             "cpus": d.emulation.cpus if d.emulation else None,
             "threads": reply.threads,
             "edgesplit": reply.edgesplit_version,
@@ -340,7 +346,10 @@ def profile_cluster(
             continue
         say(f"{d.name}: timing {len(units)} units (batch {settings.batch_size})")
         request = pb.ProfileRequest(
-            batch_size=settings.batch_size, warmup=settings.warmup, repeats=settings.repeats
+            batch_size=settings.batch_size,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            engine=settings.engine or "",
         )
         try:
             answer = coordinator.stub(d.name).Profile(request, timeout=PROFILE_TIMEOUT_S)
@@ -362,7 +371,8 @@ def profile_cluster(
             memory_budget_bytes=available,
             idle_w=d.power.idle_w,
             busy_w=d.power.busy_w,
-            versions={k: str(v) for k, v in identity.items() if k not in ("device", "address")},
+            engine=answer.engine or "torch",
+            versions={k: str(v) for k, v in identity.items() if k not in ("device", "host")},
         )
         device = replace(device, **_budget(d, device))
         _write_cached(path, device)

@@ -55,6 +55,13 @@ from edgesplit.profiler import Profile, ProfileSettings
     "--warmup", default=2, show_default=True, type=click.IntRange(0, 50), help="Untimed passes."
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default=None,
+    help="Engine the units are timed on (fp32). Default: the workers' default "
+    "(onnxruntime when installed).",
+)
+@click.option(
     "--reprofile", is_flag=True, help="Measure again even when a cached device profile fits."
 )
 @click.option(
@@ -77,6 +84,7 @@ def profile_command(
     batch_size: int,
     repeats: int,
     warmup: int,
+    engine: str | None,
     reprofile: bool,
     out: Path,
     as_json: bool,
@@ -103,7 +111,11 @@ def profile_command(
         latency_ms=latency_ms,
     )
     settings = ProfileSettings(
-        batch_size=batch_size, warmup=warmup, repeats=repeats, reprofile=reprofile
+        batch_size=batch_size,
+        warmup=warmup,
+        repeats=repeats,
+        reprofile=reprofile,
+        engine=engine,
     )
     console = Console(stderr=True)
     with console.status("profiling") as status:
@@ -128,14 +140,14 @@ def profile_table(profile: Profile) -> str:
         f"{profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
         f"{len(profile.units)} units",
         f"{'device':<12} {'compute ms':>11} {'spread ms':>10} {'threads':>7} {'cpus':>5} "
-        f"{'memory MB':>10} {'cached':>6}",
+        f"{'memory MB':>10} {'cached':>6} engine",
     ]
     for d in profile.devices:
         budget = f"{d.memory_budget_bytes / 2**20:.0f}" if d.memory_budget_bytes else "-"
         cpus = f"{d.cpus:g}" if d.cpus is not None else "-"
         lines.append(
             f"{d.name:<12} {d.total_ms:>11.2f} {sum(d.unit_spread_ms):>10.2f} {d.threads:>7} "
-            f"{cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6}"
+            f"{cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6} {d.engine}"
         )
     lines.append(f"{'link':<24} {'latency ms':>10} {'Mbit/s':>9}")
     for k in profile.links:

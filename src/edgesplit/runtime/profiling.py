@@ -17,7 +17,9 @@ import grpc
 import psutil
 import torch
 
+from edgesplit import engines
 from edgesplit.config import TlsSpec
+from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
@@ -38,8 +40,31 @@ def _iqr(samples: list[float]) -> float:
     return q[2] - q[0]
 
 
-def profile_units(model: LoadedModel, request: pb.ProfileRequest, threads: int) -> pb.ProfileReply:
-    """Time each unit of ``model`` for one micro-batch of ``request.batch_size``."""
+def unit_executors(model: LoadedModel, engine: str, threads: int) -> list[engines.Executor]:
+    """One fp32 executor per unit on ``engine`` (onnxruntime units are exported once and
+    cached on disk like stages are)."""
+    spec = engines.EngineSpec(engine, "fp32")
+    out = []
+    for unit in model.graph.units:
+        key = engines.StageKey(
+            model=model.key.model,
+            weights_sha256=model.key.sha256,
+            input_shape=tuple(model.graph.input_shape),
+            start=unit.index,
+            end=unit.index + 1,
+        )
+        with _FX_LOCK:
+            out.append(
+                engines.build_executor(model.graph, unit.index, unit.index + 1, spec, threads, key)
+            )
+    return out
+
+
+def profile_units(
+    model: LoadedModel, request: pb.ProfileRequest, threads: int, default_engine: str | None = None
+) -> pb.ProfileReply:
+    """Time each unit of ``model`` for one micro-batch of ``request.batch_size`` on the
+    requested engine (fp32)."""
     if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
         raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
     if not 1 <= request.repeats <= MAX_REPEATS or not 0 <= request.warmup <= MAX_REPEATS:
@@ -47,8 +72,11 @@ def profile_units(model: LoadedModel, request: pb.ProfileRequest, threads: int) 
             INVALID, f"repeats must be in [1, {MAX_REPEATS}], warmup in [0, {MAX_REPEATS}]"
         )
     ug = model.graph
-    with _FX_LOCK:
-        stages = [ug.stage(u.index, u.index + 1) for u in ug.units]
+    try:
+        engine, _ = engines.resolve_engine(request.engine or default_engine)
+        stages = unit_executors(model, engine, threads)
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
     samples: list[list[float]] = [[] for _ in stages]
     x0 = torch.zeros(request.batch_size, *ug.input_shape)
     with torch.inference_mode():
@@ -56,7 +84,7 @@ def profile_units(model: LoadedModel, request: pb.ProfileRequest, threads: int) 
             x = x0
             for i, stage in enumerate(stages):
                 t0 = time.perf_counter()
-                x = stage(x)
+                x = stage.run(x)
                 if rep >= request.warmup:
                     samples[i].append((time.perf_counter() - t0) * 1000.0)
     process = psutil.Process()
@@ -67,6 +95,7 @@ def profile_units(model: LoadedModel, request: pb.ProfileRequest, threads: int) 
         available_memory_mb=psutil.virtual_memory().available / 2**20,
         cpu_count=psutil.cpu_count() or 1,
         threads=threads,
+        engine=engine,
     )
 
 

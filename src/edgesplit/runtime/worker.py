@@ -201,7 +201,7 @@ class Worker:
             raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
         threads = self.config.threads or torch.get_num_threads()
         with self._profile_lock:  # one profile at a time, or they would time each other
-            return profiling.profile_units(model, request, threads)
+            return profiling.profile_units(model, request, threads, self.config.engine)
 
     def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
         return profiling.probe_link(request, self.config.token, self.config.tls)

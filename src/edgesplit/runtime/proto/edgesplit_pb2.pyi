@@ -239,30 +239,34 @@ class FailureReport(_message.Message):
     def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("batch_size", "warmup", "repeats")
+    __slots__ = ("batch_size", "warmup", "repeats", "engine")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     warmup: int
     repeats: int
-    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
+    engine: str
+    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads")
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine")
     UNIT_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     unit_ms: _containers.RepeatedScalarFieldContainer[float]
     unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
     rss_mb: float
     available_memory_mb: float
     cpu_count: int
     threads: int
-    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+    engine: str
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload",)
