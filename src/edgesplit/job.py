@@ -24,8 +24,8 @@ from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
-from edgesplit.metrics.live import LiveCallback
 from edgesplit.metrics.energy import device_energy, energy_summary
+from edgesplit.metrics.live import LiveCallback
 from edgesplit.metrics.summary import (
     DeviceRow,
     StageInfo,
