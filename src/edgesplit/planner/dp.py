@@ -108,14 +108,23 @@ class Costs:
     combine: str  # "max" or "sum"
 
 
+def _op(costs: Costs) -> Callable[[Array, Array], Array]:
+    return np.maximum if costs.combine == "max" else np.add
+
+
+def _members(subset: int, num_d: int) -> Array:
+    return np.array([d for d in range(num_d) if subset >> d & 1], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Solved:
-    """The filled DP: ``total[S, d]`` is the best cost of a complete plan on exactly the device
-    set ``S`` ending on ``d`` (inf if none)."""
+    """The filled DP: ``f[S, d, e]`` as in the module docstring, and ``total[S, d]``, the best
+    cost of a complete plan on exactly the device set ``S`` ending on ``d`` (inf if none).
+    Arg-mins are not stored: :meth:`stages` recomputes the few it needs on the way back."""
 
+    f: Array
     total: Array
-    arg_j: Array
-    arg_d: Array
+    costs: Costs
     names: tuple[str, ...]
 
     def best(self, min_stages: int = 1) -> tuple[float, int, int] | None:
@@ -126,62 +135,57 @@ class Solved:
         value = float(total.min())
         if not np.isfinite(value):
             return None
-        near = total <= value + 1e-9 * abs(value)
-        candidates = np.argwhere(near)
-        s, d = min(candidates.tolist(), key=lambda sd: (sizes[sd[0]], total[sd[0], sd[1]]))
+        candidates = np.argwhere(total <= value + 1e-9 * abs(value)).tolist()
+        s, d = min(candidates, key=lambda sd: (sizes[sd[0]], total[sd[0], sd[1]]))
         return float(self.total[s, d]), int(s), int(d)
+
+    def _fold(self, subset: int, device: int) -> tuple[Array, Array]:
+        """(value, predecessor) over j of the best way to start a stage on ``device`` at unit j
+        after the devices ``subset`` (the ``g`` of the module docstring, for one device)."""
+        num_d, width = self.f.shape[1], self.f.shape[2]
+        if subset == 0:
+            g = np.full(width, INF)
+            g[0] = self.costs.first[device]
+            return g, np.full(width, -1, dtype=np.int64)
+        members = _members(subset, num_d)
+        h = _op(self.costs)(self.f[subset, members], self.costs.hop[members, device])
+        pick = h.argmin(axis=0)
+        return h[pick, np.arange(width)], members[pick]
 
     def stages(self, subset: int, device: int) -> tuple[tuple[str, int, int], ...]:
         """The plan ending on ``device`` with device set ``subset``, as (device, start, end)."""
         out = []
-        end = self.arg_j.shape[2] - 1
+        end = self.f.shape[2] - 1
         while device >= 0:
-            start = int(self.arg_j[subset, device, end])
-            prev = int(self.arg_d[subset, device, end])
-            out.append((self.names[device], start, end))
             subset &= ~(1 << device)
-            device, end = prev, start
+            g, pred = self._fold(subset, device)
+            start = int(_op(self.costs)(g, self.costs.stage[device, :, end]).argmin())
+            out.append((self.names[device], start, end))
+            device, end = int(pred[start]), start
         return tuple(reversed(out))
 
 
 def solve(tables: Tables, costs: Costs) -> Solved:
     """Fill the DP of the module docstring for ``costs``."""
     num_d, n = tables.num_devices, tables.num_units
-    op: Callable[[Array, Array], Array] = np.maximum if costs.combine == "max" else np.add
+    op = _op(costs)
     full = 1 << num_d
     f = np.full((full, num_d, n + 1), INF)
-    arg_j = np.full((full, num_d, n + 1), -1, dtype=np.int32)
-    arg_d = np.full((full, num_d, n + 1), -1, dtype=np.int32)
-    members_of = [
-        np.array([d for d in range(num_d) if s >> d & 1], dtype=np.int64) for s in range(full)
-    ]
-    for s in range(full):
-        members = members_of[s]
-        outs = members_of[(full - 1) ^ s]
-        if len(outs) == 0:
-            continue
+    first = np.full((num_d, n + 1), INF)
+    first[:, 0] = costs.first
+    for s in range(full - 1):
+        outs = _members((full - 1) ^ s, num_d)
         if s == 0:
-            g = np.full((num_d, n + 1), INF)
-            g[:, 0] = costs.first
-            g_dev = np.full((num_d, n + 1), -1, dtype=np.int64)
+            g = first
         else:
+            members = _members(s, num_d)
             fs = f[s, members]
             if not np.isfinite(fs).any():
                 continue
-            h = op(fs[:, None, :], costs.hop[members])  # [member, d2, j]
-            pick = h.argmin(axis=0)
-            g = np.take_along_axis(h, pick[None], 0)[0]
-            g_dev = members[pick]
-        cand = op(g[outs][:, :, None], costs.stage[outs])  # [out, j, e]
-        best_j = cand.argmin(axis=1)  # [out, e]
-        value = np.take_along_axis(cand, best_j[:, None, :], 1)[:, 0, :]
-        for i, d2 in enumerate(outs.tolist()):
-            s2 = s | 1 << d2
-            f[s2, d2] = value[i]
-            arg_j[s2, d2] = best_j[i]
-            arg_d[s2, d2] = g_dev[d2, best_j[i]]
+            g = op(fs[:, None, :], costs.hop[members]).min(axis=0)  # [d2, j]
+        f[s | (1 << outs), outs] = op(g[outs][:, :, None], costs.stage[outs]).min(axis=1)
     total = op(f[:, :, n], costs.last[None, :])
-    return Solved(total=total, arg_j=arg_j, arg_d=arg_d, names=tables.names)
+    return Solved(f=f, total=total, costs=costs, names=tables.names)
 
 
 def _capped(values: Array, cap: float, strict: bool) -> Array:

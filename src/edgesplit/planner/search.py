@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from edgesplit.errors import PlanError
 from edgesplit.planner import dp
+from edgesplit.planner.energy import least_energy_stages
 from edgesplit.planner.evaluate import check_objective, evaluate, throughput_ips
 from edgesplit.planner.pareto import energy_with_latency_bound
 from edgesplit.planner.types import MB, Plan, Problem
@@ -91,31 +92,6 @@ def pick(plans: Sequence[Plan]) -> Plan:
     return min(near, key=lambda p: (len(p.stages), p.prediction.latency_ms))
 
 
-def _energy_by_cap(problem: Problem, tables: dp.Tables, cap: float, floor_ms: float) -> Plan:
-    """Least energy among plans with bottleneck <= ``cap``.
-
-    Energy per micro-batch = (sum of idle W) x bottleneck + active energy. The least active
-    energy under a bottleneck cap is one DP; its plan's bottleneck T is then the best of all plans
-    with bottleneck in [T, cap], so the search continues below T only, and stops once even the
-    least possible bottleneck (``floor_ms``) plus the active energy under the cap cannot win."""
-    idle_w = float(tables.idle_w.sum())
-    plans: list[Plan] = []
-    strict = False
-    while True:
-        solved = dp.solve(tables, dp.active_energy_costs(tables, cap, strict))
-        best = solved.best()
-        if best is None:
-            break
-        stages = solved.stages(best[1], best[2])
-        plans.append(evaluate(problem, stages, "energy"))
-        least = min(p.prediction.energy_j_per_image for p in plans)
-        bound_j = (idle_w * floor_ms + best[0]) / 1000.0 / problem.batch_size
-        if bound_j > least * (1 + TIE_REL):
-            break
-        cap, strict = dp.bottleneck_of(tables, stages), True
-    return pick(plans)
-
-
 def _bounds_error(
     problem: Problem, tables: dp.Tables, max_latency_ms: float | None, min_tp: float | None
 ) -> PlanError:
@@ -142,7 +118,8 @@ def _plan_energy(
     if floor_ms > cap:
         raise _bounds_error(problem, tables, max_latency_ms, min_tp)
     if max_latency_ms is None:
-        return _energy_by_cap(problem, tables, cap, floor_ms)
+        found = least_energy_stages(tables, floor_ms, cap)
+        return pick([evaluate(problem, stages, "energy") for stages in found])
     stages = energy_with_latency_bound(tables, problem.batch_size, max_latency_ms, cap)
     if not stages:
         raise _bounds_error(problem, tables, max_latency_ms, min_tp)
