@@ -322,3 +322,14 @@ def test_bad_input_is_a_clear_error() -> None:
         evaluate(simple_problem(), [("a", 0, 2), ("a", 2, 4)])
     with pytest.raises(PlanError, match="stage 1 starts at unit 3"):
         evaluate(simple_problem(), [("a", 0, 2), ("b", 3, 4)])
+
+
+def test_throughput_bound_met_exactly_is_feasible() -> None:
+    # 1000 / (1000 / 15) is 14.999999999999998: the bound must compare as the prediction does.
+    unit = UnitCost(out_bytes=0, weight_bytes=0, activation_bytes=0)
+    problem = Problem(
+        units=(unit,), devices=(DeviceCost("a", (15.0,)),), batch_size=1, input_bytes=0
+    )
+    best = evaluate(problem, [("a", 0, 1)]).prediction.throughput_ips
+    plan = choose_plan(problem, "energy", min_throughput_ips=best)
+    assert plan.prediction.throughput_ips == best

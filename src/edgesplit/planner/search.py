@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from edgesplit.errors import PlanError
 from edgesplit.planner import dp
-from edgesplit.planner.energy import least_energy_stages
+from edgesplit.planner.energy import least_energy_stages, piece_values
 from edgesplit.planner.evaluate import check_objective, evaluate, throughput_ips
 from edgesplit.planner.pareto import energy_with_latency_bound
 from edgesplit.planner.types import MB, Plan, Problem
@@ -110,11 +112,20 @@ def _bounds_error(
     )
 
 
+def _throughput_cap(problem: Problem, tables: dp.Tables, min_tp: float) -> float:
+    """The largest bottleneck a plan may have for throughput >= ``min_tp``, taken among the
+    pieces' costs with the very expression of the prediction, so rounding cannot disagree."""
+    values = piece_values(tables, 0.0, math.inf)
+    with np.errstate(divide="ignore", over="ignore"):
+        ok = values[problem.batch_size * 1000.0 / values >= min_tp]
+    return float(ok.max()) if ok.size else -math.inf
+
+
 def _plan_energy(
     problem: Problem, tables: dp.Tables, max_latency_ms: float | None, min_tp: float | None
 ) -> Plan:
     floor_ms, _ = _min_bottleneck(problem, tables)
-    cap = math.inf if min_tp is None else problem.batch_size * 1000.0 / min_tp
+    cap = math.inf if min_tp is None else _throughput_cap(problem, tables, min_tp)
     if floor_ms > cap:
         raise _bounds_error(problem, tables, max_latency_ms, min_tp)
     if max_latency_ms is None:
