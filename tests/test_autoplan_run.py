@@ -1,0 +1,85 @@
+"""`edgesplit run --partition auto` end to end: real workers profiled, a plan chosen by the
+planner, and its prediction recorded next to what was measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgesplit.profiler import load_profile
+
+pytestmark = pytest.mark.slow
+
+
+def edgesplit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "edgesplit", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+def test_auto_partition_profiles_plans_and_records_the_prediction(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", "--devices", "2", "--model", "squeezenet1_1", "--limit", "96"]
+    result = edgesplit(tmp_path, *args, "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "timing 18 units" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partition_method"] == "auto"
+    assert summary["completed_images"] == 96
+    predicted = summary["predicted"]
+    assert predicted["objective"] == "throughput"
+    assert predicted["throughput_ips"] > 0
+    planned = [(s["device"], s["units"]) for s in predicted["stages"]]
+    ran = [(s["device"], s["units"]) for s in summary["plan"]["stages"]]
+    assert planned == ran
+    # Energy: every device of the cluster, used or not, and the total per image.
+    energy = summary["energy"]
+    assert set(energy["devices"]) == {"pi1", "pi2"}
+    assert summary["energy_j_per_image"] == pytest.approx(
+        sum(d["energy_j_per_image"] for d in energy["devices"].values())
+    )
+    assert summary["energy_j_per_image"] > 0
+    profile = load_profile(out / "profile.json")
+    assert [d.name for d in profile.devices] == ["pi1", "pi2"]
+    assert (out / "plan.txt").read_text().startswith("stage")
+
+    again = edgesplit(tmp_path, *args, "--out", str(tmp_path / "again"), "--json")
+    assert again.returncode == 0, again.stderr
+    assert "cached profile" in again.stderr
+    assert "timing 18 units" not in again.stderr
+
+
+def test_latency_objective_keeps_the_model_on_one_device_over_slow_links(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    result = edgesplit(
+        tmp_path,
+        "run", "--devices", "2", "--model", "mobilenet_v2", "--limit", "32",
+        "--bandwidth-mbps", "10", "--objective", "latency", "--out", str(out), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["plan"]["stages"]) == 1
+    assert any("kept on one device" in note for note in summary["notes"])
+    assert summary["predicted"]["objective"] == "latency"
+
+
+def test_unknown_objective_and_bad_cpus_fail_before_starting(tmp_path: Path) -> None:
+    bad = edgesplit(tmp_path, "run", "--objective", "speed")
+    assert bad.returncode == 2
+    assert "throughput" in bad.stderr
+    cpus = edgesplit(tmp_path, "run", "--cpus", "1,fast")
+    assert cpus.returncode == 2
+    assert "one per device like 1,0.5,0.25" in cpus.stderr
