@@ -237,3 +237,21 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
         for name in re.findall(r"edgesplit_\w+", target["expr"])
     }
     assert used and used <= exported, used - exported
+
+
+def test_marks_collect_faults_losses_and_plan_changes_in_time_order() -> None:
+    from edgesplit.metrics.report import marks
+
+    summary = {
+        "injected": [{"time_s": 2.0, "spec": "pi2:stress@2s"}],
+        "failures": [{"time_s": 3.5, "device": "pi3"}],
+        "plan_changes": [{"time_s": 3.6, "epoch": 2}, {"time_s": 1.0, "epoch": 1}],
+    }
+    got = [(m.time_s, m.kind, m.label) for m in marks(summary)]
+    assert got == [
+        (1.0, "plan", "plan epoch 1"),
+        (2.0, "fault", "pi2:stress@2s"),
+        (3.5, "lost", "pi3 lost"),
+        (3.6, "plan", "plan epoch 2"),
+    ]
+    assert marks({}) == []

@@ -100,6 +100,29 @@ def _series(run: report.RunData, key: str, t0: float) -> dict[str, tuple[list[fl
     return out
 
 
+MARK_STYLES = {"fault": ("red", "--"), "lost": ("black", ":"), "plan": ("purple", "-.")}
+
+
+def _draw_marks(axes: Sequence[Any], marks: Sequence[report.Mark]) -> None:
+    """Vertical lines for faults, losses and plan changes on every panel; labels on the top one."""
+    for i, ax in enumerate(axes):
+        for mark in marks:
+            color, style = MARK_STYLES[mark.kind]
+            ax.axvline(mark.time_s, color=color, linestyle=style, linewidth=1.0, alpha=0.8)
+            if i == 0:
+                ax.annotate(
+                    mark.label,
+                    (mark.time_s, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, -2),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=color,
+                    va="top",
+                    rotation=90,
+                )
+
+
 def device_series(run: report.RunData) -> Figure:
     """Per-device CPU, frequency, memory, temperature (if any sensor) and throughput over time."""
     t0 = report.run_start(run.hops)
@@ -138,8 +161,12 @@ def device_series(run: report.RunData) -> Figure:
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    _draw_marks(axes, report.marks(run.summary))
     axes[0].legend(loc="upper right", fontsize=8, ncol=len(devices))
-    axes[-1].set_xlabel("time since the run's first upload (s, coordinator clock)")
+    axes[-1].set_xlabel(
+        "time since the run's first upload (s, coordinator clock); red dashed: injected fault, "
+        "black dotted: device lost, purple: plan change"
+    )
     fig.tight_layout()
     return fig
 

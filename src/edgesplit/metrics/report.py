@@ -166,6 +166,29 @@ def load_run(folder: Path) -> RunData:
 # --- reductions (pure) ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Mark:
+    """Something that happened during the run, drawn as a vertical line on the time series."""
+
+    time_s: float
+    """Seconds since the run started (its first upload, within a few ms)."""
+    kind: str
+    """"fault" (an injected fault), "lost" (a device lost) or "plan" (a plan change)."""
+    label: str
+
+
+def marks(summary: dict[str, Any]) -> list[Mark]:
+    """Injected faults, device losses and plan changes from ``summary.json``, in time order."""
+    out = []
+    for event in summary.get("injected") or []:
+        out.append(Mark(float(event["time_s"]), "fault", str(event.get("spec", "fault"))))
+    for failure in summary.get("failures") or []:
+        out.append(Mark(float(failure["time_s"]), "lost", f"{failure.get('device')} lost"))
+    for change in summary.get("plan_changes") or []:
+        out.append(Mark(float(change["time_s"]), "plan", f"plan epoch {change.get('epoch')}"))
+    return sorted(out, key=lambda m: m.time_s)
+
+
 def run_start(hops: Sequence[Hop]) -> float:
     """The run's time zero: its first upload, in coordinator-clock seconds."""
     return min(h.start for h in hops)
