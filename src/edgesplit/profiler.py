@@ -71,12 +71,29 @@ class DeviceProfile:
     busy_w: float
     engine: str = "torch"
     """The engine that ran the units (fp32)."""
+    unit_cpu_ms: tuple[float, ...] = ()
+    """Median process CPU time of each unit (all threads of the worker)."""
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False
 
     @property
     def total_ms(self) -> float:
-        return sum(self.unit_ms)
+        return sum(self.sustained_ms)
+
+    @property
+    def sustained_ms(self) -> tuple[float, ...]:
+        """Unit times the device can keep up, which the planner uses.
+
+        An emulated device's CPU share is a CFS quota: it runs at full speed until its quota
+        for the period is spent, then stalls, so a short timing shows the burst speed. What it
+        sustains is CPU time / share; the larger of that and the measured time is used. A real
+        device has no quota: its measured times are what it sustains."""
+        if self.cpus is None or len(self.unit_cpu_ms) != len(self.unit_ms):
+            return self.unit_ms
+        return tuple(
+            max(wall, cpu / self.cpus)
+            for wall, cpu in zip(self.unit_ms, self.unit_cpu_ms, strict=True)
+        )
 
     @property
     def busy_fraction(self) -> float:
@@ -143,6 +160,7 @@ class Profile:
                             **d,
                             "unit_ms": tuple(d["unit_ms"]),
                             "unit_spread_ms": tuple(d["unit_spread_ms"]),
+                            "unit_cpu_ms": tuple(d.get("unit_cpu_ms", ())),
                         }
                     )
                     for d in data["devices"]
@@ -245,7 +263,7 @@ def to_problem(profile: Profile, cluster: ClusterSpec | None = None) -> Problem:
         devices.append(
             DeviceCost(
                 name=d.name,
-                unit_ms=d.unit_ms,
+                unit_ms=d.sustained_ms,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,
@@ -365,6 +383,7 @@ def profile_cluster(
             name=d.name,
             unit_ms=tuple(answer.unit_ms),
             unit_spread_ms=tuple(answer.unit_spread_ms),
+            unit_cpu_ms=tuple(answer.unit_cpu_ms),
             threads=answer.threads,
             cpu_count=answer.cpu_count,
             cpus=d.emulation.cpus if d.emulation else None,
@@ -409,6 +428,7 @@ def _read_cached(path: Path, num_units: int) -> DeviceProfile | None:
                 **data,
                 "unit_ms": tuple(data["unit_ms"]),
                 "unit_spread_ms": tuple(data["unit_spread_ms"]),
+                "unit_cpu_ms": tuple(data.get("unit_cpu_ms", ())),
             }
         )
     except (OSError, ValueError, TypeError, KeyError):

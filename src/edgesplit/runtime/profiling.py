@@ -78,19 +78,22 @@ def profile_units(
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     samples: list[list[float]] = [[] for _ in stages]
+    cpu: list[list[float]] = [[] for _ in stages]
     x0 = torch.zeros(request.batch_size, *ug.input_shape)
     with torch.inference_mode():
         for rep in range(request.warmup + request.repeats):
             x = x0
             for i, stage in enumerate(stages):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 x = stage.run(x)
                 if rep >= request.warmup:
                     samples[i].append((time.perf_counter() - t0) * 1000.0)
+                    cpu[i].append((time.process_time() - c0) * 1000.0)
     process = psutil.Process()
     return pb.ProfileReply(
         unit_ms=[statistics.median(s) for s in samples],
         unit_spread_ms=[_iqr(s) for s in samples],
+        unit_cpu_ms=[statistics.median(c) for c in cpu],
         rss_mb=process.memory_info().rss / 2**20,
         available_memory_mb=psutil.virtual_memory().available / 2**20,
         cpu_count=psutil.cpu_count() or 1,

@@ -251,7 +251,7 @@ class ProfileRequest(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine")
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms")
     UNIT_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class ProfileReply(_message.Message):
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_CPU_MS_FIELD_NUMBER: _ClassVar[int]
     unit_ms: _containers.RepeatedScalarFieldContainer[float]
     unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
     rss_mb: float
@@ -266,7 +267,8 @@ class ProfileReply(_message.Message):
     cpu_count: int
     threads: int
     engine: str
-    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
+    unit_cpu_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload",)
