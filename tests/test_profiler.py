@@ -160,3 +160,15 @@ def test_corrupt_profile_gives_clear_error(tmp_path: Path) -> None:
         load_profile(bad)
     with pytest.raises(ConfigError, match="format"):
         Profile.from_dict({"model": "x"})
+
+
+def test_emulated_devices_are_planned_at_the_speed_their_quota_sustains() -> None:
+    from edgesplit.profiler import DeviceProfile
+
+    common = {"unit_spread_ms": (0.0, 0.0), "threads": 1, "cpu_count": 2,
+              "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
+    emulated = DeviceProfile("pi1", unit_ms=(1.0, 4.0), unit_cpu_ms=(1.0, 1.5), cpus=0.5, **common)
+    # 1 ms of CPU at half a core takes 2 ms sustained; a unit already slower keeps its time.
+    assert emulated.sustained_ms == (2.0, 4.0)
+    real = DeviceProfile("pi2", unit_ms=(1.0, 4.0), unit_cpu_ms=(1.0, 1.5), cpus=None, **common)
+    assert real.sustained_ms == (1.0, 4.0)
