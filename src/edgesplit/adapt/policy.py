@@ -1,0 +1,236 @@
+"""The adaptive policy (issue #6 item 3): a pure function from the live state to a decision.
+
+:func:`decide` plans on the *live problem* (the profile with every device's unit times
+multiplied by its speed factor and slow links replaced by their estimates), evaluates the
+current plan on the same problem, and switches only when
+
+- the predicted gain ``objective(current) / objective(best) - 1`` is at least
+  ``policy.threshold`` (default 15 %), and has been so without a break for ``policy.hold_s``
+  (default 3 s): a short spike never switches;
+- at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
+  plans that each look better under the other's measurements cannot flap faster than that;
+- every device of the current plan has been observed ``policy.min_observations`` times
+  (a fresh plan is not judged on its warm-up).
+
+Every call returns a :class:`Decision` with its inputs, the predicted gain, the best plan and,
+when it does not switch, why not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgesplit import planner
+from edgesplit.adapt.state import AdaptState, profiled_link
+from edgesplit.autoplan import PlanRequest
+from edgesplit.errors import PlanError
+from edgesplit.profiler import Profile, to_problem
+
+Stages = tuple[tuple[str, int, int], ...]
+"""``(device, start, end)`` per stage, units half-open."""
+
+
+@dataclass(frozen=True)
+class AdaptPolicy:
+    threshold: float = 0.15
+    """Least predicted gain (relative to the current plan's objective) worth a switch."""
+    hold_s: float = 3.0
+    """How long the gain must hold without a break."""
+    min_interval_s: float = 10.0
+    """Least time between two switches."""
+    alpha: float = 0.3
+    """EWMA weight of the newest observation."""
+    min_observations: int = 3
+    """Observations of each device in the current plan before it is judged."""
+    link_slack: float = 1.5
+    """A link's estimate replaces the profile only when it predicts a transfer this many times
+    slower than the profile (and at least ``link_slack_ms`` more): RPC overhead and jitter stay
+    out of the plan."""
+    link_slack_ms: float = 2.0
+    max_memory_percent: float = 95.0
+    """Devices using more memory than this are not offered to the planner."""
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "hold_s", "min_interval_s", "link_slack_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise PlanError(f"adapt policy {name} must be a finite number >= 0, got {value!r}")
+        if not 0 < self.alpha <= 1:
+            raise PlanError(f"adapt policy alpha must be in (0, 1], got {self.alpha!r}")
+        if self.link_slack < 1:
+            raise PlanError(f"adapt policy link_slack must be >= 1, got {self.link_slack!r}")
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The policy's memory between calls: since when the gain has held, and the last switch."""
+
+    since: float | None = None
+    last_switch: float | None = None
+    stages: Stages = ()
+    """The current plan the hold is about; another plan resets it."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    t: float
+    switch: bool
+    reason: str
+    """Why it switches, or why not."""
+    current: Stages
+    best: Stages | None
+    current_ips: float | None
+    """Predicted throughput of the current plan on the live problem."""
+    best_ips: float | None
+    gain: float | None
+    """objective(current) / objective(best) - 1 on the live problem."""
+    speed_factors: dict[str, float]
+    links: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Links whose live estimate differs from the profile: ``"a-b"`` -> bandwidth, latency."""
+    hold: Hold = Hold()
+
+    def to_dict(self) -> dict[str, Any]:
+        def stages(s: Stages | None) -> list[dict[str, Any]] | None:
+            return None if s is None else [{"device": d, "units": [a, b]} for d, a, b in s]
+
+        return {
+            "t": self.t,
+            "switch": self.switch,
+            "reason": self.reason,
+            "gain": self.gain,
+            "current_ips": self.current_ips,
+            "best_ips": self.best_ips,
+            "current": stages(self.current),
+            "best": stages(self.best),
+            "speed_factors": {k: round(v, 3) for k, v in self.speed_factors.items()},
+            "links": self.links,
+        }
+
+
+def live_problem(
+    state: AdaptState, profile: Profile, policy: AdaptPolicy = AdaptPolicy()
+) -> tuple[planner.Problem, dict[str, dict[str, float | None]]]:
+    """The profile's problem with the live speed factors and the links that got slower; also
+    the replaced links as ``"a-b" -> {bandwidth_mbps, latency_ms}``."""
+    problem = to_problem(profile)
+    devices = tuple(
+        dataclasses.replace(
+            d, unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.unit_ms)
+        )
+        for d in problem.devices
+    )
+    links = {(a, b): lk for a, b, lk in problem.links}
+    changed: dict[str, dict[str, float | None]] = {}
+    for k in state.links:
+        latency, bandwidth = profiled_link(profile, k.a, k.b)
+        profiled = planner.LinkCost(bandwidth, latency).transfer_ms(k.last_bytes)
+        observed = k.transfer_ms(k.last_bytes)
+        if observed >= profiled * policy.link_slack and observed >= profiled + policy.link_slack_ms:
+            links.pop((k.b, k.a), None)
+            links[(k.a, k.b)] = planner.LinkCost(k.bandwidth_mbps, k.latency_ms)
+            changed[f"{k.a}-{k.b}"] = {"bandwidth_mbps": k.bandwidth_mbps, "latency_ms": latency}
+    problem = dataclasses.replace(
+        problem, devices=devices, links=tuple((a, b, lk) for (a, b), lk in links.items())
+    )
+    return problem, changed
+
+
+def _best(
+    problem: planner.Problem, request: PlanRequest, candidates: Sequence[str]
+) -> planner.Plan:
+    return planner.choose_plan(
+        problem,
+        request.objective,
+        devices=list(candidates),
+        max_latency_ms=request.max_latency_ms,
+        min_throughput_ips=request.min_throughput_ips,
+    )
+
+
+def decide(
+    state: AdaptState,
+    profile: Profile,
+    current: Sequence[tuple[str, int, int]],
+    request: PlanRequest,
+    policy: AdaptPolicy,
+    now: float,
+    hold: Hold = Hold(),
+    usable: Sequence[str] | None = None,
+) -> Decision:
+    """Whether to switch from ``current`` now (pure; see the module docstring).
+
+    ``usable``: devices a plan may use (default: every device of the profile). ``hold`` is the
+    previous decision's :attr:`Decision.hold`; a different ``current`` than the hold's resets the
+    gain timer (the plan changed under us, e.g. a re-plan after a device loss)."""
+    current = tuple(current)
+    if hold.stages != current:
+        hold = dataclasses.replace(hold, since=None, stages=current)
+    problem, links = live_problem(state, profile, policy)
+    factors = state.speed_factors()
+    names = [d.name for d in profile.devices] if usable is None else list(usable)
+    base = Decision(now, False, "", current, None, None, None, None, factors, links, hold)
+
+    def no(reason: str, hold: Hold = hold) -> Decision:
+        return dataclasses.replace(base, reason=reason, hold=hold)
+
+    lost = sorted({d for d, _, _ in current} - set(names))
+    if lost:
+        return no(f"waiting: the current plan uses {', '.join(lost)}, which is not usable")
+    young = [d for d, _, _ in current if state.device(d).observations < policy.min_observations]
+    if young:
+        return no(f"observing: too few results yet from {', '.join(young)}")
+    candidates = [
+        n
+        for n in names
+        if (state.device(n).memory_percent or 0.0) < policy.max_memory_percent
+        or any(d == n for d, _, _ in current)
+    ]
+    try:
+        now_plan = planner.evaluate(problem, current, request.objective, check_memory=False)
+        best = _best(problem, request, candidates)
+    except PlanError as exc:
+        return no(f"no plan: {exc}")
+    best_stages = best.assignment()
+    now_value, best_value = planner.objective_value(now_plan), planner.objective_value(best)
+    gain = now_value / best_value - 1.0 if best_value > 0 else 0.0
+    if best_stages == current:
+        gain = 0.0
+    base = dataclasses.replace(
+        base,
+        best=best_stages,
+        current_ips=now_plan.prediction.throughput_ips,
+        best_ips=best.prediction.throughput_ips,
+        gain=gain,
+    )
+    if gain < policy.threshold:
+        return no(
+            f"gain {gain:.0%} below the threshold {policy.threshold:.0%}",
+            hold=dataclasses.replace(hold, since=None),
+        )
+    since = hold.since if hold.since is not None else now
+    hold = dataclasses.replace(hold, since=since)
+    if now - since < policy.hold_s:
+        return no(f"gain {gain:.0%} held {now - since:.1f} s of {policy.hold_s:g} s", hold=hold)
+    if hold.last_switch is not None and now - hold.last_switch < policy.min_interval_s:
+        return no(
+            f"gain {gain:.0%}, but the last switch was {now - hold.last_switch:.1f} s ago "
+            f"(minimum {policy.min_interval_s:g} s)",
+            hold=hold,
+        )
+    slow = [f"{d} x{f:.1f}" for d, f in factors.items() if abs(f - 1.0) >= 0.2]
+    why = "; ".join(
+        [f"speed {', '.join(slow)}"] * bool(slow) + [f"link {', '.join(links)}"] * bool(links)
+    )
+    return dataclasses.replace(
+        base,
+        switch=True,
+        reason=(
+            f"predicted +{gain:.0%} {request.objective} ({now_plan.prediction.throughput_ips:.1f}"
+            f" -> {best.prediction.throughput_ips:.1f} img/s)" + (f": {why}" if why else "")
+        ),
+        hold=Hold(since=None, last_switch=now, stages=best_stages),
+    )

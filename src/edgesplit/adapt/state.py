@@ -1,0 +1,217 @@
+"""The controller's live view of the cluster (issue #6 item 2): per device a speed factor, per
+link a transfer estimate, built by a pure :func:`observe` from what the run sees.
+
+- **Speed factor** of a device: observed stage compute time / the profile's time for the same
+  units at the same batch size (the profile's unit times scaled by observed batch / profiled
+  batch), smoothed by an EWMA. 1.0 = as profiled; 3.0 = three times slower (a CPU hog, heat,
+  another tenant). The first result of a device in each plan epoch is skipped: a freshly
+  installed stage warms up (onnxruntime sessions, caches).
+- **Link estimate**: an EWMA of the observed milliseconds per byte beyond the profiled latency
+  (``transfer_ms - latency_ms) / bytes_out``), from each hop's send to its arrival at the next
+  hop. It stands for the link's current bandwidth.
+- **Sensors** (from heartbeats): temperature, throttling flags and memory use, newest wins.
+
+Devices and links the current plan does not use keep their last estimate (nothing is observed
+there); the profile stands in until something is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from edgesplit.config import COORDINATOR
+from edgesplit.profiler import Profile
+
+MIN_EXPECTED_MS = 0.05
+"""Stages the profile times below this are too short to tell a speed from noise."""
+FACTOR_RANGE = (0.05, 50.0)
+"""One observation moves a speed factor at most to these bounds (a glitch is not a fact)."""
+
+
+@dataclass(frozen=True)
+class StageSeen:
+    """One stage's compute and transfer of one micro-batch: ``device`` ran units ``[start, end)``
+    (half-open) of plan epoch ``epoch`` and sent ``bytes_out`` to ``next_device`` (a device name
+    or :data:`~edgesplit.config.COORDINATOR`)."""
+
+    t: float
+    device: str
+    epoch: int
+    start: int
+    end: int
+    batch_size: int
+    compute_ms: float
+    transfer_ms: float
+    bytes_out: int
+    next_device: str
+
+
+@dataclass(frozen=True)
+class SensorsSeen:
+    """A device's newest sensor readings (None: no such sensor)."""
+
+    t: float
+    device: str
+    temperature_c: float | None = None
+    throttled: int | None = None
+    memory_percent: float | None = None
+
+
+Observation = StageSeen | SensorsSeen
+
+
+@dataclass(frozen=True)
+class DeviceEstimate:
+    name: str
+    speed_factor: float = 1.0
+    observations: int = 0
+    last_t: float | None = None
+    temperature_c: float | None = None
+    throttled: int | None = None
+    memory_percent: float | None = None
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """Endpoints ``a``/``b`` in sorted order (links are symmetric in the planner)."""
+
+    a: str
+    b: str
+    ms_per_byte: float
+    """EWMA of (observed transfer - profiled latency) / bytes."""
+    latency_ms: float
+    """The profile's latency of this link (not re-estimated: one tensor size cannot tell it
+    apart from bandwidth)."""
+    last_bytes: int
+    observations: int = 0
+    last_t: float | None = None
+
+    @property
+    def bandwidth_mbps(self) -> float | None:
+        """None: no measurable time beyond the latency."""
+        return 8.0 / (self.ms_per_byte * 1e3) if self.ms_per_byte > 0 else None
+
+    def transfer_ms(self, nbytes: int) -> float:
+        return self.latency_ms + self.ms_per_byte * nbytes
+
+
+@dataclass(frozen=True)
+class AdaptState:
+    devices: tuple[DeviceEstimate, ...] = ()
+    links: tuple[LinkEstimate, ...] = ()
+    warm: frozenset[tuple[str, int]] = frozenset()
+    """(device, epoch) pairs whose first (warm-up) result was seen."""
+
+    def device(self, name: str) -> DeviceEstimate:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        return DeviceEstimate(name)
+
+    def link(self, a: str, b: str) -> LinkEstimate | None:
+        a, b = sorted((a, b))
+        for k in self.links:
+            if (k.a, k.b) == (a, b):
+                return k
+        return None
+
+    def speed_factors(self) -> dict[str, float]:
+        return {d.name: d.speed_factor for d in self.devices}
+
+
+def start(profile: Profile) -> AdaptState:
+    """Every device as profiled (speed factor 1, no link observed)."""
+    return AdaptState(devices=tuple(DeviceEstimate(d.name) for d in profile.devices))
+
+
+def profiled_link(profile: Profile, a: str, b: str) -> tuple[float, float | None]:
+    """``(latency_ms, bandwidth_mbps)`` of the profile's link between ``a`` and ``b``."""
+    for k in profile.links:
+        if {k.a, k.b} == {a, b}:
+            return k.latency_ms, k.bandwidth_mbps
+    return profile.default_latency_ms, profile.default_bandwidth_mbps
+
+
+def expected_ms(profile: Profile, device: str, start: int, end: int, batch_size: int) -> float:
+    """The profile's compute time of units ``[start, end)`` on ``device`` for ``batch_size``
+    images (unit times scale linearly with the batch, an approximation for partial batches)."""
+    unit_ms = profile.device(device).unit_ms
+    return sum(unit_ms[start:end]) * batch_size / profile.batch_size
+
+
+def _ewma(old: float, new: float, alpha: float, first: bool) -> float:
+    return new if first else (1.0 - alpha) * old + alpha * new
+
+
+def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:
+    others = tuple(d for d in state.devices if d.name != new.name)
+    if len(others) == len(state.devices):
+        return dataclasses.replace(state, devices=(*state.devices, new))
+    return dataclasses.replace(
+        state, devices=tuple(new if d.name == new.name else d for d in state.devices)
+    )
+
+
+def _observe_stage(
+    state: AdaptState, seen: StageSeen, profile: Profile, alpha: float
+) -> AdaptState:
+    key = (seen.device, seen.epoch)
+    if key not in state.warm:
+        return dataclasses.replace(state, warm=state.warm | {key})
+    expected = expected_ms(profile, seen.device, seen.start, seen.end, seen.batch_size)
+    if expected >= MIN_EXPECTED_MS and seen.compute_ms > 0:
+        low, high = FACTOR_RANGE
+        ratio = min(max(seen.compute_ms / expected, low), high)
+        d = state.device(seen.device)
+        # The first observation replaces the profile's 1.0 only partly: it may be an outlier.
+        d = dataclasses.replace(
+            d,
+            speed_factor=_ewma(d.speed_factor, ratio, alpha, first=False),
+            observations=d.observations + 1,
+            last_t=seen.t,
+        )
+        state = _replace_device(state, d)
+    if seen.bytes_out > 0 and seen.transfer_ms >= 0:
+        state = _observe_link(state, seen, profile, alpha)
+    return state
+
+
+def _observe_link(state: AdaptState, seen: StageSeen, profile: Profile, alpha: float) -> AdaptState:
+    latency_ms, _ = profiled_link(profile, seen.device, seen.next_device)
+    per_byte = max(seen.transfer_ms - latency_ms, 0.0) / seen.bytes_out
+    old = state.link(seen.device, seen.next_device)
+    a, b = sorted((seen.device, seen.next_device))
+    new = LinkEstimate(
+        a=a,
+        b=b,
+        ms_per_byte=_ewma(old.ms_per_byte if old else 0.0, per_byte, alpha, first=old is None),
+        latency_ms=latency_ms,
+        last_bytes=seen.bytes_out,
+        observations=(old.observations if old else 0) + 1,
+        last_t=seen.t,
+    )
+    links = tuple(k for k in state.links if (k.a, k.b) != (a, b))
+    return dataclasses.replace(state, links=(*links, new))
+
+
+def observe(
+    state: AdaptState, seen: Observation, profile: Profile, alpha: float = 0.3
+) -> AdaptState:
+    """The state after one observation (pure). ``alpha`` is the EWMA weight of the newest."""
+    if isinstance(seen, StageSeen):
+        if seen.device == COORDINATOR:
+            return state
+        return _observe_stage(state, seen, profile, alpha)
+    d = state.device(seen.device)
+    return _replace_device(
+        state,
+        dataclasses.replace(
+            d,
+            temperature_c=seen.temperature_c if seen.temperature_c is not None else d.temperature_c,
+            throttled=seen.throttled if seen.throttled is not None else d.throttled,
+            memory_percent=seen.memory_percent
+            if seen.memory_percent is not None
+            else d.memory_percent,
+        ),
+    )

@@ -1,0 +1,254 @@
+"""The adaptive controller's pure core: observe (speed factors, link estimates) and decide
+(hysteresis: threshold, hold time, minimum interval)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgesplit.adapt import (
+    AdaptPolicy,
+    AdaptState,
+    DeviceEstimate,
+    Hold,
+    SensorsSeen,
+    StageSeen,
+    decide,
+    live_problem,
+    observe,
+    start,
+)
+from edgesplit.autoplan import PlanRequest
+from edgesplit.config import COORDINATOR
+from edgesplit.errors import PlanError
+from edgesplit.profiler import DeviceProfile, LinkProfile, Profile, UnitProfile
+
+UNITS = 8
+UNIT_MS = 10.0
+OUT_BYTES = 100_000
+NAMES = ("pi1", "pi2", "pi3")
+REQUEST = PlanRequest("throughput")
+
+
+def profile(links: tuple[LinkProfile, ...] = ()) -> Profile:
+    units = tuple(
+        UnitProfile(i, f"u{i}", f"u{i}", 10, 10, OUT_BYTES, 40, 2 * OUT_BYTES) for i in range(UNITS)
+    )
+    devices = tuple(
+        DeviceProfile(
+            name=n,
+            unit_ms=(UNIT_MS,) * UNITS,
+            unit_spread_ms=(0.0,) * UNITS,
+            threads=1,
+            cpu_count=4,
+            cpus=0.5,
+            memory_budget_bytes=None,
+            idle_w=2.7,
+            busy_w=6.4,
+        )
+        for n in NAMES
+    )
+    return Profile(
+        model="m",
+        input_size=32,
+        batch_size=8,
+        num_classes=10,
+        input_bytes=OUT_BYTES,
+        units=units,
+        devices=devices,
+        links=links,
+        default_bandwidth_mbps=None,
+        default_latency_ms=0.2,
+    )
+
+
+PROFILE = profile()
+BALANCED = (("pi1", 0, 3), ("pi2", 3, 6), ("pi3", 6, 8))
+
+
+def seen(
+    device: str, compute_ms: float, *, epoch: int = 1, t: float = 0.0, **kw: object
+) -> StageSeen:
+    start_, end = {"pi1": (0, 3), "pi2": (3, 6), "pi3": (6, 8)}[device]
+    fields: dict[str, object] = dict(
+        t=t, device=device, epoch=epoch, start=start_, end=end, batch_size=8,
+        compute_ms=compute_ms, transfer_ms=0.3, bytes_out=OUT_BYTES, next_device=COORDINATOR,
+    )  # fmt: skip
+    fields.update(kw)
+    return StageSeen(**fields)  # type: ignore[arg-type]
+
+
+def factors(**f: float) -> AdaptState:
+    """A state with settled speed factors (plenty of observations) for every device."""
+    return AdaptState(
+        devices=tuple(DeviceEstimate(n, f.get(n, 1.0), observations=100) for n in NAMES)
+    )
+
+
+# --- observe ---------------------------------------------------------------------------------
+
+
+def test_speed_factor_skips_warm_up_and_converges_to_observed_ratio() -> None:
+    state = start(PROFILE)
+    state = observe(state, seen("pi2", 500.0), PROFILE)  # warm-up of epoch 1: ignored
+    assert state.device("pi2").speed_factor == 1.0
+    assert state.device("pi2").observations == 0
+    for _ in range(30):
+        state = observe(state, seen("pi2", 120.0), PROFILE)  # profiled 30 ms: 4x slower
+    assert state.device("pi2").speed_factor == pytest.approx(4.0, rel=1e-3)
+    assert state.device("pi1").speed_factor == 1.0  # nothing seen there
+    # A new epoch's first result is its warm-up again.
+    before = state.device("pi2")
+    state = observe(state, seen("pi2", 1.0, epoch=2), PROFILE)
+    assert state.device("pi2") == before
+
+
+def test_speed_factor_scales_the_profile_by_batch_size() -> None:
+    state = start(PROFILE)
+    for _ in range(30):  # a partial batch of 4 images in 15 ms = the profile's speed
+        state = observe(state, seen("pi1", 15.0, batch_size=4), PROFILE)
+    assert state.device("pi1").speed_factor == pytest.approx(1.0)
+
+
+def test_sensors_keep_the_newest_known_reading() -> None:
+    state = observe(start(PROFILE), SensorsSeen(1.0, "pi1", 60.0, 0x4, 50.0), PROFILE)
+    state = observe(state, SensorsSeen(2.0, "pi1", None, None, 70.0), PROFILE)
+    d = state.device("pi1")
+    assert (d.temperature_c, d.throttled, d.memory_percent) == (60.0, 0x4, 70.0)
+
+
+def test_slow_link_replaces_the_profile_in_the_live_problem() -> None:
+    state = start(PROFILE)
+    # 100 kB in 16.2 ms with 0.2 ms latency: 50 Mbit/s.
+    hops = [seen("pi1", 30.0, transfer_ms=16.2, next_device="pi2") for _ in range(20)]
+    for hop in hops:
+        state = observe(state, hop, PROFILE)
+    problem, changed = live_problem(state, PROFILE)
+    assert changed["pi1-pi2"]["bandwidth_mbps"] == pytest.approx(50.0, rel=1e-3)
+    assert problem.link("pi2", "pi1").transfer_ms(OUT_BYTES) == pytest.approx(16.2, rel=1e-3)
+    # A transfer as fast as the profile (RPC jitter) leaves the profile's link.
+    fast = start(PROFILE)
+    for _ in range(20):
+        fast = observe(fast, seen("pi1", 30.0, transfer_ms=0.9, next_device="pi2"), PROFILE)
+    problem, changed = live_problem(fast, PROFILE)
+    assert changed == {}
+    assert problem.link("pi1", "pi2").transfer_ms(OUT_BYTES) == pytest.approx(0.2)
+
+
+def test_live_problem_multiplies_unit_times_by_speed_factor() -> None:
+    problem, _ = live_problem(factors(pi2=3.0), PROFILE)
+    assert problem.device("pi2").unit_ms == (30.0,) * UNITS
+    assert problem.device("pi1").unit_ms == (10.0,) * UNITS
+
+
+# --- decide ----------------------------------------------------------------------------------
+
+
+def test_no_switch_while_the_current_plan_is_best() -> None:
+    d = decide(factors(), PROFILE, BALANCED, REQUEST, AdaptPolicy(), now=0.0)
+    assert not d.switch
+    assert d.gain == 0.0
+    assert "below the threshold" in d.reason
+
+
+def test_no_judgement_before_enough_observations() -> None:
+    d = decide(start(PROFILE), PROFILE, BALANCED, REQUEST, AdaptPolicy(), now=0.0)
+    assert not d.switch
+    assert d.reason.startswith("observing")
+
+
+def test_steady_gain_switches_once_after_the_hold_time() -> None:
+    policy = AdaptPolicy(hold_s=3.0, min_interval_s=10.0)
+    state = factors(pi2=4.0)
+    hold, current, switches = Hold(), BALANCED, []
+    for tick in range(40):  # 20 s, a decision every 0.5 s
+        now = tick * 0.5
+        d = decide(state, PROFILE, current, REQUEST, policy, now, hold)
+        hold = d.hold
+        if d.switch:
+            assert d.best is not None
+            switches.append((now, d))
+            current = d.best
+    assert [t for t, _ in switches] == [3.0]
+    d = switches[0][1]
+    assert d.gain is not None and d.gain >= 0.15
+    assert d.best_ips is not None and d.current_ips is not None
+    assert d.best_ips > 1.15 * d.current_ips
+    assert "pi2 x4.0" in d.reason
+    # The new plan gives pi2 less than the old one did.
+    assert sum(b - a for n, a, b in current if n == "pi2") < 3
+
+
+def test_a_gain_shorter_than_the_hold_time_never_switches() -> None:
+    policy = AdaptPolicy(hold_s=3.0)
+    hold = Hold()
+    for tick in range(60):  # 30 s: pi2 slow for 2.5 s, normal for 0.5 s, and again
+        now = tick * 0.5
+        state = factors(pi2=4.0) if tick % 6 != 5 else factors()
+        d = decide(state, PROFILE, BALANCED, REQUEST, policy, now, hold)
+        hold = d.hold
+        assert not d.switch, d.reason
+
+
+def test_alternating_noise_does_not_oscillate() -> None:
+    """pi2 and pi3 take turns being slow every 4 s (longer than the hold time): the switches
+    stay at least the minimum interval apart."""
+    policy = AdaptPolicy(hold_s=3.0, min_interval_s=10.0)
+    hold, current, switched_at = Hold(), BALANCED, []
+    for tick in range(120):  # 60 s
+        now = tick * 0.5
+        state = factors(pi2=4.0) if (now // 4) % 2 == 0 else factors(pi3=4.0)
+        d = decide(state, PROFILE, current, REQUEST, policy, now, hold)
+        hold = d.hold
+        if d.switch:
+            assert d.best is not None
+            switched_at.append(now)
+            current = d.best
+    gaps = [b - a for a, b in zip(switched_at, switched_at[1:], strict=False)]
+    assert all(gap >= policy.min_interval_s for gap in gaps), switched_at
+    assert 1 <= len(switched_at) <= 60 / policy.min_interval_s
+
+
+def test_minimum_interval_delays_a_second_switch() -> None:
+    policy = AdaptPolicy(hold_s=1.0, min_interval_s=10.0)
+    hold = Hold(last_switch=0.0, stages=BALANCED)
+    state = factors(pi2=4.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 2.0, hold)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 5.0, d.hold)
+    assert not d.switch
+    assert "last switch was 5.0 s ago" in d.reason
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 10.0, d.hold)
+    assert d.switch
+
+
+def test_a_plan_changed_under_the_controller_resets_the_hold() -> None:
+    policy = AdaptPolicy(hold_s=3.0)
+    state = factors(pi2=4.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 0.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 2.5, d.hold)
+    other = (("pi1", 0, 4), ("pi2", 4, 6), ("pi3", 6, 8))
+    d = decide(state, PROFILE, other, REQUEST, policy, 3.5, d.hold)
+    assert not d.switch
+    assert "held 0.0 s" in d.reason
+
+
+def test_current_plan_on_a_lost_device_waits_for_the_runner() -> None:
+    d = decide(factors(), PROFILE, BALANCED, REQUEST, AdaptPolicy(), 0.0, usable=["pi1", "pi3"])
+    assert not d.switch
+    assert "pi2" in d.reason and "not usable" in d.reason
+
+
+def test_decision_to_dict_is_plain_json() -> None:
+    import json
+
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, AdaptPolicy(hold_s=0), 0.0)
+    assert d.switch
+    data = json.loads(json.dumps(d.to_dict()))
+    assert data["current"][1] == {"device": "pi2", "units": [3, 6]}
+    assert data["speed_factors"]["pi2"] == 4.0
+
+
+def test_bad_policy_is_a_clear_error() -> None:
+    with pytest.raises(PlanError, match="alpha must be in"):
+        AdaptPolicy(alpha=0.0)
+    with pytest.raises(PlanError, match="hold_s must be"):
+        AdaptPolicy(hold_s=-1.0)
