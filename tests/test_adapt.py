@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from edgesplit.adapt import (
@@ -203,7 +205,7 @@ def test_alternating_noise_does_not_oscillate() -> None:
             assert d.best is not None
             switched_at.append(now)
             current = d.best
-    gaps = [b - a for a, b in zip(switched_at, switched_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(switched_at)]
     assert all(gap >= policy.min_interval_s for gap in gaps), switched_at
     assert 1 <= len(switched_at) <= 60 / policy.min_interval_s
 
