@@ -7,6 +7,7 @@ This is the library behind ``edgesplit run``; the CLI only builds a :class:`RunC
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -21,12 +22,14 @@ import torch
 from torch import nn
 
 from edgesplit import autoplan, checkpoints, data, engines, graph, models, planner
+from edgesplit.adapt.controller import Controller
+from edgesplit.adapt.policy import AdaptPolicy
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.energy import device_energy, energy_summary
-from edgesplit.metrics.live import LiveCallback
+from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.summary import (
     DeviceRow,
     StageInfo,
@@ -102,6 +105,9 @@ class RunConfig:
     """Activation format between stages (a link's own ``wire`` in the cluster file wins)."""
     calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES
     """Training images that calibrate int8 stages."""
+    adaptive: bool = False
+    """Re-plan while the run goes from observed speeds and links (needs ``auto``)."""
+    adapt_policy: AdaptPolicy = field(default_factory=AdaptPolicy)
 
 
 @dataclass
@@ -372,6 +378,11 @@ def run_job(
     planned = autoplan.PlanRequest(
         config.objective, config.max_latency_ms, config.min_throughput_ips
     )  # checks the objective before anything starts
+    if config.adaptive and (config.partition or "auto") != "auto":
+        raise ConfigError(
+            f"--adaptive plans from the devices' profile: it needs --partition auto, "
+            f"got {config.partition!r}"
+        )
     count = len(config.cpus_each) if config.cpus_each else config.devices
     injector: Injector | None = None
     # Measured here for a fixed partition and its re-plans after a device loss; ``auto`` plans
@@ -381,6 +392,7 @@ def run_job(
     execution = execution_for(config, dataset, size, notes)
     profile: Profile | None = None
     chosen: planner.Plan | None = None
+    controller: Controller | None = None
 
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
@@ -437,17 +449,23 @@ def run_job(
         if emulated is not None and injections:
             injector = Injector(emulated, injections).start()
             stack.callback(injector.stop)  # before the cluster closes
+        replan = (
+            autoplan.replanner(profile, planned, initial)
+            if profile is not None
+            else replanner(initial, costs or unit_costs(config, ug))
+        )
+        if config.adaptive and profile is not None:
+            controller = Controller(coordinator, profile, planned, config.adapt_policy).start()
+            stack.callback(controller.stop)
+            replan, on_live = controller.replan, with_adaptive_line(on_live, controller)
         try:
             record = coordinator.run(
                 batches(),
                 window=window,
                 on_result=on_result,
-                replan=(
-                    autoplan.replanner(profile, planned, initial)
-                    if profile is not None
-                    else replanner(initial, costs or unit_costs(config, ug))
-                ),
+                replan=replan,
                 on_live=on_live,
+                observer=controller.observe if controller else None,
             )
         except RunAborted as exc:
             aborted, record = exc, exc.record
@@ -506,6 +524,7 @@ def run_job(
         "rtt_ms": record.rtt_ms,
         **fault_summary(record),
         "injected": relative(injector.events, record.started) if injector else [],
+        "adaptive": controller.summary() if controller else None,
         "notes": notes,
     }
     if aborted is not None:
@@ -525,9 +544,23 @@ def run_job(
         profile.save(folder / "profile.json")
     if chosen is not None:
         (folder / "plan.txt").write_text(chosen.table() + "\n")
+    if controller is not None:
+        controller.write_plans(folder, record.started)
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
     return RunOutcome(folder, summary, rows, notes)
+
+
+def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:
+    """``on_live`` with the controller's last decision in every snapshot."""
+    if on_live is None:
+        return None
+    show = on_live
+
+    def shown(snapshot: LiveSnapshot) -> None:
+        show(dataclasses.replace(snapshot, adaptive=controller.line()))
+
+    return shown
 
 
 def fault_summary(record: RunRecord) -> dict[str, object]:

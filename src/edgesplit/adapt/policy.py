@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesplit import planner
-from edgesplit.adapt.state import AdaptState, profiled_link
+from edgesplit.adapt.state import DEFAULT_SMOOTHING_S, AdaptState, profiled_link
 from edgesplit.autoplan import PlanRequest
 from edgesplit.errors import PlanError
 from edgesplit.profiler import Profile, to_problem
@@ -42,25 +42,23 @@ class AdaptPolicy:
     """How long the gain must hold without a break."""
     min_interval_s: float = 10.0
     """Least time between two switches."""
-    alpha: float = 0.3
-    """EWMA weight of the newest observation."""
+    smoothing_s: float = DEFAULT_SMOOTHING_S
+    """Time constant of the speed factors' and links' EWMA."""
     min_observations: int = 3
     """Observations of each device in the current plan before it is judged."""
     link_slack: float = 1.5
     """A link's estimate replaces the profile only when it predicts a transfer this many times
     slower than the profile (and at least ``link_slack_ms`` more): RPC overhead and jitter stay
     out of the plan."""
-    link_slack_ms: float = 2.0
+    link_slack_ms: float = 5.0
     max_memory_percent: float = 95.0
     """Devices using more memory than this are not offered to the planner."""
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "hold_s", "min_interval_s", "link_slack_ms"):
+        for name in ("threshold", "hold_s", "min_interval_s", "link_slack_ms", "smoothing_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise PlanError(f"adapt policy {name} must be a finite number >= 0, got {value!r}")
-        if not 0 < self.alpha <= 1:
-            raise PlanError(f"adapt policy alpha must be in (0, 1], got {self.alpha!r}")
         if self.link_slack < 1:
             raise PlanError(f"adapt policy link_slack must be >= 1, got {self.link_slack!r}")
 

@@ -3,12 +3,16 @@ link a transfer estimate, built by a pure :func:`observe` from what the run sees
 
 - **Speed factor** of a device: observed stage compute time / the profile's time for the same
   units at the same batch size (the profile's unit times scaled by observed batch / profiled
-  batch), smoothed by an EWMA. 1.0 = as profiled; 3.0 = three times slower (a CPU hog, heat,
-  another tenant). The first result of a device in each plan epoch is skipped: a freshly
-  installed stage warms up (onnxruntime sessions, caches).
-- **Link estimate**: an EWMA of the observed milliseconds per byte beyond the profiled latency
-  (``transfer_ms - latency_ms) / bytes_out``), from each hop's send to its arrival at the next
-  hop. It stands for the link's current bandwidth.
+  batch), smoothed by an EWMA of its logarithm (a geometric mean: a stage caught by a CPU
+  quota's period is a multiplicative outlier) with time constant ``smoothing_s``, so the
+  smoothing does not depend on the result rate. 1.0 = as profiled; 3.0 = three times slower
+  (a CPU hog, heat, another tenant). The first result of a device in each plan epoch is
+  skipped: a freshly installed stage warms up (onnxruntime sessions, caches).
+- **Link estimate**: an EWMA (of the logarithm, like the speed factors: a receiver starved of
+  CPU for a moment is a multiplicative outlier) of the observed milliseconds per byte beyond the
+  profiled latency (``transfer_ms - latency_ms) / bytes_out``), from each hop's send to its
+  arrival at the next hop. It stands for the link's current bandwidth. Device-to-device links
+  only: the result return's arrival includes the coordinator's own queueing.
 - **Sensors** (from heartbeats): temperature, throttling flags and memory use, newest wins.
 
 Devices and links the current plan does not use keep their last estimate (nothing is observed
@@ -18,6 +22,7 @@ there); the profile stands in until something is.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from edgesplit.config import COORDINATOR
@@ -27,6 +32,13 @@ MIN_EXPECTED_MS = 0.05
 """Stages the profile times below this are too short to tell a speed from noise."""
 FACTOR_RANGE = (0.05, 50.0)
 """One observation moves a speed factor at most to these bounds (a glitch is not a fact)."""
+MIN_MS_PER_BYTE = 1e-9
+"""A transfer no slower than the latency: 8 Tbit/s, i.e. free."""
+DEFAULT_SMOOTHING_S = 2.0
+FIRST_WEIGHT = 0.5
+"""The first observation replaces the profile only half: it may be an outlier."""
+MIN_WEIGHT = 0.02
+"""Observations that arrive together (dt ~ 0) still count a little each."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,13 @@ def expected_ms(profile: Profile, device: str, start: int, end: int, batch_size:
     return sum(unit_ms[start:end]) * batch_size / profile.batch_size
 
 
-def _ewma(old: float, new: float, alpha: float, first: bool) -> float:
-    return new if first else (1.0 - alpha) * old + alpha * new
+def weight(last_t: float | None, t: float, smoothing_s: float) -> float:
+    """The newest observation's EWMA weight after ``t - last_t`` seconds."""
+    if last_t is None:
+        return FIRST_WEIGHT
+    if smoothing_s <= 0:
+        return 1.0
+    return max(1.0 - math.exp(-max(t - last_t, 0.0) / smoothing_s), MIN_WEIGHT)
 
 
 def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:
@@ -154,7 +171,7 @@ def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:
 
 
 def _observe_stage(
-    state: AdaptState, seen: StageSeen, profile: Profile, alpha: float
+    state: AdaptState, seen: StageSeen, profile: Profile, smoothing_s: float
 ) -> AdaptState:
     key = (seen.device, seen.epoch)
     if key not in state.warm:
@@ -164,28 +181,37 @@ def _observe_stage(
         low, high = FACTOR_RANGE
         ratio = min(max(seen.compute_ms / expected, low), high)
         d = state.device(seen.device)
-        # The first observation replaces the profile's 1.0 only partly: it may be an outlier.
+        w = weight(d.last_t, seen.t, smoothing_s)
         d = dataclasses.replace(
             d,
-            speed_factor=_ewma(d.speed_factor, ratio, alpha, first=False),
+            speed_factor=math.exp((1.0 - w) * math.log(d.speed_factor) + w * math.log(ratio)),
             observations=d.observations + 1,
             last_t=seen.t,
         )
         state = _replace_device(state, d)
-    if seen.bytes_out > 0 and seen.transfer_ms >= 0:
-        state = _observe_link(state, seen, profile, alpha)
+    # Links to the coordinator stay as profiled: their arrival time includes the coordinator's
+    # own queueing (one busy Python process), which is not the network.
+    if seen.bytes_out > 0 and seen.transfer_ms >= 0 and seen.next_device != COORDINATOR:
+        state = _observe_link(state, seen, profile, smoothing_s)
     return state
 
 
-def _observe_link(state: AdaptState, seen: StageSeen, profile: Profile, alpha: float) -> AdaptState:
+def _observe_link(
+    state: AdaptState, seen: StageSeen, profile: Profile, smoothing_s: float
+) -> AdaptState:
     latency_ms, _ = profiled_link(profile, seen.device, seen.next_device)
     per_byte = max(seen.transfer_ms - latency_ms, 0.0) / seen.bytes_out
+    per_byte = max(per_byte, MIN_MS_PER_BYTE)
     old = state.link(seen.device, seen.next_device)
     a, b = sorted((seen.device, seen.next_device))
+    # The first observation of a link is all there is (the profile has no per-byte figure).
+    w = 1.0 if old is None else weight(old.last_t, seen.t, smoothing_s)
     new = LinkEstimate(
         a=a,
         b=b,
-        ms_per_byte=_ewma(old.ms_per_byte if old else 0.0, per_byte, alpha, first=old is None),
+        ms_per_byte=math.exp(
+            (1.0 - w) * math.log(old.ms_per_byte if old else per_byte) + w * math.log(per_byte)
+        ),
         latency_ms=latency_ms,
         last_bytes=seen.bytes_out,
         observations=(old.observations if old else 0) + 1,
@@ -196,13 +222,16 @@ def _observe_link(state: AdaptState, seen: StageSeen, profile: Profile, alpha: f
 
 
 def observe(
-    state: AdaptState, seen: Observation, profile: Profile, alpha: float = 0.3
+    state: AdaptState,
+    seen: Observation,
+    profile: Profile,
+    smoothing_s: float = DEFAULT_SMOOTHING_S,
 ) -> AdaptState:
-    """The state after one observation (pure). ``alpha`` is the EWMA weight of the newest."""
+    """The state after one observation (pure); ``smoothing_s`` is the EWMA's time constant."""
     if isinstance(seen, StageSeen):
         if seen.device == COORDINATOR:
             return state
-        return _observe_stage(state, seen, profile, alpha)
+        return _observe_stage(state, seen, profile, smoothing_s)
     d = state.device(seen.device)
     return _replace_device(
         state,

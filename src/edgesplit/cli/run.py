@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from edgesplit import models
+from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import parse_cpus
 from edgesplit.config import load_cluster
@@ -149,6 +150,33 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="With --objective energy: the plan's predicted images/s must reach this.",
 )
 @click.option(
+    "--adaptive",
+    is_flag=True,
+    help="Re-plan while the run goes: switch plans when observed device speeds or link "
+    "bandwidths make another plan predictably better (needs --partition auto).",
+)
+@click.option(
+    "--adapt-threshold",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --adaptive: least predicted gain (0.15 = 15 %) worth a plan switch.",
+)
+@click.option(
+    "--adapt-hold",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --adaptive: seconds the gain must hold before a switch.",
+)
+@click.option(
+    "--adapt-interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --adaptive: least seconds between two switches.",
+)
+@click.option(
     "--reprofile",
     is_flag=True,
     help="Measure the devices again even when a cached profile fits.",
@@ -262,6 +290,10 @@ def run_command(
     objective: str,
     max_latency_ms: float | None,
     min_throughput_ips: float | None,
+    adaptive: bool,
+    adapt_threshold: float,
+    adapt_hold: float,
+    adapt_interval: float,
     reprofile: bool,
     batch_size: int,
     limit: int | None,
@@ -316,6 +348,8 @@ def run_command(
         precision=precision,
         wire=wire,
         calibration_images=calibration_images,
+        adaptive=adaptive,
+        adapt_policy=AdaptPolicy(adapt_threshold, adapt_hold, adapt_interval),
     )
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)

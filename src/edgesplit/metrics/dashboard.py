@@ -49,8 +49,10 @@ def live_table(snapshot: LiveSnapshot, total: int | None = None) -> Table:
             str(d.images),
             str(d.failures),
         )
-    if snapshot.last_failure:
-        table.caption = f"last failure: {snapshot.last_failure}"
+    captions = [f"last failure: {snapshot.last_failure}"] if snapshot.last_failure else []
+    captions += [snapshot.adaptive] if snapshot.adaptive else []
+    if captions:
+        table.caption = "\n".join(captions)
     return table
 
 

@@ -50,6 +50,9 @@ class ResultSeen:
     latency_s: float
     """Upload start to arrival."""
     hops: tuple[HopSeen, ...] = ()
+    records: tuple[HopRecord, ...] = ()
+    """The full hop records (compute and transfer times), for observers such as the adaptive
+    controller; the reducer reads ``hops`` only."""
 
     @classmethod
     def from_records(
@@ -61,6 +64,7 @@ class ResultSeen:
             images=images,
             latency_s=arrival - send_start,
             hops=tuple(HopSeen(h.device, h.stage, h.batch_size, h.end) for h in hops),
+            records=tuple(hops),
         )
 
 
@@ -77,6 +81,8 @@ class Reading:
     memory_percent: float | None = None
     rss_mb: float | None = None
     temperature_c: float | None = None
+    throttled: int | None = None
+    """Raspberry Pi firmware throttling flags (0 = none)."""
 
     @classmethod
     def from_samples(cls, samples: Sequence[Mapping[str, Any]]) -> Reading | None:
@@ -101,6 +107,7 @@ class Reading:
             memory_percent=latest("memory_percent"),
             rss_mb=latest("rss_mb"),
             temperature_c=latest("temperature_c"),
+            throttled=None if newest.get("throttled") is None else int(newest["throttled"]),
         )
 
 
@@ -291,6 +298,8 @@ class LiveSnapshot:
     last_failure: str | None
     devices: tuple[DeviceSnapshot, ...]
     """By stage; devices without a stage last."""
+    adaptive: str | None = None
+    """The adaptive controller's last decision (``edgesplit run --adaptive``)."""
 
 
 def _by_stage(d: DeviceLive) -> tuple[bool, int, int]:
@@ -374,37 +383,45 @@ def pipeline_line(s: LiveSnapshot, total: int | None = None) -> str:
 
 
 def plain_lines(s: LiveSnapshot, total: int | None = None) -> list[str]:
-    """The non-terminal dashboard: the pipeline line, then one line per device."""
-    return [pipeline_line(s, total), *(device_line(d) for d in s.devices)]
+    """The non-terminal dashboard: the pipeline line, one line per device, then the adaptive
+    controller's last decision (if it runs)."""
+    adaptive = [s.adaptive] if s.adaptive else []
+    return [pipeline_line(s, total), *(device_line(d) for d in s.devices), *adaptive]
 
 
 # --- the thread-safe feed ---------------------------------------------------------------------
 
 
 LiveCallback = Callable[[LiveSnapshot], None]
+LiveObserver = Callable[[LiveEvent], None]
 
 
 class LiveFeed:
     """Applies events from the run's threads (results on the caller's, Status on the poller's)
-    and calls ``on_live`` with the new snapshot after each. Calls are serialised by a lock, so
-    ``on_live`` needs no locking of its own but must be quick (it delays the run); throttle
-    any rendering there."""
+    and calls ``on_live`` with the new snapshot after each, and ``observer`` with the event
+    itself. Calls are serialised by a lock, so neither needs locking of its own but both must
+    be quick (they delay the run); throttle any rendering there."""
 
     def __init__(
         self,
-        on_live: LiveCallback,
+        on_live: LiveCallback | None,
         started: float,
         stages: Sequence[str],
         window_s: float = DEFAULT_WINDOW_S,
+        observer: LiveObserver | None = None,
     ) -> None:
         self._on_live = on_live
+        self._observer = observer
         self._state = start(started, stages, window_s)
         self._lock = threading.Lock()
 
     def push(self, event: LiveEvent) -> None:
         with self._lock:
             self._state = reduce(self._state, event)
-            self._on_live(snapshot(self._state, event.t))
+            if self._on_live is not None:
+                self._on_live(snapshot(self._state, event.t))
+            if self._observer is not None:
+                self._observer(event)
 
     @property
     def state(self) -> LiveState:

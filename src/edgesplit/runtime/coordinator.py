@@ -25,7 +25,7 @@ from edgesplit import __version__
 from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
 from edgesplit.engines import Execution
 from edgesplit.errors import PlanError, WorkerError
-from edgesplit.metrics.live import LiveCallback
+from edgesplit.metrics.live import LiveCallback, LiveObserver
 from edgesplit.models import state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, wire
 from edgesplit.runtime import health as hl
@@ -99,6 +99,8 @@ class Coordinator:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.WorkerStub] = {}
         self._lock = threading.Lock()
+        self._install_lock = threading.Lock()
+        """One plan install at a time (the run loop and the adaptive controller both install)."""
         self._server: grpc.Server | None = None
         self._address: str | None = None
         self.events: queue.Queue[Event] = queue.Queue()
@@ -354,6 +356,16 @@ class Coordinator:
 
         ``execution`` (engine, precision, wire) applies from this epoch on; None keeps the
         previous epoch's."""
+        with self._install_lock:
+            return self._install_plan(stages, reason, timeout_s, execution)
+
+    def _install_plan(
+        self,
+        stages: list[tuple[str, int, int]],
+        reason: str,
+        timeout_s: float | None,
+        execution: Execution | None,
+    ) -> int:
         with self._lock:
             if execution is not None:
                 self._execution = execution
@@ -477,6 +489,7 @@ class Coordinator:
         status_interval_s: float = 0.5,
         replan: Replan | None = None,
         on_live: LiveCallback | None = None,
+        observer: LiveObserver | None = None,
     ) -> RunRecord:
         """Stream ``(request_id, input batch)`` through the installed plan with at most
         ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`.
@@ -484,8 +497,11 @@ class Coordinator:
         ``replan(usable_devices) -> [(device, start, end), ...]`` is called whenever the set of
         usable devices changes (a device is LOST, or re-admitted after probation); without it a
         lost device that holds a stage ends the run with :class:`RunAborted`.
-        ``on_live(snapshot)`` gets the live view after every result and heartbeat."""
-        run = Run(self, window, on_result, stall_timeout_s, status_interval_s, replan, on_live)
+        ``on_live(snapshot)`` gets the live view after every result and heartbeat, and
+        ``observer(event)`` every live event (e.g. the adaptive controller)."""
+        run = Run(
+            self, window, on_result, stall_timeout_s, status_interval_s, replan, on_live, observer
+        )
         return run.execute(batches)
 
     def close(self) -> None:

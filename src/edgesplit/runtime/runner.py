@@ -27,7 +27,7 @@ import torch
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import RunError, WorkerError
-from edgesplit.metrics.live import FailureSeen, LiveCallback, LiveFeed, ResultSeen
+from edgesplit.metrics.live import FailureSeen, LiveCallback, LiveFeed, LiveObserver, ResultSeen
 from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.heartbeat import Collected, HealthEvent, Heartbeats
@@ -121,6 +121,7 @@ class Run:
         status_interval_s: float,
         replan: Replan | None = None,
         on_live: LiveCallback | None = None,
+        observer: LiveObserver | None = None,
     ) -> None:
         if window < 1:
             raise RunError(f"window must be >= 1, got {window}")
@@ -147,6 +148,7 @@ class Run:
         self._transitions_seen = self._transitions_from
         self._changes_from = len(coordinator.plan_changes)
         self.on_live = on_live
+        self.observer = observer
         self.live: LiveFeed | None = None
 
     # --- sending -------------------------------------------------------------------------------
@@ -401,8 +403,9 @@ class Run:
         usable = self.c.usable_devices()
         plan_ok = all(s.device in usable for s in self.c.plan)
         self._planned_for = tuple(usable) if plan_ok else ()
-        if self.on_live is not None:
-            self.live = LiveFeed(self.on_live, started, [s.device for s in self.c.plan])
+        if self.on_live is not None or self.observer is not None:
+            stages = [s.device for s in self.c.plan]
+            self.live = LiveFeed(self.on_live, started, stages, observer=self.observer)
         beats = Heartbeats(self.c, events.put, self.status_interval_s, since, self.live).start()
         self.collected = beats.collected
         failed: RunError | None = None

@@ -1,0 +1,230 @@
+"""The thin loop around the pure policy: it turns the run's live events into observations,
+calls :func:`~edgesplit.adapt.policy.decide` every ``interval_s`` against the coordinator's
+current plan, and switches plan epochs when the policy says so.
+
+Threads: :meth:`Controller.observe` runs on the run's threads (results, heartbeats) and only
+folds an observation into the state under a lock; :meth:`Controller.tick` runs on the
+controller's own thread (planning takes milliseconds, installing a plan a few round trips).
+The current plan is read from the coordinator on every tick, so a re-plan after a device loss
+(the runner's) is taken as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgesplit import planner
+from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, Stages, decide, live_problem
+from edgesplit.adapt.state import AdaptState, Observation, SensorsSeen, StageSeen, observe, start
+from edgesplit.autoplan import PlanRequest
+from edgesplit.config import COORDINATOR
+from edgesplit.errors import EdgesplitError
+from edgesplit.metrics.live import LiveEvent, ResultSeen, StatusSeen
+from edgesplit.profiler import Profile
+
+if TYPE_CHECKING:
+    from edgesplit.runtime.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+RECORD_EVERY_S = 5.0
+"""A decision whose kind did not change is still recorded this often (plans.jsonl)."""
+PLANS_FILE = "plans.jsonl"
+
+
+def _kind(d: Decision) -> str:
+    """The decision without its numbers: a new kind is worth a line in plans.jsonl."""
+    return "switch" if d.switch else re.sub(r"[-+]?\d[\d.]*", "#", d.reason)
+
+
+class Controller:
+    """Adapts the coordinator's plan while a run goes; :meth:`start` / :meth:`stop` the loop."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        profile: Profile,
+        request: PlanRequest,
+        policy: AdaptPolicy | None = None,
+        interval_s: float = TICK_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.c = coordinator
+        self.profile = profile
+        self.request = request
+        self.policy = policy or AdaptPolicy()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._state = start(profile)
+        self._hold = Hold()
+        self._plans: dict[int, Stages] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="adapt", daemon=True)
+        self.decisions = 0
+        self.switches = 0
+        self.records: list[dict[str, Any]] = []
+        """Recorded decisions (every switch, every new kind of "why not", and periodically)."""
+        self.last: Decision | None = None
+        self._recorded: tuple[str, float] | None = None
+
+    # --- observations (run threads) --------------------------------------------------------
+
+    @property
+    def state(self) -> AdaptState:
+        with self._lock:
+            return self._state
+
+    def observe(self, event: LiveEvent) -> None:
+        """Fold one live event into the state (quick: the run waits for it)."""
+        for seen in self._observations(event):
+            with self._lock:
+                self._state = observe(self._state, seen, self.profile, self.policy.smoothing_s)
+
+    def _observations(self, event: LiveEvent) -> list[Observation]:
+        if isinstance(event, StatusSeen):
+            r = event.reading
+            if r is None:
+                return []
+            return [
+                SensorsSeen(event.t, event.device, r.temperature_c, r.throttled, r.memory_percent)
+            ]
+        if not isinstance(event, ResultSeen):
+            return []
+        out: list[Observation] = []
+        for hop in event.records:
+            plan = self._plan_of(hop.epoch)
+            if not 0 <= hop.stage < len(plan) or plan[hop.stage][0] != hop.device:
+                continue
+            _, a, b = plan[hop.stage]
+            after = plan[hop.stage + 1][0] if hop.stage + 1 < len(plan) else COORDINATOR
+            out.append(
+                StageSeen(
+                    t=hop.end,
+                    device=hop.device,
+                    epoch=hop.epoch,
+                    start=a,
+                    end=b,
+                    batch_size=hop.batch_size,
+                    compute_ms=hop.compute_ms,
+                    transfer_ms=hop.transfer_ms,
+                    bytes_out=hop.bytes_out,
+                    next_device=after,
+                )
+            )
+        return out
+
+    def _plan_of(self, epoch: int) -> Stages:
+        with self._lock:
+            plan = self._plans.get(epoch)
+        if plan is None:
+            stages = self.c.installed_epochs().get(epoch, ())
+            plan = tuple((s.device, s.start, s.end) for s in stages)
+            if plan:
+                with self._lock:
+                    self._plans[epoch] = plan
+        return plan
+
+    # --- decisions (controller thread) -----------------------------------------------------
+
+    def tick(self) -> Decision:
+        """One decision against the coordinator's current plan; switches if it says so."""
+        now = self.clock()
+        _, plan = self.c.current()
+        current = tuple((s.device, s.start, s.end) for s in plan)
+        d = decide(
+            self.state, self.profile, current, self.request, self.policy, now, self._hold,
+            self.c.usable_devices(),
+        )  # fmt: skip
+        self.decisions += 1
+        if d.switch and d.best is not None:
+            try:
+                epoch = self.c.switch_plan(list(d.best), reason=f"adaptive: {d.reason}")
+            except EdgesplitError as exc:
+                log.warning("adaptive switch failed: %s", exc)
+                d = dataclasses.replace(d, switch=False, reason=f"switch failed: {exc}")
+            else:
+                self.switches += 1
+                log.info("adaptive switch to epoch %d: %s", epoch, d.reason)
+        self._hold = d.hold
+        self.last = d
+        self._record(d, now)
+        return d
+
+    def _record(self, d: Decision, now: float) -> None:
+        kind = _kind(d)
+        if self._recorded is not None:
+            last_kind, last_t = self._recorded
+            if kind == last_kind and now - last_t < RECORD_EVERY_S:
+                return
+        self._recorded = (kind, now)
+        self.records.append(d.to_dict())
+
+    def replan(self, usable: list[str]) -> list[tuple[str, int, int]]:
+        """The runner's hook when the usable devices change: the best plan on them under the
+        live view (what the controller would pick), without waiting for the hold time."""
+        if not usable:
+            return []
+        problem, _ = live_problem(self.state, self.profile, self.policy)
+        chosen = planner.choose_plan(
+            problem,
+            self.request.objective,
+            devices=usable,
+            max_latency_ms=self.request.max_latency_ms,
+            min_throughput_ips=self.request.min_throughput_ips,
+        )
+        return [(s.device, s.start, s.end) for s in chosen.stages]
+
+    def line(self) -> str | None:
+        """The last decision for the live display."""
+        d = self.last
+        if d is None:
+            return None
+        return f"adaptive: {'switched, ' if d.switch else ''}{d.reason}"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:  # the run must go on without adaptation rather than die
+                log.exception("adaptive controller tick failed")
+
+    def start(self) -> Controller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10.0)
+
+    # --- the record ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's ``adaptive`` entry."""
+        return {
+            "decisions": self.decisions,
+            "switches": self.switches,
+            "policy": dataclasses.asdict(self.policy),
+            "speed_factors": {k: round(v, 3) for k, v in self.state.speed_factors().items()},
+            "last": self.last.reason if self.last else None,
+        }
+
+    def write_plans(self, folder: Path, started: float) -> Path:
+        """``plans.jsonl``: the recorded decisions, ``time_s`` since ``started``."""
+        path = Path(folder) / PLANS_FILE
+        with open(path, "w") as f:
+            for record in self.records:
+                entry = {"time_s": round(record["t"] - started, 3), **record}
+                del entry["t"]
+                f.write(json.dumps(entry) + "\n")
+        return path
