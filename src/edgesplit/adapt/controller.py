@@ -88,7 +88,7 @@ class Controller:
         """Fold one live event into the state (quick: the run waits for it)."""
         for seen in self._observations(event):
             with self._lock:
-                self._state = observe(self._state, seen, self.profile, self.policy.smoothing_s)
+                self._state = observe(self._state, seen, self.profile, self.policy.window_s)
 
     def _observations(self, event: LiveEvent) -> list[Observation]:
         if isinstance(event, StatusSeen):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesplit import planner
-from edgesplit.adapt.state import DEFAULT_SMOOTHING_S, AdaptState, profiled_link
+from edgesplit.adapt.state import DEFAULT_WINDOW_S, AdaptState, profiled_link
 from edgesplit.autoplan import PlanRequest
 from edgesplit.errors import PlanError
 from edgesplit.profiler import Profile, to_problem
@@ -42,8 +42,8 @@ class AdaptPolicy:
     """How long the gain must hold without a break."""
     min_interval_s: float = 10.0
     """Least time between two switches."""
-    smoothing_s: float = DEFAULT_SMOOTHING_S
-    """Time constant of the speed factors' and links' EWMA."""
+    window_s: float = DEFAULT_WINDOW_S
+    """Speed factors and link estimates are medians over this many seconds of observations."""
     min_observations: int = 3
     """Observations of each device in the current plan before it is judged."""
     link_slack: float = 1.5
@@ -55,10 +55,12 @@ class AdaptPolicy:
     """Devices using more memory than this are not offered to the planner."""
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "hold_s", "min_interval_s", "link_slack_ms", "smoothing_s"):
+        for name in ("threshold", "hold_s", "min_interval_s", "link_slack_ms"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise PlanError(f"adapt policy {name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise PlanError(f"adapt policy window_s must be a number > 0, got {self.window_s!r}")
         if self.link_slack < 1:
             raise PlanError(f"adapt policy link_slack must be >= 1, got {self.link_slack!r}")
 

@@ -3,16 +3,17 @@ link a transfer estimate, built by a pure :func:`observe` from what the run sees
 
 - **Speed factor** of a device: observed stage compute time / the profile's time for the same
   units at the same batch size (the profile's unit times scaled by observed batch / profiled
-  batch), smoothed by an EWMA of its logarithm (a geometric mean: a stage caught by a CPU
-  quota's period is a multiplicative outlier) with time constant ``smoothing_s``, so the
-  smoothing does not depend on the result rate. 1.0 = as profiled; 3.0 = three times slower
-  (a CPU hog, heat, another tenant). The first result of a device in each plan epoch is
-  skipped: a freshly installed stage warms up (onnxruntime sessions, caches).
-- **Link estimate**: an EWMA (of the logarithm, like the speed factors: a receiver starved of
-  CPU for a moment is a multiplicative outlier) of the observed milliseconds per byte beyond the
-  profiled latency (``transfer_ms - latency_ms) / bytes_out``), from each hop's send to its
-  arrival at the next hop. It stands for the link's current bandwidth. Device-to-device links
-  only: the result return's arrival includes the coordinator's own queueing.
+  batch); the estimate is the median over the last ``window_s`` seconds of observations, so a
+  stage caught by a CPU quota's period (a heavy-tailed outlier) does not move it, and a step
+  (a CPU hog starts) shows after half a window whatever the result rate. 1.0 = as profiled;
+  3.0 = three times slower (a CPU hog, heat, another tenant). The first result of a device in
+  each plan epoch is skipped: a freshly installed stage warms up (onnxruntime sessions,
+  caches).
+- **Link estimate**: the median over the same window of the observed milliseconds per byte
+  beyond the profiled latency (``(transfer_ms - latency_ms) / bytes_out``), from each hop's
+  send to its arrival at the next hop. It stands for the link's current bandwidth.
+  Device-to-device links only: the result return's arrival includes the coordinator's own
+  queueing.
 - **Sensors** (from heartbeats): temperature, throttling flags and memory use, newest wins.
 
 Devices and links the current plan does not use keep their last estimate (nothing is observed
@@ -22,7 +23,7 @@ there); the profile stands in until something is.
 from __future__ import annotations
 
 import dataclasses
-import math
+import statistics
 from dataclasses import dataclass
 
 from edgesplit.config import COORDINATOR
@@ -32,13 +33,22 @@ MIN_EXPECTED_MS = 0.05
 """Stages the profile times below this are too short to tell a speed from noise."""
 FACTOR_RANGE = (0.05, 50.0)
 """One observation moves a speed factor at most to these bounds (a glitch is not a fact)."""
-MIN_MS_PER_BYTE = 1e-9
-"""A transfer no slower than the latency: 8 Tbit/s, i.e. free."""
-DEFAULT_SMOOTHING_S = 2.0
-FIRST_WEIGHT = 0.5
-"""The first observation replaces the profile only half: it may be an outlier."""
-MIN_WEIGHT = 0.02
-"""Observations that arrive together (dt ~ 0) still count a little each."""
+DEFAULT_WINDOW_S = 3.0
+MAX_SAMPLES = 64
+"""Observations kept per device or link (the newest), whatever the window."""
+
+Samples = tuple[tuple[float, float], ...]
+"""``(t, value)`` observations inside the window, oldest first."""
+
+
+def _median(samples: Samples) -> float:
+    return statistics.median(v for _, v in samples)
+
+
+def _push(samples: Samples, t: float, value: float, window_s: float) -> Samples:
+    """``samples`` plus ``(t, value)``, without those older than ``window_s`` before ``t``."""
+    kept = [s for s in samples if s[0] > t - window_s][-(MAX_SAMPLES - 1) :]
+    return (*kept, (t, value))
 
 
 @dataclass(frozen=True)
@@ -76,12 +86,18 @@ Observation = StageSeen | SensorsSeen
 @dataclass(frozen=True)
 class DeviceEstimate:
     name: str
-    speed_factor: float = 1.0
+    samples: Samples = ()
+    """Observed compute time / profiled time, inside the window."""
     observations: int = 0
     last_t: float | None = None
     temperature_c: float | None = None
     throttled: int | None = None
     memory_percent: float | None = None
+
+    @property
+    def speed_factor(self) -> float:
+        """1.0 until observed (the profile stands)."""
+        return _median(self.samples) if self.samples else 1.0
 
 
 @dataclass(frozen=True)
@@ -90,14 +106,18 @@ class LinkEstimate:
 
     a: str
     b: str
-    ms_per_byte: float
-    """EWMA of (observed transfer - profiled latency) / bytes."""
+    samples: Samples
+    """(observed transfer - profiled latency) / bytes, inside the window."""
     latency_ms: float
     """The profile's latency of this link (not re-estimated: one tensor size cannot tell it
     apart from bandwidth)."""
     last_bytes: int
     observations: int = 0
     last_t: float | None = None
+
+    @property
+    def ms_per_byte(self) -> float:
+        return _median(self.samples)
 
     @property
     def bandwidth_mbps(self) -> float | None:
@@ -152,15 +172,6 @@ def expected_ms(profile: Profile, device: str, start: int, end: int, batch_size:
     return sum(unit_ms[start:end]) * batch_size / profile.batch_size
 
 
-def weight(last_t: float | None, t: float, smoothing_s: float) -> float:
-    """The newest observation's EWMA weight after ``t - last_t`` seconds."""
-    if last_t is None:
-        return FIRST_WEIGHT
-    if smoothing_s <= 0:
-        return 1.0
-    return max(1.0 - math.exp(-max(t - last_t, 0.0) / smoothing_s), MIN_WEIGHT)
-
-
 def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:
     others = tuple(d for d in state.devices if d.name != new.name)
     if len(others) == len(state.devices):
@@ -171,7 +182,7 @@ def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:
 
 
 def _observe_stage(
-    state: AdaptState, seen: StageSeen, profile: Profile, smoothing_s: float
+    state: AdaptState, seen: StageSeen, profile: Profile, window_s: float
 ) -> AdaptState:
     key = (seen.device, seen.epoch)
     if key not in state.warm:
@@ -181,10 +192,9 @@ def _observe_stage(
         low, high = FACTOR_RANGE
         ratio = min(max(seen.compute_ms / expected, low), high)
         d = state.device(seen.device)
-        w = weight(d.last_t, seen.t, smoothing_s)
         d = dataclasses.replace(
             d,
-            speed_factor=math.exp((1.0 - w) * math.log(d.speed_factor) + w * math.log(ratio)),
+            samples=_push(d.samples, seen.t, ratio, window_s),
             observations=d.observations + 1,
             last_t=seen.t,
         )
@@ -192,26 +202,21 @@ def _observe_stage(
     # Links to the coordinator stay as profiled: their arrival time includes the coordinator's
     # own queueing (one busy Python process), which is not the network.
     if seen.bytes_out > 0 and seen.transfer_ms >= 0 and seen.next_device != COORDINATOR:
-        state = _observe_link(state, seen, profile, smoothing_s)
+        state = _observe_link(state, seen, profile, window_s)
     return state
 
 
 def _observe_link(
-    state: AdaptState, seen: StageSeen, profile: Profile, smoothing_s: float
+    state: AdaptState, seen: StageSeen, profile: Profile, window_s: float
 ) -> AdaptState:
     latency_ms, _ = profiled_link(profile, seen.device, seen.next_device)
     per_byte = max(seen.transfer_ms - latency_ms, 0.0) / seen.bytes_out
-    per_byte = max(per_byte, MIN_MS_PER_BYTE)
     old = state.link(seen.device, seen.next_device)
     a, b = sorted((seen.device, seen.next_device))
-    # The first observation of a link is all there is (the profile has no per-byte figure).
-    w = 1.0 if old is None else weight(old.last_t, seen.t, smoothing_s)
     new = LinkEstimate(
         a=a,
         b=b,
-        ms_per_byte=math.exp(
-            (1.0 - w) * math.log(old.ms_per_byte if old else per_byte) + w * math.log(per_byte)
-        ),
+        samples=_push(old.samples if old else (), seen.t, per_byte, window_s),
         latency_ms=latency_ms,
         last_bytes=seen.bytes_out,
         observations=(old.observations if old else 0) + 1,
@@ -225,13 +230,14 @@ def observe(
     state: AdaptState,
     seen: Observation,
     profile: Profile,
-    smoothing_s: float = DEFAULT_SMOOTHING_S,
+    window_s: float = DEFAULT_WINDOW_S,
 ) -> AdaptState:
-    """The state after one observation (pure); ``smoothing_s`` is the EWMA's time constant."""
+    """The state after one observation (pure); estimates are medians over the last
+    ``window_s`` seconds of a device's (or link's) observations."""
     if isinstance(seen, StageSeen):
         if seen.device == COORDINATOR:
             return state
-        return _observe_stage(state, seen, profile, smoothing_s)
+        return _observe_stage(state, seen, profile, window_s)
     d = state.device(seen.device)
     return _replace_device(
         state,
