@@ -456,7 +456,6 @@ def run_job(
         )
         if config.adaptive and profile is not None:
             controller = Controller(coordinator, profile, planned, config.adapt_policy).start()
-            stack.callback(controller.stop)
             replan, on_live = controller.replan, with_adaptive_line(on_live, controller)
         try:
             record = coordinator.run(
@@ -469,6 +468,9 @@ def run_job(
             )
         except RunAborted as exc:
             aborted, record = exc, exc.record
+        finally:
+            if controller is not None:
+                controller.stop()  # no switch after the last result
 
     predictions = torch.full((total,), -1, dtype=torch.int64)
     for request_id, output in record.outputs.items():
