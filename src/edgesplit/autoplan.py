@@ -27,18 +27,26 @@ class PlanRequest:
     max_latency_ms: float | None = None
     min_throughput_ips: float | None = None
     devices: tuple[str, ...] | None = None
+    precision: str = "fp32"
+    """Every stage runs at this precision; the plan uses the profile's unit times for it."""
 
     def __post_init__(self) -> None:
+        from edgesplit.engines import PRECISIONS
+
         if self.objective not in planner.OBJECTIVES:
             raise ConfigError(
                 f"objective must be one of {', '.join(planner.OBJECTIVES)}, got {self.objective!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
 
 
 def plan(profile: Profile, request: PlanRequest) -> planner.Plan:
     """Plan ``profile`` for ``request`` (pure)."""
     return planner.choose_plan(
-        to_problem(profile),
+        to_problem(profile, precision=request.precision),
         request.objective,
         devices=list(request.devices) if request.devices else None,
         max_latency_ms=request.max_latency_ms,
@@ -60,7 +68,7 @@ def profile_and_plan(
     chosen = plan(profile, request)
     p = chosen.prediction
     say(
-        f"plan ({request.objective}): {chosen.partition()} on "
+        f"plan ({request.objective}, {request.precision}): {chosen.partition()} on "
         f"{', '.join(s.device for s in chosen.stages)}; predicted {p.throughput_ips:.1f} img/s, "
         f"{p.latency_ms:.1f} ms per micro-batch"
     )
@@ -84,11 +92,19 @@ def replanner(
     return replan
 
 
-def prediction_dict(chosen: planner.Plan) -> dict[str, object]:
-    """``summary.json``'s ``predicted`` entry: the plan's prediction and per-stage costs."""
+def prediction_dict(
+    chosen: planner.Plan, profile: Profile | None = None, precision: str = "fp32"
+) -> dict[str, object]:
+    """``summary.json``'s ``predicted`` entry: the plan's prediction and per-stage costs, and
+    the engine (from ``profile``) and precision each stage was planned with."""
     p = chosen.prediction
+
+    def engine(device: str) -> str | None:
+        return profile.device(device).engine if profile is not None else None
+
     return {
         "objective": chosen.objective,
+        "precision": precision,
         "throughput_ips": p.throughput_ips,
         "latency_ms": p.latency_ms,
         "bottleneck_ms": p.bottleneck_ms,
@@ -98,6 +114,8 @@ def prediction_dict(chosen: planner.Plan) -> dict[str, object]:
             {
                 "device": s.device,
                 "units": [s.start, s.end],
+                "engine": engine(s.device),
+                "precision": precision,
                 "compute_ms": s.compute_ms,
                 "transfer_ms": s.transfer_ms,
                 "memory_bytes": s.memory_bytes,

@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -415,7 +415,10 @@ def run_job(
                 batch_size=config.batch_size,
                 reprofile=config.reprofile,
                 engine=execution.engine,
+                precisions=("fp32", execution.precision),
+                calibration=execution.calibration,
             )
+            planned = replace(planned, precision=execution.precision)
             profile, chosen = autoplan.profile_and_plan(
                 coordinator, ug, config.model, resolved.num_classes, planned, settings, phase
             )
@@ -505,7 +508,9 @@ def run_job(
         "params_total": total_params,
         "partition": format_partition(ranges),
         "partition_method": config.partition or "auto",
-        "predicted": autoplan.prediction_dict(chosen) if chosen else None,
+        "predicted": (
+            autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
+        ),
         "energy": energy,
         "energy_j_per_image": energy["energy_j_per_image"],
         "plan": {

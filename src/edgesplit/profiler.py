@@ -30,6 +30,8 @@ from edgesplit.errors import ConfigError, WorkerError
 from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
 
 if TYPE_CHECKING:
+    import torch
+
     from edgesplit.graph import UnitGraph
     from edgesplit.runtime.coordinator import Coordinator
 
@@ -70,11 +72,16 @@ class DeviceProfile:
     idle_w: float
     busy_w: float
     engine: str = "torch"
-    """The engine that ran the units (fp32)."""
+    """The engine that ran the units; ``unit_ms`` are its fp32 times."""
     unit_cpu_ms: tuple[float, ...] = ()
     """Median process CPU time of each unit (all threads of the worker)."""
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False
+    precision_unit_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """Unit times at other precisions on the same engine, e.g. ``{"int8": (...)}`` (int8 unit
+    times are scaled to the whole quantized model, see :mod:`edgesplit.runtime.profiling`)."""
+    precision_unit_cpu_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """The CPU times of the same, like ``unit_cpu_ms``."""
 
     @property
     def total_ms(self) -> float:
@@ -88,11 +95,34 @@ class DeviceProfile:
         for the period is spent, then stalls, so a short timing shows the burst speed. What it
         sustains is CPU time / share; the larger of that and the measured time is used. A real
         device has no quota: its measured times are what it sustains."""
-        if self.cpus is None or len(self.unit_cpu_ms) != len(self.unit_ms):
-            return self.unit_ms
+        return self._sustained(self.unit_ms, self.unit_cpu_ms)
+
+    def _sustained(
+        self, unit_ms: tuple[float, ...], unit_cpu_ms: tuple[float, ...]
+    ) -> tuple[float, ...]:
+        if self.cpus is None or len(unit_cpu_ms) != len(unit_ms):
+            return unit_ms
         return tuple(
-            max(wall, cpu / self.cpus)
-            for wall, cpu in zip(self.unit_ms, self.unit_cpu_ms, strict=True)
+            max(wall, cpu / self.cpus) for wall, cpu in zip(unit_ms, unit_cpu_ms, strict=True)
+        )
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this device has unit times for (fp32 always)."""
+        return ("fp32", *sorted(p for p in self.precision_unit_ms if p != "fp32"))
+
+    def unit_ms_at(self, precision: str) -> tuple[float, ...]:
+        """Sustained unit times (see :attr:`sustained_ms`) at ``precision``, what the planner
+        uses; raises :class:`ConfigError` if the precision was not profiled."""
+        if precision == "fp32":
+            return self.sustained_ms
+        if precision not in self.precision_unit_ms:
+            raise ConfigError(
+                f"the profile of {self.name} has no {precision} unit times (it has "
+                f"{', '.join(self.precisions)}); profile with --precision {precision}"
+            )
+        return self._sustained(
+            self.precision_unit_ms[precision], self.precision_unit_cpu_ms.get(precision, ())
         )
 
     @property
@@ -154,17 +184,7 @@ class Profile:
                 num_classes=int(data["num_classes"]),
                 input_bytes=int(data["input_bytes"]),
                 units=tuple(UnitProfile(**u) for u in data["units"]),
-                devices=tuple(
-                    DeviceProfile(
-                        **{
-                            **d,
-                            "unit_ms": tuple(d["unit_ms"]),
-                            "unit_spread_ms": tuple(d["unit_spread_ms"]),
-                            "unit_cpu_ms": tuple(d.get("unit_cpu_ms", ())),
-                        }
-                    )
-                    for d in data["devices"]
-                ),
+                devices=tuple(_device_from_dict(d) for d in data["devices"]),
                 links=tuple(
                     LinkProfile(
                         **{**k, "sizes": tuple(k["sizes"]), "median_ms": tuple(k["median_ms"])}
@@ -183,6 +203,23 @@ class Profile:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
+
+
+def _device_from_dict(d: dict[str, Any]) -> DeviceProfile:
+    return DeviceProfile(
+        **{
+            **d,
+            "unit_ms": tuple(d["unit_ms"]),
+            "unit_spread_ms": tuple(d["unit_spread_ms"]),
+            "unit_cpu_ms": tuple(d.get("unit_cpu_ms", ())),
+            "precision_unit_ms": {
+                str(k): tuple(v) for k, v in d.get("precision_unit_ms", {}).items()
+            },
+            "precision_unit_cpu_ms": {
+                str(k): tuple(v) for k, v in d.get("precision_unit_cpu_ms", {}).items()
+            },
+        }
+    )
 
 
 def load_profile(path: Path) -> Profile:
@@ -249,9 +286,12 @@ def fit_link(sizes: tuple[int, ...], median_ms: tuple[float, ...]) -> tuple[floa
     return latency, 8.0 / (slope * 1e3)
 
 
-def to_problem(profile: Profile, cluster: ClusterSpec | None = None) -> Problem:
-    """The planner's view of ``profile``; ``cluster`` (if given) overrides memory budgets and
-    power models with the ones in the cluster file."""
+def to_problem(
+    profile: Profile, cluster: ClusterSpec | None = None, precision: str = "fp32"
+) -> Problem:
+    """The planner's view of ``profile`` with every stage at ``precision``; ``cluster`` (if
+    given) overrides memory budgets and power models with the ones in the cluster file.
+    Raises :class:`ConfigError` when a device has no unit times at ``precision``."""
     devices = []
     for d in profile.devices:
         budget, idle_w, busy_w = d.memory_budget_bytes, d.idle_w, d.busy_w
@@ -263,7 +303,7 @@ def to_problem(profile: Profile, cluster: ClusterSpec | None = None) -> Problem:
         devices.append(
             DeviceCost(
                 name=d.name,
-                unit_ms=d.sustained_ms,
+                unit_ms=d.unit_ms_at(precision),
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,
@@ -323,6 +363,25 @@ class ProfileSettings:
     """Engine to time the units on; None: each worker's default."""
     cache: Path | None = None
     """Where device profiles are cached; None: the user cache folder."""
+    precisions: tuple[str, ...] = ("fp32",)
+    """Precisions to time the units at (fp32 is always timed)."""
+    calibration: torch.Tensor | None = None
+    """Model inputs that calibrate int8 units (needed when ``precisions`` has int8)."""
+
+    def __post_init__(self) -> None:
+        from edgesplit.engines import PRECISIONS
+
+        for precision in self.precisions:
+            if precision not in PRECISIONS:
+                raise ConfigError(
+                    f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+                )
+        if "int8" in self.precisions and self.calibration is None:
+            raise ConfigError("profiling int8 unit times needs calibration images")
+
+    @property
+    def extra_precisions(self) -> tuple[str, ...]:
+        return tuple(p for p in dict.fromkeys(self.precisions) if p != "fp32")
 
 
 def profile_cluster(
@@ -335,7 +394,6 @@ def profile_cluster(
 ) -> Profile:
     """Profile every device of the coordinator's cluster (the model must be loaded on them)
     one at a time (emulated devices share a host), then probe the links."""
-    from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
     say = progress or (lambda text: log.info("%s", text))
     spec = coordinator.cluster
@@ -355,6 +413,8 @@ def profile_cluster(
             "torch": reply.torch_version,
             "python": reply.python_version,
         }
+        if settings.extra_precisions:  # fp32-only identities stay as they were
+            identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
         key = cache_key(model, ug.input_shape[-1], settings.batch_size, num_classes, identity)
         path = folder / f"{key}.json"
         cached = None if settings.reprofile else _read_cached(path, len(units))
@@ -363,21 +423,13 @@ def profile_cluster(
             devices.append(replace(cached, name=d.name, cached=True, **_budget(d, cached)))
             continue
         say(f"{d.name}: timing {len(units)} units (batch {settings.batch_size})")
-        request = pb.ProfileRequest(
-            batch_size=settings.batch_size,
-            warmup=settings.warmup,
-            repeats=settings.repeats,
-            engine=settings.engine or "",
-        )
-        try:
-            answer = coordinator.stub(d.name).Profile(request, timeout=PROFILE_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            raise coordinator.worker_error(d.name, "profiling", exc) from None
-        if len(answer.unit_ms) != len(units):
-            raise WorkerError(
-                f"{coordinator.where(d.name)} timed {len(answer.unit_ms)} units, expected "
-                f"{len(units)}; check that edgesplit and torch versions match"
-            )
+        answer = _profile_one(coordinator, d.name, settings, "fp32", len(units))
+        extra, extra_cpu = {}, {}
+        for precision in settings.extra_precisions:
+            say(f"{d.name}: timing {len(units)} units at {precision}")
+            got = _profile_one(coordinator, d.name, settings, precision, len(units))
+            extra[precision] = tuple(got.unit_ms)
+            extra_cpu[precision] = tuple(got.unit_cpu_ms)
         available = int(answer.available_memory_mb * 2**20)
         device = DeviceProfile(
             name=d.name,
@@ -392,6 +444,8 @@ def profile_cluster(
             busy_w=d.power.busy_w,
             engine=answer.engine or "torch",
             versions={k: str(v) for k, v in identity.items() if k not in ("device", "host")},
+            precision_unit_ms=extra,
+            precision_unit_cpu_ms=extra_cpu,
         )
         device = replace(device, **_budget(d, device))
         _write_cached(path, device)
@@ -412,6 +466,34 @@ def profile_cluster(
     )
 
 
+def _profile_one(
+    coordinator: Coordinator, name: str, settings: ProfileSettings, precision: str, units: int
+) -> Any:
+    """One device's ProfileReply at ``precision``, checked for the unit count."""
+    from edgesplit.runtime import codec
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+    request = pb.ProfileRequest(
+        batch_size=settings.batch_size,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        engine=settings.engine or "",
+        precision=precision,
+    )
+    if precision == "int8" and settings.calibration is not None:
+        codec.encode(settings.calibration.float(), out=request.calibration)
+    try:
+        answer = coordinator.stub(name).Profile(request, timeout=PROFILE_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise coordinator.worker_error(name, f"profiling at {precision}", exc) from None
+    if len(answer.unit_ms) != units:
+        raise WorkerError(
+            f"{coordinator.where(name)} timed {len(answer.unit_ms)} units, expected "
+            f"{units}; check that edgesplit and torch versions match"
+        )
+    return answer
+
+
 def _budget(spec_device: Any, device: DeviceProfile) -> dict[str, Any]:
     """The cluster file's memory budget and power model win over the measured/cached ones."""
     out: dict[str, Any] = {"idle_w": spec_device.power.idle_w, "busy_w": spec_device.power.busy_w}
@@ -422,18 +504,11 @@ def _budget(spec_device: Any, device: DeviceProfile) -> dict[str, Any]:
 
 def _read_cached(path: Path, num_units: int) -> DeviceProfile | None:
     try:
-        data = json.loads(path.read_text())
-        device = DeviceProfile(
-            **{
-                **data,
-                "unit_ms": tuple(data["unit_ms"]),
-                "unit_spread_ms": tuple(data["unit_spread_ms"]),
-                "unit_cpu_ms": tuple(data.get("unit_cpu_ms", ())),
-            }
-        )
-    except (OSError, ValueError, TypeError, KeyError):
+        device = _device_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # no cache, or a damaged one: measure again
-    return device if len(device.unit_ms) == num_units else None
+    lengths = {len(device.unit_ms), *(len(v) for v in device.precision_unit_ms.values())}
+    return device if lengths == {num_units} else None
 
 
 def _write_cached(path: Path, device: DeviceProfile) -> None:

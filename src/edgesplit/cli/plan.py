@@ -45,6 +45,14 @@ from edgesplit.cli import main
     default=None,
     help="With --objective energy: predicted images/s must reach this.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Plan with the profile's unit times at this precision (int8 needs a profile "
+    "made with edgesplit profile --precision int8).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(
     profile_path: Path,
@@ -52,6 +60,7 @@ def plan_command(
     devices: str | None,
     max_latency_ms: float | None,
     min_throughput_ips: float | None,
+    precision: str,
     as_json: bool,
 ) -> None:
     """The best partition for an objective, from a profile.
@@ -68,7 +77,8 @@ def plan_command(
     names = tuple(n.strip() for n in devices.split(",") if n.strip()) if devices else None
     for name in names or ():
         profile.device(name)  # a clear error for an unknown name
-    chosen = plan(profile, PlanRequest(objective, max_latency_ms, min_throughput_ips, names))
+    request = PlanRequest(objective, max_latency_ms, min_throughput_ips, names, precision)
+    chosen = plan(profile, request)
     if as_json:
         click.echo(json.dumps(chosen.to_dict(), indent=2))
         return

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 
 from edgesplit import models
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, parse_cpus
 from edgesplit.config import load_cluster
-from edgesplit.job import RunConfig, profile_job
+from edgesplit.job import RunConfig, default_input_size, profile_job
 from edgesplit.profiler import Profile, ProfileSettings
 
 
@@ -62,6 +63,14 @@ from edgesplit.profiler import Profile, ProfileSettings
     "(onnxruntime when installed).",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: also time every unit quantized (onnxruntime; calibrated on random images, "
+    "which does not change the speed), so edgesplit plan --precision int8 can use them.",
+)
+@click.option(
     "--reprofile", is_flag=True, help="Measure again even when a cached device profile fits."
 )
 @click.option(
@@ -85,6 +94,7 @@ def profile_command(
     repeats: int,
     warmup: int,
     engine: str | None,
+    precision: str,
     reprofile: bool,
     out: Path,
     as_json: bool,
@@ -116,6 +126,8 @@ def profile_command(
         repeats=repeats,
         reprofile=reprofile,
         engine=engine,
+        precisions=("fp32", precision),
+        calibration=random_calibration(config) if precision == "int8" else None,
     )
     console = Console(stderr=True)
     with console.status("profiling") as status:
@@ -134,6 +146,13 @@ def profile_command(
     click.echo(f"profile: {out}", err=True)
 
 
+def random_calibration(config: RunConfig, images: int = 32) -> torch.Tensor:
+    """Seeded random model inputs: int8 unit *times* do not depend on what calibrates them."""
+    size = config.input_size or default_input_size(config.model, config.dataset)
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.randn(images, 3, size, size, generator=generator)
+
+
 def profile_table(profile: Profile) -> str:
     """Devices (total compute, spread, memory) and links (latency, bandwidth) as text."""
     lines = [
@@ -149,6 +168,8 @@ def profile_table(profile: Profile) -> str:
             f"{d.name:<12} {d.total_ms:>11.2f} {sum(d.unit_spread_ms):>10.2f} {d.threads:>7} "
             f"{cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6} {d.engine}"
         )
+        for precision in d.precisions[1:]:
+            lines.append(f"{'':<12} {sum(d.unit_ms_at(precision)):>11.2f}   at {precision}")
     lines.append(f"{'link':<24} {'latency ms':>10} {'Mbit/s':>9}")
     for k in profile.links:
         bw = f"{k.bandwidth_mbps:.0f}" if k.bandwidth_mbps else "unmeasurable"

@@ -155,6 +155,7 @@ def build_executor(
     key: StageKey | None = None,
     calibration: torch.Tensor | None = None,
     cache_dir: Path | None = None,
+    stage_calibration: torch.Tensor | None = None,
 ) -> Executor:
     """An executor for units ``[start, end)`` (half-open) of ``ug`` on ``spec``'s engine.
 
@@ -162,7 +163,8 @@ def build_executor(
     set by the worker). ``key`` lets onnxruntime reuse an exported or quantized stage from
     ``cache_dir`` (default: the user cache); without it nothing is written to disk.
     ``calibration`` is a batch of *model inputs* for int8: the executor runs the torch prefix
-    ``[0, start)`` on it to get this stage's inputs. Raises :class:`ModelError` naming the
+    ``[0, start)`` on it to get this stage's inputs; ``stage_calibration`` instead gives those
+    inputs directly (the profiler computes them unit by unit). Raises :class:`ModelError` naming the
     operation when a stage cannot be exported or loaded.
     """
     if spec.engine == "torch":
@@ -171,7 +173,9 @@ def build_executor(
         return TorchExecutor(ug, start, end)
     from edgesplit.engines.onnx_engine import build_onnx_executor
 
-    return build_onnx_executor(ug, start, end, spec, threads, key, calibration, cache_dir)
+    return build_onnx_executor(
+        ug, start, end, spec, threads, key, calibration, cache_dir, stage_calibration
+    )
 
 
 __all__ = [

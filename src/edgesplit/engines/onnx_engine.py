@@ -191,12 +191,14 @@ def compiled_stage(
     key: StageKey | None,
     calibration: torch.Tensor | None,
     directory: Path | None,
+    stage_calibration: torch.Tensor | None = None,
 ) -> tuple[bytes, Path | None]:
     """The ONNX bytes of the stage at ``spec.precision`` and their cache path (None: not
-    cached), exporting and quantizing only what the cache lacks."""
+    cached), exporting and quantizing only what the cache lacks. ``calibration`` holds model
+    inputs, ``stage_calibration`` (if given instead) this stage's own inputs."""
     from edgesplit.engines import quantize
 
-    if spec.precision == "int8" and calibration is None:
+    if spec.precision == "int8" and calibration is None and stage_calibration is None:
         raise ModelError("int8 stages need calibration images; none were given")
     directory = directory or cache_dir()
     version = engine_version()
@@ -204,9 +206,14 @@ def compiled_stage(
     if key is not None:
         stem = f"{key.model}-{start}-{end}"
         fp32_path = directory / f"{stem}-fp32-{key.digest('fp32', version)}.onnx"
-        if calibration is not None:
+        if calibration is not None or stage_calibration is not None:
             q = str(sorted(quantize.settings().items()))
-            digest = key.digest("int8", version, calibration_id(calibration), q)
+            if stage_calibration is not None:
+                calibrated_on = "stage:" + calibration_id(stage_calibration)
+            else:
+                assert calibration is not None
+                calibrated_on = calibration_id(calibration)
+            digest = key.digest("int8", version, calibrated_on, q)
             int8_path = directory / f"{stem}-int8-{digest}.onnx"
     wanted = int8_path if spec.precision == "int8" else fp32_path
     if wanted is not None and (data := _read(wanted)) is not None:
@@ -218,8 +225,10 @@ def compiled_stage(
             _write(fp32_path, fp32)
     if spec.precision == "fp32":
         return fp32, fp32_path
-    assert calibration is not None
-    data = quantize.quantize_stage(fp32, stage_inputs(ug, start, calibration), INPUT_NAME)
+    if stage_calibration is None:
+        assert calibration is not None
+        stage_calibration = stage_inputs(ug, start, calibration)
+    data = quantize.quantize_stage(fp32, stage_calibration, INPUT_NAME)
     if int8_path is not None:
         _write(int8_path, data)
     return data, int8_path
@@ -280,11 +289,14 @@ def build_onnx_executor(
     key: StageKey | None,
     calibration: torch.Tensor | None,
     directory: Path | None,
+    stage_calibration: torch.Tensor | None = None,
 ) -> OnnxExecutor:
     """See :func:`edgesplit.engines.build_executor`."""
     if threads < 1:
         raise ModelError(f"onnxruntime needs at least 1 intra-op thread, got {threads}")
-    data, path = compiled_stage(ug, start, end, spec, key, calibration, directory)
+    data, path = compiled_stage(
+        ug, start, end, spec, key, calibration, directory, stage_calibration
+    )
     try:
         return OnnxExecutor(data, start, end, spec.precision, threads, path)
     except Exception as exc:  # onnxruntime's pybind errors (NOT_IMPLEMENTED, INVALID_GRAPH)

@@ -119,8 +119,11 @@ def _engine_spec(request: pb.InstallPlanRequest, default_engine: str | None) -> 
         raise Refused(INVALID, str(exc)) from None
 
 
-def _calibration(model: LoadedModel, request: pb.InstallPlanRequest) -> torch.Tensor | None:
-    """The int8 calibration images of an InstallPlan request, checked like any input."""
+def _calibration(
+    model: LoadedModel, request: pb.InstallPlanRequest | pb.ProfileRequest
+) -> torch.Tensor | None:
+    """The int8 calibration images of an InstallPlan or Profile request, checked like any
+    input."""
     if not request.HasField("calibration"):
         return None
     try:

@@ -239,19 +239,23 @@ class FailureReport(_message.Message):
     def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("batch_size", "warmup", "repeats", "engine")
+    __slots__ = ("batch_size", "warmup", "repeats", "engine", "precision", "calibration")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     warmup: int
     repeats: int
     engine: str
-    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
+    precision: str
+    calibration: Tensor
+    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms")
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms", "precision", "model_ms")
     UNIT_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +264,8 @@ class ProfileReply(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     UNIT_CPU_MS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     unit_ms: _containers.RepeatedScalarFieldContainer[float]
     unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
     rss_mb: float
@@ -268,7 +274,9 @@ class ProfileReply(_message.Message):
     threads: int
     engine: str
     unit_cpu_ms: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+    precision: str
+    model_ms: float
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ..., precision: _Optional[str] = ..., model_ms: _Optional[float] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload",)
