@@ -191,3 +191,30 @@ def test_plan_cli_plans_at_the_precision_asked_for(tmp_path: Path) -> None:
     got = runner.invoke(main, ["plan", "--profile", str(fp32_only), "--precision", "int8"])
     assert got.exit_code != 0
     assert "no int8 unit times" in got.output
+
+
+@pytest.mark.slow
+@needs_onnxruntime
+def test_int8_run_with_auto_partition_plans_with_int8_unit_times(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ["run", "--devices", "2", "--model", "squeezenet1_1", "--limit", "64",
+            "--engine", "onnxruntime", "--precision", "int8", "--calibration-images", "16",
+            "--out", str(out), "--json"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "edgesplit", *args], capture_output=True,
+                            text=True, timeout=600, env=env, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "timing 18 units at int8" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "int8"
+    predicted = summary["predicted"]
+    assert predicted["precision"] == "int8"
+    assert {(s["engine"], s["precision"]) for s in predicted["stages"]} == {("onnxruntime", "int8")}
+    profile = load_profile(out / "profile.json")
+    int8 = autoplan.plan(profile, autoplan.PlanRequest(precision="int8"))
+    assert predicted["bottleneck_ms"] == pytest.approx(int8.prediction.bottleneck_ms)
+    assert all(len(d.unit_ms_at("int8")) == 18 for d in profile.devices)
