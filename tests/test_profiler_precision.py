@@ -74,6 +74,15 @@ def test_problem_and_plan_use_the_precision_asked_for() -> None:
     assert all(s["engine"] == "onnxruntime" and s["precision"] == "int8" for s in stages)
 
 
+def test_int8_times_of_a_capped_device_are_its_sustained_times() -> None:
+    from dataclasses import replace
+
+    device = replace(_profile(int8=(10.0, 10.0)).devices[0], cpus=0.5,
+                     precision_unit_cpu_ms={"int8": (8.0, 2.0)})  # fmt: skip
+    # CPU time / share where the quota is what limits, the wall time where it is not.
+    assert device.unit_ms_at("int8") == (16.0, 10.0)
+
+
 def test_missing_precision_is_a_clear_error() -> None:
     profile = _profile(int8=None)
     with pytest.raises(ConfigError, match=r"pi1 has no int8 unit times .*--precision int8"):
