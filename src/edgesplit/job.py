@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgesplit import autoplan, checkpoints, data, engines, graph, models, planner
+from edgesplit import precision as precision_auto
 from edgesplit.adapt.controller import Controller
 from edgesplit.adapt.policy import AdaptPolicy
 from edgesplit.config import ClusterSpec, LinkSpec
@@ -101,6 +102,10 @@ class RunConfig:
     engine: str | None = None
     """Stage executor; None: onnxruntime when installed, else torch (with a note)."""
     precision: str = "fp32"
+    """fp32, int8, or auto: int8 where the planner predicts a gain and the measured accuracy
+    drop stays inside ``max_accuracy_drop`` (see :mod:`edgesplit.precision`; needs auto)."""
+    max_accuracy_drop: float = precision_auto.DEFAULT_MAX_ACCURACY_DROP
+    """Accuracy points int8 may cost under ``precision="auto"``."""
     wire: str = "fp32"
     """Activation format between stages (a link's own ``wire`` in the cluster file wins)."""
     calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES
@@ -260,11 +265,54 @@ def execution_for(
     engine, note = engines.resolve_engine(config.engine)
     if note:
         notes.append(note)
-    engines.EngineSpec(engine, config.precision)  # int8 on torch fails here, before any work
+    # auto starts as int8 (profiled, calibrated) until the choice after profiling.
+    precision = "int8" if config.precision == "auto" else config.precision
+    engines.EngineSpec(engine, precision)  # int8 on torch fails here, before any work
     calibration = None
-    if config.precision == "int8":
+    if precision == "int8":
         calibration = calibration_images(config, dataset, size, notes)
-    return engines.Execution(engine, config.precision, config.wire, calibration)
+    return engines.Execution(engine, precision, config.wire, calibration)
+
+
+def held_out_images(config: RunConfig, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Training images the int8 calibration does not use (the same seeded permutation, after
+    the calibration's share), with labels; None for a dataset without labels."""
+    if config.dataset == "synthetic":
+        return None
+    source = data.load(config.dataset, "train", data_dir=config.data_dir)
+    if source.labels is None:
+        return None
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(source), generator=generator)
+    first = config.calibration_images
+    index = order[first : first + precision_auto.HELD_OUT_IMAGES].sort().values
+    return data.preprocess(source.images[index], source.info, size, 3), source.labels[index]
+
+
+def choose_precision(
+    config: RunConfig,
+    ug: graph.UnitGraph,
+    profile: Profile,
+    planned: autoplan.PlanRequest,
+    execution: engines.Execution,
+    size: int,
+    phase: Callable[[str], None],
+) -> tuple[planner.Plan, precision_auto.PrecisionChoice, engines.Execution]:
+    """``--precision auto`` after profiling both precisions: the plan, the choice and the
+    execution to install (fp32 drops the calibration set)."""
+    assert execution.calibration is not None
+    phase("measuring the int8 accuracy drop on held-out training images")
+    chosen, choice = precision_auto.auto(
+        ug,
+        lambda p: autoplan.plan(profile, replace(planned, precision=p)),
+        execution.engine or "onnxruntime",
+        execution.calibration,
+        held_out_images(config, size),
+        config.max_accuracy_drop,
+    )
+    if choice.precision == "fp32":
+        execution = replace(execution, precision="fp32", calibration=None)
+    return chosen, choice, execution
 
 
 def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[StageInfo]:
@@ -378,6 +426,11 @@ def run_job(
     planned = autoplan.PlanRequest(
         config.objective, config.max_latency_ms, config.min_throughput_ips
     )  # checks the objective before anything starts
+    if config.precision == "auto" and (config.partition or "auto") != "auto":
+        raise ConfigError(
+            f"--precision auto compares the planner's fp32 and int8 plans: it needs "
+            f"--partition auto, got {config.partition!r}"
+        )
     if config.adaptive and (config.partition or "auto") != "auto":
         raise ConfigError(
             f"--adaptive plans from the devices' profile: it needs --partition auto, "
@@ -392,6 +445,7 @@ def run_job(
     execution = execution_for(config, dataset, size, notes)
     profile: Profile | None = None
     chosen: planner.Plan | None = None
+    choice: precision_auto.PrecisionChoice | None = None
     controller: Controller | None = None
 
     with contextlib.ExitStack() as stack:
@@ -422,6 +476,12 @@ def run_job(
             profile, chosen = autoplan.profile_and_plan(
                 coordinator, ug, config.model, resolved.num_classes, planned, settings, phase
             )
+            if config.precision == "auto":
+                chosen, choice, execution = choose_precision(
+                    config, ug, profile, planned, execution, size, phase
+                )
+                planned = replace(planned, precision=choice.precision)
+                notes.append(f"--precision auto chose {choice.precision}: {choice.reason}")
             notes.extend(chosen.notes)
             names = [s.device for s in chosen.stages]
             ranges = tuple((s.start, s.end) for s in chosen.stages)
@@ -532,6 +592,7 @@ def run_job(
         **fault_summary(record),
         "injected": relative(injector.events, record.started) if injector else [],
         "adaptive": controller.summary() if controller else None,
+        "precision_choice": choice.to_dict() if choice else None,
         "notes": notes,
     }
     if aborted is not None:

@@ -228,11 +228,19 @@ def _serve_metrics(port: int) -> RunMetrics:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8"]),
+    type=click.Choice(["fp32", "int8", "auto"]),
     default="fp32",
     show_default=True,
     help="Stage precision; int8 is static quantization with onnxruntime, calibrated on "
-    "training images.",
+    "training images; auto runs int8 when the planner predicts a gain and the accuracy drop "
+    "measured on held-out training images stays within --max-accuracy-drop.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="With --precision auto: accuracy points int8 may cost.",
 )
 @click.option(
     "--wire",
@@ -304,6 +312,7 @@ def run_command(
     with_report: bool,
     engine: str | None,
     precision: str,
+    max_accuracy_drop: float,
     wire: str,
     calibration_images: int,
     metrics_port: int | None,
@@ -346,6 +355,7 @@ def run_command(
         heartbeat_deadline_s=heartbeat_deadline,
         engine=engine,
         precision=precision,
+        max_accuracy_drop=max_accuracy_drop,
         wire=wire,
         calibration_images=calibration_images,
         adaptive=adaptive,
