@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 
@@ -19,10 +21,14 @@ from edgesplit.adapt import (
     observe,
     start,
 )
+from edgesplit.adapt.controller import Controller
 from edgesplit.autoplan import PlanRequest
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
+from edgesplit.metrics.live import Reading, ResultSeen, StatusSeen
 from edgesplit.profiler import DeviceProfile, LinkProfile, Profile, UnitProfile
+from edgesplit.runtime.coordinator import Stage
+from edgesplit.runtime.records import HopRecord
 
 UNITS = 8
 UNIT_MS = 10.0
@@ -273,3 +279,92 @@ def test_links_to_the_coordinator_stay_as_profiled() -> None:
         state = observe(state, seen("pi3", 20.0, transfer_ms=50.0), PROFILE)
     assert state.links == ()
     assert state.device("pi3").observations == 9
+
+
+# --- the loop, against an in-memory coordinator ------------------------------------------------
+
+
+class FakeCoordinator:
+    """The part of Coordinator the controller uses, in memory."""
+
+    def __init__(self, stages: tuple[tuple[str, int, int], ...]) -> None:
+        self.epochs = {1: stages}
+        self.epoch = 1
+        self.switches: list[tuple[list[tuple[str, int, int]], str]] = []
+
+    def current(self) -> tuple[int, tuple[Stage, ...]]:
+        return self.epoch, tuple(Stage(*s) for s in self.epochs[self.epoch])
+
+    def installed_epochs(self) -> dict[int, tuple[Stage, ...]]:
+        return {e: tuple(Stage(*s) for s in p) for e, p in self.epochs.items()}
+
+    def usable_devices(self) -> list[str]:
+        return list(NAMES)
+
+    def switch_plan(self, stages: list[tuple[str, int, int]], reason: str = "switch") -> int:
+        self.switches.append((stages, reason))
+        self.epoch += 1
+        self.epochs[self.epoch] = tuple(stages)
+        return self.epoch
+
+
+def result(t: float, epoch: int, compute_ms: dict[str, float]) -> ResultSeen:
+    stages = {"pi1": 0, "pi2": 1, "pi3": 2}
+    records = tuple(
+        HopRecord(
+            request_id=int(t * 10),
+            epoch=epoch,
+            stage=stages[d],
+            device=d,
+            batch_size=8,
+            queue_ms=0.0,
+            compute_ms=ms,
+            serialize_ms=0.0,
+            send_wait_ms=0.0,
+            transfer_ms=0.3,
+            bytes_out=OUT_BYTES,
+            start=t - 0.1,
+            end=t,
+        )
+        for d, ms in compute_ms.items()
+    )
+    return ResultSeen.from_records(t, t - 0.2, 8, records)
+
+
+def test_controller_switches_once_on_a_lasting_slowdown_and_records_why(tmp_path: Path) -> None:
+    fake = FakeCoordinator(BALANCED)
+    clock = [0.0]
+    controller = Controller(
+        fake,  # type: ignore[arg-type]
+        PROFILE,
+        REQUEST,
+        AdaptPolicy(hold_s=2.0, min_interval_s=10.0),
+        clock=lambda: clock[0],
+    )
+    for tick in range(40):  # 20 s; pi2 is 4x slower from t = 5 s
+        now = tick * 0.5
+        clock[0] = now
+        slow = 4.0 if now >= 5.0 else 1.0
+        controller.observe(result(now, 1, {"pi1": 30.0, "pi2": 30.0 * slow, "pi3": 20.0}))
+        controller.observe(StatusSeen(now, "pi2", Reading(temperature_c=50.0), 0))
+        controller.tick()
+    [(stages, reason)] = fake.switches
+    assert reason.startswith("adaptive: predicted +")
+    assert "pi2 x4.0" in reason
+    assert sum(b - a for d, a, b in stages if d == "pi2") < 3
+    assert controller.switches == 1 and controller.decisions == 40
+    assert controller.state.device("pi2").temperature_c == 50.0
+    kinds = [r["reason"].split(" ")[0] for r in controller.records]
+    assert kinds[0] == "observing:" and "predicted" in kinds
+    assert controller.line() is not None and controller.line().startswith("adaptive: ")
+    summary = controller.summary()
+    assert summary["switches"] == 1 and summary["speed_factors"]["pi2"] == pytest.approx(4.0)
+    path = controller.write_plans(tmp_path, started=0.0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == len(controller.records)
+    assert [line["switch"] for line in lines].count(True) == 1
+    assert all("t" not in line and line["time_s"] >= 0 for line in lines)
+    # The runner's loss hook plans on the live view, on the usable devices only.
+    replanned = controller.replan(["pi1", "pi3"])
+    assert {d for d, _, _ in replanned} <= {"pi1", "pi3"}
+    assert replanned[0][1] == 0 and replanned[-1][2] == UNITS
