@@ -11,7 +11,8 @@ images, window 2*K. For each precision (fp32, int8) and K = 1, 2, 3, measured in
   onnxruntime fp32 and onnxruntime int8 in a plain process (the issue's "best single-device
   engine running the whole model with one thread").
 * Stages are balanced by unit times measured here on the same engine and precision (one
-  thread, same batch; int8 units are quantized one by one, calibrated on their own inputs),
+  thread, same batch; int8 units are quantized one by one, calibrated on their own inputs,
+  and scaled to sum to the whole quantized model, as ``edgesplit profile`` does),
   plus each hand-off's tensor at the gigabit rate ``edgesplit run`` assumes, like
   bench/scaling.py.
 * **throughput** is steady state: (results - 1) * batch / (last - first result arrival).
@@ -86,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def unit_ms_on(
     ug: graph.UnitGraph, spec: EngineSpec, x: torch.Tensor, calibration: torch.Tensor
 ) -> list[float]:
-    """Median time of every unit on ``spec`` with one thread, each on its real input."""
+    """Median time of every unit on ``spec`` with one thread, each on its real input; int8
+    times scaled to sum to the whole model quantized as one, as the worker's profile does."""
     executors = [
         build_executor(ug, i, i + 1, spec, threads=1, calibration=calibration)
         for i in range(ug.num_units)
@@ -99,7 +101,12 @@ def unit_ms_on(
             h = ex.run(h)
             if rep >= 1:
                 samples[i].append((time.perf_counter() - t0) * 1000.0)
-    return [float(common.median(s) or 0.0) for s in samples]
+    unit_ms = [float(common.median(s) or 0.0) for s in samples]
+    if spec.precision != "int8":
+        return unit_ms
+    whole = build_executor(ug, 0, ug.num_units, spec, threads=1, calibration=calibration)
+    whole_ms = single_process(whole, [x] * 6, int(x.shape[0]))["batch_ms_p50"]
+    return [t * whole_ms / sum(unit_ms) for t in unit_ms]
 
 
 def single_process(executor: Executor, xs: list[torch.Tensor], batch_size: int) -> dict[str, Any]:
