@@ -22,9 +22,10 @@ import psutil
 import torch
 
 from edgesplit import __version__, graph
-from edgesplit.job import ASSUMED_BANDWIDTH_MBPS, unit_times_ms
 from edgesplit.partition import Ranges, balanced_ranges, format_partition
+from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS
 from edgesplit.runtime.records import HopRecord
+from edgesplit.staging import unit_times_ms
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

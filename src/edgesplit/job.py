@@ -9,110 +9,45 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import logging
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 from torch import nn
 
-from edgesplit import autoplan, checkpoints, data, engines, graph, models, planner
+from edgesplit import autoplan, checkpoints, data, graph, models, planner
 from edgesplit import precision as precision_auto
 from edgesplit.adapt.controller import Controller
-from edgesplit.adapt.policy import AdaptPolicy
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
+from edgesplit.execution import choose_precision, execution_for
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.energy import device_energy, energy_summary
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.summary import (
     DeviceRow,
-    StageInfo,
     device_rows,
+    fault_summary,
     latency_summary,
     request_latencies_ms,
+    run_events,
 )
-from edgesplit.partition import Ranges, balanced_ranges, format_partition, parse_partition
+from edgesplit.partition import format_partition
 from edgesplit.profiler import Profile, ProfileSettings
-from edgesplit.runtime.records import RunRecord
+from edgesplit.runconfig import RunConfig
+from edgesplit.staging import choose_ranges, replanner, stage_infos, unit_costs
 
 if TYPE_CHECKING:
     from edgesplit.emulate import EmulatedCluster
 
 log = logging.getLogger(__name__)
 
-ASSUMED_BANDWIDTH_MBPS = 940.0
-"""Gigabit Ethernet's TCP goodput, assumed for unshaped links when balancing stages."""
-
-NAMED = {
-    "auto": "profile the devices and links, then plan for --objective (the default)",
-    "balanced": "one stage per device, balanced by unit times measured on this machine",
-    "equal": "one stage per device, the same number of units each",
-}
-"""Partitions chosen by name instead of unit ranges."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What ``edgesplit run`` was asked to do. ``None`` means "choose for me" (see each field)."""
-
-    model: str = models.DEFAULT_MODEL
-    dataset: str = "fashion-mnist"
-    checkpoint: Path | None = None
-    """None: the shipped checkpoint for (model, dataset) if there is one, else random weights."""
-    random_weights: bool = False
-    input_size: int | None = None
-    """None: the checkpoint's input size, else 224."""
-    partition: str | None = None
-    """Unit ranges like "0-7,7-" for the devices in cluster order, or one of :data:`NAMED`;
-    None means "auto"."""
-    objective: str = "throughput"
-    """What ``auto`` optimises: throughput, latency or energy (see :mod:`edgesplit.planner`)."""
-    max_latency_ms: float | None = None
-    min_throughput_ips: float | None = None
-    reprofile: bool = False
-    """Measure the devices again even if a cached profile fits."""
-    batch_size: int = 16
-    limit: int | None = None
-    window: int | None = None
-    """Micro-batches in flight; None: twice the number of stages."""
-    devices: int = 3
-    """Emulated devices started for the run when no cluster is given."""
-    cpus: float = 0.5
-    cpus_each: tuple[float, ...] | None = None
-    """CPU share of each emulated device (overrides ``devices`` and ``cpus``)."""
-    bandwidth_mbps: float | None = 940.0
-    """Emulated links (None = unshaped); 940 Mbit/s is Gigabit Ethernet's goodput."""
-    latency_ms: float = 0.2
-    data_dir: Path | None = None
-    out: Path | None = None
-    seed: int = 0
-    inject: tuple[str, ...] = ()
-    """Fault injection specs (see :mod:`edgesplit.faults`); only with an emulated cluster."""
-    heartbeat_deadline_s: float = 2.0
-    """A device silent for this long is LOST (see :mod:`edgesplit.runtime.health`)."""
-    probation_s: float = 3.0
-    """A lost device that answers again takes work after this long without a missed beat."""
-    engine: str | None = None
-    """Stage executor; None: onnxruntime when installed, else torch (with a note)."""
-    precision: str = "fp32"
-    """fp32, int8, or auto: int8 where the planner predicts a gain and the measured accuracy
-    drop stays inside ``max_accuracy_drop`` (see :mod:`edgesplit.precision`; needs auto)."""
-    max_accuracy_drop: float = precision_auto.DEFAULT_MAX_ACCURACY_DROP
-    """Accuracy points int8 may cost under ``precision="auto"``."""
-    wire: str = "fp32"
-    """Activation format between stages (a link's own ``wire`` in the cluster file wins)."""
-    calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES
-    """Training images that calibrate int8 stages."""
-    adaptive: bool = False
-    """Re-plan while the run goes from observed speeds and links (needs ``auto``)."""
-    adapt_policy: AdaptPolicy = field(default_factory=AdaptPolicy)
+__all__ = ["RunConfig", "RunOutcome", "profile_job", "run_job"]
 
 
 @dataclass
@@ -151,182 +86,6 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
-
-
-def unit_times_ms(ug: graph.UnitGraph, batch: torch.Tensor, repeats: int = 3) -> list[float]:
-    """Median time of each unit on this machine for ``batch`` (used to balance stages)."""
-    times = []
-    x = batch
-    with torch.inference_mode():
-        for unit in ug.units:
-            stage = ug.stage(unit.index, unit.index + 1)
-            samples = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                y = stage(x)
-                samples.append((time.perf_counter() - t0) * 1000.0)
-            times.append(statistics.median(samples))
-            x = y
-    return times
-
-
-def unit_costs(config: RunConfig, ug: graph.UnitGraph) -> tuple[list[float], list[float]]:
-    """Per unit: compute ms measured here, and ms to hand its output over a link."""
-    batch = torch.zeros(config.batch_size, *ug.input_shape)
-    # A hand-off costs its transfer time over the link (gigabit when the link is unshaped), so
-    # the balance avoids cutting where the tensor is large.
-    mbps = config.bandwidth_mbps or ASSUMED_BANDWIDTH_MBPS
-    transfer_ms = [u.out_bytes * config.batch_size * 8 / (mbps * 1e3) for u in ug.units]
-    return unit_times_ms(ug, batch), transfer_ms
-
-
-Costs = tuple[list[float], list[float]]
-"""Per unit: compute ms, and ms to hand its output on (see :func:`unit_costs`)."""
-
-
-def equal_ranges(num_units: int, stages: int) -> Ranges:
-    """``stages`` contiguous ranges whose sizes differ by at most one unit."""
-    bounds = [round(i * num_units / stages) for i in range(stages + 1)]
-    return tuple((a, b) for a, b in itertools.pairwise(bounds))
-
-
-def choose_ranges(
-    config: RunConfig, ug: graph.UnitGraph, devices: int, costs: Costs | None = None
-) -> Ranges | None:
-    """The partition's unit ranges, or None when the planner chooses them (``auto``)."""
-    name = config.partition or "auto"
-    if name == "auto":
-        return None
-    stages = min(devices, ug.num_units)
-    if name == "equal":
-        return equal_ranges(ug.num_units, stages)
-    if name != "balanced":
-        ranges = parse_partition(name, ug.num_units)
-        if len(ranges) > devices:
-            raise ConfigError(
-                f"partition {config.partition!r} has {len(ranges)} stages but the cluster has "
-                f"{devices} devices; expected at most {devices} stages"
-            )
-        return ranges
-    times, cuts = costs or unit_costs(config, ug)
-    return balanced_ranges(times, stages, cuts)
-
-
-def replanner(
-    initial: list[tuple[str, int, int]], costs: Costs
-) -> Callable[[list[str]], list[tuple[str, int, int]]]:
-    """The plan when the usable devices change: the initial plan while all its devices are
-    usable, else the same number of stages (at most one per usable device) balanced by
-    ``costs`` (measured before the run, so a re-plan takes no time)."""
-    times, cuts = costs
-
-    def replan(usable: list[str]) -> list[tuple[str, int, int]]:
-        if all(device in usable for device, _, _ in initial):
-            return initial
-        stages = min(len(initial), len(usable), len(times))
-        ranges = balanced_ranges(times, stages, cuts)
-        return [(device, a, b) for device, (a, b) in zip(usable, ranges, strict=False)]
-
-    return replan
-
-
-MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
-"""Calibration images travel in each InstallPlan message, below the 64 MiB message limit."""
-
-
-def calibration_images(
-    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
-) -> torch.Tensor:
-    """Model inputs for int8 calibration: ``config.calibration_images`` images drawn (seeded)
-    from the training split, or from the synthetic set itself."""
-    wanted = config.calibration_images
-    per_image = 4 * 3 * size * size
-    if wanted * per_image > MAX_CALIBRATION_BYTES:
-        wanted = max(1, MAX_CALIBRATION_BYTES // per_image)
-        notes.append(
-            f"int8 calibration uses {wanted} images: {config.calibration_images} at {size} px "
-            f"would exceed the {MAX_CALIBRATION_BYTES >> 20} MiB message budget"
-        )
-    if dataset.name == "synthetic":
-        source = dataset
-        notes.append("synthetic dataset: int8 calibration uses the synthetic images")
-    else:
-        source = data.load(config.dataset, "train", data_dir=config.data_dir)
-    generator = torch.Generator().manual_seed(config.seed)
-    count = min(wanted, len(source))
-    index = torch.randperm(len(source), generator=generator)[:count].sort().values
-    return data.preprocess(source.images[index], source.info, size, 3)
-
-
-def execution_for(
-    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
-) -> engines.Execution:
-    """The engine, precision, wire format and calibration set the run's stages use."""
-    engine, note = engines.resolve_engine(config.engine)
-    if note:
-        notes.append(note)
-    # auto starts as int8 (profiled, calibrated) until the choice after profiling.
-    precision = "int8" if config.precision == "auto" else config.precision
-    engines.EngineSpec(engine, precision)  # int8 on torch fails here, before any work
-    calibration = None
-    if precision == "int8":
-        calibration = calibration_images(config, dataset, size, notes)
-    return engines.Execution(engine, precision, config.wire, calibration)
-
-
-def held_out_images(config: RunConfig, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Training images the int8 calibration does not use (the same seeded permutation, after
-    the calibration's share), with labels; None for a dataset without labels."""
-    if config.dataset == "synthetic":
-        return None
-    source = data.load(config.dataset, "train", data_dir=config.data_dir)
-    if source.labels is None:
-        return None
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(source), generator=generator)
-    first = config.calibration_images
-    index = order[first : first + precision_auto.HELD_OUT_IMAGES].sort().values
-    return data.preprocess(source.images[index], source.info, size, 3), source.labels[index]
-
-
-def choose_precision(
-    config: RunConfig,
-    ug: graph.UnitGraph,
-    profile: Profile,
-    planned: autoplan.PlanRequest,
-    execution: engines.Execution,
-    size: int,
-    phase: Callable[[str], None],
-) -> tuple[planner.Plan, precision_auto.PrecisionChoice, engines.Execution]:
-    """``--precision auto`` after profiling both precisions: the plan, the choice and the
-    execution to install (fp32 drops the calibration set)."""
-    assert execution.calibration is not None
-    phase("measuring the int8 accuracy drop on held-out training images")
-    chosen, choice = precision_auto.auto(
-        ug,
-        lambda p: autoplan.plan(profile, replace(planned, precision=p)),
-        execution.engine or "onnxruntime",
-        execution.calibration,
-        held_out_images(config, size),
-        config.max_accuracy_drop,
-    )
-    if choice.precision == "fp32":
-        execution = replace(execution, precision="fp32", calibration=None)
-    return chosen, choice, execution
-
-
-def stage_infos(ug: graph.UnitGraph, ranges: Ranges, names: list[str]) -> list[StageInfo]:
-    return [
-        StageInfo(
-            device=name,
-            start=a,
-            end=b,
-            first_layer=ug.units[a].first,
-            last_layer=ug.units[b - 1].last,
-            params=ug.params_in(a, b),
-        )
-        for name, (a, b) in zip(names, ranges, strict=False)
-    ]
 
 
 @contextlib.contextmanager
@@ -629,36 +388,6 @@ def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> 
         show(dataclasses.replace(snapshot, adaptive=controller.line()))
 
     return shown
-
-
-def fault_summary(record: RunRecord) -> dict[str, object]:
-    """summary.json's fault keys; ``time_s`` is seconds since the run started."""
-    return {
-        "failures": [_timed(f.to_dict(), record.started) for f in record.failures],
-        "replayed": record.replayed,
-        "duplicates": record.duplicates,
-        "plan_changes": [_timed(p.to_dict(), record.started) for p in record.plan_changes],
-        "errors": record.errors[:100],
-    }
-
-
-def run_events(record: RunRecord, injected: list[dict[str, Any]]) -> list[dict[str, object]]:
-    """events.jsonl: injected faults, device state transitions and plan changes, in time
-    order."""
-    events = relative(injected, record.started)
-    events += [
-        {"event": "state", **_timed(t.to_dict(), record.started)} for t in record.transitions
-    ]
-    events += [
-        {"event": "plan", **_timed(p.to_dict(), record.started)} for p in record.plan_changes
-    ]
-    return sorted(events, key=lambda e: float(e["time_s"]))
-
-
-def _timed(fields: dict[str, Any], started: float) -> dict[str, Any]:
-    """``fields`` with its coordinator-clock ``t`` as ``time_s`` since ``started``."""
-    t = fields.pop("t")
-    return {"time_s": round(t - started, 3), **fields}
 
 
 def default_input_size(model: str, dataset: str) -> int:

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgesplit.runtime.records import HopRecord
+from edgesplit.faults import relative
+from edgesplit.runtime.records import HopRecord, RunRecord
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,33 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
         "p95": percentile(latencies_ms, 95),
         "mean": statistics.fmean(latencies_ms) if latencies_ms else None,
     }
+
+
+def fault_summary(record: RunRecord) -> dict[str, object]:
+    """summary.json's fault keys; ``time_s`` is seconds since the run started."""
+    return {
+        "failures": [_timed(f.to_dict(), record.started) for f in record.failures],
+        "replayed": record.replayed,
+        "duplicates": record.duplicates,
+        "plan_changes": [_timed(p.to_dict(), record.started) for p in record.plan_changes],
+        "errors": record.errors[:100],
+    }
+
+
+def run_events(record: RunRecord, injected: list[dict[str, Any]]) -> list[dict[str, object]]:
+    """events.jsonl: injected faults, device state transitions and plan changes, in time
+    order."""
+    events = relative(injected, record.started)
+    events += [
+        {"event": "state", **_timed(t.to_dict(), record.started)} for t in record.transitions
+    ]
+    events += [
+        {"event": "plan", **_timed(p.to_dict(), record.started)} for p in record.plan_changes
+    ]
+    return sorted(events, key=lambda e: float(e["time_s"]))
+
+
+def _timed(fields: dict[str, Any], started: float) -> dict[str, Any]:
+    """``fields`` with its coordinator-clock ``t`` as ``time_s`` since ``started``."""
+    t = fields.pop("t")
+    return {"time_s": round(t - started, 3), **fields}

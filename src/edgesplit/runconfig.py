@@ -1,0 +1,78 @@
+"""What ``edgesplit run`` is asked to do: :class:`RunConfig`, one typed object with named
+defaults (the CLI only fills it in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgesplit import engines, models
+from edgesplit import precision as precision_auto
+from edgesplit.adapt.policy import AdaptPolicy
+
+ASSUMED_BANDWIDTH_MBPS = 940.0
+"""Gigabit Ethernet's TCP goodput, assumed for unshaped links when balancing stages."""
+
+NAMED = {
+    "auto": "profile the devices and links, then plan for --objective (the default)",
+    "balanced": "one stage per device, balanced by unit times measured on this machine",
+    "equal": "one stage per device, the same number of units each",
+}
+"""Partitions chosen by name instead of unit ranges."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``edgesplit run`` was asked to do. ``None`` means "choose for me" (see each field)."""
+
+    model: str = models.DEFAULT_MODEL
+    dataset: str = "fashion-mnist"
+    checkpoint: Path | None = None
+    """None: the shipped checkpoint for (model, dataset) if there is one, else random weights."""
+    random_weights: bool = False
+    input_size: int | None = None
+    """None: the checkpoint's input size, else 224."""
+    partition: str | None = None
+    """Unit ranges like "0-7,7-" for the devices in cluster order, or one of :data:`NAMED`;
+    None means "auto"."""
+    objective: str = "throughput"
+    """What ``auto`` optimises: throughput, latency or energy (see :mod:`edgesplit.planner`)."""
+    max_latency_ms: float | None = None
+    min_throughput_ips: float | None = None
+    reprofile: bool = False
+    """Measure the devices again even if a cached profile fits."""
+    batch_size: int = 16
+    limit: int | None = None
+    window: int | None = None
+    """Micro-batches in flight; None: twice the number of stages."""
+    devices: int = 3
+    """Emulated devices started for the run when no cluster is given."""
+    cpus: float = 0.5
+    cpus_each: tuple[float, ...] | None = None
+    """CPU share of each emulated device (overrides ``devices`` and ``cpus``)."""
+    bandwidth_mbps: float | None = 940.0
+    """Emulated links (None = unshaped); 940 Mbit/s is Gigabit Ethernet's goodput."""
+    latency_ms: float = 0.2
+    data_dir: Path | None = None
+    out: Path | None = None
+    seed: int = 0
+    inject: tuple[str, ...] = ()
+    """Fault injection specs (see :mod:`edgesplit.faults`); only with an emulated cluster."""
+    heartbeat_deadline_s: float = 2.0
+    """A device silent for this long is LOST (see :mod:`edgesplit.runtime.health`)."""
+    probation_s: float = 3.0
+    """A lost device that answers again takes work after this long without a missed beat."""
+    engine: str | None = None
+    """Stage executor; None: onnxruntime when installed, else torch (with a note)."""
+    precision: str = "fp32"
+    """fp32, int8, or auto: int8 where the planner predicts a gain and the measured accuracy
+    drop stays inside ``max_accuracy_drop`` (see :mod:`edgesplit.precision`; needs auto)."""
+    max_accuracy_drop: float = precision_auto.DEFAULT_MAX_ACCURACY_DROP
+    """Accuracy points int8 may cost under ``precision="auto"``."""
+    wire: str = "fp32"
+    """Activation format between stages (a link's own ``wire`` in the cluster file wins)."""
+    calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES
+    """Training images that calibrate int8 stages."""
+    adaptive: bool = False
+    """Re-plan while the run goes from observed speeds and links (needs ``auto``)."""
+    adapt_policy: AdaptPolicy = field(default_factory=AdaptPolicy)
