@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from edgesplit.adapt import (
     AdaptState,
     DeviceEstimate,
     Hold,
+    ResultArrived,
     SensorsSeen,
     StageSeen,
     decide,
@@ -368,3 +370,41 @@ def test_controller_switches_once_on_a_lasting_slowdown_and_records_why(tmp_path
     replanned = controller.replan(["pi1", "pi3"])
     assert {d for d, _, _ in replanned} <= {"pi1", "pi3"}
     assert replanned[0][1] == 0 and replanned[-1][2] == UNITS
+
+
+def _switch_times(delivering: bool) -> list[float]:
+    """pi2 and pi3 take turns being slow every 12 s for 2 minutes; results arrive at 80 img/s,
+    or 1.5x faster after every switch when switches deliver."""
+    policy = AdaptPolicy(hold_s=1.0, min_interval_s=10.0)
+    hold, current, switched_at = Hold(), BALANCED, []
+    for tick in range(240):
+        now = tick * 0.5
+        rate = 80.0 * (1.5 ** len(switched_at) if delivering else 1.0)
+        results = tuple((now - i * 0.1, rate * 0.1) for i in reversed(range(100)))
+        slow = factors(pi2=4.0) if (now // 12) % 2 == 0 else factors(pi3=4.0)
+        state = dataclasses.replace(slow, results=results)
+        d = decide(state, PROFILE, current, REQUEST, policy, now, hold)
+        hold = d.hold
+        if d.switch:
+            assert d.best is not None
+            switched_at.append(now)
+            current = d.best
+    return switched_at
+
+
+def test_switches_that_do_not_deliver_back_off() -> None:
+    flat = _switch_times(delivering=False)
+    gaps = [b - a for a, b in itertools.pairwise(flat)]
+    assert len(gaps) >= 2
+    assert gaps[1] >= 2 * 10.0 and gaps[-1] > gaps[0], flat
+    delivering = _switch_times(delivering=True)
+    assert len(delivering) > len(flat)
+    assert max(b - a for a, b in itertools.pairwise(delivering)) < 20.0, delivering
+
+
+def test_measured_throughput_counts_results_in_the_interval() -> None:
+    state = start(PROFILE)
+    for i in range(10):
+        state = observe(state, ResultArrived(100.0 + i, 8), PROFILE)
+    assert state.measured_ips(104.0, 109.0) == pytest.approx(8.0)
+    assert state.measured_ips(200.0, 205.0) is None

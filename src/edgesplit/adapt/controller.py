@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from edgesplit import planner
 from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, Stages, decide, live_problem
-from edgesplit.adapt.state import AdaptState, Observation, SensorsSeen, StageSeen, observe, start
+from edgesplit.adapt.state import (
+    AdaptState,
+    Observation,
+    ResultArrived,
+    SensorsSeen,
+    StageSeen,
+    observe,
+    start,
+)
 from edgesplit.autoplan import PlanRequest
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import EdgesplitError
@@ -100,7 +108,7 @@ class Controller:
             ]
         if not isinstance(event, ResultSeen):
             return []
-        out: list[Observation] = []
+        out: list[Observation] = [ResultArrived(event.t, event.images)]
         for hop in event.records:
             plan = self._plan_of(hop.epoch)
             if not 0 <= hop.stage < len(plan) or plan[hop.stage][0] != hop.device:

@@ -12,6 +12,12 @@ current plan on the same problem, and switches only when
 - every device of the current plan has been observed ``policy.min_observations`` times
   (a fresh plan is not judged on its warm-up).
 
+A switch is judged by its measured effect once the minimum interval has passed: if the
+measured throughput did not rise by half the threshold, the minimum interval doubles (up to 8x)
+until a switch delivers. Predictions are per-device; when the devices share a host (or a
+network) the gain of moving work between them can be an illusion, and the best of many noisy
+predictions is optimistic.
+
 Every call returns a :class:`Decision` with its inputs, the predicted gain, the best plan and,
 when it does not switch, why not.
 """
@@ -73,6 +79,13 @@ class Hold:
     last_switch: float | None = None
     stages: Stages = ()
     """The current plan the hold is about; another plan resets it."""
+    before_ips: float | None = None
+    """Measured throughput just before the last switch."""
+    judged: bool = True
+    """Whether the last switch has been judged by its measured effect."""
+    backoff: float = 1.0
+    """Multiplies the minimum interval: doubled (up to ``MAX_BACKOFF``) after each switch that
+    did not deliver, back to 1 after one that did."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class Decision:
     links: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Links whose live estimate differs from the profile: ``"a-b"`` -> bandwidth, latency."""
     hold: Hold = Hold()
+    verdict: str | None = None
+    """The measured effect of the last switch, when it was judged in this call."""
 
     def to_dict(self) -> dict[str, Any]:
         def stages(s: Stages | None) -> list[dict[str, Any]] | None:
@@ -108,7 +123,39 @@ class Decision:
             "best": stages(self.best),
             "speed_factors": {k: round(v, 3) for k, v in self.speed_factors.items()},
             "links": self.links,
+            "verdict": self.verdict,
+            "backoff": self.hold.backoff,
         }
+
+
+MEASURE_S = 5.0
+"""Measured throughput before a switch, and when it is judged, is over this many seconds."""
+MAX_BACKOFF = 8.0
+
+
+def _judge(
+    state: AdaptState, hold: Hold, policy: AdaptPolicy, now: float
+) -> tuple[Hold, str | None]:
+    """Once the minimum interval after a switch has passed, compare the throughput measured
+    over the last ``MEASURE_S`` with the one before the switch. A switch that did not gain
+    half the threshold doubles the minimum interval: on a host where the devices share CPU,
+    moving work between them gains less than predicted, and the best of many noisy
+    predictions is optimistic, so the controller must not keep chasing it."""
+    if hold.judged or hold.last_switch is None:
+        return hold, None
+    if now - hold.last_switch < policy.min_interval_s * hold.backoff:
+        return hold, None
+    after = state.measured_ips(now - MEASURE_S, now)
+    before = hold.before_ips
+    if after is None or before is None:
+        return dataclasses.replace(hold, judged=True), None
+    delivered = after >= before * (1.0 + policy.threshold / 2)
+    backoff = 1.0 if delivered else min(hold.backoff * 2, MAX_BACKOFF)
+    verdict = (
+        f"the last switch {'delivered' if delivered else 'did not deliver'}: "
+        f"{before:.1f} -> {after:.1f} img/s measured"
+    )
+    return dataclasses.replace(hold, judged=True, backoff=backoff), verdict
 
 
 def live_problem(
@@ -177,6 +224,8 @@ def decide(
     def no(reason: str, hold: Hold = hold) -> Decision:
         return dataclasses.replace(base, reason=reason, hold=hold)
 
+    hold, verdict = _judge(state, hold, policy, now)
+    base = dataclasses.replace(base, hold=hold, verdict=verdict)
     lost = sorted({d for d, _, _ in current} - set(names))
     if lost:
         return no(f"waiting: the current plan uses {', '.join(lost)}, which is not usable")
@@ -215,10 +264,12 @@ def decide(
     hold = dataclasses.replace(hold, since=since)
     if now - since < policy.hold_s:
         return no(f"gain {gain:.0%} held {now - since:.1f} s of {policy.hold_s:g} s", hold=hold)
-    if hold.last_switch is not None and now - hold.last_switch < policy.min_interval_s:
+    interval = policy.min_interval_s * hold.backoff
+    if hold.last_switch is not None and now - hold.last_switch < interval:
+        backed = " after switches that did not deliver" if hold.backoff > 1 else ""
         return no(
             f"gain {gain:.0%}, but the last switch was {now - hold.last_switch:.1f} s ago "
-            f"(minimum {policy.min_interval_s:g} s)",
+            f"(minimum {interval:g} s{backed})",
             hold=hold,
         )
     slow = [f"{d} x{f:.1f}" for d, f in factors.items() if abs(f - 1.0) >= 0.2]
@@ -232,5 +283,12 @@ def decide(
             f"predicted +{gain:.0%} {request.objective} ({now_plan.prediction.throughput_ips:.1f}"
             f" -> {best.prediction.throughput_ips:.1f} img/s)" + (f": {why}" if why else "")
         ),
-        hold=Hold(since=None, last_switch=now, stages=best_stages),
+        hold=Hold(
+            since=None,
+            last_switch=now,
+            stages=best_stages,
+            before_ips=state.measured_ips(now - MEASURE_S, now),
+            judged=False,
+            backoff=hold.backoff,
+        ),
     )

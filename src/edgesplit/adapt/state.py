@@ -35,6 +35,8 @@ FACTOR_RANGE = (0.05, 50.0)
 """One observation moves a speed factor at most to these bounds (a glitch is not a fact)."""
 DEFAULT_WINDOW_S = 3.0
 MAX_SAMPLES = 64
+RESULTS_KEPT_S = 30.0
+MAX_RESULTS = 1024
 """Observations kept per device or link (the newest), whatever the window."""
 
 Samples = tuple[tuple[float, float], ...]
@@ -80,7 +82,15 @@ class SensorsSeen:
     memory_percent: float | None = None
 
 
-Observation = StageSeen | SensorsSeen
+@dataclass(frozen=True)
+class ResultArrived:
+    """A result of ``images`` reached the coordinator at ``t`` (measured throughput)."""
+
+    t: float
+    images: int
+
+
+Observation = StageSeen | SensorsSeen | ResultArrived
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class AdaptState:
     links: tuple[LinkEstimate, ...] = ()
     warm: frozenset[tuple[str, int]] = frozenset()
     """(device, epoch) pairs whose first (warm-up) result was seen."""
+    results: Samples = ()
+    """(arrival, images) of the last ``RESULTS_KEPT_S`` seconds of results."""
 
     def device(self, name: str) -> DeviceEstimate:
         for d in self.devices:
@@ -150,6 +162,11 @@ class AdaptState:
 
     def speed_factors(self) -> dict[str, float]:
         return {d.name: d.speed_factor for d in self.devices}
+
+    def measured_ips(self, start: float, end: float) -> float | None:
+        """Images per second that arrived in ``(start, end]``; None without a result there."""
+        images = sum(n for t, n in self.results if start < t <= end)
+        return images / (end - start) if images and end > start else None
 
 
 def start(profile: Profile) -> AdaptState:
@@ -234,6 +251,9 @@ def observe(
 ) -> AdaptState:
     """The state after one observation (pure); estimates are medians over the last
     ``window_s`` seconds of a device's (or link's) observations."""
+    if isinstance(seen, ResultArrived):
+        kept = [r for r in state.results if r[0] > seen.t - RESULTS_KEPT_S][-(MAX_RESULTS - 1) :]
+        return dataclasses.replace(state, results=(*kept, (seen.t, float(seen.images))))
     if isinstance(seen, StageSeen):
         if seen.device == COORDINATOR:
             return state
