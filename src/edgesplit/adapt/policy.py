@@ -52,7 +52,7 @@ class AdaptPolicy:
     """Speed factors and link estimates are medians over this many seconds of observations."""
     min_observations: int = 3
     """Observations of each device in the current plan before it is judged."""
-    link_slack: float = 1.5
+    link_slack: float = 3.0
     """A link's estimate replaces the profile only when it predicts a transfer this many times
     slower than the profile (and at least ``link_slack_ms`` more): RPC overhead and jitter stay
     out of the plan."""
