@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--calibration", type=int, default=32, help="random images calibrating int8 (32)"
     )
+    p.add_argument(
+        "--cut-cost",
+        choices=["gigabit", "none"],
+        default="gigabit",
+        help="hand-off cost added when balancing: 'gigabit' = tensor bytes at the assumed "
+        "940 Mbit/s, as edgesplit run does (default); 'none' = unit times only",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 10 batches, 1 round")
     p.add_argument(
         "--name", default="pipeline_engines", help="results file bench/results/NAME.json"
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     xs = [torch.randn(args.batch_size, *shape, generator=generator) for _ in range(args.batches)]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     ks = list(range(1, args.max_devices + 1))
-    cut_ms = common.gigabit_cut_ms(ug, args.batch_size)
+    cut_ms = common.gigabit_cut_ms(ug, args.batch_size) if args.cut_cost == "gigabit" else None
     unit_ms: dict[str, list[float]] = {}
     plans: dict[str, dict[int, Ranges]] = {}
     for precision in precisions:
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency_batches": args.latency_batches,
             "rounds": args.rounds,
             "partition_by": "balanced_ranges over unit times measured here on the same engine "
-            "and precision (one thread) + gigabit hand-off cost",
+            "and precision (one thread); hand-off cost: " + args.cut_cost,
             "unit_ms": unit_ms,
             "int8": f"onnxruntime static QDQ, calibrated on {args.calibration} random images",
             "quick": args.quick,
