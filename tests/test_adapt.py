@@ -408,3 +408,16 @@ def test_measured_throughput_counts_results_in_the_interval() -> None:
         state = observe(state, ResultArrived(100.0 + i, 8), PROFILE)
     assert state.measured_ips(104.0, 109.0) == pytest.approx(8.0)
     assert state.measured_ips(200.0, 205.0) is None
+
+
+def test_a_switch_that_made_things_worse_is_corrected_at_the_base_interval() -> None:
+    """After a switch the measured rate falls from 80 to 8 img/s: even with a backoff of 4 the
+    next switch comes once the base interval has passed."""
+    policy = AdaptPolicy(hold_s=0.0, min_interval_s=10.0)
+    hold = Hold(last_switch=0.0, stages=BALANCED, before_ips=80.0, judged=False, backoff=4.0)
+    slow = [(t * 0.1, 0.8) for t in range(50, 100)]  # 8 img/s over t = 5..10 s
+    state = dataclasses.replace(factors(pi2=4.0), results=tuple(slow))
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 10.0, hold)
+    assert d.verdict is not None and "made it worse" in d.verdict
+    assert d.hold.backoff == 1.0
+    assert d.switch

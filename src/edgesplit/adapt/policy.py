@@ -13,8 +13,9 @@ current plan on the same problem, and switches only when
   (a fresh plan is not judged on its warm-up).
 
 A switch is judged by its measured effect once the minimum interval has passed: if the
-measured throughput did not rise by half the threshold, the minimum interval doubles (up to 8x)
-until a switch delivers. Predictions are per-device; when the devices share a host (or a
+measured throughput neither rose by half the threshold nor fell by the threshold, the minimum
+interval doubles (up to 8x) until a switch delivers; a switch that made things worse is
+corrected at the base interval. Predictions are per-device; when the devices share a host (or a
 network) the gain of moving work between them can be an illusion, and the best of many noisy
 predictions is optimistic.
 
@@ -136,25 +137,26 @@ MAX_BACKOFF = 8.0
 def _judge(
     state: AdaptState, hold: Hold, policy: AdaptPolicy, now: float
 ) -> tuple[Hold, str | None]:
-    """Once the minimum interval after a switch has passed, compare the throughput measured
-    over the last ``MEASURE_S`` with the one before the switch. A switch that did not gain
-    half the threshold doubles the minimum interval: on a host where the devices share CPU,
-    moving work between them gains less than predicted, and the best of many noisy
-    predictions is optimistic, so the controller must not keep chasing it."""
+    """Once the (base) minimum interval after a switch has passed, compare the throughput
+    measured over the last ``MEASURE_S`` with the one before the switch. A switch that neither
+    gained half the threshold nor lost the threshold doubles the minimum interval: on a host
+    where the devices share CPU, moving work between them gains less than predicted, and the
+    best of many noisy predictions is optimistic, so the controller must not keep chasing it.
+    A switch that made things worse (e.g. onto a link that degraded unseen) is corrected at
+    the base interval."""
     if hold.judged or hold.last_switch is None:
         return hold, None
-    if now - hold.last_switch < policy.min_interval_s * hold.backoff:
+    if now - hold.last_switch < policy.min_interval_s:
         return hold, None
     after = state.measured_ips(now - MEASURE_S, now)
     before = hold.before_ips
     if after is None or before is None:
         return dataclasses.replace(hold, judged=True), None
     delivered = after >= before * (1.0 + policy.threshold / 2)
-    backoff = 1.0 if delivered else min(hold.backoff * 2, MAX_BACKOFF)
-    verdict = (
-        f"the last switch {'delivered' if delivered else 'did not deliver'}: "
-        f"{before:.1f} -> {after:.1f} img/s measured"
-    )
+    regressed = after < before * (1.0 - policy.threshold)
+    backoff = 1.0 if delivered or regressed else min(hold.backoff * 2, MAX_BACKOFF)
+    outcome = "delivered" if delivered else "made it worse" if regressed else "did not deliver"
+    verdict = f"the last switch {outcome}: {before:.1f} -> {after:.1f} img/s measured"
     return dataclasses.replace(hold, judged=True, backoff=backoff), verdict
 
 
