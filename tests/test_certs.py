@@ -192,6 +192,7 @@ def test_run_over_mtls(mtls_cluster: tuple[EmulatedCluster, Path], tmp_path: Pat
     done = edgesplit("run", "--cluster", str(cluster_file), "--model", "squeezenet1_1",
                      "--input-size", "32", "--random-weights", "--dataset", "synthetic",
                      "--limit", "32", "--batch-size", "8", "--out", str(out), "--json",
+                     "--partition", "equal",  # every device, in cluster order: all talk mTLS
                      cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
