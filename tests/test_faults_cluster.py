@@ -81,7 +81,9 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_no_image(tmp_path: Path) -
                 killed.append(time.time())
 
         outcome = run_job(
-            RunConfig(model=MODEL, batch_size=BATCH, out=folder), cluster.spec, progress
+            RunConfig(model=MODEL, batch_size=BATCH, out=folder, partition="balanced"),
+            cluster.spec,
+            progress,
         )
     assert killed
     summary, predictions, events = read_run(folder)
@@ -109,6 +111,7 @@ def test_a_paused_worker_is_lost_within_the_deadline_then_readmitted(tmp_path: P
         batch_size=BATCH,
         limit=limit,
         devices=4,
+        partition="balanced",  # one stage per device, in order: the test pauses a stage
         out=folder,
         inject=("pi2:pause@1.5s+2.5s",),
         heartbeat_deadline_s=DEADLINE_S,
