@@ -107,6 +107,7 @@ def test_a_paused_worker_is_lost_within_the_deadline_then_readmitted(tmp_path: P
     folder = tmp_path / "run"
     limit = 3000  # about 10 s of run: past the pause, the deadline, the resume and probation
     config = RunConfig(
+        engine="torch",  # onnxruntime stages would finish 3000 images before the resume
         model=MODEL,
         batch_size=BATCH,
         limit=limit,
