@@ -525,7 +525,8 @@ def probe_links(
     coordinator: Coordinator, settings: ProfileSettings, say: Progress
 ) -> tuple[LinkProfile, ...]:
     """Probe the coordinator's link to every device and every device-to-device link."""
-    from edgesplit.runtime.links import LinkShape, link_delay_s
+    from edgesplit.runtime.links import LinkShape
+    from edgesplit.runtime.profiling import time_transfers
     from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
     spec = coordinator.cluster
@@ -535,18 +536,10 @@ def probe_links(
     for name in names:
         link = spec.link(COORDINATOR, name)
         shape = LinkShape(link.bandwidth_mbps, link.latency_ms)
-        stub = coordinator.stub(name)
-        medians = []
         try:
-            for size in settings.probe_sizes:
-                payload = pb.ProbeRequest(payload=bytes(size))
-                times = []
-                for _ in range(settings.probe_repeats):
-                    t0 = time.perf_counter()
-                    time.sleep(link_delay_s(shape, size))
-                    stub.Probe(payload, timeout=30.0)
-                    times.append((time.perf_counter() - t0) * 1000.0)
-                medians.append(statistics.median(times))
+            medians = time_transfers(
+                coordinator.stub(name), settings.probe_sizes, settings.probe_repeats, shape
+            )
         except grpc.RpcError as exc:
             raise coordinator.worker_error(name, "probing the link", exc) from None
         out.append(_link(COORDINATOR, name, settings.probe_sizes, tuple(medians)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 
 import grpc
 import psutil
@@ -173,6 +174,24 @@ def profile_units(
     )
 
 
+def time_transfers(
+    stub: pb_grpc.WorkerStub, sizes: Sequence[int], repeats: int, shape: LinkShape
+) -> list[float]:
+    """Median ms of ``repeats`` Probe calls per payload size, each after the emulated link delay
+    a run's sender applies. Raises ``grpc.RpcError`` when a call fails."""
+    medians = []
+    for size in sizes:
+        payload = pb.ProbeRequest(payload=bytes(size))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            time.sleep(link_delay_s(shape, size))
+            stub.Probe(payload, timeout=PROBE_TIMEOUT_S)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        medians.append(statistics.median(times))
+    return medians
+
+
 def probe_link(
     request: pb.ProbeLinkRequest, token: str | None, tls: TlsSpec | None
 ) -> pb.ProbeLinkReply:
@@ -191,16 +210,7 @@ def probe_link(
     try:
         stub = pb_grpc.WorkerStub(channel)
         stub.Probe(pb.ProbeRequest(), timeout=PROBE_TIMEOUT_S)  # connect before timing
-        medians = []
-        for size in request.sizes:
-            payload = pb.ProbeRequest(payload=bytes(size))
-            times = []
-            for _ in range(request.repeats):
-                t0 = time.perf_counter()
-                time.sleep(link_delay_s(shape, size))
-                stub.Probe(payload, timeout=PROBE_TIMEOUT_S)
-                times.append((time.perf_counter() - t0) * 1000.0)
-            medians.append(statistics.median(times))
+        medians = time_transfers(stub, request.sizes, request.repeats, shape)
     except grpc.RpcError as exc:
         raise Refused(
             grpc.StatusCode.UNAVAILABLE, f"probing {request.address} failed: {exc.code()}"
