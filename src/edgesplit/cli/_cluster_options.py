@@ -1,5 +1,5 @@
-"""Options shared by the commands that start an emulated cluster when no cluster file is given
-(``run``, ``profile``)."""
+"""Options shared by several commands: the emulated cluster started when no cluster file is
+given (``run``, ``profile``), and what a plan optimises (``run``, ``plan``)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,36 @@ def emulation_options(f: F) -> F:
             show_default=True,
             type=click.FloatRange(min=0),
             help="Emulated one-way link latency in ms.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def objective_options(f: F) -> F:
+    """--objective, --max-latency-ms, --min-throughput (the planner's objective and bounds)."""
+    options = [
+        click.option(
+            "--objective",
+            type=click.Choice(["throughput", "latency", "energy"]),
+            default="throughput",
+            show_default=True,
+            help="What the plan minimises: the bottleneck stage (images/s), one micro-batch's "
+            "end-to-end time, or joules per image.",
+        ),
+        click.option(
+            "--max-latency-ms",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="With --objective energy: the plan's predicted latency must stay under this.",
+        ),
+        click.option(
+            "--min-throughput",
+            "min_throughput_ips",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="With --objective energy: the plan's predicted images/s must reach this.",
         ),
     ]
     for option in reversed(options):

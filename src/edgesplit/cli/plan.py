@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgesplit.cli import main
+from edgesplit.cli._cluster_options import objective_options
 
 
 @main.command("plan")
@@ -19,31 +20,11 @@ from edgesplit.cli import main
     show_default=True,
     help="A profile written by edgesplit profile.",
 )
-@click.option(
-    "--objective",
-    type=click.Choice(["throughput", "latency", "energy"]),
-    default="throughput",
-    show_default=True,
-    help="Minimise the bottleneck stage (images/s), one micro-batch's end-to-end time, "
-    "or joules per image.",
-)
+@objective_options
 @click.option(
     "--devices",
     default=None,
     help="Comma-separated device names the plan may use (default: all in the profile).",
-)
-@click.option(
-    "--max-latency-ms",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="With --objective energy: predicted latency must stay under this.",
-)
-@click.option(
-    "--min-throughput",
-    "min_throughput_ips",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="With --objective energy: predicted images/s must reach this.",
 )
 @click.option(
     "--precision",

@@ -14,7 +14,7 @@ from rich.console import Console
 from edgesplit import models
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
-from edgesplit.cli._cluster_options import parse_cpus
+from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
 from edgesplit.config import load_cluster
 from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
@@ -53,42 +53,7 @@ def _serve_metrics(port: int) -> RunMetrics:
 
 
 @main.command("run")
-@click.option(
-    "--cluster",
-    "cluster_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Cluster file (YAML) of real or emulated devices. Without it, an emulated "
-    "cluster of --devices workers is started for the run and stopped after.",
-)
-@click.option(
-    "--devices",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Emulated devices to start when no --cluster is given.",
-)
-@click.option(
-    "--cpus",
-    default="0.5",
-    show_default=True,
-    help="CPU share of each emulated device in cores, or one share per device "
-    "(e.g. 1,0.5,0.25: three devices, overrides --devices).",
-)
-@click.option(
-    "--bandwidth-mbps",
-    default=940.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Emulated link bandwidth in Mbit/s (Gigabit Ethernet's goodput; 0 = unshaped).",
-)
-@click.option(
-    "--latency-ms",
-    default=0.2,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Emulated one-way link latency in ms.",
-)
+@emulation_options
 @click.option(
     "--model",
     "model_name",
@@ -128,27 +93,7 @@ def _serve_metrics(port: int) -> RunMetrics:
     '"0-7,7-14,14-"; or auto (profile, then plan for --objective; the default), '
     "balanced (unit times measured on this machine), equal (same number of units).",
 )
-@click.option(
-    "--objective",
-    type=click.Choice(["throughput", "latency", "energy"]),
-    default="throughput",
-    show_default=True,
-    help="What --partition auto optimises: images/s, one micro-batch's end-to-end time, "
-    "or joules per image.",
-)
-@click.option(
-    "--max-latency-ms",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="With --objective energy: the plan's predicted latency must stay under this.",
-)
-@click.option(
-    "--min-throughput",
-    "min_throughput_ips",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="With --objective energy: the plan's predicted images/s must reach this.",
-)
+@objective_options
 @click.option(
     "--adaptive",
     is_flag=True,
