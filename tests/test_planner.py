@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -88,6 +89,9 @@ def problems(draw: st.DrawFn, max_units: int = 10, max_devices: int = 4) -> Prob
                 idle_w=idle,
                 busy_w=draw(st.floats(idle, 12.0)),
                 busy_fraction=draw(st.floats(0.0, 1.0)),
+                boundary_ms=draw(
+                    st.one_of(st.just(()), st.tuples(*(st.floats(0.0, 20.0) for _ in range(n + 1))))
+                ),
             )
         )
     ends = [COORDINATOR, *(d.name for d in devices)]
@@ -221,6 +225,20 @@ def test_evaluate_by_hand() -> None:
     assert p.energy_j_per_image == pytest.approx(250.0 / 1000 / 4)
     assert plan.partition() == "0-1,1-4"
     assert plan.stages[1].first_unit == "u1" and plan.stages[1].last_unit == "u3"
+
+
+def test_boundary_costs_are_paid_at_each_stage_end() -> None:
+    # Cut 2 costs 6 ms per stage end: two stages of 20 ms + 6 ms beat one of 40 ms only when
+    # splitting saves more than the boundary adds.
+    a = DeviceCost("a", (10.0,) * 4, boundary_ms=(1.0, 0.0, 6.0, 0.0, 2.0))
+    plan = evaluate(simple_problem(devices=(a, DeviceCost("b", (10.0,) * 4))), [("a", 0, 4)])
+    assert plan.stages[0].compute_ms == pytest.approx(1.0 + 40.0 + 2.0)
+    split = evaluate(
+        simple_problem(devices=(a, dataclasses.replace(a, name="b"))), [("a", 0, 2), ("b", 2, 4)]
+    )
+    assert [s.compute_ms for s in split.stages] == pytest.approx([1 + 20 + 6, 6 + 20 + 2])
+    with pytest.raises(PlanError, match="expected one per cut"):
+        simple_problem(devices=(DeviceCost("a", (1.0,) * 4, boundary_ms=(1.0,)),))
 
 
 def test_links_override_in_either_order() -> None:

@@ -111,6 +111,8 @@ def test_profile_times_every_unit_and_fits_shaped_links(
         assert all(t > 0 for t in d.unit_ms)
         assert all(s >= 0 for s in d.unit_spread_ms)
         assert not d.cached
+        # The whole model as one stage is timed too (wall and CPU), for the boundary model.
+        assert d.model_ms["fp32"] > 0 and d.model_cpu_ms["fp32"] > 0
     # The cluster file's memory budget wins over what the device reports.
     assert profile.devices[1].memory_budget_bytes == 101 * 2**20
     # coordinator-w0, coordinator-w1, w0-w1
@@ -172,3 +174,39 @@ def test_emulated_devices_are_planned_at_the_speed_their_quota_sustains() -> Non
     assert emulated.sustained_ms == (2.0, 4.0)
     real = DeviceProfile("pi2", unit_ms=(1.0, 4.0), unit_cpu_ms=(1.0, 1.5), cpus=None, **common)
     assert real.sustained_ms == (1.0, 4.0)
+
+
+def test_boundary_model_splits_unit_times_into_stage_insides_and_ends() -> None:
+    from edgesplit.profiler import boundary_model
+
+    # Three units timed alone: 10, 20, 30 ms; as one stage 44 ms. The inner cuts carry 100 and
+    # 200 bytes, so beta = (60 - 44) / 300 ms per byte and a stage end at cut k costs beta/2 * b.
+    inner, h = boundary_model((10.0, 20.0, 30.0), 44.0, (50, 100, 200, 10))
+    beta = 16.0 / 300
+    assert h == pytest.approx(tuple(beta / 2 * b for b in (50, 100, 200, 10)))
+    assert sum(inner) + h[0] + h[3] == pytest.approx(44.0)  # the whole model
+    # Each unit alone still costs what was measured.
+    for i, t in enumerate((10.0, 20.0, 30.0)):
+        assert inner[i] + h[i] + h[i + 1] == pytest.approx(t)
+    # No whole-model time (an old profile), or units that are not slower alone: no boundary cost.
+    assert boundary_model((10.0, 20.0), None, (1, 2, 3)) == ((10.0, 20.0), (0.0, 0.0, 0.0))
+    assert boundary_model((10.0, 20.0), 35.0, (1, 2, 3))[1] == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="boundary sizes"):
+        boundary_model((10.0, 20.0), 25.0, (1, 2))
+
+
+def test_stage_costs_apply_the_quota_to_insides_and_ends() -> None:
+    from edgesplit.profiler import DeviceProfile
+
+    common = {"unit_spread_ms": (0.0, 0.0), "threads": 1, "cpu_count": 2,
+              "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
+    # Burst timings (wall) are fast; CPU time / share is what the quota sustains.
+    d = DeviceProfile(
+        "pi1", unit_ms=(10.0, 10.0), unit_cpu_ms=(10.0, 10.0), cpus=0.5,
+        model_ms={"fp32": 16.0}, model_cpu_ms={"fp32": 16.0}, **common,
+    )  # fmt: skip
+    inner, h = d.stage_costs("fp32", (0, 400, 0))
+    assert h == pytest.approx((0.0, 2.0 / 0.5, 0.0))  # beta = 4/400: 2 ms wall per end, / 0.5
+    assert inner == pytest.approx((16.0, 16.0))  # (10 - 2) / 0.5
+    assert d.stage_ms(0, 2, (0, 400, 0)) == pytest.approx(32.0)  # the whole model, sustained
+    assert d.stage_ms(0, 1, (0, 400, 0)) == pytest.approx(20.0)  # one unit alone, sustained

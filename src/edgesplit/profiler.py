@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,11 @@ class DeviceProfile:
     times are scaled to the whole quantized model, see :mod:`edgesplit.runtime.profiling`)."""
     precision_unit_cpu_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     """The CPU times of the same, like ``unit_cpu_ms``."""
+    model_ms: dict[str, float] = field(default_factory=dict)
+    """Per precision: median time of the whole model run as one stage (see
+    :func:`boundary_model`); empty in profiles from before it was measured."""
+    model_cpu_ms: dict[str, float] = field(default_factory=dict)
+    """Per precision: the process CPU time of the same."""
 
     @property
     def total_ms(self) -> float:
@@ -124,6 +130,34 @@ class DeviceProfile:
         return self._sustained(
             self.precision_unit_ms[precision], self.precision_unit_cpu_ms.get(precision, ())
         )
+
+    def stage_costs(
+        self, precision: str, boundary_bytes: Sequence[int]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(unit_ms, boundary_ms)`` for the planner at ``precision``: sustained times of each
+        unit inside a stage, and of a stage boundary at every cut (see :func:`boundary_model`;
+        ``boundary_bytes[k]`` is the tensor at cut ``k``, the model input at 0)."""
+        self.unit_ms_at(precision)  # raises the ConfigError naming what was profiled
+        if precision == "fp32":
+            wall, cpu = self.unit_ms, self.unit_cpu_ms
+        else:
+            wall = self.precision_unit_ms[precision]
+            cpu = self.precision_unit_cpu_ms.get(precision, ())
+        inner, edge = boundary_model(wall, self.model_ms.get(precision), boundary_bytes)
+        if self.cpus is None or len(cpu) != len(wall):
+            return inner, edge
+        inner_cpu, edge_cpu = boundary_model(cpu, self.model_cpu_ms.get(precision), boundary_bytes)
+        return (
+            tuple(max(w, c / self.cpus) for w, c in zip(inner, inner_cpu, strict=True)),
+            tuple(max(w, c / self.cpus) for w, c in zip(edge, edge_cpu, strict=True)),
+        )
+
+    def stage_ms(
+        self, start: int, end: int, boundary_bytes: Sequence[int], precision: str = "fp32"
+    ) -> float:
+        """The planner's compute time of units ``[start, end)`` as one stage on this device."""
+        inner, edge = self.stage_costs(precision, boundary_bytes)
+        return sum(inner[start:end]) + edge[start] + edge[end]
 
     @property
     def busy_fraction(self) -> float:
@@ -218,6 +252,8 @@ def _device_from_dict(d: dict[str, Any]) -> DeviceProfile:
             "precision_unit_cpu_ms": {
                 str(k): tuple(v) for k, v in d.get("precision_unit_cpu_ms", {}).items()
             },
+            "model_ms": {str(k): float(v) for k, v in d.get("model_ms", {}).items()},
+            "model_cpu_ms": {str(k): float(v) for k, v in d.get("model_cpu_ms", {}).items()},
         }
     )
 
@@ -259,6 +295,37 @@ def unit_profiles(ug: UnitGraph, batch_size: int) -> tuple[UnitProfile, ...]:
     return tuple(out)
 
 
+def boundary_model(
+    unit_ms: Sequence[float], model_ms: float | None, boundary_bytes: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Split units timed one by one into their time inside a stage and a cost per stage end.
+
+    A unit timed alone is a one-unit stage: it pays the conversion of its input and its output
+    that an engine fusing a stage into one graph pays only at the stage's two ends (ONNX
+    Runtime reorders a stage's tensors into its blocked layout and back). That cost is taken
+    as proportional to the tensor: ``h[k] = beta / 2 * boundary_bytes[k]`` at cut ``k``. The
+    whole model as one stage pays it only at cuts 0 and n, so ``sum(unit_ms) - model_ms`` is
+    ``beta`` times the bytes of the inner cuts, which gives beta (>= 0). Returns
+    ``(inner, h)``: ``inner[i] = unit_ms[i] - h[i] - h[i + 1]`` (at least 0), and ``h`` with
+    n + 1 entries, so that a stage of units [j, e) costs ``sum(inner[j:e]) + h[j] + h[e]`` and
+    the whole model ``model_ms``. Without ``model_ms`` (or no inner cut): beta = 0."""
+    n = len(unit_ms)
+    if len(boundary_bytes) != n + 1:
+        raise ValueError(f"need {n + 1} boundary sizes for {n} units, got {len(boundary_bytes)}")
+    inner_bytes = sum(boundary_bytes[1:n])
+    beta = 0.0
+    if model_ms and inner_bytes > 0:
+        beta = max(0.0, (math.fsum(unit_ms) - model_ms) / inner_bytes)
+    h = tuple(beta / 2 * b for b in boundary_bytes)
+    inner = tuple(max(0.0, t - h[i] - h[i + 1]) for i, t in enumerate(unit_ms))
+    return inner, h
+
+
+def boundary_bytes(profile: Profile) -> tuple[int, ...]:
+    """The tensor at every cut of ``profile``'s model: its input, then each unit's output."""
+    return (profile.input_bytes, *(u.out_bytes for u in profile.units))
+
+
 def _numel(shape: tuple[int, ...] | list[int]) -> int:
     n = 1
     for s in shape:
@@ -293,6 +360,7 @@ def to_problem(
     given) overrides memory budgets and power models with the ones in the cluster file.
     Raises :class:`ConfigError` when a device has no unit times at ``precision``."""
     devices = []
+    cuts = boundary_bytes(profile)
     for d in profile.devices:
         budget, idle_w, busy_w = d.memory_budget_bytes, d.idle_w, d.busy_w
         if cluster is not None:
@@ -300,10 +368,12 @@ def to_problem(
             if spec.memory_budget_mb is not None:
                 budget = int(spec.memory_budget_mb * 2**20)
             idle_w, busy_w = spec.power.idle_w, spec.power.busy_w
+        unit_ms, edge_ms = d.stage_costs(precision, cuts)
         devices.append(
             DeviceCost(
                 name=d.name,
-                unit_ms=d.unit_ms_at(precision),
+                unit_ms=unit_ms,
+                boundary_ms=edge_ms,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,
@@ -412,6 +482,7 @@ def profile_cluster(
             "edgesplit": reply.edgesplit_version,
             "torch": reply.torch_version,
             "python": reply.python_version,
+            "cost_model": 2,  # unit times + the whole model (boundary_model)
         }
         if settings.extra_precisions:  # fp32-only identities stay as they were
             identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
@@ -425,11 +496,13 @@ def profile_cluster(
         say(f"{d.name}: timing {len(units)} units (batch {settings.batch_size})")
         answer = _profile_one(coordinator, d.name, settings, "fp32", len(units))
         extra, extra_cpu = {}, {}
+        model_ms, model_cpu_ms = {"fp32": answer.model_ms}, {"fp32": answer.model_cpu_ms}
         for precision in settings.extra_precisions:
             say(f"{d.name}: timing {len(units)} units at {precision}")
             got = _profile_one(coordinator, d.name, settings, precision, len(units))
             extra[precision] = tuple(got.unit_ms)
             extra_cpu[precision] = tuple(got.unit_cpu_ms)
+            model_ms[precision], model_cpu_ms[precision] = got.model_ms, got.model_cpu_ms
         available = int(answer.available_memory_mb * 2**20)
         device = DeviceProfile(
             name=d.name,
@@ -446,6 +519,8 @@ def profile_cluster(
             versions={k: str(v) for k, v in identity.items() if k not in ("device", "host")},
             precision_unit_ms=extra,
             precision_unit_cpu_ms=extra_cpu,
+            model_ms=model_ms,
+            model_cpu_ms=model_cpu_ms,
         )
         device = replace(device, **_budget(d, device))
         _write_cached(path, device)

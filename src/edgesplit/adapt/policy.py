@@ -168,7 +168,9 @@ def live_problem(
     problem = to_problem(profile)
     devices = tuple(
         dataclasses.replace(
-            d, unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.unit_ms)
+            d,
+            unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.unit_ms),
+            boundary_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.boundary_ms),
         )
         for d in problem.devices
     )

@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 
 from edgesplit.config import COORDINATOR
-from edgesplit.profiler import Profile
+from edgesplit.profiler import Profile, boundary_bytes
 
 MIN_EXPECTED_MS = 0.05
 """Stages the profile times below this are too short to tell a speed from noise."""
@@ -183,10 +183,11 @@ def profiled_link(profile: Profile, a: str, b: str) -> tuple[float, float | None
 
 
 def expected_ms(profile: Profile, device: str, start: int, end: int, batch_size: int) -> float:
-    """The profile's compute time of units ``[start, end)`` on ``device`` for ``batch_size``
-    images (unit times scale linearly with the batch, an approximation for partial batches)."""
-    unit_ms = profile.device(device).unit_ms
-    return sum(unit_ms[start:end]) * batch_size / profile.batch_size
+    """The planner's compute time of units ``[start, end)`` as one stage on ``device`` for
+    ``batch_size`` images (times scale linearly with the batch, an approximation for partial
+    batches), so a device that runs as planned has speed factor 1."""
+    ms = profile.device(device).stage_ms(start, end, boundary_bytes(profile))
+    return ms * batch_size / profile.batch_size
 
 
 def _replace_device(state: AdaptState, new: DeviceEstimate) -> AdaptState:

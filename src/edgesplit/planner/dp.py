@@ -68,7 +68,12 @@ def build_tables(problem: Problem) -> Tables:
     times = np.array([d.unit_ms for d in problem.devices], dtype=np.float64)
     prefix = np.concatenate([np.zeros((len(names), 1)), np.cumsum(times, axis=1)], axis=1)
     upper = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
-    compute = np.where(upper, prefix[:, None, :] - prefix[:, :, None], INF)
+    bounds = np.array(
+        [d.boundary_ms or (0.0,) * (n + 1) for d in problem.devices], dtype=np.float64
+    )
+    # A difference of running sums plus the two boundary terms, the arithmetic of evaluate().
+    span = prefix[:, None, :] - prefix[:, :, None]
+    compute = np.where(upper, span + bounds[:, :, None] + bounds[:, None, :], INF)
     memory = stage_memory(problem)
     budgets = np.array(
         [INF if d.memory_budget_bytes is None else d.memory_budget_bytes for d in problem.devices]

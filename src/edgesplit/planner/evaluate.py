@@ -65,7 +65,7 @@ def evaluate(
         # A difference of running sums, the very arithmetic of the planner's tables, so a bound
         # the planner checks compares the same here (an fsum can differ in the last bit).
         prefix = list(itertools.accumulate(device.unit_ms, initial=0.0))
-        computes.append(prefix[end] - prefix[start])
+        computes.append(prefix[end] - prefix[start] + device.boundary(start) + device.boundary(end))
         transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
         memories.append(memory)
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)

@@ -33,6 +33,12 @@ class UnitCost:
 class DeviceCost:
     """A device: its time per micro-batch for every unit, its memory budget and power model.
 
+    A stage of units ``[j, e)`` computes for ``sum(unit_ms[j:e]) + boundary_ms[j] +
+    boundary_ms[e]``: ``unit_ms`` are the units' times inside a stage, ``boundary_ms[k]`` what
+    a stage pays to start or end at cut ``k`` (0..n; an engine that fuses a stage into one
+    graph converts the tensor at its ends, a cost that grows with the tensor). Empty
+    ``boundary_ms``: no such cost.
+
     Power is linear in utilisation: ``idle_w + (busy_w - idle_w) * busy_fraction`` while the
     device computes, ``idle_w`` otherwise."""
 
@@ -42,6 +48,10 @@ class DeviceCost:
     idle_w: float = 2.7
     busy_w: float = 6.4
     busy_fraction: float = 1.0  # utilisation (0..1 of all cores) while this device computes
+    boundary_ms: tuple[float, ...] = ()  # one per cut 0..n, or empty (none)
+
+    def boundary(self, cut: int) -> float:
+        return self.boundary_ms[cut] if self.boundary_ms else 0.0
 
     @property
     def active_extra_w(self) -> float:
@@ -110,6 +120,13 @@ class Problem:
                 )
             for i, ms in enumerate(d.unit_ms):
                 _check_number(f"device {d.name!r} time of unit {i}", ms)
+            if d.boundary_ms and len(d.boundary_ms) != len(self.units) + 1:
+                raise PlanError(
+                    f"device {d.name!r} has {len(d.boundary_ms)} boundary times, expected one "
+                    f"per cut ({len(self.units) + 1}) or none"
+                )
+            for k, ms in enumerate(d.boundary_ms):
+                _check_number(f"device {d.name!r} boundary time at cut {k}", ms)
             if d.memory_budget_bytes is not None:
                 _check_number(f"device {d.name!r} memory_budget_bytes", d.memory_budget_bytes)
             for field in ("idle_w", "busy_w"):
