@@ -351,3 +351,14 @@ def test_throughput_bound_met_exactly_is_feasible() -> None:
     best = evaluate(problem, [("a", 0, 1)]).prediction.throughput_ips
     plan = choose_plan(problem, "energy", min_throughput_ips=best)
     assert plan.prediction.throughput_ips == best
+
+
+def test_energy_under_a_latency_bound_looks_past_an_expensive_cut() -> None:
+    # Ending a stage at cut 1 costs 50 ms, so the one-unit stage (60 ms) breaks the bound while
+    # the two-unit stage (20 ms) meets it: a longer stage can be the cheaper one.
+    units = tuple(UnitCost(out_bytes=0, weight_bytes=0, activation_bytes=0) for _ in range(2))
+    device = DeviceCost("a", (10.0, 10.0), boundary_ms=(0.0, 50.0, 0.0))
+    problem = Problem(units=units, devices=(device,), batch_size=1, input_bytes=0)
+    plan = choose_plan(problem, "energy", max_latency_ms=40.0)
+    assert plan.assignment() == (("a", 0, 2),)
+    assert plan.prediction.latency_ms == pytest.approx(20.0)

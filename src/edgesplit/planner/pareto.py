@@ -55,6 +55,7 @@ def energy_with_latency_bound(
     num_d, n = tables.num_devices, tables.num_units
     ok = tables.fits & (tables.compute <= cap_ms)
     stage = np.where(ok, tables.compute, INF).tolist()
+    fits = tables.fits.tolist()
     hop = tables.hop.tolist()
     extra = tables.active_extra_w.tolist()
     idle_w = float(tables.idle_w.sum())
@@ -66,9 +67,11 @@ def energy_with_latency_bound(
         energy, latency, bottleneck = base
         row = stage[d2][j]
         for e in range(j + 1, n + 1):
+            if not fits[d2][j][e]:
+                break  # memory only grows with e
             c = row[e]
             if c == INF or latency + c > max_latency_ms:
-                break  # both grow with e
+                continue  # a boundary cost can make a longer stage cheaper
             label = Label(energy + extra[d2] * c, latency + c, max(bottleneck, c), parent, d2, j, e)
             _insert(fronts.setdefault((subset, d2, e), []), label)
 
