@@ -105,6 +105,7 @@ def problems(draw: st.DrawFn, max_units: int = 10, max_devices: int = 4) -> Prob
         input_bytes=draw(st.integers(0, 2 * MB)),
         default_link=draw(link_strategy()),
         links=links,
+        prepare_ms=draw(st.one_of(st.just(0.0), st.floats(0.0, 60.0))),
     )
 
 
@@ -239,6 +240,16 @@ def test_boundary_costs_are_paid_at_each_stage_end() -> None:
     assert [s.compute_ms for s in split.stages] == pytest.approx([1 + 20 + 6, 6 + 20 + 2])
     with pytest.raises(PlanError, match="expected one per cut"):
         simple_problem(devices=(DeviceCost("a", (1.0,) * 4, boundary_ms=(1.0,)),))
+
+
+def test_the_coordinators_preparation_adds_to_the_period_not_to_latency() -> None:
+    # Upload 3 ms (see test_evaluate_by_hand); preparing 40 ms more makes the coordinator the
+    # bottleneck (43 ms > the 30 ms stage) but a micro-batch's latency starts at its upload.
+    plan = evaluate(simple_problem(prepare_ms=40.0), [("b", 0, 1), ("a", 1, 4)])
+    unprepared = evaluate(simple_problem(), [("b", 0, 1), ("a", 1, 4)])
+    assert plan.prediction.bottleneck_ms == pytest.approx(43.0)
+    assert plan.prediction.prepare_ms == 40.0
+    assert plan.prediction.latency_ms == unprepared.prediction.latency_ms
 
 
 def test_links_override_in_either_order() -> None:

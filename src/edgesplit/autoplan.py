@@ -62,9 +62,12 @@ def profile_and_plan(
     request: PlanRequest,
     settings: ProfileSettings,
     say: Callable[[str], None],
+    prepare_ms: float = 0.0,
 ) -> tuple[Profile, planner.Plan]:
-    """Profile the coordinator's cluster (model loaded) and plan."""
+    """Profile the coordinator's cluster (model loaded) and plan; ``prepare_ms`` is the
+    coordinator's measured time to prepare a micro-batch (see :class:`Profile`)."""
     profile = profile_cluster(coordinator, ug, model, num_classes, settings, say)
+    profile = replace(profile, prepare_ms=prepare_ms)
     chosen = plan(profile, request)
     p = chosen.prediction
     say(
@@ -109,6 +112,7 @@ def prediction_dict(
         "latency_ms": p.latency_ms,
         "bottleneck_ms": p.bottleneck_ms,
         "upload_ms": p.upload_ms,
+        "prepare_ms": p.prepare_ms,
         "energy_j_per_image": p.energy_j_per_image,
         "stages": [
             {

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -233,7 +234,14 @@ def run_job(
             )
             planned = replace(planned, precision=execution.precision)
             profile, chosen = autoplan.profile_and_plan(
-                coordinator, ug, config.model, resolved.num_classes, planned, settings, phase
+                coordinator,
+                ug,
+                config.model,
+                resolved.num_classes,
+                planned,
+                settings,
+                phase,
+                prepare_ms=preparation_ms(dataset, config.batch_size, size),
             )
             if config.precision == "auto":
                 chosen, choice, execution = choose_precision(
@@ -388,6 +396,24 @@ def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> 
         show(dataclasses.replace(snapshot, adaptive=controller.line()))
 
     return shown
+
+
+def preparation_ms(dataset: data.ImageSet, batch_size: int, input_size: int) -> float:
+    """Median time the coordinator takes to prepare one micro-batch for upload, the way a run
+    does it (load, resize, normalise, encode), over 3 micro-batches after a warm-up one."""
+    from edgesplit.runtime import codec
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+    times = []
+    batches = dataset.batches(batch_size, input_size, 3, limit=4 * batch_size)
+    while True:
+        t0 = time.perf_counter()
+        item = next(batches, None)
+        if item is None:
+            break
+        codec.encode(item[1], out=pb.MicroBatch().tensor)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times[1:] or times) if times else 0.0
 
 
 def default_input_size(model: str, dataset: str) -> int:

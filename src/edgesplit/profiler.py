@@ -195,6 +195,9 @@ class Profile:
     """The cluster's default link, for pairs without a probe."""
     default_latency_ms: float = 0.0
     created: float = 0.0
+    prepare_ms: float = 0.0
+    """The coordinator's time to prepare one micro-batch for upload (load, preprocess, encode),
+    measured by the run on its dataset; 0 when unknown (``edgesplit profile`` has no dataset)."""
 
     def device(self, name: str) -> DeviceProfile:
         for d in self.devices:
@@ -228,6 +231,7 @@ class Profile:
                 default_bandwidth_mbps=data.get("default_bandwidth_mbps"),
                 default_latency_ms=float(data.get("default_latency_ms", 0.0)),
                 created=float(data.get("created", 0.0)),
+                prepare_ms=float(data.get("prepare_ms", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
@@ -402,6 +406,7 @@ def to_problem(
             bandwidth_mbps=profile.default_bandwidth_mbps, latency_ms=profile.default_latency_ms
         ),
         links=links,
+        prepare_ms=profile.prepare_ms,
     )
 
 

@@ -11,8 +11,9 @@ Cost model (every number is per micro-batch of ``batch_size`` images; ranges are
   transfer is the result return ``link(d_last, COORDINATOR)`` with the last unit's out_bytes.
   upload = ``link(COORDINATOR, d_1).transfer_ms(input_bytes)``. ``transfer_ms(b) = latency_ms +
   b * 8 / (bandwidth_mbps * 1e3)``, or latency_ms alone when the bandwidth is None.
-- bottleneck = max(upload, max over stages of max(compute_k, transfer_k)) (a device computes
-  and sends in parallel); throughput_ips = batch_size * 1000 / bottleneck;
+- bottleneck = max(prepare + upload, max over stages of max(compute_k, transfer_k)) (a device
+  computes and sends in parallel; the coordinator prepares a micro-batch, ``prepare_ms``, then
+  uploads it); throughput_ips = batch_size * 1000 / bottleneck;
   latency = upload + sum over stages of (compute_k + transfer_k).
 - memory_k = weights of the stage's units + the largest activation_bytes among them; a stage is
   allowed on a device only if memory_k <= its memory_budget_bytes (None: unlimited).

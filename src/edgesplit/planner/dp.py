@@ -38,6 +38,7 @@ class Tables:
     fits: Array  # [d, j, e]: units [j, e) fit d's memory budget (and j < e)
     hop: Array  # [d, d2, j]: hand-off ms of unit j-1's output from d to d2; inf if not a cut
     upload: Array  # [d]: input upload coordinator -> d
+    period_upload: Array  # [d]: the coordinator's share of the period: prepare + upload
     ret: Array  # [d]: result return d -> coordinator
     active_extra_w: Array  # [d]: power above idle while computing
     idle_w: Array  # [d]
@@ -96,6 +97,7 @@ def build_tables(problem: Problem) -> Tables:
         fits=fits,
         hop=hop,
         upload=upload,
+        period_upload=upload + problem.prepare_ms,
         ret=ret,
         active_extra_w=np.array([d.active_extra_w for d in problem.devices]),
         idle_w=np.array([d.idle_w for d in problem.devices]),
@@ -202,7 +204,7 @@ def bottleneck_costs(tables: Tables) -> Costs:
     return Costs(
         stage=np.where(tables.fits, tables.compute, INF),
         hop=tables.hop,
-        first=tables.upload,
+        first=tables.period_upload,
         last=tables.ret,
         combine="max",
     )
@@ -213,7 +215,7 @@ def latency_costs(tables: Tables, cap: float = INF, strict: bool = False) -> Cos
     return Costs(
         stage=_capped(np.where(tables.fits, tables.compute, INF), cap, strict),
         hop=_capped(tables.hop, cap, strict),
-        first=_capped(tables.upload, cap, strict),
+        first=np.where(np.isfinite(_capped(tables.period_upload, cap, strict)), tables.upload, INF),
         last=_capped(tables.ret, cap, strict),
         combine="sum",
     )
@@ -234,7 +236,7 @@ def active_energy_costs(tables: Tables, cap: float = INF, strict: bool = False) 
     return Costs(
         stage=stage,
         hop=zero_if_ok(tables.hop),
-        first=zero_if_ok(tables.upload),
+        first=zero_if_ok(tables.period_upload),
         last=zero_if_ok(tables.ret),
         combine="sum",
     )
@@ -244,7 +246,7 @@ def bottleneck_of(tables: Tables, stages: tuple[tuple[str, int, int], ...]) -> f
     """The bottleneck of ``stages`` from the tables' own numbers (so a cap derived from it
     compares exactly with the DP's pieces; a sum in another order may differ in the last bit)."""
     index = [tables.names.index(name) for name, _, _ in stages]
-    pieces = [float(tables.upload[index[0]]), float(tables.ret[index[-1]])]
+    pieces = [float(tables.period_upload[index[0]]), float(tables.ret[index[-1]])]
     for k, (_, start, end) in enumerate(stages):
         pieces.append(float(tables.compute[index[k], start, end]))
         if k + 1 < len(stages):

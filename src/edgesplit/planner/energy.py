@@ -30,7 +30,7 @@ def piece_values(tables: dp.Tables, floor_ms: float, cap_ms: float) -> np.ndarra
     parts = [
         tables.compute[tables.fits],
         tables.hop[np.isfinite(tables.hop)],
-        tables.upload,
+        tables.period_upload,
         tables.ret,
     ]
     values = np.unique(np.concatenate(parts))

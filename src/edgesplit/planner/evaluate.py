@@ -69,7 +69,7 @@ def evaluate(
         transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
         memories.append(memory)
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
-    bottleneck = max(upload_ms, *computes, *transfers)
+    bottleneck = max(upload_ms + problem.prepare_ms, *computes, *transfers)
     used = {name for name, _, _ in stages}
     idle_mj = sum(d.idle_w * bottleneck for d in problem.devices if d.name not in used)
     plans = []
@@ -99,6 +99,7 @@ def evaluate(
         latency_ms=upload_ms + math.fsum(computes) + math.fsum(transfers),
         energy_j_per_image=total_mj / 1000.0 / problem.batch_size,
         idle_devices_mj=idle_mj,
+        prepare_ms=problem.prepare_ms,
     )
     return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
 

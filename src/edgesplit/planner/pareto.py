@@ -76,9 +76,9 @@ def energy_with_latency_bound(
             _insert(fronts.setdefault((subset, d2, e), []), label)
 
     for d in range(num_d):
-        up = float(tables.upload[d])
-        if up <= cap_ms:
-            extend(None, (0.0, up, up), 1 << d, d, 0)
+        up, period = float(tables.upload[d]), float(tables.period_upload[d])
+        if period <= cap_ms:
+            extend(None, (0.0, up, period), 1 << d, d, 0)
     for s in range(1, 1 << num_d):
         members = [d for d in range(num_d) if s >> d & 1]
         outs = [d for d in range(num_d) if not s >> d & 1]

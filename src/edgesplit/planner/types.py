@@ -95,6 +95,10 @@ class Problem:
     input_bytes: int  # upload per micro-batch, coordinator -> first stage
     default_link: LinkCost = LinkCost()
     links: tuple[tuple[str, str, LinkCost], ...] = ()
+    prepare_ms: float = 0.0
+    """The coordinator's time to prepare one micro-batch (load, preprocess, encode). It does
+    that between uploads, so it adds to the upload's share of the period, not to latency (which
+    starts at the upload)."""
 
     def __post_init__(self) -> None:
         if not self.units:
@@ -104,6 +108,7 @@ class Problem:
         if self.batch_size < 1:
             raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
         _check_number("input_bytes", self.input_bytes)
+        _check_number("prepare_ms", self.prepare_ms)
         for i, u in enumerate(self.units):
             for field in ("out_bytes", "weight_bytes", "activation_bytes"):
                 _check_number(f"unit {i} ({u.name!r}) {field}", getattr(u, field))
@@ -203,12 +208,13 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Prediction:
-    upload_ms: float
+    upload_ms: float  # the input's transfer to the first stage
     bottleneck_ms: float
     throughput_ips: float
     latency_ms: float
     energy_j_per_image: float
     idle_devices_mj: float = 0.0  # per micro-batch, drawn by cluster devices no stage uses
+    prepare_ms: float = 0.0  # the coordinator's preparation, serial with the upload
 
 
 @dataclass(frozen=True)
