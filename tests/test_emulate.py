@@ -21,6 +21,7 @@ import pytest
 from edgesplit.config import ClusterSpec, DeviceSpec, EmulationSpec, LinkSpec, PairLink
 from edgesplit.emulate import (
     CFS_PERIOD_US,
+    STRESS_SHARE,
     EmulatedCluster,
     EmulatedDevice,
     WorkerCommand,
@@ -221,6 +222,32 @@ def _check_cgroups(cluster: EmulatedCluster, pids: list[int]) -> None:
         else:
             assert (group / "cpu.max").read_text().split() == [str(quota), str(CFS_PERIOD_US)]
         assert pid in [int(x) for x in (group / "cgroup.procs").read_text().split()]
+
+
+def _quota(mechanism: str, group: Path) -> int:
+    if mechanism == "cgroup-v1":
+        return int((group / "cpu.cfs_quota_us").read_text())
+    return int((group / "cpu.max").read_text().split()[0])
+
+
+@pytest.mark.skipif(not CGROUPS, reason="needs cgroups (the hog takes part of a quota)")
+def test_a_hog_takes_most_of_the_devices_share_until_it_stops(stub_cmd: WorkerCommand) -> None:
+    with EmulatedCluster.start([EmulatedDevice("pi1", 0.5)], worker_cmd=stub_cmd) as cluster:
+        group = cluster.cgroup("pi1")
+        assert group is not None
+        pids = [cluster.start_hog("pi1"), cluster.start_hog("pi1")]
+        hogs = group.with_name(f"{group.name}-hog")
+        # The worker keeps a quarter of its half core; both hogs share the other three quarters.
+        assert _quota(cluster.mechanism, group) == round(0.5 * (1 - STRESS_SHARE) * CFS_PERIOD_US)
+        assert _quota(cluster.mechanism, hogs) == round(0.5 * STRESS_SHARE * CFS_PERIOD_US)
+        assert sorted(int(x) for x in (hogs / "cgroup.procs").read_text().split()) == sorted(pids)
+        assert cluster.stop_hogs("pi1") == 2
+        assert _quota(cluster.mechanism, group) == 50000
+        assert not hogs.exists()
+        assert wait_gone(pids) == []
+        cluster.start_hog("pi1")  # stopping the cluster ends a hog still running
+    assert not hogs.exists()
+    assert children_alive() == []
 
 
 def _status_soon(pid: int, status: str, timeout_s: float = 5.0) -> bool:

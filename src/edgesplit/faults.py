@@ -3,7 +3,7 @@
 A spec is ``TARGET:ACTION@AT[+DURATION]``, times as ``10s``, ``1.5s`` or ``500ms`` after the
 run (or the emulator) starts::
 
-    pi2:stress@10s            a CPU hog inside pi2's CPU share (+DURATION ends it)
+    pi2:stress@10s            a CPU hog takes 3/4 of pi2's CPU share (+DURATION ends it)
     pi3:kill@20s              SIGKILL: the device crashes
     pi2:pause@15s+5s          SIGSTOP, then SIGCONT 5 s later (no +DURATION: paused for good)
     link:pi1-pi2:bandwidth=50mbps@10s          both directions; units kbps, mbps, gbps
