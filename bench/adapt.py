@@ -7,16 +7,16 @@ calibration run first learns the planner's plan (and warms the profile cache) an
 number of images so that every run lasts about ``--after`` seconds past the change. Then, per
 case, all in the same process through the same ``edgesplit run`` library path:
 
-* **stress**: at t = ``--at`` s, ``--hogs`` CPU hogs start inside the share of the device
-  that holds the stage with the most compute (three hogs take about three quarters of its
-  share);
+* **stress**: at t = ``--at`` s, a CPU hog takes three quarters of the CPU share of the device
+  that holds the stage with the most compute (``pi2:stress``: that device's quota shrinks to a
+  quarter, the hog runs beside it with the rest);
 * **link**: at t = ``--at`` s, the link between two consecutive stages that carries the largest
   tensor drops to ``--link-mbps`` (50) Mbit/s;
 
 each run **static** (the auto plan from the calibration's profile, kept), **adaptive** (the
 same start, ``--adaptive`` with the default policy: threshold 15 %, hold 3 s, minimum interval
 10 s) and **best static** (the changed conditions from the start, profiled and planned for
-them: the hogs run during profiling, or the cluster file carries the slow link). The heartbeat
+them: the hog runs during profiling, or the cluster file carries the slow link). The heartbeat
 deadline is 5 s in every run (see ``HEARTBEAT_DEADLINE_S``). Throughput is in one-second bins
 of result arrivals. Reported: the recovery time (from the change until the adaptive run's 3-s
 rolling mean reaches 85 % of the best static plan's steady throughput), and adaptive / static
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus", type=float, default=0.5, help="CPU share of each device (0.5)")
     p.add_argument("--at", type=float, default=10.0, help="seconds until the change (10)")
     p.add_argument("--after", type=float, default=35.0, help="seconds of run after it (35)")
-    p.add_argument("--hogs", type=int, default=3, help="CPU hogs in the stressed device (3)")
+    p.add_argument("--hogs", type=int, default=1, help="CPU hogs in the stressed device (1)")
     p.add_argument("--link-mbps", type=float, default=50.0, help="degraded link (50 Mbit/s)")
     p.add_argument("--quick", action="store_true", help="smoke run: 15 s after, stress only")
     p.add_argument("--name", default="adapt", help="results file bench/results/NAME.json")

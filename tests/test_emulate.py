@@ -241,6 +241,8 @@ def test_a_hog_takes_most_of_the_devices_share_until_it_stops(stub_cmd: WorkerCo
         assert _quota(cluster.mechanism, group) == round(0.5 * (1 - STRESS_SHARE) * CFS_PERIOD_US)
         assert _quota(cluster.mechanism, hogs) == round(0.5 * STRESS_SHARE * CFS_PERIOD_US)
         assert sorted(int(x) for x in (hogs / "cgroup.procs").read_text().split()) == sorted(pids)
+        emulation = cluster.spec.devices[0].emulation  # what a profile plans pi1 with
+        assert emulation is not None and emulation.cpus == pytest.approx(0.5 * (1 - STRESS_SHARE))
         assert cluster.stop_hogs("pi1") == 2
         assert _quota(cluster.mechanism, group) == 50000
         assert not hogs.exists()

@@ -426,12 +426,12 @@ class EmulatedCluster:
 
     @property
     def spec(self) -> ClusterSpec:
-        """The cluster file's content: addresses, token file, links, and each CPU share."""
+        """The cluster file's content: addresses, token file, links, and each CPU share (what
+        the worker gets: a device under a CPU hog keeps ``1 - STRESS_SHARE`` of its own)."""
         devices = []
         for w in self._workers.values():
-            emulation = EmulationSpec(
-                cpus=w.device.cpus, mechanism=self.mechanism, pid=w.process.pid
-            )
+            cpus = w.device.cpus * (1 - STRESS_SHARE) if w.hog_cgroup else w.device.cpus
+            emulation = EmulationSpec(cpus=cpus, mechanism=self.mechanism, pid=w.process.pid)
             try:
                 devices.append(
                     DeviceSpec(
