@@ -421,3 +421,38 @@ def test_a_switch_that_made_things_worse_is_corrected_at_the_base_interval() -> 
     assert d.verdict is not None and "made it worse" in d.verdict
     assert d.hold.backoff == 1.0
     assert d.switch
+
+
+def test_a_switch_onto_an_unused_link_probes_it_first() -> None:
+    # pi2 slows 4x. On the profile the best plan drops pi2 and hands pi1's output straight to
+    # pi3, over a link no result has timed; the probe finds it slow, so the controller keeps
+    # the pi1-pi2-pi3 order and gives pi2 less work instead.
+    probed: list[tuple[str, str, int]] = []
+
+    def probe(a: str, b: str, nbytes: int) -> float:
+        probed.append((a, b, nbytes))
+        return 500.0 if {a, b} == {"pi1", "pi3"} else 0.5
+
+    fake = FakeCoordinator(BALANCED)
+    clock = [0.0]
+    controller = Controller(
+        fake,  # type: ignore[arg-type]
+        PROFILE,
+        REQUEST,
+        AdaptPolicy(hold_s=1.0, min_interval_s=5.0),
+        clock=lambda: clock[0],
+        probe=probe,
+    )
+    for tick in range(30):
+        clock[0] = now = tick * 0.5
+        slow = 4.0 if now >= 2.0 else 1.0
+        controller.observe(result(now, fake.epoch, {"pi1": 30.0, "pi2": 30.0 * slow, "pi3": 20.0}))
+        controller.tick()
+    # The tensor the new plan would send there (a cut's 100 kB output).
+    assert any({a, b} == {"pi1", "pi3"} and n == OUT_BYTES for a, b, n in probed), probed
+    assert controller.summary()["link_probes"] == len(probed) >= 1
+    assert fake.switches, controller.records
+    for stages, _ in fake.switches:
+        hops = {frozenset((x[0], y[0])) for x, y in itertools.pairwise(stages)}
+        assert frozenset(("pi1", "pi3")) not in hops, stages
+    assert controller.state.link("pi3", "pi1") is not None

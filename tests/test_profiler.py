@@ -210,3 +210,28 @@ def test_stage_costs_apply_the_quota_to_insides_and_ends() -> None:
     assert inner == pytest.approx((16.0, 16.0))  # (10 - 2) / 0.5
     assert d.stage_ms(0, 2, (0, 400, 0)) == pytest.approx(32.0)  # the whole model, sustained
     assert d.stage_ms(0, 1, (0, 400, 0)) == pytest.approx(20.0)  # one unit alone, sustained
+
+
+def test_a_link_probe_honours_the_senders_link_change(coordinator: Coordinator) -> None:
+    """ProbeLink times what a hand-off would take now: a SetLink (an injected degradation) on
+    the sender wins over the shaping the request names (the adaptive controller relies on it)."""
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+    spec = coordinator.cluster
+    to = spec.device("w1").address
+    size = 64 * 1024
+
+    def probe_ms() -> float:
+        request = pb.ProbeLinkRequest(
+            address=to, token=spec.token_for("w1"), sizes=[size], repeats=1,
+            bandwidth_mbps=200, latency_ms=3,
+        )  # fmt: skip
+        return float(coordinator.stub("w0").ProbeLink(request, timeout=30).median_ms[0])
+
+    stub = coordinator.stub("w0")
+    stub.SetLink(pb.SetLinkRequest(to=to, bandwidth_mbps=5.0), timeout=10)
+    try:
+        assert probe_ms() >= 3 + size * 8 / (5.0 * 1e3)  # 108 ms at 5 Mbit/s
+    finally:
+        stub.SetLink(pb.SetLinkRequest(to=to, clear=True), timeout=10)
+    assert probe_ms() < 3 + size * 8 / (5.0 * 1e3)

@@ -12,6 +12,7 @@ The current plan is read from the coordinator on every tick, so a re-plan after 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -25,6 +26,7 @@ from edgesplit import planner
 from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, Stages, decide, live_problem
 from edgesplit.adapt.state import (
     AdaptState,
+    LinkProbed,
     Observation,
     ResultArrived,
     SensorsSeen,
@@ -43,7 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LinkProbe = Callable[[str, str, int], float]
+"""``(a, b, nbytes)`` -> ms to send ``nbytes`` from device ``a`` to device ``b``."""
+
 TICK_S = 0.5
+LINK_FRESH_S = 10.0
+"""A link observed more recently than this is not probed before a switch onto it."""
+PROBE_BYTES = (64 * 1024, 4 * 1024 * 1024)
+"""A probe sends the tensor the new plan would send over the link, within these bounds."""
+PROBE_TIMEOUT_S = 10.0
 RECORD_EVERY_S = 5.0
 """A decision whose kind did not change is still recorded this often (plans.jsonl)."""
 PLANS_FILE = "plans.jsonl"
@@ -65,6 +75,7 @@ class Controller:
         policy: AdaptPolicy | None = None,
         interval_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
+        probe: LinkProbe | None = None,
     ) -> None:
         self.c = coordinator
         self.profile = profile
@@ -72,6 +83,7 @@ class Controller:
         self.policy = policy or AdaptPolicy()
         self.interval_s = interval_s
         self.clock = clock
+        self.probe: LinkProbe = probe or self._probe_with_workers
         self._state = start(profile)
         self._hold = Hold()
         self._plans: dict[int, Stages] = {}
@@ -80,6 +92,7 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="adapt", daemon=True)
         self.decisions = 0
         self.switches = 0
+        self.probes = 0
         self.records: list[dict[str, Any]] = []
         """Recorded decisions (every switch, every new kind of "why not", and periodically)."""
         self.last: Decision | None = None
@@ -154,6 +167,13 @@ class Controller:
             self.c.usable_devices(),
         )  # fmt: skip
         self.decisions += 1
+        if d.switch and d.best is not None and self._probe_unseen_links(d.best, current, now):
+            # The new plan sends over links no result has timed lately: decide again with
+            # their probed speed (a link that degraded while unused is not walked into).
+            d = decide(
+                self.state, self.profile, current, self.request, self.policy, now, self._hold,
+                self.c.usable_devices(),
+            )  # fmt: skip
         if d.switch and d.best is not None:
             try:
                 epoch = self.c.switch_plan(list(d.best), reason=f"adaptive: {d.reason}")
@@ -167,6 +187,51 @@ class Controller:
         self.last = d
         self._record(d, now)
         return d
+
+    def _probe_unseen_links(self, best: Stages, current: Stages, now: float) -> bool:
+        """Time a transfer over every device-to-device hop of ``best`` that the current plan
+        does not use and no observation timed in the last ``LINK_FRESH_S``; True if any was."""
+        used = {frozenset((x[0], y[0])) for x, y in itertools.pairwise(current)}
+        probed = False
+        for (a, _, end), (b, _, _) in itertools.pairwise(best):
+            known = self.state.link(a, b)
+            fresh = (
+                known is not None and known.last_t is not None and now - known.last_t < LINK_FRESH_S
+            )
+            if frozenset((a, b)) in used or fresh:
+                continue
+            low, high = PROBE_BYTES
+            size = min(max(self.profile.units[end - 1].out_bytes, low), high)
+            try:
+                ms = self.probe(a, b, size)
+            except Exception as exc:  # a failed probe only leaves the link as profiled
+                log.warning("adaptive: probing the link %s-%s failed: %s", a, b, exc)
+                continue
+            seen = LinkProbed(self.clock(), a, b, size, ms)
+            with self._lock:
+                self._state = observe(self._state, seen, self.profile, self.policy.window_s)
+            self.probes += 1
+            probed = True
+        return probed
+
+    def _probe_with_workers(self, a: str, b: str, nbytes: int) -> float:
+        """Milliseconds for worker ``a`` to send ``nbytes`` to worker ``b`` (a ProbeLink call:
+        the emulated shaping in force on ``a`` applies, then a real transfer)."""
+        from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+        spec = self.c.cluster
+        link = spec.link(a, b)
+        request = pb.ProbeLinkRequest(
+            address=spec.device(b).address,
+            token=spec.token_for(b),
+            sizes=[nbytes],
+            repeats=1,
+            latency_ms=link.latency_ms,
+        )
+        if link.bandwidth_mbps is not None:
+            request.bandwidth_mbps = link.bandwidth_mbps
+        reply = self.c.stub(a).ProbeLink(request, timeout=PROBE_TIMEOUT_S)
+        return float(reply.median_ms[0])
 
     def _record(self, d: Decision, now: float) -> None:
         kind = _kind(d)
@@ -222,6 +287,7 @@ class Controller:
         return {
             "decisions": self.decisions,
             "switches": self.switches,
+            "link_probes": self.probes,
             "policy": dataclasses.asdict(self.policy),
             "speed_factors": {k: round(v, 3) for k, v in self.state.speed_factors().items()},
             "last": self.last.reason if self.last else None,

@@ -90,7 +90,19 @@ class ResultArrived:
     images: int
 
 
-Observation = StageSeen | SensorsSeen | ResultArrived
+@dataclass(frozen=True)
+class LinkProbed:
+    """A timed transfer of ``nbytes`` from device ``a`` to device ``b`` (a probe of a link the
+    plan does not use, so no result tells its speed)."""
+
+    t: float
+    a: str
+    b: str
+    nbytes: int
+    transfer_ms: float
+
+
+Observation = StageSeen | SensorsSeen | ResultArrived | LinkProbed
 
 
 @dataclass(frozen=True)
@@ -220,23 +232,24 @@ def _observe_stage(
     # Links to the coordinator stay as profiled: their arrival time includes the coordinator's
     # own queueing (one busy Python process), which is not the network.
     if seen.bytes_out > 0 and seen.transfer_ms >= 0 and seen.next_device != COORDINATOR:
-        state = _observe_link(state, seen, profile, window_s)
+        link = LinkProbed(seen.t, seen.device, seen.next_device, seen.bytes_out, seen.transfer_ms)
+        state = _observe_link(state, link, profile, window_s)
     return state
 
 
 def _observe_link(
-    state: AdaptState, seen: StageSeen, profile: Profile, window_s: float
+    state: AdaptState, seen: LinkProbed, profile: Profile, window_s: float
 ) -> AdaptState:
-    latency_ms, _ = profiled_link(profile, seen.device, seen.next_device)
-    per_byte = max(seen.transfer_ms - latency_ms, 0.0) / seen.bytes_out
-    old = state.link(seen.device, seen.next_device)
-    a, b = sorted((seen.device, seen.next_device))
+    latency_ms, _ = profiled_link(profile, seen.a, seen.b)
+    per_byte = max(seen.transfer_ms - latency_ms, 0.0) / seen.nbytes
+    old = state.link(seen.a, seen.b)
+    a, b = sorted((seen.a, seen.b))
     new = LinkEstimate(
         a=a,
         b=b,
         samples=_push(old.samples if old else (), seen.t, per_byte, window_s),
         latency_ms=latency_ms,
-        last_bytes=seen.bytes_out,
+        last_bytes=seen.nbytes,
         observations=(old.observations if old else 0) + 1,
         last_t=seen.t,
     )
@@ -259,6 +272,10 @@ def observe(
         if seen.device == COORDINATOR:
             return state
         return _observe_stage(state, seen, profile, window_s)
+    if isinstance(seen, LinkProbed):
+        if seen.nbytes <= 0 or seen.transfer_ms < 0 or COORDINATOR in (seen.a, seen.b):
+            return state
+        return _observe_link(state, seen, profile, window_s)
     d = state.device(seen.device)
     return _replace_device(
         state,

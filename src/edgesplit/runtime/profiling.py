@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import psutil
@@ -207,9 +207,14 @@ def time_transfers(
 
 
 def probe_link(
-    request: pb.ProbeLinkRequest, token: str | None, tls: TlsSpec | None
+    request: pb.ProbeLinkRequest,
+    token: str | None,
+    tls: TlsSpec | None,
+    shape_for: Callable[[str, LinkShape], LinkShape] | None = None,
 ) -> pb.ProbeLinkReply:
-    """Time Probe calls of each size to ``request.address`` (median of ``repeats``)."""
+    """Time Probe calls of each size to ``request.address`` (median of ``repeats``).
+    ``shape_for(address, requested)`` gives the emulated shaping in force towards the address
+    (a SetLink change wins over the shaping the request names)."""
     if not request.address or ":" not in request.address:
         raise Refused(INVALID, f"address must be HOST:PORT, got {request.address!r}")
     if not request.sizes or any(not 0 <= s <= MAX_PROBE_BYTES for s in request.sizes):
@@ -220,6 +225,8 @@ def probe_link(
     if bandwidth is not None and not bandwidth > 0:
         raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {bandwidth}")
     shape = LinkShape(bandwidth_mbps=bandwidth, latency_ms=max(0.0, request.latency_ms))
+    if shape_for is not None:
+        shape = shape_for(request.address, shape)
     channel = open_channel(request.address, request.token or token, tls)
     try:
         stub = pb_grpc.WorkerStub(channel)

@@ -204,7 +204,9 @@ class Worker:
             return profiling.profile_units(model, request, threads, self.config.engine)
 
     def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
-        return profiling.probe_link(request, self.config.token, self.config.tls)
+        return profiling.probe_link(
+            request, self.config.token, self.config.tls, shape_for=self._link_shape
+        )
 
     def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
         # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.
