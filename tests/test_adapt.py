@@ -456,3 +456,12 @@ def test_a_switch_onto_an_unused_link_probes_it_first() -> None:
         hops = {frozenset((x[0], y[0])) for x, y in itertools.pairwise(stages)}
         assert frozenset(("pi1", "pi3")) not in hops, stages
     assert controller.state.link("pi3", "pi1") is not None
+
+
+def test_a_device_seen_faster_than_profiled_stays_at_its_profile() -> None:
+    # An idle-waiting stage runs in bursts, faster than the sustained time it is planned at;
+    # the planner must not take that as a faster device.
+    state = start(PROFILE)
+    for i in range(30):
+        state = observe(state, seen("pi1", 15.0, t=i * 0.5), PROFILE)  # profiled 30 ms
+    assert state.device("pi1").speed_factor == 1.0
