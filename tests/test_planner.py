@@ -92,6 +92,14 @@ def problems(draw: st.DrawFn, max_units: int = 10, max_devices: int = 4) -> Prob
                 boundary_ms=draw(
                     st.one_of(st.just(()), st.tuples(*(st.floats(0.0, 20.0) for _ in range(n + 1))))
                 ),
+                # An emulated device: bursts at full speed under a CPU quota.
+                burst_unit_ms=draw(
+                    st.one_of(st.just(()), st.tuples(*(st.floats(0.0, 50.0) for _ in range(n))))
+                ),
+                burst_boundary_ms=draw(
+                    st.one_of(st.just(()), st.tuples(*(st.floats(0.0, 20.0) for _ in range(n + 1))))
+                ),
+                quota_ms=draw(st.one_of(st.none(), st.floats(1.0, 100.0))),
             )
         )
     ends = [COORDINATOR, *(d.name for d in devices)]
@@ -373,3 +381,18 @@ def test_energy_under_a_latency_bound_looks_past_an_expensive_cut() -> None:
     plan = choose_plan(problem, "energy", max_latency_ms=40.0)
     assert plan.assignment() == (("a", 0, 2),)
     assert plan.prediction.latency_ms == pytest.approx(20.0)
+
+
+def test_an_idle_device_under_a_quota_bursts_at_full_speed() -> None:
+    # Sustained 40 ms per unit (a quarter of a core); at full speed 10 ms per unit, with a
+    # 25 ms quota per 100 ms period: one unit (10 ms) runs at full speed, two units (20 ms)
+    # still fit the quota, four units (40 ms) run 25 ms, then 15 ms more at a quarter speed.
+    device = DeviceCost("a", (40.0,) * 4, burst_unit_ms=(10.0,) * 4, quota_ms=25.0)
+    assert device.stage_latency_ms(0, 1) == pytest.approx(10.0)
+    assert device.stage_latency_ms(0, 2) == pytest.approx(20.0)
+    assert device.stage_latency_ms(0, 4) == pytest.approx(25.0 + 15.0 * 4)
+    plan = evaluate(simple_problem(devices=(device, DeviceCost("b", (40.0,) * 4))), [("a", 0, 4)])
+    assert plan.stages[0].compute_ms == pytest.approx(160.0)  # what a busy pipeline sees
+    assert plan.stages[0].latency_ms == pytest.approx(85.0)
+    assert plan.prediction.bottleneck_ms == pytest.approx(160.0)
+    assert plan.prediction.latency_ms == pytest.approx(3.0 + 85.0 + 2.0)

@@ -205,9 +205,14 @@ def test_stage_costs_apply_the_quota_to_insides_and_ends() -> None:
         "pi1", unit_ms=(10.0, 10.0), unit_cpu_ms=(10.0, 10.0), cpus=0.5,
         model_ms={"fp32": 16.0}, model_cpu_ms={"fp32": 16.0}, **common,
     )  # fmt: skip
-    inner, h = d.stage_costs("fp32", (0, 400, 0))
-    assert h == pytest.approx((0.0, 2.0 / 0.5, 0.0))  # beta = 4/400: 2 ms wall per end, / 0.5
-    assert inner == pytest.approx((16.0, 16.0))  # (10 - 2) / 0.5
+    costs = d.stage_costs("fp32", (0, 400, 0))
+    # beta = 4/400: 2 ms wall per end, / 0.5
+    assert costs.boundary_ms == pytest.approx((0.0, 2.0 / 0.5, 0.0))
+    assert costs.unit_ms == pytest.approx((16.0, 16.0))  # (10 - 2) / 0.5
+    # A micro-batch finding the device idle runs at full speed until 50 ms of CPU per 100 ms.
+    assert costs.burst_unit_ms == pytest.approx((8.0, 8.0))
+    assert costs.burst_boundary_ms == pytest.approx((0.0, 2.0, 0.0))
+    assert costs.quota_ms == pytest.approx(50.0)
     assert d.stage_ms(0, 2, (0, 400, 0)) == pytest.approx(32.0)  # the whole model, sustained
     assert d.stage_ms(0, 1, (0, 400, 0)) == pytest.approx(20.0)  # one unit alone, sustained
 

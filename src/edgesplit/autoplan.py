@@ -121,6 +121,7 @@ def prediction_dict(
                 "engine": engine(s.device),
                 "precision": precision,
                 "compute_ms": s.compute_ms,
+                "latency_ms": s.latency_ms,
                 "transfer_ms": s.transfer_ms,
                 "memory_bytes": s.memory_bytes,
                 "energy_mj": s.energy_mj,

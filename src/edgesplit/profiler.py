@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -58,6 +58,26 @@ class UnitProfile:
     """Parameter bytes (fp32)."""
     activation_bytes: int
     """Input + output bytes per micro-batch while this unit runs."""
+
+
+CFS_PERIOD_MS = 100.0
+"""The CFS period of an emulated device's quota (:data:`edgesplit.emulate.CFS_PERIOD_US`)."""
+
+
+class StageCosts(NamedTuple):
+    """A device's costs for the planner (:class:`~edgesplit.planner.DeviceCost`).
+
+    ``unit_ms``/``boundary_ms`` are what the device sustains while a pipeline keeps it busy.
+    An emulated device's CPU share is a CFS quota: it runs at full speed until the quota of the
+    period is spent, then stalls, so it sustains CPU time / share (or its measured time, if
+    longer). A micro-batch that finds it idle runs at full speed (``burst_*``, the CPU times)
+    until ``quota_ms`` is spent. A real device has no quota: one speed, no burst fields."""
+
+    unit_ms: tuple[float, ...]
+    boundary_ms: tuple[float, ...]
+    burst_unit_ms: tuple[float, ...] = ()
+    burst_boundary_ms: tuple[float, ...] = ()
+    quota_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,12 +151,10 @@ class DeviceProfile:
             self.precision_unit_ms[precision], self.precision_unit_cpu_ms.get(precision, ())
         )
 
-    def stage_costs(
-        self, precision: str, boundary_bytes: Sequence[int]
-    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """``(unit_ms, boundary_ms)`` for the planner at ``precision``: sustained times of each
-        unit inside a stage, and of a stage boundary at every cut (see :func:`boundary_model`;
-        ``boundary_bytes[k]`` is the tensor at cut ``k``, the model input at 0)."""
+    def stage_costs(self, precision: str, boundary_bytes: Sequence[int]) -> StageCosts:
+        """The planner's costs of this device at ``precision`` (see :class:`StageCosts` and
+        :func:`boundary_model`; ``boundary_bytes[k]`` is the tensor at cut ``k``, the model
+        input at 0)."""
         self.unit_ms_at(precision)  # raises the ConfigError naming what was profiled
         if precision == "fp32":
             wall, cpu = self.unit_ms, self.unit_cpu_ms
@@ -145,19 +163,30 @@ class DeviceProfile:
             cpu = self.precision_unit_cpu_ms.get(precision, ())
         inner, edge = boundary_model(wall, self.model_ms.get(precision), boundary_bytes)
         if self.cpus is None or len(cpu) != len(wall):
-            return inner, edge
+            return StageCosts(inner, edge)
         inner_cpu, edge_cpu = boundary_model(cpu, self.model_cpu_ms.get(precision), boundary_bytes)
-        return (
-            tuple(max(w, c / self.cpus) for w, c in zip(inner, inner_cpu, strict=True)),
-            tuple(max(w, c / self.cpus) for w, c in zip(edge, edge_cpu, strict=True)),
+        share = self.cpus
+
+        def sustained(w: tuple[float, ...], c: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(max(a, b / share) for a, b in zip(w, c, strict=True))
+
+        def burst(w: tuple[float, ...], c: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(min(a, b) for a, b in zip(w, c, strict=True))
+
+        return StageCosts(
+            unit_ms=sustained(inner, inner_cpu),
+            boundary_ms=sustained(edge, edge_cpu),
+            burst_unit_ms=burst(inner, inner_cpu),
+            burst_boundary_ms=burst(edge, edge_cpu),
+            quota_ms=share * CFS_PERIOD_MS,
         )
 
     def stage_ms(
         self, start: int, end: int, boundary_bytes: Sequence[int], precision: str = "fp32"
     ) -> float:
-        """The planner's compute time of units ``[start, end)`` as one stage on this device."""
-        inner, edge = self.stage_costs(precision, boundary_bytes)
-        return sum(inner[start:end]) + edge[start] + edge[end]
+        """The planner's sustained compute time of units ``[start, end)`` as one stage."""
+        costs = self.stage_costs(precision, boundary_bytes)
+        return sum(costs.unit_ms[start:end]) + costs.boundary_ms[start] + costs.boundary_ms[end]
 
     @property
     def busy_fraction(self) -> float:
@@ -372,12 +401,16 @@ def to_problem(
             if spec.memory_budget_mb is not None:
                 budget = int(spec.memory_budget_mb * 2**20)
             idle_w, busy_w = spec.power.idle_w, spec.power.busy_w
-        unit_ms, edge_ms = d.stage_costs(precision, cuts)
+        costs = d.stage_costs(precision, cuts)
         devices.append(
             DeviceCost(
                 name=d.name,
-                unit_ms=unit_ms,
-                boundary_ms=edge_ms,
+                unit_ms=costs.unit_ms,
+                boundary_ms=costs.boundary_ms,
+                burst_unit_ms=costs.burst_unit_ms,
+                burst_boundary_ms=costs.burst_boundary_ms,
+                quota_ms=costs.quota_ms,
+                period_ms=CFS_PERIOD_MS,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,

@@ -171,6 +171,10 @@ def live_problem(
             d,
             unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.unit_ms),
             boundary_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.boundary_ms),
+            burst_unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.burst_unit_ms),
+            burst_boundary_ms=tuple(
+                ms * state.device(d.name).speed_factor for ms in d.burst_boundary_ms
+            ),
         )
         for d in problem.devices
     )

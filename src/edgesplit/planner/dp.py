@@ -35,6 +35,7 @@ class Tables:
 
     names: tuple[str, ...]
     compute: Array  # [d, j, e]: compute ms of units [j, e) on d; inf unless j < e
+    latency_compute: Array  # [d, j, e]: the same for one micro-batch reaching d idle
     fits: Array  # [d, j, e]: units [j, e) fit d's memory budget (and j < e)
     hop: Array  # [d, d2, j]: hand-off ms of unit j-1's output from d to d2; inf if not a cut
     upload: Array  # [d]: input upload coordinator -> d
@@ -64,6 +65,26 @@ def stage_memory(problem: Problem) -> Array:
     return memory
 
 
+def _latency_spans(problem: Problem) -> Array:
+    """[d, j, e]: the compute of units [j, e) on d for one micro-batch reaching d idle (see
+    :class:`~edgesplit.planner.DeviceCost`), by the arithmetic of ``stage_latency_ms``."""
+    n = problem.num_units
+    out = []
+    for d in problem.devices:
+        units = np.array(d.burst_unit_ms or d.unit_ms, dtype=np.float64)
+        prefix = np.concatenate([[0.0], np.cumsum(units)])
+        burst = prefix[None, :] - prefix[:, None]
+        bounds = d.burst_boundary_ms or d.boundary_ms
+        if bounds:
+            b = np.array(bounds, dtype=np.float64)
+            burst = burst + b[:, None] + b[None, :]
+        q = d.quota_ms
+        if q is not None:
+            burst = np.where(burst <= q, burst, q + (burst - q) * d.period_ms / q)
+        out.append(burst)
+    return np.array(out).reshape(len(problem.devices), n + 1, n + 1)
+
+
 def build_tables(problem: Problem) -> Tables:
     n, names = problem.num_units, problem.device_names
     times = np.array([d.unit_ms for d in problem.devices], dtype=np.float64)
@@ -75,6 +96,7 @@ def build_tables(problem: Problem) -> Tables:
     # A difference of running sums plus the two boundary terms, the arithmetic of evaluate().
     span = prefix[:, None, :] - prefix[:, :, None]
     compute = np.where(upper, span + bounds[:, :, None] + bounds[:, None, :], INF)
+    latency_compute = np.where(upper, _latency_spans(problem), INF)
     memory = stage_memory(problem)
     budgets = np.array(
         [INF if d.memory_budget_bytes is None else d.memory_budget_bytes for d in problem.devices]
@@ -94,6 +116,7 @@ def build_tables(problem: Problem) -> Tables:
     return Tables(
         names=names,
         compute=compute,
+        latency_compute=latency_compute,
         fits=fits,
         hop=hop,
         upload=upload,
@@ -212,8 +235,9 @@ def bottleneck_costs(tables: Tables) -> Costs:
 
 def latency_costs(tables: Tables, cap: float = INF, strict: bool = False) -> Costs:
     """End-to-end latency; pieces slower than ``cap`` (the bottleneck bound) excluded."""
+    ok = np.isfinite(_capped(np.where(tables.fits, tables.compute, INF), cap, strict))
     return Costs(
-        stage=_capped(np.where(tables.fits, tables.compute, INF), cap, strict),
+        stage=np.where(ok, tables.latency_compute, INF),
         hop=_capped(tables.hop, cap, strict),
         first=np.where(np.isfinite(_capped(tables.period_upload, cap, strict)), tables.upload, INF),
         last=_capped(tables.ret, cap, strict),

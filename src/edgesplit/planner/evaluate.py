@@ -3,7 +3,6 @@ implementation: plain sums, no vectorisation; the planner's search is checked ag
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -52,7 +51,7 @@ def evaluate(
     check_objective(objective)
     _check_assignment(problem, stages)
     units = problem.units
-    computes, transfers, memories = [], [], []
+    computes, latencies, transfers, memories = [], [], [], []
     for k, (name, start, end) in enumerate(stages):
         device = problem.device(name)
         memory = problem.memory_bytes(start, end)
@@ -64,8 +63,8 @@ def evaluate(
         next_hop = stages[k + 1][0] if k + 1 < len(stages) else COORDINATOR
         # A difference of running sums, the very arithmetic of the planner's tables, so a bound
         # the planner checks compares the same here (an fsum can differ in the last bit).
-        prefix = list(itertools.accumulate(device.unit_ms, initial=0.0))
-        computes.append(prefix[end] - prefix[start] + device.boundary(start) + device.boundary(end))
+        computes.append(device.stage_ms(start, end))
+        latencies.append(device.stage_latency_ms(start, end))
         transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
         memories.append(memory)
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
@@ -73,8 +72,8 @@ def evaluate(
     used = {name for name, _, _ in stages}
     idle_mj = sum(d.idle_w * bottleneck for d in problem.devices if d.name not in used)
     plans = []
-    for (name, start, end), compute, transfer, memory in zip(
-        stages, computes, transfers, memories, strict=True
+    for (name, start, end), compute, latency, transfer, memory in zip(
+        stages, computes, latencies, transfers, memories, strict=True
     ):
         device = problem.device(name)
         energy_mj = device.idle_w * bottleneck + device.active_extra_w * compute
@@ -89,6 +88,7 @@ def evaluate(
                 energy_mj=energy_mj,
                 first_unit=units[start].name,
                 last_unit=units[end - 1].name,
+                latency_ms=latency,
             )
         )
     total_mj = idle_mj + sum(s.energy_mj for s in plans)
@@ -96,7 +96,7 @@ def evaluate(
         upload_ms=upload_ms,
         bottleneck_ms=bottleneck,
         throughput_ips=throughput_ips(problem.batch_size, bottleneck),
-        latency_ms=upload_ms + math.fsum(computes) + math.fsum(transfers),
+        latency_ms=upload_ms + math.fsum(latencies) + math.fsum(transfers),
         energy_j_per_image=total_mj / 1000.0 / problem.batch_size,
         idle_devices_mj=idle_mj,
         prepare_ms=problem.prepare_ms,

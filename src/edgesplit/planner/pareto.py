@@ -55,6 +55,7 @@ def energy_with_latency_bound(
     num_d, n = tables.num_devices, tables.num_units
     ok = tables.fits & (tables.compute <= cap_ms)
     stage = np.where(ok, tables.compute, INF).tolist()
+    lat_stage = np.where(ok, tables.latency_compute, INF).tolist()
     fits = tables.fits.tolist()
     hop = tables.hop.tolist()
     extra = tables.active_extra_w.tolist()
@@ -65,14 +66,16 @@ def energy_with_latency_bound(
         parent: Label | None, base: tuple[float, float, float], subset: int, d2: int, j: int
     ) -> None:
         energy, latency, bottleneck = base
-        row = stage[d2][j]
+        row, lat_row = stage[d2][j], lat_stage[d2][j]
         for e in range(j + 1, n + 1):
             if not fits[d2][j][e]:
                 break  # memory only grows with e
-            c = row[e]
-            if c == INF or latency + c > max_latency_ms:
+            c, lc = row[e], lat_row[e]
+            if c == INF or latency + lc > max_latency_ms:
                 continue  # a boundary cost can make a longer stage cheaper
-            label = Label(energy + extra[d2] * c, latency + c, max(bottleneck, c), parent, d2, j, e)
+            label = Label(
+                energy + extra[d2] * c, latency + lc, max(bottleneck, c), parent, d2, j, e
+            )
             _insert(fronts.setdefault((subset, d2, e), []), label)
 
     for d in range(num_d):

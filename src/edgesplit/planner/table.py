@@ -35,6 +35,18 @@ def plan_table(plan: Plan) -> str:
         f"bottleneck {p.bottleneck_ms:.2f} ms, throughput {p.throughput_ips:.2f} img/s, "
         f"latency {p.latency_ms:.2f} ms, energy {p.energy_j_per_image:.4f} J/image"
     )
+    if p.prepare_ms:
+        lines.append(
+            f"the coordinator prepares each micro-batch in {p.prepare_ms:.2f} ms before its "
+            "upload (in the bottleneck)"
+        )
+    bursts = [s for s in plan.stages if s.latency_ms is not None and s.latency_ms != s.compute_ms]
+    if bursts:
+        alone = ", ".join(f"{s.device} {s.latency_ms:.2f} ms" for s in bursts)
+        lines.append(
+            f"compute is what a busy pipeline sustains; a micro-batch alone runs faster under a "
+            f"CPU quota ({alone}), which the latency counts"
+        )
     if p.idle_devices_mj:
         lines.append(
             f"devices left idle draw {p.idle_devices_mj:.2f} mJ per micro-batch (in the total)"

@@ -6,6 +6,7 @@ The cost model these types carry is defined once, in :mod:`edgesplit.planner`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ class DeviceCost:
     graph converts the tensor at its ends, a cost that grows with the tensor). Empty
     ``boundary_ms``: no such cost.
 
+    A device with a CPU quota (an emulated device: ``quota_ms`` of CPU per ``period_ms`` at full
+    speed) runs at two speeds. Kept busy by a pipeline it runs at ``unit_ms``/``boundary_ms``,
+    what its quota sustains, which sets the bottleneck. A single micro-batch passing an idle
+    device runs at full speed (``burst_unit_ms``/``burst_boundary_ms``) until the quota is spent,
+    then at the quota's rate, which sets the latency: a stage of full-speed time ``b`` takes
+    ``b`` if ``b <= quota_ms``, else ``quota_ms + (b - quota_ms) * period_ms / quota_ms``.
+    Empty burst times: the same as the sustained ones; no quota: no limit on a burst.
+
     Power is linear in utilisation: ``idle_w + (busy_w - idle_w) * busy_fraction`` while the
     device computes, ``idle_w`` otherwise."""
 
@@ -49,9 +58,38 @@ class DeviceCost:
     busy_w: float = 6.4
     busy_fraction: float = 1.0  # utilisation (0..1 of all cores) while this device computes
     boundary_ms: tuple[float, ...] = ()  # one per cut 0..n, or empty (none)
+    burst_unit_ms: tuple[float, ...] = ()  # full-speed unit times, or empty (= unit_ms)
+    burst_boundary_ms: tuple[float, ...] = ()  # full-speed boundary times, or empty
+    quota_ms: float | None = None  # CPU ms per period at full speed; None: no quota
+    period_ms: float = 100.0
 
     def boundary(self, cut: int) -> float:
         return self.boundary_ms[cut] if self.boundary_ms else 0.0
+
+    def stage_ms(self, start: int, end: int) -> float:
+        """Sustained compute of units ``[start, end)`` (a running-sum difference, the arithmetic
+        of the planner's tables)."""
+        prefix = list(itertools.accumulate(self.unit_ms, initial=0.0))
+        return prefix[end] - prefix[start] + self.boundary(start) + self.boundary(end)
+
+    def stage_latency_ms(self, start: int, end: int) -> float:
+        """The same stage's time for one micro-batch reaching the device idle."""
+        if not self.burst_unit_ms and not self.burst_boundary_ms and self.quota_ms is None:
+            return self.stage_ms(start, end)
+        units = self.burst_unit_ms or self.unit_ms
+        bounds = self.burst_boundary_ms or self.boundary_ms
+        prefix = list(itertools.accumulate(units, initial=0.0))
+        burst = prefix[end] - prefix[start]
+        if bounds:  # the order of the planner's tables, so both agree to the last bit
+            burst = burst + bounds[start] + bounds[end]
+        return self.under_quota(burst)
+
+    def under_quota(self, burst_ms: float) -> float:
+        """Wall time of ``burst_ms`` of full-speed work started on an idle device."""
+        q = self.quota_ms
+        if q is None or burst_ms <= q:
+            return burst_ms
+        return q + (burst_ms - q) * self.period_ms / q
 
     @property
     def active_extra_w(self) -> float:
@@ -132,6 +170,21 @@ class Problem:
                 )
             for k, ms in enumerate(d.boundary_ms):
                 _check_number(f"device {d.name!r} boundary time at cut {k}", ms)
+            if d.burst_unit_ms and len(d.burst_unit_ms) != len(self.units):
+                raise PlanError(
+                    f"device {d.name!r} has {len(d.burst_unit_ms)} burst unit times, expected "
+                    f"one per unit ({len(self.units)}) or none"
+                )
+            if d.burst_boundary_ms and len(d.burst_boundary_ms) != len(self.units) + 1:
+                raise PlanError(
+                    f"device {d.name!r} has {len(d.burst_boundary_ms)} burst boundary times, "
+                    f"expected one per cut ({len(self.units) + 1}) or none"
+                )
+            for ms in (*d.burst_unit_ms, *d.burst_boundary_ms):
+                _check_number(f"device {d.name!r} burst times", ms)
+            if d.quota_ms is not None:
+                _check_number(f"device {d.name!r} quota_ms", d.quota_ms, positive=True)
+            _check_number(f"device {d.name!r} period_ms", d.period_ms, positive=True)
             if d.memory_budget_bytes is not None:
                 _check_number(f"device {d.name!r} memory_budget_bytes", d.memory_budget_bytes)
             for field in ("idle_w", "busy_w"):
@@ -198,12 +251,13 @@ class StagePlan:
     device: str
     start: int
     end: int
-    compute_ms: float
+    compute_ms: float  # sustained: what the stage takes while the pipeline keeps it busy
     transfer_ms: float  # output to the next hop (last stage: result return to the coordinator)
     memory_bytes: int  # weights of its units + the largest activation_bytes among them
     energy_mj: float  # per micro-batch: this device's idle power over the period + active extra
     first_unit: str = ""
     last_unit: str = ""
+    latency_ms: float | None = None  # its compute for a micro-batch reaching it idle (None: =)
 
 
 @dataclass(frozen=True)
