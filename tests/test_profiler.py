@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterator
@@ -113,6 +114,7 @@ def test_profile_times_every_unit_and_fits_shaped_links(
         assert not d.cached
         # The whole model as one stage is timed too (wall and CPU), for the boundary model.
         assert d.model_ms["fp32"] > 0 and d.model_cpu_ms["fp32"] > 0
+        assert d.hop_cpu_ms_per_mb > 0  # a loopback hand-off takes CPU
     # The cluster file's memory budget wins over what the device reports.
     assert profile.devices[1].memory_budget_bytes == 101 * 2**20
     # coordinator-w0, coordinator-w1, w0-w1
@@ -215,6 +217,11 @@ def test_stage_costs_apply_the_quota_to_insides_and_ends() -> None:
     assert costs.quota_ms == pytest.approx(50.0)
     assert d.stage_ms(0, 2, (0, 400, 0)) == pytest.approx(32.0)  # the whole model, sustained
     assert d.stage_ms(0, 1, (0, 400, 0)) == pytest.approx(20.0)  # one unit alone, sustained
+    # Hand-offs of 2 ms of CPU per MB: a 1 MB input costs 2 ms of quota, 4 ms at half a core.
+    hops = dataclasses.replace(d, hop_cpu_ms_per_mb=2.0, model_ms={}, model_cpu_ms={})
+    costs = hops.stage_costs("fp32", (1_000_000, 400, 0))
+    assert costs.boundary_ms[0] == pytest.approx(4.0)
+    assert costs.burst_boundary_ms[0] == pytest.approx(0.0)  # in the link's time already
 
 
 def test_a_link_probe_honours_the_senders_link_change(coordinator: Coordinator) -> None:

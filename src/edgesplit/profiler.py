@@ -71,7 +71,10 @@ class StageCosts(NamedTuple):
     An emulated device's CPU share is a CFS quota: it runs at full speed until the quota of the
     period is spent, then stalls, so it sustains CPU time / share (or its measured time, if
     longer). A micro-batch that finds it idle runs at full speed (``burst_*``, the CPU times)
-    until ``quota_ms`` is spent. A real device has no quota: one speed, no burst fields."""
+    until ``quota_ms`` is spent. A real device has no quota: one speed, no burst fields.
+    On a device with a quota, receiving a stage's input and sending its output also spend the
+    quota (``hop_cpu_ms_per_mb``), so they add to the sustained boundary costs; a lone
+    micro-batch's hand-offs are in the link's fitted time already."""
 
     unit_ms: tuple[float, ...]
     boundary_ms: tuple[float, ...]
@@ -108,6 +111,9 @@ class DeviceProfile:
     :func:`boundary_model`); empty in profiles from before it was measured."""
     model_cpu_ms: dict[str, float] = field(default_factory=dict)
     """Per precision: the process CPU time of the same."""
+    hop_cpu_ms_per_mb: float = 0.0
+    """CPU one side of a hand-off costs per MB on this device (sending or receiving a tensor);
+    on an emulated device it comes out of the stage's quota. 0: not measured."""
 
     @property
     def total_ms(self) -> float:
@@ -173,9 +179,13 @@ class DeviceProfile:
         def burst(w: tuple[float, ...], c: tuple[float, ...]) -> tuple[float, ...]:
             return tuple(min(a, b) for a, b in zip(w, c, strict=True))
 
+        # Receiving a stage's input and sending its output take CPU from the same quota.
+        hop = tuple(self.hop_cpu_ms_per_mb * b / 1e6 for b in boundary_bytes)
         return StageCosts(
             unit_ms=sustained(inner, inner_cpu),
-            boundary_ms=sustained(edge, edge_cpu),
+            boundary_ms=tuple(
+                e + h / share for e, h in zip(sustained(edge, edge_cpu), hop, strict=True)
+            ),
             burst_unit_ms=burst(inner, inner_cpu),
             burst_boundary_ms=burst(edge, edge_cpu),
             quota_ms=share * CFS_PERIOD_MS,
@@ -520,7 +530,7 @@ def profile_cluster(
             "edgesplit": reply.edgesplit_version,
             "torch": reply.torch_version,
             "python": reply.python_version,
-            "cost_model": 2,  # unit times + the whole model (boundary_model)
+            "cost_model": 3,  # unit times, the whole model (boundary_model), hop CPU
         }
         if settings.extra_precisions:  # fp32-only identities stay as they were
             identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
@@ -559,6 +569,7 @@ def profile_cluster(
             precision_unit_cpu_ms=extra_cpu,
             model_ms=model_ms,
             model_cpu_ms=model_cpu_ms,
+            hop_cpu_ms_per_mb=answer.hop_cpu_ms_per_mb,
         )
         device = replace(device, **_budget(d, device))
         _write_cached(path, device)

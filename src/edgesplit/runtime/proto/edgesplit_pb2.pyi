@@ -255,7 +255,7 @@ class ProfileRequest(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms", "precision", "model_ms", "model_cpu_ms")
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms", "precision", "model_ms", "model_cpu_ms", "hop_cpu_ms_per_mb")
     UNIT_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,7 @@ class ProfileReply(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_CPU_MS_FIELD_NUMBER: _ClassVar[int]
+    HOP_CPU_MS_PER_MB_FIELD_NUMBER: _ClassVar[int]
     unit_ms: _containers.RepeatedScalarFieldContainer[float]
     unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
     rss_mb: float
@@ -278,7 +279,8 @@ class ProfileReply(_message.Message):
     precision: str
     model_ms: float
     model_cpu_ms: float
-    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ..., precision: _Optional[str] = ..., model_ms: _Optional[float] = ..., model_cpu_ms: _Optional[float] = ...) -> None: ...
+    hop_cpu_ms_per_mb: float
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ..., precision: _Optional[str] = ..., model_ms: _Optional[float] = ..., model_cpu_ms: _Optional[float] = ..., hop_cpu_ms_per_mb: _Optional[float] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload",)
