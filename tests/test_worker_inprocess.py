@@ -306,3 +306,29 @@ def test_an_oversized_micro_batch_is_a_run_error(coordinator: Coordinator) -> No
     huge = torch.zeros(5600, 3, SIZE, SIZE)  # 68.8 MB of float32, over the 64 MiB limit
     with pytest.raises(RunError, match=r"request 3 is \d+ bytes on the wire; the limit is"):
         coordinator.run([(3, huge)], window=1)
+
+
+def test_uploads_wait_their_turn_at_a_full_first_stage(model: torch.nn.Module) -> None:
+    """A first stage that queues one micro-batch refuses the rest (RESOURCE_EXHAUSTED) while it
+    computes; the coordinator's uploads, which overlap their RPCs with the next micro-batch,
+    retry until taken: every result arrives once and equals the whole model's."""
+    narrow = serve(WorkerConfig(name="narrow", token=TOKEN, threads=1, max_queue=1), "127.0.0.1:0")
+    try:
+        cluster = parse_cluster(
+            {"token": TOKEN, "devices": [{"name": "narrow", "address": narrow.address}]}
+        )
+        with Coordinator(cluster) as c:
+            n = c.load_model(MODEL, 10, 3, SIZE, model)
+            c.install_plan([("narrow", 0, n)], execution=TORCH)
+            inputs = [(i, torch.randn(16, 3, SIZE, SIZE)) for i in range(12)]
+            seen: list[int] = []
+            record = c.run(inputs, window=8, on_result=lambda rid, _t: seen.append(rid))
+        assert sorted(seen) == list(range(12))
+        with torch.inference_mode():
+            for rid, x in inputs:
+                assert torch.equal(record.outputs[rid], model(x))
+        assert record.replayed == 0 and record.failures == []
+        status = stub(narrow).Status(pb.StatusRequest(), timeout=5)
+        assert not status.failures
+    finally:
+        narrow.stop(0.5)
