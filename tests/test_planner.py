@@ -396,3 +396,27 @@ def test_an_idle_device_under_a_quota_bursts_at_full_speed() -> None:
     assert plan.stages[0].latency_ms == pytest.approx(85.0)
     assert plan.prediction.bottleneck_ms == pytest.approx(160.0)
     assert plan.prediction.latency_ms == pytest.approx(3.0 + 85.0 + 2.0)
+
+
+def test_devices_sharing_a_host_are_limited_by_its_cores() -> None:
+    # Two stages of 30 ms each on devices of their own: 30 ms bottleneck. On one host of one
+    # core, all the work (prepare 5 + compute 60 + five sides of hand-offs of 1 MB at 2 ms/MB)
+    # is 75 ms.
+    units = tuple(
+        UnitCost(out_bytes=1_000_000, weight_bytes=0, activation_bytes=0) for _ in range(2)
+    )
+    devices = (
+        DeviceCost("a", (30.0, 30.0), hop_cpu_ms_per_mb=2.0),
+        DeviceCost("b", (30.0, 30.0), hop_cpu_ms_per_mb=2.0),
+    )
+    free = Problem(units=units, devices=devices, batch_size=1, input_bytes=1_000_000)
+    stages = [("a", 0, 1), ("b", 1, 2)]
+    assert evaluate(free, stages).prediction.bottleneck_ms == pytest.approx(30.0)
+    shared = dataclasses.replace(free, prepare_ms=5.0, host_cpus=1.0)
+    # upload received by a + sent by the coordinator, a -> b both sides, b's 1 MB result sent
+    plan = evaluate(shared, stages)
+    assert plan.prediction.host_ms == pytest.approx(5.0 + 60.0 + 2.0 * 5)
+    assert plan.prediction.bottleneck_ms == pytest.approx(75.0)
+    assert evaluate(dataclasses.replace(shared, host_cpus=4.0), stages).prediction.host_ms == (
+        pytest.approx(75.0 / 4)
+    )

@@ -113,6 +113,7 @@ def prediction_dict(
         "bottleneck_ms": p.bottleneck_ms,
         "upload_ms": p.upload_ms,
         "prepare_ms": p.prepare_ms,
+        "host_ms": p.host_ms,
         "energy_j_per_image": p.energy_j_per_image,
         "stages": [
             {

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -237,6 +238,9 @@ class Profile:
     prepare_ms: float = 0.0
     """The coordinator's time to prepare one micro-batch for upload (load, preprocess, encode),
     measured by the run on its dataset; 0 when unknown (``edgesplit profile`` has no dataset)."""
+    host_cpus: float | None = None
+    """The cores of the host every device and the coordinator share (an emulated cluster on
+    this machine); None for devices of their own."""
 
     def device(self, name: str) -> DeviceProfile:
         for d in self.devices:
@@ -271,6 +275,7 @@ class Profile:
                 default_latency_ms=float(data.get("default_latency_ms", 0.0)),
                 created=float(data.get("created", 0.0)),
                 prepare_ms=float(data.get("prepare_ms", 0.0)),
+                host_cpus=data.get("host_cpus"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
@@ -421,6 +426,7 @@ def to_problem(
                 burst_boundary_ms=costs.burst_boundary_ms,
                 quota_ms=costs.quota_ms,
                 period_ms=CFS_PERIOD_MS,
+                hop_cpu_ms_per_mb=d.hop_cpu_ms_per_mb,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,
@@ -450,6 +456,7 @@ def to_problem(
         ),
         links=links,
         prepare_ms=profile.prepare_ms,
+        host_cpus=profile.host_cpus,
     )
 
 
@@ -587,7 +594,18 @@ def profile_cluster(
         default_bandwidth_mbps=spec.default_link.bandwidth_mbps,
         default_latency_ms=spec.default_link.latency_ms,
         created=time.time(),
+        host_cpus=_shared_host_cpus(spec),
     )
+
+
+def _shared_host_cpus(spec: ClusterSpec) -> float | None:
+    """This machine's cores when every device is emulated on it, else None."""
+    if not spec.devices or any(d.emulation is None for d in spec.devices):
+        return None
+    try:
+        return float(len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (not Linux)
+        return float(os.cpu_count() or 1)
 
 
 def _profile_one(

@@ -68,7 +68,8 @@ def evaluate(
         transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
         memories.append(memory)
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
-    bottleneck = max(upload_ms + problem.prepare_ms, *computes, *transfers)
+    host_ms = _host_ms(problem, stages)
+    bottleneck = max(upload_ms + problem.prepare_ms, *computes, *transfers, host_ms)
     used = {name for name, _, _ in stages}
     idle_mj = sum(d.idle_w * bottleneck for d in problem.devices if d.name not in used)
     plans = []
@@ -100,8 +101,27 @@ def evaluate(
         energy_j_per_image=total_mj / 1000.0 / problem.batch_size,
         idle_devices_mj=idle_mj,
         prepare_ms=problem.prepare_ms,
+        host_ms=host_ms,
     )
     return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
+
+
+def _host_ms(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> float:
+    """All CPU work of one micro-batch / the shared host's cores (0 without a shared host):
+    the coordinator's preparation, every stage's full-speed compute, and both sides of every
+    hand-off (the coordinator's side of the upload costs what the first device's side does)."""
+    if problem.host_cpus is None:
+        return 0.0
+    cuts = [problem.input_bytes, *(u.out_bytes for u in problem.units)]
+    cpu = problem.prepare_ms
+    for k, (name, start, end) in enumerate(stages):
+        d = problem.device(name)
+        per_byte = d.hop_cpu_ms_per_mb / 1e6
+        # Each stage receives its input and sends its output: both sides of every hand-off.
+        cpu += d.stage_cpu_ms(start, end) + per_byte * (cuts[start] + cuts[end])
+        if k == 0:
+            cpu += per_byte * cuts[start]  # the coordinator's side of the upload
+    return cpu / problem.host_cpus
 
 
 def objective_value(plan: Plan) -> float:

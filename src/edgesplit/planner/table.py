@@ -40,6 +40,12 @@ def plan_table(plan: Plan) -> str:
             f"the coordinator prepares each micro-batch in {p.prepare_ms:.2f} ms before its "
             "upload (in the bottleneck)"
         )
+    if p.host_ms:
+        bound = " (the bottleneck)" if p.host_ms >= p.bottleneck_ms else ""
+        lines.append(
+            f"the devices share this host: all their CPU work takes {p.host_ms:.2f} ms of its "
+            f"cores per micro-batch{bound}"
+        )
     bursts = [s for s in plan.stages if s.latency_ms is not None and s.latency_ms != s.compute_ms]
     if bursts:
         alone = ", ".join(f"{s.device} {s.latency_ms:.2f} ms" for s in bursts)

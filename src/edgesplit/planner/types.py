@@ -62,6 +62,14 @@ class DeviceCost:
     burst_boundary_ms: tuple[float, ...] = ()  # full-speed boundary times, or empty
     quota_ms: float | None = None  # CPU ms per period at full speed; None: no quota
     period_ms: float = 100.0
+    hop_cpu_ms_per_mb: float = 0.0  # CPU of one side of a hand-off (see Problem.host_cpus)
+
+    def stage_cpu_ms(self, start: int, end: int) -> float:
+        """Full-speed CPU of the stage's compute (no quota stalls)."""
+        units = self.burst_unit_ms or self.unit_ms
+        bounds = self.burst_boundary_ms or self.boundary_ms
+        cpu = math.fsum(units[start:end])
+        return cpu + (bounds[start] + bounds[end] if bounds else 0.0)
 
     def boundary(self, cut: int) -> float:
         return self.boundary_ms[cut] if self.boundary_ms else 0.0
@@ -137,6 +145,11 @@ class Problem:
     """The coordinator's time to prepare one micro-batch (load, preprocess, encode). It does
     that between uploads, so it adds to the upload's share of the period, not to latency (which
     starts at the upload)."""
+    host_cpus: float | None = None
+    """When every device and the coordinator share one host of this many cores (an emulated
+    cluster), the period is at least all their CPU work per micro-batch / host_cpus. The
+    dynamic program does not see this limit (it is a sum over stages, not a max): plans are
+    exact for the devices' own costs, and their prediction includes the host's limit."""
 
     def __post_init__(self) -> None:
         if not self.units:
@@ -147,6 +160,8 @@ class Problem:
             raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
         _check_number("input_bytes", self.input_bytes)
         _check_number("prepare_ms", self.prepare_ms)
+        if self.host_cpus is not None:
+            _check_number("host_cpus", self.host_cpus, positive=True)
         for i, u in enumerate(self.units):
             for field in ("out_bytes", "weight_bytes", "activation_bytes"):
                 _check_number(f"unit {i} ({u.name!r}) {field}", getattr(u, field))
@@ -269,6 +284,7 @@ class Prediction:
     energy_j_per_image: float
     idle_devices_mj: float = 0.0  # per micro-batch, drawn by cluster devices no stage uses
     prepare_ms: float = 0.0  # the coordinator's preparation, serial with the upload
+    host_ms: float = 0.0  # the shared host's limit on the period (0: no shared host)
 
 
 @dataclass(frozen=True)
