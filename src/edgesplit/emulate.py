@@ -175,7 +175,6 @@ def create_cgroup(
     base = cgroup_base(mechanism, cgroup_root)
     if base is None:
         raise ConfigError(f"{mechanism} has no cpu controller under {cgroup_root}")
-    quota_us = max(round(cpus * CFS_PERIOD_US), 1000)
     path = base / f"edgesplit-{os.getpid()}-{name}"
     try:
         if mechanism == "cgroup-v2":
@@ -183,13 +182,9 @@ def create_cgroup(
             if "cpu" not in subtree.read_text().split():
                 subtree.write_text("+cpu")
         path.mkdir(exist_ok=True)
-        if mechanism == "cgroup-v2":
-            (path / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
-        else:
-            (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (path / "cpu.cfs_quota_us").write_text(str(quota_us))
     except OSError as exc:
         raise WorkerError(f"cannot create cgroup {path} for {name}: {exc}") from exc
+    set_cgroup_quota(mechanism, path, cpus)
     return path
 
 
