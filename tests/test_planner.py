@@ -100,6 +100,21 @@ def problems(draw: st.DrawFn, max_units: int = 10, max_devices: int = 4) -> Prob
                     st.one_of(st.just(()), st.tuples(*(st.floats(0.0, 20.0) for _ in range(n + 1))))
                 ),
                 quota_ms=draw(st.one_of(st.none(), st.floats(1.0, 100.0))),
+                # Stages timed as they run replace the model's time for their unit range.
+                measured_stages=tuple(
+                    draw(
+                        st.lists(
+                            st.tuples(
+                                st.integers(0, n - 1),
+                                st.integers(1, n),
+                                st.floats(0.0, 80.0),
+                                st.floats(0.0, 80.0),
+                            ).filter(lambda t: t[0] < t[1]),
+                            unique_by=lambda t: (t[0], t[1]),
+                            max_size=4,
+                        )
+                    )
+                ),
             )
         )
     ends = [COORDINATOR, *(d.name for d in devices)]
@@ -420,3 +435,43 @@ def test_devices_sharing_a_host_are_limited_by_its_cores() -> None:
     assert evaluate(dataclasses.replace(shared, host_cpus=4.0), stages).prediction.host_ms == (
         pytest.approx(75.0 / 4)
     )
+
+
+def test_a_measured_stage_replaces_the_modelled_one() -> None:
+    # Modelled: units 0-1 on "a" cost 2 x 30 ms, so a split over a and b wins (30 ms bottleneck)
+    # against 60 ms on one device. Timed as one stage they take 25 ms sustained (20 ms at full
+    # speed), so the one-stage plan wins, and its prediction is the measured time.
+    units = tuple(UnitCost(out_bytes=0, weight_bytes=0, activation_bytes=0) for _ in range(2))
+    modelled = DeviceCost("a", (30.0, 30.0), burst_unit_ms=(20.0, 20.0), quota_ms=50.0)
+    b = DeviceCost("b", (30.0, 30.0))
+    problem = Problem(units=units, devices=(modelled, b), batch_size=1, input_bytes=0)
+    assert len(choose_plan(problem, "throughput").stages) == 2
+    timed = dataclasses.replace(modelled, measured_stages=((0, 2, 25.0, 20.0),))
+    problem = dataclasses.replace(problem, devices=(timed, b))
+    plan = choose_plan(problem, "throughput")
+    assert plan.assignment() == (("a", 0, 2),)
+    assert plan.stages[0].compute_ms == 25.0
+    assert plan.stages[0].latency_ms == 20.0  # within the quota: full speed
+    assert timed.stage_cpu_ms(0, 2) == 20.0
+    assert timed.stage_ms(0, 1) == 30.0  # other ranges keep the model
+    over = dataclasses.replace(modelled, measured_stages=((0, 2, 25.0, 80.0),))
+    assert over.stage_latency_ms(0, 2) == pytest.approx(50.0 + 30.0 * 100.0 / 50.0)
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        (((1, 1, 1.0, 1.0),), r"measured stage \[1, 1\); expected 0 <= start < end <= 2"),
+        (((0, 3, 1.0, 1.0),), r"measured stage \[0, 3\)"),
+        (((0, 1, 1.0, 1.0), (0, 1, 2.0, 2.0)), "measured twice"),
+        (((0, 1, -1.0, 1.0),), r"measured stage \[0, 1\) time must be a finite number >= 0"),
+        (((0, 1, 1.0, math.nan),), "finite number"),
+    ],
+)
+def test_bad_measured_stages_are_refused(
+    stages: tuple[tuple[int, int, float, float], ...], match: str
+) -> None:
+    units = tuple(UnitCost(out_bytes=0, weight_bytes=0, activation_bytes=0) for _ in range(2))
+    device = DeviceCost("a", (1.0, 1.0), measured_stages=stages)
+    with pytest.raises(PlanError, match=match):
+        Problem(units=units, devices=(device,), batch_size=1, input_bytes=0)

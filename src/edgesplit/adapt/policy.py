@@ -175,6 +175,10 @@ def live_problem(
             burst_boundary_ms=tuple(
                 ms * state.device(d.name).speed_factor for ms in d.burst_boundary_ms
             ),
+            measured_stages=tuple(
+                (s, e, a * state.device(d.name).speed_factor, b * state.device(d.name).speed_factor)
+                for s, e, a, b in d.measured_stages
+            ),
         )
         for d in problem.devices
     )

@@ -6,7 +6,8 @@ Cost model (every number is per micro-batch of ``batch_size`` images; ranges are
 - A plan is a sequence of stages ``(device d_k, units [start_k, end_k))`` covering all units in
   order, on *distinct* devices in any order; a device may be left out.
 - compute_k = sum of ``d_k.unit_ms`` over the stage's units + ``d_k.boundary_ms`` at the
-  stage's two cuts (zero when the device has none).
+  stage's two cuts (zero when the device has none); a stage in ``d_k.measured_stages`` costs
+  its measured time instead.
 - transfer_k = ``link(d_k, d_{k+1}).transfer_ms(units[end_k - 1].out_bytes)``; the last stage's
   transfer is the result return ``link(d_last, COORDINATOR)`` with the last unit's out_bytes.
   upload = ``link(COORDINATOR, d_1).transfer_ms(input_bytes)``. ``transfer_ms(b) = latency_ms +

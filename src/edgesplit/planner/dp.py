@@ -97,6 +97,10 @@ def build_tables(problem: Problem) -> Tables:
     span = prefix[:, None, :] - prefix[:, :, None]
     compute = np.where(upper, span + bounds[:, :, None] + bounds[:, None, :], INF)
     latency_compute = np.where(upper, _latency_spans(problem), INF)
+    for i, d in enumerate(problem.devices):
+        for start, end, sustained, burst in d.measured_stages:
+            compute[i, start, end] = sustained
+            latency_compute[i, start, end] = d.under_quota(burst)
     memory = stage_memory(problem)
     budgets = np.array(
         [INF if d.memory_budget_bytes is None else d.memory_budget_bytes for d in problem.devices]

@@ -48,6 +48,10 @@ class DeviceCost:
     ``b`` if ``b <= quota_ms``, else ``quota_ms + (b - quota_ms) * period_ms / quota_ms``.
     Empty burst times: the same as the sustained ones; no quota: no limit on a burst.
 
+    ``measured_stages`` are stages timed as they run, ``(start, end, sustained_ms, burst_ms)``:
+    for units ``[start, end)`` they replace the modelled sustained time and the full-speed time
+    (a planner asks for them at the stages it chose, see :mod:`edgesplit.autoplan`).
+
     Power is linear in utilisation: ``idle_w + (busy_w - idle_w) * busy_fraction`` while the
     device computes, ``idle_w`` otherwise."""
 
@@ -63,9 +67,20 @@ class DeviceCost:
     quota_ms: float | None = None  # CPU ms per period at full speed; None: no quota
     period_ms: float = 100.0
     hop_cpu_ms_per_mb: float = 0.0  # CPU of one side of a hand-off (see Problem.host_cpus)
+    measured_stages: tuple[tuple[int, int, float, float], ...] = ()
+
+    def measured(self, start: int, end: int) -> tuple[float, float] | None:
+        """``(sustained_ms, burst_ms)`` of units ``[start, end)`` if that stage was timed."""
+        for s, e, sustained, burst in self.measured_stages:
+            if s == start and e == end:
+                return sustained, burst
+        return None
 
     def stage_cpu_ms(self, start: int, end: int) -> float:
         """Full-speed CPU of the stage's compute (no quota stalls)."""
+        timed = self.measured(start, end)
+        if timed is not None:
+            return timed[1]
         units = self.burst_unit_ms or self.unit_ms
         bounds = self.burst_boundary_ms or self.boundary_ms
         cpu = math.fsum(units[start:end])
@@ -76,12 +91,18 @@ class DeviceCost:
 
     def stage_ms(self, start: int, end: int) -> float:
         """Sustained compute of units ``[start, end)`` (a running-sum difference, the arithmetic
-        of the planner's tables)."""
+        of the planner's tables), or its measured time."""
+        timed = self.measured(start, end)
+        if timed is not None:
+            return timed[0]
         prefix = list(itertools.accumulate(self.unit_ms, initial=0.0))
         return prefix[end] - prefix[start] + self.boundary(start) + self.boundary(end)
 
     def stage_latency_ms(self, start: int, end: int) -> float:
         """The same stage's time for one micro-batch reaching the device idle."""
+        timed = self.measured(start, end)
+        if timed is not None:
+            return self.under_quota(timed[1])
         if not self.burst_unit_ms and not self.burst_boundary_ms and self.quota_ms is None:
             return self.stage_ms(start, end)
         units = self.burst_unit_ms or self.unit_ms
@@ -197,6 +218,17 @@ class Problem:
                 )
             for ms in (*d.burst_unit_ms, *d.burst_boundary_ms):
                 _check_number(f"device {d.name!r} burst times", ms)
+            spans = [(s, e) for s, e, _, _ in d.measured_stages]
+            for s, e, sustained, burst in d.measured_stages:
+                if not 0 <= s < e <= len(self.units):
+                    raise PlanError(
+                        f"device {d.name!r} has a measured stage [{s}, {e}); expected "
+                        f"0 <= start < end <= {len(self.units)}"
+                    )
+                if spans.count((s, e)) > 1:
+                    raise PlanError(f"device {d.name!r} has stage [{s}, {e}) measured twice")
+                _check_number(f"device {d.name!r} measured stage [{s}, {e}) time", sustained)
+                _check_number(f"device {d.name!r} measured stage [{s}, {e}) time", burst)
             if d.quota_ms is not None:
                 _check_number(f"device {d.name!r} quota_ms", d.quota_ms, positive=True)
             _check_number(f"device {d.name!r} period_ms", d.period_ms, positive=True)

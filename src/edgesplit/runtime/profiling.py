@@ -46,6 +46,7 @@ from edgesplit.runtime.transport import Refused, open_channel
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_PROFILE_BATCH = 256
 MAX_REPEATS = 50
+MAX_STAGES = 32
 MAX_PROBE_BYTES = 16 * 1024 * 1024
 PROBE_TIMEOUT_S = 30.0
 HOP_BYTES = 2 * 1024 * 1024
@@ -110,14 +111,7 @@ def _model_ms(
         whole = engines.build_executor(
             ug, 0, ug.num_units, spec, threads, _key(model, 0, ug.num_units), calibration
         )
-    samples, cpu = [], []
-    with torch.inference_mode():
-        for rep in range(request.warmup + request.repeats):
-            c0, t0 = time.process_time(), time.perf_counter()
-            whole.run(x)
-            if rep >= request.warmup:
-                samples.append((time.perf_counter() - t0) * 1000.0)
-                cpu.append((time.process_time() - c0) * 1000.0)
+    samples, cpu = _time_runs(whole, x, request.warmup, request.repeats)
     return statistics.median(samples), statistics.median(cpu)
 
 
@@ -169,13 +163,10 @@ def profile_units(
 ) -> pb.ProfileReply:
     """Time each unit of ``model`` for one micro-batch of ``request.batch_size`` on the
     requested engine and precision (int8: scaled to the whole quantized model, see the module
-    doc)."""
-    if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
-        raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
-    if not 1 <= request.repeats <= MAX_REPEATS or not 0 <= request.warmup <= MAX_REPEATS:
-        raise Refused(
-            INVALID, f"repeats must be in [1, {MAX_REPEATS}], warmup in [0, {MAX_REPEATS}]"
-        )
+    doc). With ``request.stages``: :func:`profile_stages` instead."""
+    _check_request(request)
+    if request.stages:
+        return profile_stages(model, request, threads, default_engine)
     ug = model.graph
     precision = request.precision or "fp32"
     calibration = _calibration(model, request)
@@ -230,8 +221,91 @@ def profile_units(
         precision=precision,
         model_ms=model_ms,
         model_cpu_ms=model_cpu_ms,
-        hop_cpu_ms_per_mb=hop_cpu_ms_per_mb(),
+        hop_cpu_ms_per_mb=hop_cpu_ms_per_mb() if precision == "fp32" else 0.0,
     )
+
+
+def _check_request(request: pb.ProfileRequest) -> None:
+    if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
+        raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
+    if not 1 <= request.repeats <= MAX_REPEATS or not 0 <= request.warmup <= MAX_REPEATS:
+        raise Refused(
+            INVALID, f"repeats must be in [1, {MAX_REPEATS}], warmup in [0, {MAX_REPEATS}]"
+        )
+
+
+def profile_stages(
+    model: LoadedModel, request: pb.ProfileRequest, threads: int, default_engine: str | None = None
+) -> pb.ProfileReply:
+    """Time each of ``request.stages`` as one stage, built the way a run builds it (same
+    engine, precision, threads and compiled-stage cache), on one micro-batch of zeros of its
+    input shape: the median wall and process CPU ms and the wall spread per stage.
+
+    The planner's stage times are a model (unit times plus boundary costs, fitted to the whole
+    model); it asks for these to replace the model where it matters, at the stages it chose."""
+    ug = model.graph
+    n = ug.num_units
+    if len(request.stages) > MAX_STAGES:
+        raise Refused(
+            INVALID, f"at most {MAX_STAGES} stages per request, got {len(request.stages)}"
+        )
+    for span in request.stages:
+        if not 0 <= span.start < span.end <= n:
+            raise Refused(
+                INVALID,
+                f"stage [{span.start}, {span.end}) is not a unit range of the loaded model; "
+                f"expected 0 <= start < end <= {n}",
+            )
+    precision = request.precision or "fp32"
+    calibration = _calibration(model, request)
+    if precision == "int8" and calibration is None:
+        raise Refused(INVALID, "profiling at precision int8 needs calibration images")
+    try:
+        engine, _ = engines.resolve_engine(request.engine or default_engine)
+        spec = engines.EngineSpec(engine, precision)
+        timings = []
+        for span in request.stages:
+            with _FX_LOCK:
+                executor = engines.build_executor(
+                    ug, span.start, span.end, spec, threads,
+                    _key(model, span.start, span.end), calibration,
+                )  # fmt: skip
+            shape = ug.input_shape if span.start == 0 else ug.units[span.start - 1].out_shape
+            x = torch.zeros(request.batch_size, *shape)
+            wall, cpu = _time_runs(executor, x, request.warmup, request.repeats)
+            timings.append(
+                pb.StageTiming(
+                    start=span.start,
+                    end=span.end,
+                    wall_ms=statistics.median(wall),
+                    cpu_ms=statistics.median(cpu),
+                    spread_ms=_iqr(wall),
+                )
+            )
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
+    return pb.ProfileReply(
+        cpu_count=psutil.cpu_count() or 1,
+        threads=threads,
+        engine=engine,
+        precision=precision,
+        stage_timings=timings,
+    )
+
+
+def _time_runs(
+    executor: engines.Executor, x: torch.Tensor, warmup: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Wall and process CPU ms of each timed run of ``executor`` on ``x`` (after ``warmup``)."""
+    wall, cpu = [], []
+    with torch.inference_mode():
+        for rep in range(warmup + repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            executor.run(x)
+            if rep >= warmup:
+                wall.append((time.perf_counter() - t0) * 1000.0)
+                cpu.append((time.process_time() - c0) * 1000.0)
+    return wall, cpu
 
 
 def time_transfers(

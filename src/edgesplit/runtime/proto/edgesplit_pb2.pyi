@@ -239,23 +239,47 @@ class FailureReport(_message.Message):
     def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("batch_size", "warmup", "repeats", "engine", "precision", "calibration")
+    __slots__ = ("batch_size", "warmup", "repeats", "engine", "precision", "calibration", "stages")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     warmup: int
     repeats: int
     engine: str
     precision: str
     calibration: Tensor
-    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    stages: _containers.RepeatedCompositeFieldContainer[StageSpan]
+    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageSpan, _Mapping]]] = ...) -> None: ...
+
+class StageSpan(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("start", "end", "wall_ms", "cpu_ms", "spread_ms")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    CPU_MS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    wall_ms: float
+    cpu_ms: float
+    spread_ms: float
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., wall_ms: _Optional[float] = ..., cpu_ms: _Optional[float] = ..., spread_ms: _Optional[float] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms", "precision", "model_ms", "model_cpu_ms", "hop_cpu_ms_per_mb")
+    __slots__ = ("unit_ms", "unit_spread_ms", "rss_mb", "available_memory_mb", "cpu_count", "threads", "engine", "unit_cpu_ms", "precision", "model_ms", "model_cpu_ms", "hop_cpu_ms_per_mb", "stage_timings")
     UNIT_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +292,7 @@ class ProfileReply(_message.Message):
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_CPU_MS_FIELD_NUMBER: _ClassVar[int]
     HOP_CPU_MS_PER_MB_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     unit_ms: _containers.RepeatedScalarFieldContainer[float]
     unit_spread_ms: _containers.RepeatedScalarFieldContainer[float]
     rss_mb: float
@@ -280,7 +305,8 @@ class ProfileReply(_message.Message):
     model_ms: float
     model_cpu_ms: float
     hop_cpu_ms_per_mb: float
-    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ..., precision: _Optional[str] = ..., model_ms: _Optional[float] = ..., model_cpu_ms: _Optional[float] = ..., hop_cpu_ms_per_mb: _Optional[float] = ...) -> None: ...
+    stage_timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    def __init__(self, unit_ms: _Optional[_Iterable[float]] = ..., unit_spread_ms: _Optional[_Iterable[float]] = ..., rss_mb: _Optional[float] = ..., available_memory_mb: _Optional[float] = ..., cpu_count: _Optional[int] = ..., threads: _Optional[int] = ..., engine: _Optional[str] = ..., unit_cpu_ms: _Optional[_Iterable[float]] = ..., precision: _Optional[str] = ..., model_ms: _Optional[float] = ..., model_cpu_ms: _Optional[float] = ..., hop_cpu_ms_per_mb: _Optional[float] = ..., stage_timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload",)
