@@ -82,6 +82,9 @@ class StageCosts(NamedTuple):
     burst_unit_ms: tuple[float, ...] = ()
     burst_boundary_ms: tuple[float, ...] = ()
     quota_ms: float | None = None
+    measured: tuple[tuple[int, int, float, float], ...] = ()
+    """Stages timed as one stage each: ``(start, end, sustained_ms, burst_ms)`` by the same
+    rules (see :attr:`DeviceProfile.stage_timings`)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ class DeviceProfile:
     hop_cpu_ms_per_mb: float = 0.0
     """CPU one side of a hand-off costs per MB on this device (sending or receiving a tensor);
     on an emulated device it comes out of the stage's quota. 0: not measured."""
+    stage_timings: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    """Per precision, stages timed the way a run builds them, ``"start-end"`` -> (median wall
+    ms, median CPU ms) (see :func:`measure_stages`). Where one exists the planner uses it in
+    place of the modelled stage time, and the device's other modelled stage times are scaled
+    by measured / modelled over its timed stages (:func:`_calibrated`)."""
 
     @property
     def total_ms(self) -> float:
@@ -168,10 +176,17 @@ class DeviceProfile:
         else:
             wall = self.precision_unit_ms[precision]
             cpu = self.precision_unit_cpu_ms.get(precision, ())
-        inner, edge = boundary_model(wall, self.model_ms.get(precision), boundary_bytes)
+        timed = self._timed(precision)
+        inner, edge = _calibrated(
+            *boundary_model(wall, self.model_ms.get(precision), boundary_bytes),
+            [(s, e, w) for s, e, w, _ in timed],
+        )
         if self.cpus is None or len(cpu) != len(wall):
-            return StageCosts(inner, edge)
-        inner_cpu, edge_cpu = boundary_model(cpu, self.model_cpu_ms.get(precision), boundary_bytes)
+            return StageCosts(inner, edge, measured=tuple((s, e, w, w) for s, e, w, _ in timed))
+        inner_cpu, edge_cpu = _calibrated(
+            *boundary_model(cpu, self.model_cpu_ms.get(precision), boundary_bytes),
+            [(s, e, c) for s, e, _, c in timed],
+        )
         share = self.cpus
 
         def sustained(w: tuple[float, ...], c: tuple[float, ...]) -> tuple[float, ...]:
@@ -190,13 +205,31 @@ class DeviceProfile:
             burst_unit_ms=burst(inner, inner_cpu),
             burst_boundary_ms=burst(edge, edge_cpu),
             quota_ms=share * CFS_PERIOD_MS,
+            measured=tuple(
+                (s, e, max(wall, c / share) + (hop[s] + hop[e]) / share, min(wall, c))
+                for s, e, wall, c in timed
+            ),
         )
+
+    def _timed(self, precision: str) -> list[tuple[int, int, float, float]]:
+        """``(start, end, wall_ms, cpu_ms)`` of the stages timed at ``precision``."""
+        out = []
+        for span, (wall, cpu) in self.stage_timings.get(precision, {}).items():
+            start, _, end = span.partition("-")
+            out.append((int(start), int(end), wall, cpu))
+        return sorted(out)
+
+    def is_timed(self, start: int, end: int, precision: str = "fp32") -> bool:
+        return f"{start}-{end}" in self.stage_timings.get(precision, {})
 
     def stage_ms(
         self, start: int, end: int, boundary_bytes: Sequence[int], precision: str = "fp32"
     ) -> float:
         """The planner's sustained compute time of units ``[start, end)`` as one stage."""
         costs = self.stage_costs(precision, boundary_bytes)
+        for s, e, sustained, _ in costs.measured:
+            if (s, e) == (start, end):
+                return sustained
         return sum(costs.unit_ms[start:end]) + costs.boundary_ms[start] + costs.boundary_ms[end]
 
     @property
@@ -302,8 +335,20 @@ def _device_from_dict(d: dict[str, Any]) -> DeviceProfile:
             },
             "model_ms": {str(k): float(v) for k, v in d.get("model_ms", {}).items()},
             "model_cpu_ms": {str(k): float(v) for k, v in d.get("model_cpu_ms", {}).items()},
+            "stage_timings": {
+                str(p): {_span(span): (float(w), float(c)) for span, (w, c) in spans.items()}
+                for p, spans in d.get("stage_timings", {}).items()
+            },
         }
     )
+
+
+def _span(text: str) -> str:
+    """A stage span key ``"start-end"``, checked (ValueError if it is not one)."""
+    start, sep, end = str(text).partition("-")
+    if not sep or not 0 <= int(start) < int(end):
+        raise ValueError(f"stage span {text!r} is not START-END with START < END")
+    return f"{int(start)}-{int(end)}"
 
 
 def load_profile(path: Path) -> Profile:
@@ -369,6 +414,24 @@ def boundary_model(
     return inner, h
 
 
+def _calibrated(
+    inner: tuple[float, ...], edge: tuple[float, ...], timed: Sequence[tuple[int, int, float]]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The modelled stage costs ``(inner, edge)`` (see :func:`boundary_model`) scaled so that
+    the stages ``timed`` as ``(start, end, ms)`` cost in sum what they measured.
+
+    The model of one device errs in the same direction for its neighbouring stages (its unit
+    timings and the boundary fit are what they are); without this, a planner that sees a timed
+    stage slower than modelled would move the cut to a neighbour whose modelled time is as
+    optimistic, and chase the model's error instead of converging."""
+    modelled = math.fsum(math.fsum(inner[s:e]) + edge[s] + edge[e] for s, e, _ in timed)
+    measured = math.fsum(ms for _, _, ms in timed)
+    if not timed or modelled <= 0 or measured <= 0:
+        return inner, edge
+    k = measured / modelled
+    return tuple(t * k for t in inner), tuple(t * k for t in edge)
+
+
 def boundary_bytes(profile: Profile) -> tuple[int, ...]:
     """The tensor at every cut of ``profile``'s model: its input, then each unit's output."""
     return (profile.input_bytes, *(u.out_bytes for u in profile.units))
@@ -427,6 +490,7 @@ def to_problem(
                 quota_ms=costs.quota_ms,
                 period_ms=CFS_PERIOD_MS,
                 hop_cpu_ms_per_mb=d.hop_cpu_ms_per_mb,
+                measured_stages=costs.measured,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
                 busy_w=busy_w,
@@ -523,26 +587,11 @@ def profile_cluster(
     say = progress or (lambda text: log.info("%s", text))
     spec = coordinator.cluster
     units = unit_profiles(ug, settings.batch_size)
-    folder = settings.cache or cache_dir()
     devices = []
     for d in spec.devices:
-        reply, _, _ = coordinator.probe(d.name)
-        identity = {
-            "device": d.name,
-            # The host, not the port: an emulated device gets a new port every start.
-            "host": d.address.rpartition(":")[0],
-            "engine": settings.engine or "default",
-            "cpus": d.emulation.cpus if d.emulation else None,
-            "threads": reply.threads,
-            "edgesplit": reply.edgesplit_version,
-            "torch": reply.torch_version,
-            "python": reply.python_version,
-            "cost_model": 3,  # unit times, the whole model (boundary_model), hop CPU
-        }
-        if settings.extra_precisions:  # fp32-only identities stay as they were
-            identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
-        key = cache_key(model, ug.input_shape[-1], settings.batch_size, num_classes, identity)
-        path = folder / f"{key}.json"
+        identity, path = _identity(
+            coordinator, d.name, model, int(ug.input_shape[-1]), num_classes, settings
+        )
         cached = None if settings.reprofile else _read_cached(path, len(units))
         if cached is not None:
             say(f"{d.name}: cached profile {path.name}")
@@ -598,6 +647,86 @@ def profile_cluster(
     )
 
 
+def _identity(
+    coordinator: Coordinator,
+    name: str,
+    model: str,
+    input_size: int,
+    num_classes: int,
+    settings: ProfileSettings,
+) -> tuple[dict[str, Any], Path]:
+    """What a device's cached profile is valid for, and its cache file."""
+    d = coordinator.cluster.device(name)
+    reply, _, _ = coordinator.probe(name)
+    identity = {
+        "device": name,
+        # The host, not the port: an emulated device gets a new port every start.
+        "host": d.address.rpartition(":")[0],
+        "engine": settings.engine or "default",
+        "cpus": d.emulation.cpus if d.emulation else None,
+        "threads": reply.threads,
+        "edgesplit": reply.edgesplit_version,
+        "torch": reply.torch_version,
+        "python": reply.python_version,
+        "cost_model": 3,  # unit times, the whole model (boundary_model), hop CPU
+    }
+    if settings.extra_precisions:  # fp32-only identities stay as they were
+        identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
+    key = cache_key(model, input_size, settings.batch_size, num_classes, identity)
+    return identity, (settings.cache or cache_dir()) / f"{key}.json"
+
+
+def untimed(
+    profile: Profile, stages: Sequence[tuple[str, int, int]], precision: str = "fp32"
+) -> list[tuple[str, int, int]]:
+    """The ``(device, start, end)`` stages that ``profile`` has no stage timing for."""
+    return [(n, a, b) for n, a, b in stages if not profile.device(n).is_timed(a, b, precision)]
+
+
+def measure_stages(
+    coordinator: Coordinator,
+    profile: Profile,
+    stages: Sequence[tuple[str, int, int]],
+    settings: ProfileSettings,
+    precision: str = "fp32",
+    progress: Progress | None = None,
+) -> Profile:
+    """``profile`` with every one of ``stages`` (``(device, start, end)``) timed on its device
+    as one stage, the way a run builds it (:func:`edgesplit.runtime.profiling.profile_stages`);
+    stages timed before are not timed again. The timings go into the devices' cached profiles
+    too, so a later run with the same plan does not time them again."""
+    say = progress or (lambda text: log.info("%s", text))
+    wanted: dict[str, list[tuple[int, int]]] = {}
+    for name, start, end in untimed(profile, stages, precision):
+        wanted.setdefault(name, []).append((start, end))
+    if not wanted:
+        return profile
+    devices = []
+    for d in profile.devices:
+        spans = wanted.get(d.name)
+        if spans:
+            text = ", ".join(f"{a}-{b}" for a, b in spans)
+            say(f"{d.name}: timing stage{'s' if len(spans) > 1 else ''} {text} as one stage")
+            answer = _ask_profile(coordinator, d.name, settings, precision, spans)
+            got = {(t.start, t.end): (t.wall_ms, t.cpu_ms) for t in answer.stage_timings}
+            if set(got) != set(spans):
+                raise WorkerError(
+                    f"{coordinator.where(d.name)} timed stages {sorted(got)}, asked for "
+                    f"{sorted(spans)}; check that edgesplit versions match"
+                )
+            timings = {**d.stage_timings.get(precision, {})}
+            timings.update({f"{a}-{b}": got[(a, b)] for a, b in spans})
+            d = replace(d, stage_timings={**d.stage_timings, precision: timings})
+            _, path = _identity(
+                coordinator, d.name, profile.model, profile.input_size, profile.num_classes,
+                settings,
+            )  # fmt: skip
+            if path.exists():  # only a device whose profile is cached (a fresh one is)
+                _write_cached(path, replace(d, cached=False))
+        devices.append(d)
+    return replace(profile, devices=tuple(devices))
+
+
 def _shared_host_cpus(spec: ClusterSpec) -> float | None:
     """This machine's cores when every device is emulated on it, else None."""
     if not spec.devices or any(d.emulation is None for d in spec.devices):
@@ -608,10 +737,15 @@ def _shared_host_cpus(spec: ClusterSpec) -> float | None:
         return float(os.cpu_count() or 1)
 
 
-def _profile_one(
-    coordinator: Coordinator, name: str, settings: ProfileSettings, precision: str, units: int
+def _ask_profile(
+    coordinator: Coordinator,
+    name: str,
+    settings: ProfileSettings,
+    precision: str,
+    stages: Sequence[tuple[int, int]] = (),
 ) -> Any:
-    """One device's ProfileReply at ``precision``, checked for the unit count."""
+    """One device's ProfileReply at ``precision``: its unit times, or with ``stages`` the
+    timings of those unit ranges each as one stage."""
     from edgesplit.runtime import codec
     from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
@@ -621,13 +755,22 @@ def _profile_one(
         repeats=settings.repeats,
         engine=settings.engine or "",
         precision=precision,
+        stages=[pb.StageSpan(start=a, end=b) for a, b in stages],
     )
     if precision == "int8" and settings.calibration is not None:
         codec.encode(settings.calibration.float(), out=request.calibration)
+    what = f"timing stages at {precision}" if stages else f"profiling at {precision}"
     try:
-        answer = coordinator.stub(name).Profile(request, timeout=PROFILE_TIMEOUT_S)
+        return coordinator.stub(name).Profile(request, timeout=PROFILE_TIMEOUT_S)
     except grpc.RpcError as exc:
-        raise coordinator.worker_error(name, f"profiling at {precision}", exc) from None
+        raise coordinator.worker_error(name, what, exc) from None
+
+
+def _profile_one(
+    coordinator: Coordinator, name: str, settings: ProfileSettings, precision: str, units: int
+) -> Any:
+    """One device's ProfileReply at ``precision``, checked for the unit count."""
+    answer = _ask_profile(coordinator, name, settings, precision)
     if len(answer.unit_ms) != units:
         raise WorkerError(
             f"{coordinator.where(name)} timed {len(answer.unit_ms)} units, expected "
