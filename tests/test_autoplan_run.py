@@ -52,12 +52,28 @@ def test_auto_partition_profiles_plans_and_records_the_prediction(tmp_path: Path
     assert summary["energy_j_per_image"] > 0
     profile = load_profile(out / "profile.json")
     assert [d.name for d in profile.devices] == ["pi1", "pi2"]
+    # The chosen stages were timed as one stage each, and the prediction rests on those times.
+    for stage in predicted["stages"]:
+        start, end = stage["units"]
+        device = profile.device(stage["device"])
+        assert device.is_timed(start, end)
+        assert f"{stage['device']}: timing stage" in result.stderr
+        costs = device.stage_costs(
+            "fp32", (profile.input_bytes, *(u.out_bytes for u in profile.units))
+        )
+        sustained = {(s, e): ms for s, e, ms, _ in costs.measured}[(start, end)]
+        assert stage["compute_ms"] == pytest.approx(sustained)
     assert (out / "plan.txt").read_text().startswith("stage")
 
     again = edgesplit(tmp_path, *args, "--out", str(tmp_path / "again"), "--json")
     assert again.returncode == 0, again.stderr
     assert "cached profile" in again.stderr
     assert "timing 18 units" not in again.stderr
+    if (
+        json.loads((tmp_path / "again" / "summary.json").read_text())["partition"]
+        == (summary["partition"])
+    ):
+        assert "as one stage" not in again.stderr  # the same plan's stages were timed before
 
 
 def test_latency_objective_keeps_the_model_on_one_device_over_slow_links(

@@ -16,13 +16,16 @@ from edgesplit import graph, models
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.profiler import (
+    DeviceProfile,
     Profile,
     ProfileSettings,
     fit_link,
     load_profile,
+    measure_stages,
     profile_cluster,
     to_problem,
     unit_profiles,
+    untimed,
 )
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -247,3 +250,98 @@ def test_a_link_probe_honours_the_senders_link_change(coordinator: Coordinator) 
     finally:
         stub.SetLink(pb.SetLinkRequest(to=to, clear=True), timeout=10)
     assert probe_ms() < 3 + size * 8 / (5.0 * 1e3)
+
+
+def test_timed_stages_replace_the_model_and_calibrate_the_rest() -> None:
+    common = {"unit_spread_ms": (0.0,) * 3, "threads": 1, "cpu_count": 2,
+              "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
+    cuts = (1_000_000, 0, 0, 0)
+    # Modelled: 10 ms per unit at full speed, at half a core 20 ms sustained. Stage 0-2 was
+    # timed at 30 ms (wall and CPU) against 20 modelled: the others scale by 1.5.
+    d = DeviceProfile(
+        "pi1", unit_ms=(10.0,) * 3, unit_cpu_ms=(10.0,) * 3, cpus=0.5, hop_cpu_ms_per_mb=2.0,
+        stage_timings={"fp32": {"0-2": (30.0, 30.0)}}, **common,
+    )  # fmt: skip
+    costs = d.stage_costs("fp32", cuts)
+    # Sustained: 30 ms CPU / 0.5, plus receiving the 1 MB input (2 ms CPU) / 0.5.
+    assert costs.measured == ((0, 2, 64.0, 30.0),)
+    assert d.stage_ms(0, 2, cuts) == pytest.approx(64.0)
+    assert costs.burst_unit_ms == pytest.approx((15.0,) * 3)
+    assert d.stage_ms(2, 3, cuts) == pytest.approx(30.0)  # 10 * 1.5 / 0.5
+    device = to_problem_device(d, cuts)
+    assert device.measured_stages == ((0, 2, 64.0, 30.0),)
+    assert device.stage_latency_ms(0, 2) == 30.0  # within its 50 ms quota: full speed
+    # Another precision has no timings: the model alone.
+    assert d.stage_costs("fp32", cuts).measured and d.is_timed(0, 2)
+    assert not d.is_timed(0, 2, "int8") and not d.is_timed(0, 3)
+    # A real device (no quota): its wall time, sustained and at full speed.
+    real = dataclasses.replace(d, cpus=None)
+    assert real.stage_costs("fp32", cuts).measured == ((0, 2, 30.0, 30.0),)
+
+
+def to_problem_device(d: DeviceProfile, cuts: tuple[int, ...]) -> object:
+    from edgesplit.planner import DeviceCost
+
+    costs = d.stage_costs("fp32", cuts)
+    return DeviceCost(
+        d.name, costs.unit_ms, boundary_ms=costs.boundary_ms, burst_unit_ms=costs.burst_unit_ms,
+        burst_boundary_ms=costs.burst_boundary_ms, quota_ms=costs.quota_ms,
+        measured_stages=costs.measured,
+    )  # fmt: skip
+
+
+def test_a_profile_with_a_bad_stage_span_is_malformed(tmp_path: Path) -> None:
+    common = {"unit_spread_ms": (0.0,), "threads": 1, "cpu_count": 2, "cpus": None,
+              "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
+    for span in ("2-1", "x", "1"):
+        device = DeviceProfile("pi1", unit_ms=(1.0,), stage_timings={"fp32": {span: (1.0, 1.0)}},
+                               **common)  # fmt: skip
+        profile = Profile("m", 32, 1, 10, 12, (), (device,), ())
+        path = profile.save(tmp_path / "p.json")
+        with pytest.raises(ConfigError, match=r"malformed.*stage span"):
+            load_profile(path)
+
+
+def test_chosen_stages_are_timed_as_one_stage_each(
+    coordinator: Coordinator, unit_graph: graph.UnitGraph, tmp_path: Path
+) -> None:
+    settings = ProfileSettings(batch_size=2, repeats=3, warmup=1, cache=tmp_path)
+    profile = profile_cluster(coordinator, unit_graph, MODEL, 10, settings)
+    n = unit_graph.num_units
+    stages = [("w0", 0, 5), ("w1", 5, n)]
+    assert untimed(profile, stages) == stages
+    says: list[str] = []
+    timed = measure_stages(coordinator, profile, stages, settings, progress=says.append)
+    assert untimed(timed, stages) == []
+    assert says == ["w0: timing stage 0-5 as one stage", f"w1: timing stage 5-{n} as one stage"]
+    for name, start, end in stages:
+        wall, cpu = timed.device(name).stage_timings["fp32"][f"{start}-{end}"]
+        assert wall > 0 and cpu > 0
+        problem_device = to_problem(timed).device(name)
+        assert problem_device.stage_ms(start, end) == pytest.approx(wall)  # a real device
+    # Timed stages are kept in the device's cached profile, so they are not timed again.
+    again = profile_cluster(coordinator, unit_graph, MODEL, 10, settings)
+    assert untimed(again, stages) == []
+    assert measure_stages(coordinator, again, stages, settings, progress=says.append) == again
+    assert len(says) == 2
+
+
+def test_stage_timing_refuses_bad_spans_and_keeps_serving(
+    workers: list[RunningWorker], coordinator: Coordinator
+) -> None:
+    stub = pb_grpc.WorkerStub(open_channel(workers[0].address, TOKEN))
+    for start, end in ((3, 3), (0, 999), (-1, 2)):
+        request = pb.ProfileRequest(
+            batch_size=1, repeats=1, stages=[pb.StageSpan(start=start, end=end)]
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Profile(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a unit range of the loaded model" in (info.value.details() or "")
+    reply = stub.Profile(
+        pb.ProfileRequest(batch_size=1, repeats=1, stages=[pb.StageSpan(start=0, end=2)]),
+        timeout=60,
+    )
+    assert [(t.start, t.end) for t in reply.stage_timings] == [(0, 2)]
+    assert not reply.unit_ms  # stage timings only
+    assert stub.Status(pb.StatusRequest(), timeout=5).name == "w0"
