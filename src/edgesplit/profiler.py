@@ -125,12 +125,9 @@ class DeviceProfile:
     by measured / modelled over its timed stages (:func:`_calibrated`)."""
 
     @property
-    def total_ms(self) -> float:
-        return sum(self.sustained_ms)
-
-    @property
     def sustained_ms(self) -> tuple[float, ...]:
-        """Unit times the device can keep up, which the planner uses.
+        """fp32 unit times, each timed alone, at the rate the device can keep up (the planner
+        uses :meth:`stage_costs`, which adds what a stage of several units pays less or more).
 
         An emulated device's CPU share is a CFS quota: it runs at full speed until its quota
         for the period is spent, then stalls, so a short timing shows the burst speed. What it
@@ -153,24 +150,27 @@ class DeviceProfile:
         return ("fp32", *sorted(p for p in self.precision_unit_ms if p != "fp32"))
 
     def unit_ms_at(self, precision: str) -> tuple[float, ...]:
-        """Sustained unit times (see :attr:`sustained_ms`) at ``precision``, what the planner
-        uses; raises :class:`ConfigError` if the precision was not profiled."""
+        """Sustained unit times (see :attr:`sustained_ms`) at ``precision``; raises
+        :class:`ConfigError` if the precision was not profiled."""
         if precision == "fp32":
             return self.sustained_ms
-        if precision not in self.precision_unit_ms:
+        self._check_precision(precision)
+        return self._sustained(
+            self.precision_unit_ms[precision], self.precision_unit_cpu_ms.get(precision, ())
+        )
+
+    def _check_precision(self, precision: str) -> None:
+        if precision != "fp32" and precision not in self.precision_unit_ms:
             raise ConfigError(
                 f"the profile of {self.name} has no {precision} unit times (it has "
                 f"{', '.join(self.precisions)}); profile with --precision {precision}"
             )
-        return self._sustained(
-            self.precision_unit_ms[precision], self.precision_unit_cpu_ms.get(precision, ())
-        )
 
     def stage_costs(self, precision: str, boundary_bytes: Sequence[int]) -> StageCosts:
         """The planner's costs of this device at ``precision`` (see :class:`StageCosts` and
         :func:`boundary_model`; ``boundary_bytes[k]`` is the tensor at cut ``k``, the model
         input at 0)."""
-        self.unit_ms_at(precision)  # raises the ConfigError naming what was profiled
+        self._check_precision(precision)
         if precision == "fp32":
             wall, cpu = self.unit_ms, self.unit_cpu_ms
         else:

@@ -14,7 +14,7 @@ from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, parse_cpus
 from edgesplit.config import load_cluster
 from edgesplit.job import RunConfig, default_input_size, profile_job
-from edgesplit.profiler import Profile, ProfileSettings
+from edgesplit.profiler import Profile, ProfileSettings, boundary_bytes
 
 
 @main.command("profile")
@@ -154,22 +154,26 @@ def random_calibration(config: RunConfig, images: int = 32) -> torch.Tensor:
 
 
 def profile_table(profile: Profile) -> str:
-    """Devices (total compute, spread, memory) and links (latency, bandwidth) as text."""
+    """Devices (the whole model's compute as the planner sees it, the units' spread, memory)
+    and links (latency, bandwidth) as text."""
+    cuts = boundary_bytes(profile)
+    n = len(profile.units)
     lines = [
-        f"{profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
-        f"{len(profile.units)} units",
-        f"{'device':<12} {'compute ms':>11} {'spread ms':>10} {'threads':>7} {'cpus':>5} "
+        f"{profile.model} at {profile.input_size} px, batch {profile.batch_size}, {n} units; "
+        "model ms: the whole model as one stage on the device, sustained (the planner's cost)",
+        f"{'device':<12} {'model ms':>11} {'spread ms':>10} {'threads':>7} {'cpus':>5} "
         f"{'memory MB':>10} {'cached':>6} engine",
     ]
     for d in profile.devices:
         budget = f"{d.memory_budget_bytes / 2**20:.0f}" if d.memory_budget_bytes else "-"
         cpus = f"{d.cpus:g}" if d.cpus is not None else "-"
         lines.append(
-            f"{d.name:<12} {d.total_ms:>11.2f} {sum(d.unit_spread_ms):>10.2f} {d.threads:>7} "
-            f"{cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6} {d.engine}"
+            f"{d.name:<12} {d.stage_ms(0, n, cuts):>11.2f} {sum(d.unit_spread_ms):>10.2f} "
+            f"{d.threads:>7} {cpus:>5} {budget:>10} {'yes' if d.cached else 'no':>6} {d.engine}"
         )
         for precision in d.precisions[1:]:
-            lines.append(f"{'':<12} {sum(d.unit_ms_at(precision)):>11.2f}   at {precision}")
+            ms = d.stage_ms(0, n, cuts, precision)
+            lines.append(f"{'':<12} {ms:>11.2f}   at {precision}")
     lines.append(f"{'link':<24} {'latency ms':>10} {'Mbit/s':>9}")
     for k in profile.links:
         bw = f"{k.bandwidth_mbps:.0f}" if k.bandwidth_mbps else "unmeasurable"
