@@ -475,3 +475,42 @@ def test_bad_measured_stages_are_refused(
     device = DeviceCost("a", (1.0, 1.0), measured_stages=stages)
     with pytest.raises(PlanError, match=match):
         Problem(units=units, devices=(device,), batch_size=1, input_bytes=0)
+
+
+def test_a_process_gets_a_fair_share_of_the_busy_cores() -> None:
+    from edgesplit.planner.evaluate import _core_share
+
+    assert _core_share(2.0, []) == 1.0
+    assert _core_share(2.0, [1.0]) == 1.0  # one other process: a core each
+    assert _core_share(2.0, [1.0, 1.0]) == pytest.approx(2 / 3)
+    # Two others each running half the time: none (1/4), one (1/2) or both (1/4) run.
+    assert _core_share(2.0, [0.5, 0.5]) == pytest.approx(0.25 + 0.5 + 0.25 * 2 / 3)
+    assert _core_share(1.0, [0.5]) == pytest.approx(0.5 + 0.5 * 0.5)
+
+
+def test_processes_sharing_a_host_stretch_the_period() -> None:
+    # On a host of 2 cores: device a (a whole core, 60 ms of CPU per micro-batch), device b
+    # (half a core, 10 ms of CPU: 20 ms sustained) and a coordinator preparing for 30 ms. The
+    # devices' own bottleneck is a's 60 ms; all CPU over the cores is 50 ms. But a waits while
+    # b and the coordinator both run, so the period is the fixed point of
+    # T = 60 / (a's share of a core at T), with b running 10/T and the coordinator 30/T of
+    # the time: a's share is 1 - (10/T)(30/T)(1 - 2/3).
+    units = tuple(UnitCost(out_bytes=0, weight_bytes=0, activation_bytes=0) for _ in range(2))
+    a = DeviceCost("a", (60.0, 60.0), quota_ms=100.0)
+    b = DeviceCost("b", (20.0, 20.0), burst_unit_ms=(10.0, 10.0), quota_ms=50.0)
+    problem = Problem(
+        units=units, devices=(a, b), batch_size=1, input_bytes=0, prepare_ms=30.0,
+        host_cpus=2.0,
+    )  # fmt: skip
+    stages = [("a", 0, 1), ("b", 1, 2)]
+    p = evaluate(problem, stages).prediction
+    assert p.host_ms == pytest.approx((30.0 + 60.0 + 10.0) / 2)
+    t = p.contended_ms
+    assert t == pytest.approx(60.0 / (1 - (10 / t) * (30 / t) / 3), rel=1e-6)
+    assert p.bottleneck_ms == t > 60.0
+    # With cores to spare nobody waits: the own bottleneck again.
+    roomy = evaluate(dataclasses.replace(problem, host_cpus=16.0), stages).prediction
+    assert roomy.contended_ms == pytest.approx(60.0) and roomy.bottleneck_ms == 60.0
+    # Devices of their own (no shared host): no such term.
+    alone = evaluate(dataclasses.replace(problem, host_cpus=None), stages).prediction
+    assert alone.contended_ms == 0.0 and alone.bottleneck_ms == 60.0

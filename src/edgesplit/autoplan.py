@@ -145,6 +145,7 @@ def prediction_dict(
         "upload_ms": p.upload_ms,
         "prepare_ms": p.prepare_ms,
         "host_ms": p.host_ms,
+        "contended_ms": p.contended_ms,
         "energy_j_per_image": p.energy_j_per_image,
         "stages": [
             {

@@ -46,6 +46,11 @@ def plan_table(plan: Plan) -> str:
             f"the devices share this host: all their CPU work takes {p.host_ms:.2f} ms of its "
             f"cores per micro-batch{bound}"
         )
+    if p.contended_ms > max(p.host_ms, 0.0) and p.contended_ms >= p.bottleneck_ms:
+        lines.append(
+            f"the processes sharing this host slow each other down: {p.contended_ms:.2f} ms per "
+            "micro-batch (the bottleneck; a mean-field estimate of fair CPU sharing)"
+        )
     bursts = [s for s in plan.stages if s.latency_ms is not None and s.latency_ms != s.compute_ms]
     if bursts:
         alone = ", ".join(f"{s.device} {s.latency_ms:.2f} ms" for s in bursts)

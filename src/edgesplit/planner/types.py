@@ -317,6 +317,7 @@ class Prediction:
     idle_devices_mj: float = 0.0  # per micro-batch, drawn by cluster devices no stage uses
     prepare_ms: float = 0.0  # the coordinator's preparation, serial with the upload
     host_ms: float = 0.0  # the shared host's limit on the period (0: no shared host)
+    contended_ms: float = 0.0  # the period with the host's CPU contention (0: no shared host)
 
 
 @dataclass(frozen=True)
