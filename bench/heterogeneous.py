@@ -111,10 +111,14 @@ def error(measured: float | None, predicted: float | None) -> float | None:
 
 def one_cluster(args: argparse.Namespace, cpus: tuple[float, ...], tmp: Path) -> dict[str, Any]:
     tag = "-".join(f"{c:g}" for c in cpus)
+    # The two runs compared with a prediction come right after the profile they are predicted
+    # from: this machine's speed drifts over minutes (a window-1 run at the end of the cluster
+    # once measured 43 % above its prediction while the single-device run before it was 30 %
+    # slower than usual).
     auto = one_run(args, cpus, "auto", tmp / f"auto-{tag}", reprofile=True)
+    unloaded = one_run(args, cpus, "auto", tmp / f"latency-{tag}", window=1)
     equal = one_run(args, cpus, "equal", tmp / f"equal-{tag}")
     single = one_run(args, cpus, "0-", tmp / f"single-{tag}")
-    unloaded = one_run(args, cpus, "auto", tmp / f"latency-{tag}", window=1)
     predicted = auto["predicted"]
     result = {
         "cpus": list(cpus),
