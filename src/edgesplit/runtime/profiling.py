@@ -168,10 +168,7 @@ def profile_units(
     if request.stages:
         return profile_stages(model, request, threads, default_engine)
     ug = model.graph
-    precision = request.precision or "fp32"
-    calibration = _calibration(model, request)
-    if precision == "int8" and calibration is None:
-        raise Refused(INVALID, "profiling at precision int8 needs calibration images")
+    precision, calibration = _precision(model, request)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
         stages = unit_executors(model, engine, threads, precision, calibration)
@@ -225,6 +222,15 @@ def profile_units(
     )
 
 
+def _precision(model: LoadedModel, request: pb.ProfileRequest) -> tuple[str, torch.Tensor | None]:
+    """The request's precision and its calibration model inputs (int8 needs them)."""
+    precision = request.precision or "fp32"
+    calibration = _calibration(model, request)
+    if precision == "int8" and calibration is None:
+        raise Refused(INVALID, "profiling at precision int8 needs calibration images")
+    return precision, calibration
+
+
 def _check_request(request: pb.ProfileRequest) -> None:
     if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
         raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
@@ -256,10 +262,7 @@ def profile_stages(
                 f"stage [{span.start}, {span.end}) is not a unit range of the loaded model; "
                 f"expected 0 <= start < end <= {n}",
             )
-    precision = request.precision or "fp32"
-    calibration = _calibration(model, request)
-    if precision == "int8" and calibration is None:
-        raise Refused(INVALID, "profiling at precision int8 needs calibration images")
+    precision, calibration = _precision(model, request)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
         spec = engines.EngineSpec(engine, precision)
