@@ -345,3 +345,28 @@ def test_stage_timing_refuses_bad_spans_and_keeps_serving(
     assert [(t.start, t.end) for t in reply.stage_timings] == [(0, 2)]
     assert not reply.unit_ms  # stage timings only
     assert stub.Status(pb.StatusRequest(), timeout=5).name == "w0"
+
+
+def test_a_plan_that_keeps_moving_is_kept_with_its_stages_timed(
+    coordinator: Coordinator,
+    unit_graph: graph.UnitGraph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgesplit import autoplan
+
+    # No rounds of re-planning: the first plan is kept, but its stages are still timed and
+    # its prediction rests on them.
+    monkeypatch.setattr(autoplan, "MEASURE_ROUNDS", 0)
+    settings = ProfileSettings(batch_size=2, repeats=3, warmup=1, cache=tmp_path)
+    says: list[str] = []
+    profile, chosen = autoplan.profile_and_plan(
+        coordinator, unit_graph, MODEL, 10, autoplan.PlanRequest(), settings, says.append
+    )
+    assert untimed(profile, chosen.assignment()) == []
+    assert any("as one stage" in s for s in says)
+    assert chosen.notes[-1].startswith("the plan changed in each of 0 rounds")
+    problem = to_problem(profile)
+    for stage in chosen.stages:
+        timed = problem.device(stage.device).measured(stage.start, stage.end)
+        assert timed is not None and stage.compute_ms == timed[0]

@@ -81,8 +81,8 @@ def profile_and_plan(
     to the whole model), which is off by up to about 15 % for a given stage. So the stages of
     the chosen plan are then timed on their devices as the run will build them, and the plan
     is made again with those times, until the chosen plan's stages are all timed (at most
-    :data:`MEASURE_ROUNDS` rounds). The prediction of the final plan then rests on its own
-    stages' timings, not on the model."""
+    :data:`MEASURE_ROUNDS` rounds; then the last plan is kept and its stages are timed). The
+    prediction of the final plan rests on its own stages' timings, not on the model."""
     profile = profile_cluster(coordinator, ug, model, num_classes, settings, say)
     profile = replace(profile, prepare_ms=prepare_ms)
     chosen = plan(profile, request)
@@ -93,13 +93,23 @@ def profile_and_plan(
             coordinator, profile, chosen.assignment(), settings, request.precision, say
         )
         chosen = plan(profile, request)
-    left = untimed(profile, chosen.assignment(), request.precision)
-    if left:
-        note = (
-            f"after {MEASURE_ROUNDS} rounds of timing the chosen stages, "
-            f"{', '.join(f'{n} {a}-{b}' for n, a, b in left)} rest on the modelled time"
+    if untimed(profile, chosen.assignment(), request.precision):
+        # The plan still moves as its stages are timed (stage times within their noise of
+        # each other): keep the last plan and time its stages too, so its prediction rests on
+        # them, although another plan may be as good under all the timings.
+        profile = measure_stages(
+            coordinator, profile, chosen.assignment(), settings, request.precision, say
         )
-        chosen = replace(chosen, notes=(*chosen.notes, note))
+        problem = to_problem(profile, precision=request.precision)
+        if request.devices:
+            problem = problem.restrict(request.devices)
+        note = (
+            f"the plan changed in each of {MEASURE_ROUNDS} rounds of timing its stages; "
+            "this is the last one, its stages timed too"
+        )
+        chosen = planner.evaluate(
+            problem, chosen.assignment(), chosen.objective, notes=(*chosen.notes, note)
+        )
     p = chosen.prediction
     say(
         f"plan ({request.objective}, {request.precision}): {chosen.partition()} on "
