@@ -43,11 +43,11 @@ from typing import Any
 
 import _common as common
 
-from edgesplit import autoplan
+from edgesplit import autoplan, planner
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.job import RunConfig, run_job
-from edgesplit.profiler import Profile, load_profile
+from edgesplit.profiler import Profile, load_profile, to_problem
 
 TARGET_RECOVERY_S = 15.0
 TARGET_RECOVERED_SHARE = 0.85
@@ -179,14 +179,18 @@ def fresh_profile_cache(tmp: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fixed_profile(profile: Profile) -> Iterator[None]:
-    """Runs plan from ``profile`` instead of profiling again: link probes vary from run to run
-    and with them the plan, and static and adaptive must start from the same plan."""
+def fixed_profile(profile: Profile, stages: list[tuple[str, int, int]]) -> Iterator[None]:
+    """Runs start from the calibration's plan ``stages`` with its ``profile`` instead of
+    profiling again: link probes vary from run to run and with them the plan, and static and
+    adaptive must start from the plan the stress and the slow link were chosen for. (Planning
+    again from the profile is not enough: when timing its stages kept moving the plan, the run
+    keeps the last plan, and devices of equal share can swap.)"""
     original = autoplan.profile_and_plan
 
     def planned(*args: Any, **kwargs: Any) -> tuple[Profile, Any]:
         request = args[4] if len(args) > 4 else kwargs["request"]
-        return profile, autoplan.plan(profile, request)
+        problem = to_problem(profile, precision=request.precision)
+        return profile, planner.evaluate(problem, stages, request.objective)
 
     autoplan.profile_and_plan = planned  # type: ignore[assignment]
     try:
@@ -227,13 +231,14 @@ def case(
     inject: tuple[str, ...],
     images: int,
     profile: Profile,
+    plan: list[Any],
     best: Any,
 ) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for mode in ("static", "adaptive"):
         print(f"  {name}: {mode} run ({images} images)", flush=True)
         out = tmp / f"{name}-{mode}"
-        with fixed_profile(profile):
+        with fixed_profile(profile, [(s[0], int(s[1]), int(s[2])) for s in plan]):
             run_job(config(args, out, images, inject=inject, adaptive=mode == "adaptive"))
         runs[mode] = measure(out)
     print(f"  {name}: best static plan for the changed conditions", flush=True)
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             stress,
             images,
             profile,
+            plan,
             lambda: stressed_best(args, tmp, stressed, images),
         )
         print_case("stress", results["stress"], args.at)
@@ -370,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 (spec,),
                 images,
                 profile,
+                plan,
                 lambda: degraded_best(args, tmp, (a, b), images),
             )
             print_case("link", results["link"], args.at)
