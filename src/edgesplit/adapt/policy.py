@@ -160,28 +160,25 @@ def _judge(
     return dataclasses.replace(hold, judged=True, backoff=backoff), verdict
 
 
+def _slowed(d: planner.DeviceCost, factor: float) -> planner.DeviceCost:
+    """``d`` with every compute time multiplied by ``factor``."""
+    return dataclasses.replace(
+        d,
+        unit_ms=tuple(ms * factor for ms in d.unit_ms),
+        boundary_ms=tuple(ms * factor for ms in d.boundary_ms),
+        burst_unit_ms=tuple(ms * factor for ms in d.burst_unit_ms),
+        burst_boundary_ms=tuple(ms * factor for ms in d.burst_boundary_ms),
+        measured_stages=tuple((s, e, a * factor, b * factor) for s, e, a, b in d.measured_stages),
+    )
+
+
 def live_problem(
     state: AdaptState, profile: Profile, policy: AdaptPolicy = AdaptPolicy()
 ) -> tuple[planner.Problem, dict[str, dict[str, float | None]]]:
     """The profile's problem with the live speed factors and the links that got slower; also
     the replaced links as ``"a-b" -> {bandwidth_mbps, latency_ms}``."""
     problem = to_problem(profile)
-    devices = tuple(
-        dataclasses.replace(
-            d,
-            unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.unit_ms),
-            boundary_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.boundary_ms),
-            burst_unit_ms=tuple(ms * state.device(d.name).speed_factor for ms in d.burst_unit_ms),
-            burst_boundary_ms=tuple(
-                ms * state.device(d.name).speed_factor for ms in d.burst_boundary_ms
-            ),
-            measured_stages=tuple(
-                (s, e, a * state.device(d.name).speed_factor, b * state.device(d.name).speed_factor)
-                for s, e, a, b in d.measured_stages
-            ),
-        )
-        for d in problem.devices
-    )
+    devices = tuple(_slowed(d, state.device(d.name).speed_factor) for d in problem.devices)
     links = {(a, b): lk for a, b, lk in problem.links}
     changed: dict[str, dict[str, float | None]] = {}
     for k in state.links:

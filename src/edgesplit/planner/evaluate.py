@@ -68,9 +68,11 @@ def evaluate(
         transfers.append(problem.link(name, next_hop).transfer_ms(units[end - 1].out_bytes))
         memories.append(memory)
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
-    host_ms = _host_ms(problem, stages)
+    cores = problem.host_cpus  # None: the devices have hosts of their own
+    cpu = _process_cpu_ms(problem, stages) if cores is not None else []
+    host_ms = math.fsum(cpu) / cores if cores is not None else 0.0
     own = max(upload_ms + problem.prepare_ms, *computes, *transfers, host_ms)
-    contended_ms = _contended_ms(problem, stages, computes, transfers, upload_ms, own)
+    contended_ms = _contended_ms(problem, stages, cpu, computes, transfers, upload_ms, own)
     bottleneck = max(own, contended_ms)
     used = {name for name, _, _ in stages}
     idle_mj = sum(d.idle_w * bottleneck for d in problem.devices if d.name not in used)
@@ -109,13 +111,6 @@ def evaluate(
     return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
 
 
-def _host_ms(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> float:
-    """All CPU work of one micro-batch / the shared host's cores (0 without a shared host)."""
-    if problem.host_cpus is None:
-        return 0.0
-    return math.fsum(_process_cpu_ms(problem, stages)) / problem.host_cpus
-
-
 def _process_cpu_ms(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> list[float]:
     """CPU ms per micro-batch of each process on a shared host: the coordinator (its
     preparation and its side of the upload, which costs what the first device's side does),
@@ -143,6 +138,7 @@ def _core_share(cores: float, others: Sequence[float]) -> float:
 def _contended_ms(
     problem: Problem,
     stages: Sequence[tuple[str, int, int]],
+    cpu: Sequence[float],
     computes: Sequence[float],
     transfers: Sequence[float],
     upload_ms: float,
@@ -152,19 +148,19 @@ def _contended_ms(
     host): a mean-field estimate of fair CPU sharing, from the same costs, no fitted constant.
 
     At period ``T`` each process (the coordinator, each stage's device) is running a fraction
-    ``u = cpu / T`` of the time (:func:`_process_cpu_ms`). Taking the others as independent, a
-    process gets ``s`` of a core on average (:func:`_core_share`). Its CPU-bound piece of the
-    period then stretches: the coordinator's preparation by ``1 / s``; a stage under a CPU
-    quota of ``q`` cores by ``q / s`` when ``s < q`` (above its quota it waits anyway). The
-    period is the fixed point ``T = max(own, stretched pieces at T)``, found by bisection
-    (the stretched pieces shrink as ``T`` grows, so there is one). It is the bottleneck when it
-    exceeds the devices' own bottleneck ``own_ms``; measured on 2 cores, a pipeline of
-    1 + 0.5 + 0.25 CPU devices and its coordinator ran at 89 % of the host's capacity while
+    ``u = cpu / T`` of the time (``cpu`` from :func:`_process_cpu_ms`). Taking the others as
+    independent, a process gets ``s`` of a core on average (:func:`_core_share`). Its
+    CPU-bound piece of the period then stretches: the coordinator's preparation by ``1 / s``;
+    a stage under a CPU quota of ``q`` cores by ``q / s`` when ``s < q`` (above its quota it
+    waits anyway). The period is the fixed point ``T = max(own, stretched pieces at T)``,
+    found by bisection (the stretched pieces shrink as ``T`` grows, so there is one). It is
+    the bottleneck when it exceeds the devices' own bottleneck ``own_ms``; measured on 2
+    cores, a pipeline of 1 + 0.5 + 0.25 CPU devices and its coordinator ran at 89 % of the
+    host's capacity while
     the plain sum of CPU work over the cores predicted 100 %."""
     if problem.host_cpus is None:
         return 0.0
     cores = problem.host_cpus
-    cpu = _process_cpu_ms(problem, stages)
     quotas = []
     for name, _, _ in stages:
         d = problem.device(name)

@@ -46,7 +46,7 @@ def plan_table(plan: Plan) -> str:
             f"the devices share this host: all their CPU work takes {p.host_ms:.2f} ms of its "
             f"cores per micro-batch{bound}"
         )
-    if p.contended_ms > max(p.host_ms, 0.0) and p.contended_ms >= p.bottleneck_ms:
+    if p.contended_ms > p.host_ms and p.contended_ms >= p.bottleneck_ms:
         lines.append(
             f"the processes sharing this host slow each other down: {p.contended_ms:.2f} ms per "
             "micro-batch (the bottleneck; a mean-field estimate of fair CPU sharing)"

@@ -227,8 +227,8 @@ class Problem:
                     )
                 if spans.count((s, e)) > 1:
                     raise PlanError(f"device {d.name!r} has stage [{s}, {e}) measured twice")
-                _check_number(f"device {d.name!r} measured stage [{s}, {e}) time", sustained)
-                _check_number(f"device {d.name!r} measured stage [{s}, {e}) time", burst)
+                for ms in (sustained, burst):
+                    _check_number(f"device {d.name!r} measured stage [{s}, {e}) time", ms)
             if d.quota_ms is not None:
                 _check_number(f"device {d.name!r} quota_ms", d.quota_ms, positive=True)
             _check_number(f"device {d.name!r} period_ms", d.period_ms, positive=True)

@@ -47,9 +47,9 @@ MAX_STALLS = 2
 BUSY_RETRY_S = 0.05
 SAMPLE_LOOKBACK_S = 1.0
 CONFIRM_TIMEOUT_S = 1.0
+"""How long a device named in a failed send gets to answer our own probe."""
 UPLOAD_POLL_S = 0.02
 """While an upload RPC runs, the loop looks at it this often between events."""
-"""How long a device named in a failed send gets to answer our own probe."""
 
 Replan = Callable[[list[str]], list[tuple[str, int, int]]]
 """Given the usable devices (cluster order), the stages ``(device, start, end)`` to run on."""
