@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test lint setup data proto bench clean help
+.PHONY: run test lint setup data proto bench check-arm clean help
 
 help:
 	@echo "make run    - set up and run the default job (emulated 3-device cluster)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   - ruff check, ruff format --check, mypy on src/"
 	@echo "make proto  - regenerate the gRPC code from src/edgesplit/runtime/edgesplit.proto"
 	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+	@echo "make check-arm - the shipped models under qemu-aarch64 as a Raspberry Pi 4B's CPU"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,15 @@ proto: $(STAMP)
 
 bench: setup
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The Pi's CPU architecture under user-mode QEMU (issue #17): build (once, cached) an aarch64
+# Python root, then run the shipped models' fp32 and int8 stages there against x86. Needs root
+# and apt-get the first time; ~1 min for the root, then ~10-40 min for the models (emulation).
+ARM_ROOT ?= $(HOME)/.cache/edgesplit/arm64-root
+ARM_IMAGES ?= 2000
+check-arm: setup
+	$(BIN)/python scripts/arm/make_root.py --root $(ARM_ROOT)
+	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/check_models.py --images $(ARM_IMAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -54,20 +54,27 @@ WHEELS = (
     "onnxruntime==1.17.3",
     # onnxruntime 1.17 is compiled against numpy 1.x's C ABI and cannot import with numpy 2.
     "numpy>=1.24,<2",
-    # The rest as pyproject.toml asks for them (the worker's runtime besides onnxruntime).
+    # The rest as pyproject.toml asks for them: what `edgesplit worker` imports on its
+    # onnxruntime path (checked under QEMU on the torch-free worker): gRPC and its messages,
+    # the device sampler, the config (YAML, pydantic models), the CLI (click), and onnx, with
+    # which a worker cuts its stages out of the model's ONNX graph.
     "grpcio>=1.85.1",
     "protobuf>=7.35.1",
     "psutil>=5.9",
     "pyyaml>=6.0",
+    "pydantic>=2.5",
+    "click>=8.1",
+    "onnx>=1.15",
 )
 
 IMPORT_CHECK = (
     "import ssl, sqlite3, ctypes, lzma, bz2, zlib, hashlib, decimal, json, platform\n"
-    "import numpy, onnxruntime, grpc, google.protobuf, psutil, yaml\n"
+    "import numpy, onnxruntime, grpc, google.protobuf, psutil, yaml, pydantic, click, onnx\n"
+    "from importlib.metadata import version\n"
+    "names = ['numpy', 'onnxruntime', 'grpcio', 'protobuf', 'psutil', 'pyyaml', 'pydantic',\n"
+    "         'click', 'onnx']\n"
     "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),\n"
-    "  'numpy': numpy.__version__, 'onnxruntime': onnxruntime.__version__,\n"
-    "  'grpcio': grpc.__version__, 'protobuf': google.protobuf.__version__,\n"
-    "  'psutil': psutil.__version__, 'pyyaml': yaml.__version__}))\n"
+    "                  **{n: version(n) for n in names}}))\n"
 )
 
 RECIPE_VERSION = 1
