@@ -74,6 +74,7 @@ class DeviceInfo:
     cpu_kind: str = ""
     """What the device's int8 stages are built for (:mod:`edgesplit.engines.cpu`)."""
     cpu_model: str = ""
+    onnxruntime_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ class Coordinator:
             rtt_ms=rtt_ms,
             cpu_kind=reply.cpu_kind or "unknown",
             cpu_model=reply.cpu_model,
+            onnxruntime_version=reply.onnxruntime_version,
         )
 
     def update_clock(self, name: str, offset_ms: float, rtt_ms: float) -> None:

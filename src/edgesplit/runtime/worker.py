@@ -157,6 +157,7 @@ class Worker:
             threads=self.config.threads or torch.get_num_threads(),
             cpu_kind=cpu.cpu_kind(),
             cpu_model=cpu.cpu_model(),
+            onnxruntime_version=cpu.package_version("onnxruntime"),
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
