@@ -25,7 +25,7 @@ from edgesplit import precision as precision_auto
 from edgesplit.adapt.controller import Controller
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
-from edgesplit.execution import choose_precision, execution_for
+from edgesplit.execution import choose_precision, execution_for, int8_gate
 from edgesplit.faults import Injection, Injector, parse_injections, relative
 from edgesplit.metrics import runfolder
 from edgesplit.metrics.energy import device_energy, energy_summary
@@ -223,6 +223,8 @@ def run_job(
                 f"devices traced {config.model} into {num_units} units, this machine into "
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
+        model_id = f"{resolved.name}:{models.state_dict_sha256(resolved.model)}:{size}"
+        gate = int8_gate(config, coordinator, ug, model_id, execution, size, notes)
         if ranges is None:
             phase("profiling the devices and links")
             settings = ProfileSettings(
@@ -245,7 +247,7 @@ def run_job(
             )
             if config.precision == "auto":
                 chosen, choice, execution = choose_precision(
-                    config, ug, profile, planned, execution, size, phase
+                    config, profile, planned, execution, gate, phase
                 )
                 planned = replace(planned, precision=choice.precision)
                 notes.append(f"--precision auto chose {choice.precision}: {choice.reason}")
@@ -255,6 +257,11 @@ def run_job(
         else:
             names = [d.name for d in spec.devices[: len(ranges)]]
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
+        if gate is not None and config.precision == "int8":
+            phase("measuring the int8 accuracy drop on the plan's devices")
+            precision_auto.check_int8(gate.measure(tuple(initial)), config.max_accuracy_drop)
+        if gate is not None and gate.last is not None:
+            notes.append(gate.last.describe())
         phase(f"installing {len(ranges)} stages ({execution.engine} {execution.precision})")
         epoch = coordinator.install_plan(initial, execution=execution)
         window = config.window or 2 * len(ranges)
@@ -360,6 +367,8 @@ def run_job(
         "injected": relative(injector.events, record.started) if injector else [],
         "adaptive": controller.summary() if controller else None,
         "precision_choice": choice.to_dict() if choice else None,
+        "int8_gate": gate.last.to_dict() if gate is not None and gate.last else None,
+        "cpu_kinds": {name: info.cpu_kind for name, info in coordinator.device_infos.items()},
         "notes": notes,
     }
     if aborted is not None:

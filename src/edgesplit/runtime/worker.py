@@ -27,6 +27,7 @@ from google.protobuf import __version__ as protobuf_version
 
 from edgesplit import __version__
 from edgesplit.config import TlsSpec
+from edgesplit.engines import cpu
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
@@ -154,6 +155,9 @@ class Worker:
             samples=samples,
             failures=failures,
             threads=self.config.threads or torch.get_num_threads(),
+            cpu_kind=cpu.cpu_kind(),
+            cpu_model=cpu.cpu_model(),
+            onnxruntime_version=cpu.package_version("onnxruntime"),
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
