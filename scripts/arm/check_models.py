@@ -3,7 +3,8 @@
 For each shipped checkpoint (``checkpoints/MANIFEST.json``), natively on this x86-64 host with
 torch: the whole model ``[0, units)`` is exported to fp32 ONNX the way edgesplit exports its
 stages (:func:`edgesplit.engines.onnx_engine.export_stage`) and quantized to int8 with the
-settings edgesplit uses for an ARM CPU of the Pi's kind (:mod:`edgesplit.engines.quantize`),
+settings edgesplit uses for the CPU kind the emulated Pi reports (``arm64-neon``, read by
+:mod:`edgesplit.engines.cpu` under QEMU; :func:`edgesplit.engines.quantize.settings`),
 calibrated on 256 seeded training images as ``tests/test_engines_shipped.py`` does; the first
 ``--images`` Fashion-MNIST test images are preprocessed to a float32 ``.npy``; both models run
 here in onnxruntime. Then both run over the same ``.npy`` under ``qemu-aarch64 -cpu
@@ -43,7 +44,7 @@ import onnxruntime
 import torch
 
 from edgesplit import checkpoints, data, graph
-from edgesplit.engines import onnx_engine, quantize
+from edgesplit.engines import cpu, onnx_engine, quantize
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "arm" / "run.sh"
@@ -104,17 +105,45 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
-def arm_int8(fp32: bytes, calibration: torch.Tensor) -> tuple[bytes, dict[str, object]]:
-    """The int8 model and the settings edgesplit quantizes with for an ARM CPU."""
-    # engines.quantize decides ARM vs x86 from the machine it runs on; the Pi's settings are
-    # what it picks there, so it is asked as if it ran on the Pi.
-    native = quantize._is_arm
-    quantize._is_arm = lambda: True  # type: ignore[assignment]
-    try:
-        int8 = quantize.quantize_stage(fp32, calibration, onnx_engine.INPUT_NAME)
-        return only_used_opsets(int8), dict(quantize.settings())
-    finally:
-        quantize._is_arm = native  # type: ignore[assignment]
+KIND_PROBE = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('cpu', sys.argv[1])\n"
+    "cpu = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(cpu)\n"
+    "print(cpu.cpu_kind())\n"
+)
+"""Prints the CPU kind edgesplit's own code (engines/cpu.py, loaded without the package, which
+needs more than the root has) reads inside the emulator."""
+
+
+def emulated_kind(root: Path | None) -> str:
+    """The CPU kind an aarch64 worker under ``qemu -cpu cortex-a72`` reports."""
+    cpu_py = REPO / "src" / "edgesplit" / "engines" / "cpu.py"
+    result = subprocess.run(
+        ["bash", str(RUN), "-c", KIND_PROBE, str(cpu_py)],
+        capture_output=True,
+        text=True,
+        env=_env(root),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"check_models: cannot run python under qemu: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _env(root: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if root is not None:
+        env["EDGESPLIT_ARM_ROOT"] = str(root)
+    env["EDGESPLIT_ARM_CPU"] = EMULATED_CPU
+    return env
+
+
+def arm_int8(fp32: bytes, calibration: torch.Tensor, kind: str) -> bytes:
+    """The int8 model edgesplit builds for a worker of CPU ``kind``, loadable by the root's
+    onnxruntime (see :func:`only_used_opsets`)."""
+    int8 = quantize.quantize_stage(fp32, calibration, onnx_engine.INPUT_NAME, kind=kind)
+    return only_used_opsets(int8)
 
 
 def only_used_opsets(model: bytes) -> bytes:
@@ -147,10 +176,7 @@ def emulated(
     pairs: list[tuple[Path, Path]], images: Path, batch_size: int, root: Path | None
 ) -> dict[str, Any]:
     """Run ``eval_onnx.py`` under qemu over ``images`` for each (model, out) pair."""
-    env = dict(os.environ)
-    if root is not None:
-        env["EDGESPLIT_ARM_ROOT"] = str(root)
-    env["EDGESPLIT_ARM_CPU"] = EMULATED_CPU
+    env = _env(root)
     cmd = ["bash", str(RUN), str(EVAL), "--images", str(images), "--batch-size", str(batch_size)]
     cmd += [f"{m}:{o}" for m, o in pairs]
     result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=False)
@@ -161,7 +187,12 @@ def emulated(
 
 
 def check_model(
-    name: str, test: data.ImageSet, train: data.ImageSet, args: argparse.Namespace, tmp: Path
+    name: str,
+    kind: str,
+    test: data.ImageSet,
+    train: data.ImageSet,
+    args: argparse.Namespace,
+    tmp: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     model, info = checkpoints.load(checkpoints.shipped(name), model_name=name)
     size = info.input_size
@@ -176,7 +207,7 @@ def check_model(
     t0 = time.perf_counter()
     fp32 = onnx_engine.export_stage(ug, 0, ug.num_units)
     t1 = time.perf_counter()
-    int8, settings = arm_int8(fp32, calibration)
+    int8 = arm_int8(fp32, calibration, kind)
     t2 = time.perf_counter()
     paths = {p: tmp / f"{name}-{p}.onnx" for p in ("fp32", "int8")}
     paths["fp32"].write_bytes(fp32)
@@ -231,7 +262,7 @@ def check_model(
         "passed": agreement >= MIN_FP32_AGREEMENT and drop <= MAX_INT8_DROP,
     }
     report.pop("models", None)
-    return row, {**report, "int8_settings": settings}
+    return row, report
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
@@ -258,12 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     test = data.load("fashion-mnist", "test")
     train = data.load("fashion-mnist", "train")
+    kind = emulated_kind(args.root)
+    print(f"the emulated worker's CPU kind: {kind}", flush=True)
     rows: dict[str, dict[str, Any]] = {}
     emulation: dict[str, Any] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgesplit-arm-") as tmp:
         for name in args.models.split(","):
-            rows[name], emulation = check_model(name, test, train, args, Path(tmp))
+            rows[name], emulation = check_model(name, kind, test, train, args, Path(tmp))
             r = rows[name]
             print(
                 f"[{name}] fp32 agreement {r['fp32_argmax_agreement_aarch64_vs_x86'] * 100:.2f} %, "
@@ -271,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['checkpoint_accuracy']:.4f} ({r['int8_drop_points_vs_checkpoint']:+.2f} pts)",
                 flush=True,
             )
-    settings = emulation.pop("int8_settings", None)
     passed = all(r["passed"] for r in rows.values())
     result = {
         "what": "shipped models, fp32 and int8 (ARM settings), under qemu-aarch64 vs x86",
@@ -283,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "emulated_cpu": f"qemu-aarch64 -cpu {EMULATED_CPU} (Raspberry Pi 4B's core)",
         "qemu": qemu_version(),
         "emulation": emulation,
-        "int8_settings": settings,
+        "emulated_cpu_kind": kind,
+        "host_cpu_kind": cpu.cpu_kind(),
+        "int8_settings": quantize.settings(kind).as_dict(),
         "targets": {
             "min_fp32_argmax_agreement": MIN_FP32_AGREEMENT,
             "max_int8_drop_points_vs_checkpoint": MAX_INT8_DROP * 100,
