@@ -47,13 +47,22 @@ def session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+PROGRESS_EVERY = 500
+"""Images between two progress lines on stderr (emulation is slow)."""
+
+
 def evaluate(path: str, images: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
     s = session(path, threads)
     name, output = s.get_inputs()[0].name, s.get_outputs()[0].name
     chunks = []
+    t0 = time.perf_counter()
     for i in range(0, len(images), batch_size):
         (y,) = s.run([output], {name: images[i : i + batch_size]})
         chunks.append(y)
+        done = i + len(y)
+        if done % PROGRESS_EVERY < batch_size and done < len(images):
+            seconds = time.perf_counter() - t0
+            print(f"  {path}: {done}/{len(images)} in {seconds:.0f} s", file=sys.stderr, flush=True)
     return np.concatenate(chunks)
 
 
