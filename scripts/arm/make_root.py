@@ -64,7 +64,9 @@ WHEELS = (
     "pyyaml>=6.0",
     "pydantic>=2.5",
     "click>=8.1",
-    "onnx>=1.15",
+    # onnxruntime 1.17.3's quantization tools (a worker quantizes its own int8 stages) use
+    # onnx.mapping, which onnx 1.17 removed: "module 'onnx' has no attribute 'mapping'".
+    "onnx>=1.15,<1.17",
 )
 
 IMPORT_CHECK = (
