@@ -56,14 +56,15 @@ WHEELS = (
     "numpy>=1.24,<2",
     # The rest as pyproject.toml asks for them: what `edgesplit worker` imports on its
     # onnxruntime path (checked under QEMU on the torch-free worker): gRPC and its messages,
-    # the device sampler, the config (YAML, pydantic models), the CLI (click), and onnx, with
-    # which a worker cuts its stages out of the model's ONNX graph.
+    # the device sampler, the config (YAML, pydantic models), the CLI (click), live metrics,
+    # and onnx, with which a worker cuts its stages out of the model's ONNX graph.
     "grpcio>=1.85.1",
     "protobuf>=7.35.1",
     "psutil>=5.9",
     "pyyaml>=6.0",
     "pydantic>=2.5",
     "click>=8.1",
+    "prometheus-client>=0.17",  # `edgesplit worker --metrics-port`
     # onnxruntime 1.17.3's quantization tools (a worker quantizes its own int8 stages) use
     # onnx.mapping, which onnx 1.17 removed: "module 'onnx' has no attribute 'mapping'".
     "onnx>=1.15,<1.17",
