@@ -40,6 +40,9 @@ READY_TIMEOUT_S = 300.0
 """Generous: an emulated worker imports numpy, onnxruntime, grpc and pydantic at a tenth of the
 host's speed, and this host is shared."""
 RUN_TIMEOUT_S = 3600.0
+WARM_TIMEOUT_S = 1800.0
+"""How long the emulated worker may take to quantize its int8 stage after a first install
+that ran out of the coordinator's install deadline (see :func:`warm_int8`)."""
 MIN_FP32_AGREEMENT = 0.999
 MAX_INT8_DROP = 0.01
 
@@ -103,6 +106,30 @@ def edgesplit_run(
     return {"summary": summary, "predictions": predictions, "seconds": seconds}
 
 
+def warm_int8(args: argparse.Namespace, tmp: Path, cluster: list[str]) -> dict[str, Any]:
+    """Let the emulated worker build its int8 stage before the measured int8 run.
+
+    A worker quantizes its own int8 stage (calibration runs its stage's fp32 prefix, then ONNX
+    Runtime's quantizer), several minutes under QEMU on a shared host, which is longer than the
+    coordinator's install deadline. The worker finishes the stage after the deadline and caches
+    it by CPU kind, as a slow Pi would; this waits for that file, then the measured run loads
+    it. What the first attempt printed is kept in the results."""
+    first = edgesplit_run(args, "int8", tmp / "warm-int8", cluster)
+    if "error" not in first:
+        return {"first_attempt": "passed", "seconds": round(first["seconds"], 1)}
+    stages = tmp / f"cache-{ARM_DEVICE}" / "stages"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < WARM_TIMEOUT_S:
+        if list(stages.glob("*-int8-*.onnx")):
+            break
+        time.sleep(2.0)
+    else:
+        raise SystemExit(f"{ARM_DEVICE} built no int8 stage in {WARM_TIMEOUT_S:.0f} s")
+    waited = time.monotonic() - t0
+    print(f"[int8] {ARM_DEVICE} cached its int8 stage {waited:.0f} s after the first attempt")
+    return {"first_attempt_error": first["error"], "waited_for_cached_stage_s": round(waited, 1)}
+
+
 def compare(mixed: dict[str, Any], reference: dict[str, Any], precision: str) -> dict[str, Any]:
     row: dict[str, Any] = {"wall_s": round(mixed["seconds"], 1)}
     if "error" in mixed or "error" in reference:
@@ -160,19 +187,18 @@ def main(argv: list[str] | None = None) -> int:
             devices = "\n".join(f"  - {{name: {n}, address: '{a}'}}" for n, a in addresses.items())
             (tmp / "cluster.yaml").write_text(f"token_file: {tmp / 'token'}\ndevices:\n{devices}\n")
             print(f"cluster: {addresses}", flush=True)
+            cluster = ["--cluster", str(tmp / "cluster.yaml")]
             for precision in args.precisions.split(","):
+                warm = warm_int8(args, tmp, cluster) if precision == "int8" else None
                 print(f"[{precision}] mixed cluster (x86-1, {ARM_DEVICE}, x86-2)", flush=True)
-                mixed = edgesplit_run(
-                    args,
-                    precision,
-                    tmp / f"mixed-{precision}",
-                    ["--cluster", str(tmp / "cluster.yaml")],
-                )
+                mixed = edgesplit_run(args, precision, tmp / f"mixed-{precision}", cluster)
                 print(f"[{precision}] all-x86 reference (--devices 3)", flush=True)
                 reference = edgesplit_run(
                     args, precision, tmp / f"x86-{precision}", ["--devices", "3"]
                 )
                 rows[precision] = compare(mixed, reference, precision)
+                if warm is not None:
+                    rows[precision]["warm_up"] = warm
                 print(f"[{precision}] {json.dumps(rows[precision])}", flush=True)
         finally:
             for process in workers.values():
