@@ -167,6 +167,14 @@ def compare(mixed: dict[str, Any], reference: dict[str, Any], precision: str) ->
     return row
 
 
+def code_version() -> str:
+    """The commit whose ``src/`` ran (with ``+dirty`` when the checkout has changes)."""
+    out = subprocess.run(
+        ["git", "describe", "--always", "--dirty=+dirty"], capture_output=True, text=True, cwd=REPO
+    )
+    return out.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = dict(os.environ)
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": f"{args.model}: one aarch64 worker under qemu between two x86 workers vs all-x86",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "devices": list(commands),
+        "code": code_version(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("root", "out")},
         "targets": {
             "min_fp32_argmax_agreement": MIN_FP32_AGREEMENT,
