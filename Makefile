@@ -62,13 +62,15 @@ bench: setup
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # The Pi's CPU architecture under user-mode QEMU (issue #17): build (once, cached) an aarch64
-# Python root, then run the shipped models' fp32 and int8 stages there against x86. Needs root
-# and apt-get the first time; ~1 min for the root, then ~10-40 min for the models (emulation).
+# Python root; run the shipped models' fp32 and int8 ONNX models there against x86; then one
+# aarch64 worker under QEMU as a device next to two x86 workers. Needs root and apt-get the
+# first time; ~2 min for the root, then tens of minutes (emulation; see docs/SETUP.md).
 ARM_ROOT ?= $(HOME)/.cache/edgesplit/arm64-root
 ARM_IMAGES ?= 2000
 check-arm: setup
 	$(BIN)/python scripts/arm/make_root.py --root $(ARM_ROOT)
 	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/check_models.py --images $(ARM_IMAGES)
+	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/cluster_check.py --images $(ARM_IMAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
