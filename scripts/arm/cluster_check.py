@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2", help="shipped model (mobilenet_v2)")
     p.add_argument("--images", type=int, default=256, help="first N test images (256)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per micro-batch (4)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per micro-batch (8)")
     p.add_argument("--partition", default="equal", help="edgesplit run --partition (equal)")
     p.add_argument("--precisions", default="fp32,int8", help="comma-separated (fp32,int8)")
     p.add_argument("--root", type=Path, default=None, help="aarch64 root (run.sh's default)")
