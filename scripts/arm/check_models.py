@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -309,7 +310,10 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit this run started from (asked once: later commits do not change the code
+    already imported)."""
     out = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
     )
@@ -362,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     test = data.load("fashion-mnist", "test")
     train = data.load("fashion-mnist", "train")
+    git_commit()
     kind = emulated_kind(args.root)
     print(f"the emulated worker's CPU kind: {kind}", flush=True)
     rows = previous_rows(args.out)
