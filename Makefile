@@ -67,10 +67,13 @@ bench: setup
 # first time; ~2 min for the root, then tens of minutes (emulation; see docs/SETUP.md).
 ARM_ROOT ?= $(HOME)/.cache/edgesplit/arm64-root
 ARM_IMAGES ?= 2000
+ARM_OUT ?= bench/results/aarch64.json
 check-arm: setup
 	$(BIN)/python scripts/arm/make_root.py --root $(ARM_ROOT)
-	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/check_models.py --images $(ARM_IMAGES)
-	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/cluster_check.py --images $(ARM_IMAGES)
+	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/check_models.py \
+	  --images $(ARM_IMAGES) --out $(ARM_OUT)
+	EDGESPLIT_ARM_ROOT=$(ARM_ROOT) $(BIN)/python scripts/arm/cluster_check.py \
+	  --images $(ARM_IMAGES) --out $(ARM_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
