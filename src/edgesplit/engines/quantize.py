@@ -18,11 +18,14 @@ import platform
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from edgesplit.errors import ModelError
+
+if TYPE_CHECKING:  # a lean worker quantizes numpy arrays and has no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def settings() -> dict[str, object]:
 class _Reader:
     """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader)."""
 
-    def __init__(self, input_name: str, inputs: torch.Tensor) -> None:
+    def __init__(self, input_name: str, inputs: torch.Tensor | np.ndarray) -> None:
         self._input_name = input_name
         self._inputs = inputs
         self._it: Iterator[dict[str, np.ndarray]] = self._batches()
@@ -60,7 +63,9 @@ class _Reader:
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, int(self._inputs.shape[0]), CALIBRATION_BATCH):
             chunk = self._inputs[i : i + CALIBRATION_BATCH]
-            yield {self._input_name: chunk.to(torch.float32).contiguous().numpy()}
+            if not isinstance(chunk, np.ndarray):
+                chunk = chunk.detach().cpu().numpy()
+            yield {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -69,7 +74,9 @@ class _Reader:
         self._it = self._batches()
 
 
-def quantize_stage(fp32_model: bytes, stage_inputs: torch.Tensor, input_name: str) -> bytes:
+def quantize_stage(
+    fp32_model: bytes, stage_inputs: torch.Tensor | np.ndarray, input_name: str
+) -> bytes:
     """The int8 (QDQ) version of an fp32 ONNX stage, calibrated on ``stage_inputs`` (a float32
     batch of this stage's inputs). Raises :class:`ModelError` when ONNX Runtime cannot
     quantize it."""
