@@ -45,6 +45,7 @@ from edgesplit.staging import choose_ranges, replanner, stage_infos, unit_costs
 
 if TYPE_CHECKING:
     from edgesplit.emulate import EmulatedCluster
+    from edgesplit.engines.onnx_units import CompiledModel
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,24 @@ __all__ = ["RunConfig", "RunOutcome", "profile_job", "run_job"]
 
 @dataclass
 class ResolvedModel:
-    model: nn.Module
+    model: nn.Module | None
+    """None for a ``.onnx`` model (``compiled`` holds it)."""
     name: str
     input_size: int
     num_classes: int
     weights: str
     """Where the weights came from, for the record: a checkpoint path or "random"."""
     checkpoint_accuracy: float | None = None
+    compiled: CompiledModel | None = None
+
+    def unit_graph(self) -> graph.UnitGraph:
+        """The model's units: traced with torch.fx, or found on the ONNX graph."""
+        if self.compiled is not None:
+            from edgesplit.onnx_graph import OnnxUnitGraph
+
+            return OnnxUnitGraph(self.compiled)  # type: ignore[return-value]
+        assert self.model is not None
+        return graph.trace(self.model, (3, self.input_size, self.input_size))
 
 
 @dataclass
@@ -72,6 +84,8 @@ class RunOutcome:
 
 def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     classes = dataset.info.classes
+    if models.is_onnx_model(config.model):
+        return onnx_model(config.model, config.input_size, classes)
     path = config.checkpoint
     if path is None and not config.random_weights and dataset.labels is not None:
         with contextlib.suppress(ModelError):
@@ -87,6 +101,19 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+
+
+def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel:
+    """A ``.onnx`` file as the run's model (its weights are in the file)."""
+    from edgesplit.onnx_graph import compile_file
+
+    compiled = compile_file(Path(path))
+    shape = compiled.units.input_shape
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+        raise ModelError(f"{path} takes inputs of shape {list(shape)}; expected [3, S, S]")
+    if input_size is not None and input_size != shape[-1]:
+        raise ConfigError(f"--input-size {input_size}: {path} takes {shape[-1]}x{shape[-1]}")
+    return ResolvedModel(None, path, shape[-1], classes, path, compiled=compiled)
 
 
 @contextlib.contextmanager
@@ -177,7 +204,7 @@ def run_job(
     if resolved.weights == "random" and dataset.labels is not None:
         notes.append(f"{config.model} has random weights: the accuracy is meaningless")
     size = resolved.input_size
-    ug = graph.trace(resolved.model, (3, size, size))
+    ug = resolved.unit_graph()
     total = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     if total == 0:
         raise ConfigError("--limit selects no images; expected at least 1")
@@ -216,7 +243,7 @@ def run_job(
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
         num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model
+            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled
         )
         if num_units != ug.num_units:
             raise ModelError(
@@ -438,13 +465,18 @@ def profile_job(
     classes = data.DATASETS[config.dataset].classes if config.dataset in data.DATASETS else 10
     size = config.input_size or default_input_size(config.model, config.dataset)
     torch.manual_seed(config.seed)
-    model = models.build(config.model, num_classes=classes)
-    ug = graph.trace(model, (3, size, size))
+    if models.is_onnx_model(config.model):
+        resolved = onnx_model(config.model, config.input_size, classes)
+    else:
+        model = models.build(config.model, num_classes=classes)
+        resolved = ResolvedModel(model, config.model, size, classes, "random")
+    ug = resolved.unit_graph()
+    size = resolved.input_size
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
         spec, _ = stack.enter_context(cluster_for(config, cluster))
         coordinator = stack.enter_context(Coordinator(spec))
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
-        coordinator.load_model(config.model, classes, 3, size, model)
+        coordinator.load_model(config.model, classes, 3, size, resolved.model, resolved.compiled)
         return profile_cluster(coordinator, ug, config.model, classes, settings, phase)

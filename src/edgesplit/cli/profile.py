@@ -24,7 +24,8 @@ from edgesplit.profiler import Profile, ProfileSettings, boundary_bytes
     "model_name",
     default=models.DEFAULT_MODEL,
     show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}.",
+    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
+    "(returning an nn.Module) or a .onnx file.",
 )
 @click.option(
     "--dataset",

@@ -59,7 +59,8 @@ def _serve_metrics(port: int) -> RunMetrics:
     "model_name",
     default=models.DEFAULT_MODEL,
     show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}.",
+    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
+    "(returning an nn.Module) or a .onnx file.",
 )
 @click.option(
     "--dataset",

@@ -107,7 +107,9 @@ def _failure(what: str, ug: UnitGraph, start: int, end: int, exc: BaseException)
 def export_stage(ug: UnitGraph, start: int, end: int) -> bytes:
     """Units ``[start, end)`` of ``ug`` as an fp32 ONNX model (input ``x``, output ``y``, both
     with a dynamic batch dimension). Raises :class:`ModelError` naming the operation that has
-    no ONNX export."""
+    no ONNX export. A graph read from a ``.onnx`` file is cut instead (nothing to export)."""
+    if hasattr(ug, "stage_bytes"):  # edgesplit.onnx_graph.OnnxUnitGraph
+        return bytes(ug.stage_bytes(start, end))
     module = ug.stage(start, end)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(EXPORT_BATCH, *stage_input_shape(ug, start), generator=generator)

@@ -315,7 +315,8 @@ def cut_candidates(graph: object) -> list[tuple[int, str]]:
 
 
 def _group(graph: object, candidates: list[tuple[int, str]]) -> list[tuple[int, str]]:
-    """Keep a cut only when the unit it closes holds a weighted operation (graph.py's rule)."""
+    """The cuts that close units, by graph.py's rule: a run of nodes up to a cut point is a new
+    unit when it holds a weighted operation (or is the first), else it joins the unit before."""
     nodes = list(graph.node)  # type: ignore[attr-defined]
     kept: list[tuple[int, str]] = []
     weighted = False
@@ -324,11 +325,14 @@ def _group(graph: object, candidates: list[tuple[int, str]]) -> list[tuple[int, 
         while position <= index:
             weighted = weighted or nodes[position].op_type in WEIGHTED_OPS
             position += 1
-        if weighted:
+        if weighted or not kept:
             kept.append((index, name))
-            weighted = False
-    # The last unit needs a weighted op too, else merge it into the one before.
-    tail = any(n.op_type in WEIGHTED_OPS for n in nodes[kept[-1][0] + 1 :]) if kept else True
+        else:
+            kept[-1] = (index, name)
+        weighted = False
+    # The nodes after the last cut end the model; without a weighted op they join the unit
+    # before (the model's output is then that unit's output).
+    tail = any(n.op_type in WEIGHTED_OPS for n in nodes[position:])
     if kept and not tail:
         kept.pop()
     return kept

@@ -27,7 +27,7 @@ from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import PlanError, WorkerError
 from edgesplit.metrics.live import LiveCallback, LiveObserver
-from edgesplit.models import state_dict_sha256
+from edgesplit.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
@@ -294,7 +294,8 @@ class Coordinator:
         )
         with self._lock:
             self._compiled = compiled
-            self._torch_source = (template, model) if model is not None else None
+            zoo = model is not None and name in KNOWN_MODELS
+            self._torch_source = (template, model) if zoo else None
             self._torch_loaded = False
         units = self._each(
             (d.name for d in self.cluster.devices), lambda d: self._load(d, template, False)
@@ -317,7 +318,8 @@ class Coordinator:
             return
         if source is None:
             raise PlanError(
-                "--engine torch needs a zoo model with weights; this model runs on onnxruntime"
+                "--engine torch on workers needs a zoo model (workers never receive Python "
+                "code); this model runs on --engine onnxruntime"
             )
         template = source[0]
         self._each((d.name for d in self.cluster.devices), lambda d: self._load(d, template, True))

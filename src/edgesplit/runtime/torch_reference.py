@@ -25,7 +25,13 @@ in-process emulator) must not trace or build stage modules at the same time."""
 def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256: str,
           data: bytes) -> graph.UnitGraph:  # fmt: skip
     """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace.
-    Raises :class:`ModelError` saying what does not fit."""
+    Raises :class:`ModelError` saying what does not fit. Only zoo names: a worker never runs
+    a user's Python code."""
+    if name not in models.KNOWN_MODELS:
+        raise ModelError(
+            f"the torch engine on a worker runs zoo models only ({', '.join(models.KNOWN_MODELS)}"
+            f"), not {name!r}; use the onnxruntime engine"
+        )
     try:
         state = from_bytes(data)
         model = models.build(name, num_classes=num_classes, in_channels=in_channels)
