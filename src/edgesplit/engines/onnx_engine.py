@@ -327,7 +327,14 @@ def _export_whole(ug: UnitGraph) -> bytes:
                 assert program is not None
                 buffer.write(program.model_proto.SerializeToString())
     except Exception as exc:  # the exporters raise many types; all mean "cannot export"
-        raise _failure("export", ug, 0, n, exc) from exc
+        message = str(exc).strip()
+        op = _operation(message)
+        first = message.splitlines()[0] if message else type(exc).__name__
+        named = f"operation {op} has no ONNX export" if op else f"{type(exc).__name__}: {first}"
+        raise ModelError(
+            f"cannot export the model to ONNX: {named}; workers run the exported model, so "
+            f"replace that operation (detail: {first[:300]})"
+        ) from exc
     return buffer.getvalue()
 
 
