@@ -8,6 +8,7 @@ device's share may hardly show next to the host's own contention, a shaped link 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from edgesplit import checkpoints, data
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
+from edgesplit.metrics.live import LiveSnapshot
 from tests.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
 
 
@@ -30,6 +32,9 @@ def reference(limit: int) -> list[int]:
         for _, x, _ in dataset.batches(256, SIZE, 3, limit):
             predictions.extend(model(x).argmax(1).tolist())
     return predictions
+
+
+SWITCH_TIMEOUT_S = 120.0
 
 
 @pytest.mark.slow
@@ -51,7 +56,25 @@ def test_adaptive_run_switches_under_stress_and_loses_no_image(tmp_path: Path) -
         adaptive=True,
         adapt_policy=AdaptPolicy(hold_s=0.5, min_interval_s=2.0),
     )
-    run_job(config)
+    switched: list[str] = []
+
+    def on_live(snapshot: LiveSnapshot) -> None:
+        if snapshot.adaptive and snapshot.adaptive.startswith("adaptive: switched"):
+            switched.append(snapshot.adaptive)
+
+    wait_until: list[float] = []
+
+    def progress(done: int, total: int, elapsed_s: float) -> None:
+        # Not a race with the clock (issue #15): past half of the images, results trickle
+        # until the controller has switched (bounded), however fast this machine runs them.
+        if done >= total // 2 and not switched:
+            if not wait_until:
+                wait_until.append(time.monotonic() + SWITCH_TIMEOUT_S)
+            if time.monotonic() < wait_until[0]:
+                time.sleep(0.05)
+
+    run_job(config, on_progress=progress, on_live=on_live)
+    assert switched, f"no adaptive switch within {SWITCH_TIMEOUT_S:g} s of the run's half"
     summary, predictions, _ = read_run(folder)
     assert summary["completed_images"] == limit
     assert predictions == reference(limit)

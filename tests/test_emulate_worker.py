@@ -21,11 +21,15 @@ def test_real_workers_serve_and_stop() -> None:
     with EmulatedCluster.start(devices, ready_timeout_s=90) as cluster:
         spec = cluster.spec
         token = read_token_file(cluster.token_file)
-        time.sleep(0.5)  # let each worker's device sampler take a few samples
         for device in spec.devices:
             channel = open_channel(device.address, token)
+            deadline = time.monotonic() + 60  # until its sampler has taken a sample (bounded)
             try:
-                reply = WorkerStub(channel).Status(pb.StatusRequest(since_t=0.0), timeout=10)
+                while True:
+                    reply = WorkerStub(channel).Status(pb.StatusRequest(since_t=0.0), timeout=10)
+                    if reply.samples or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
             finally:
                 channel.close()
             assert reply.name == device.name

@@ -185,7 +185,7 @@ def test_a_lost_stage_device_is_replanned_around_and_replayed(
         [failure] = record.failures
         assert failure.device == "w1" and failure.replayed >= 1
         assert record.replayed >= failure.replayed
-        assert failure.recovery_s is not None and 0 < failure.recovery_s < 5
+        assert failure.recovery_s is not None and 0 < failure.recovery_s < 60  # bounded, not timed
         assert [t.after for t in record.transitions if t.device == "w1"] == ["lost"]
         assert c.health()["w1"].state is S.LOST
 

@@ -19,6 +19,7 @@ from edgesplit.config import LinkSpec
 from edgesplit.emulate import EmulatedCluster, uniform_devices
 from edgesplit.faults import Injector, parse_injection, parse_injections, relative
 from edgesplit.job import RunConfig, run_job
+from edgesplit.metrics.live import LiveSnapshot
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,9 @@ MODEL = "mobilenet_v2"
 SIZE = 32
 BATCH = 16
 DEADLINE_S = 2.0
-POLL_S = 0.5
+SLACK_S = 8.0
+"""How late past its deadline a loaded machine may notice a silent device."""
+READMIT_TIMEOUT_S = 120.0
 
 
 @functools.cache
@@ -95,7 +98,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_no_image(tmp_path: Path) -
     assert failure["device"] == "pi3"
     assert "send failed" in failure["reason"] or "no heartbeat" in failure["reason"]
     assert 1 <= failure["replayed"] <= summary["replayed"]
-    assert 0 < failure["recovery_s"] < 10
+    assert 0 < failure["recovery_s"] < 60  # bounded, not timed: a loaded host is slower
     [change] = summary["plan_changes"]
     assert change["reason"] == "lost pi3"
     assert [s["device"] for s in change["stages"]] == ["pi1", "pi2", "pi4"]
@@ -104,34 +107,57 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_no_image(tmp_path: Path) -
 
 
 def test_a_paused_worker_is_lost_within_the_deadline_then_readmitted(tmp_path: Path) -> None:
+    """Driven by what the run shows, not by the clock (issue #15): pi2 is paused a fifth of the
+    way in, resumed once the coordinator has called it lost, and the run's last fifth waits
+    (bounded) until pi2 is healthy again, so a fast machine cannot finish before re-admission
+    and a slow one cannot miss the deadline."""
     folder = tmp_path / "run"
-    limit = 3000  # about 10 s of run: past the pause, the deadline, the resume and probation
-    config = RunConfig(
-        engine="torch",  # onnxruntime stages would finish 3000 images before the resume
-        model=MODEL,
-        batch_size=BATCH,
-        limit=limit,
-        devices=4,
-        partition="balanced",  # one stage per device, in order: the test pauses a stage
-        out=folder,
-        inject=("pi2:pause@1.5s+2.5s",),
-        heartbeat_deadline_s=DEADLINE_S,
-        probation_s=1.0,
-    )
-    run_job(config)
+    limit = 3000
+    link = LinkSpec(bandwidth_mbps=940.0, latency_ms=0.2)
+    seen: dict[str, float] = {}  # "paused", "lost", "resumed", "healthy again": monotonic time
+    with EmulatedCluster.start(uniform_devices(4, cpus=0.5), default_link=link) as cluster:
+
+        def on_live(snapshot: LiveSnapshot) -> None:  # the heartbeat's thread, or the run's
+            health = next(d.health for d in snapshot.devices if d.name == "pi2")
+            if "paused" in seen and health == "lost":
+                seen.setdefault("lost", time.monotonic())
+            if "resumed" in seen and health == "healthy":
+                seen.setdefault("healthy again", time.monotonic())
+
+        def progress(done: int, total: int, elapsed_s: float) -> None:
+            if "paused" not in seen and done >= total // 5:
+                cluster.pause("pi2")  # a middle stage, with micro-batches in its queue
+                seen["paused"] = time.monotonic()
+            if "lost" in seen and "resumed" not in seen:
+                cluster.resume("pi2")
+                seen["resumed"] = time.monotonic()
+            if done >= total * 4 // 5:  # results wait here until pi2 has come back
+                deadline = time.monotonic() + READMIT_TIMEOUT_S
+                while "healthy again" not in seen and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+        config = RunConfig(
+            model=MODEL,
+            batch_size=BATCH,
+            limit=limit,
+            partition="balanced",  # one stage per device, in order: the test pauses a stage
+            out=folder,
+            heartbeat_deadline_s=DEADLINE_S,
+            probation_s=1.0,
+        )
+        run_job(config, cluster.spec, progress, on_live=on_live)
     summary, predictions, events = read_run(folder)
+    assert list(seen) == ["paused", "lost", "resumed", "healthy again"], seen
     assert summary["completed_images"] == limit
     assert predictions == reference()[:limit]
     assert set(uploads_per_request(folder).values()) == {1}
-    [paused, resumed] = summary["injected"]
-    assert (paused["action"], resumed["action"]) == ("pause", "end pause")
-    assert "error" not in paused and "error" not in resumed
-    lost = next(e for e in events if e["event"] == "state" and e["after"] == "lost")
-    assert lost["device"] == "pi2"
-    assert 0 < lost["time_s"] - paused["time_s"] <= DEADLINE_S + POLL_S
+    # LOST within the deadline of the last answer; a loaded machine can only notice it later,
+    # so the upper bound is generous.
+    lost_after_s = seen["lost"] - seen["paused"]
+    assert 0 < lost_after_s <= DEADLINE_S + SLACK_S, lost_after_s
     assert states(events, "pi2") == ["lost", "probation", "healthy"]
     reasons = [c["reason"] for c in summary["plan_changes"]]
-    assert reasons == ["lost pi2", "re-admitted pi2"], "the run ended before re-admission"
+    assert reasons == ["lost pi2", "re-admitted pi2"]
     assert [s["device"] for s in summary["plan_changes"][1]["stages"]] == [
         "pi1",
         "pi2",
@@ -146,7 +172,7 @@ def test_injector_fires_stress_link_and_records_what_it_could_not_do() -> None:
         specs = ["pi1:stress@0s+2s", "link:pi1-pi2:bandwidth=5mbps,latency=3ms@0s", "pi2:kill@.5s"]
         injector = Injector(cluster, parse_injections(specs, cluster.names), fired.append)
         injector.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: the events are due at 0-2 s
         while len(fired) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sorted(e["action"] for e in fired[:3]) == ["kill", "link", "stress"]

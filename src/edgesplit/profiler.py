@@ -668,6 +668,7 @@ def _identity(
         "edgesplit": reply.edgesplit_version,
         "torch": reply.torch_version,
         "python": reply.python_version,
+        "cpu_kind": reply.cpu_kind or "unknown",  # int8 kernels (and their speed) follow it
         "cost_model": 3,  # unit times, the whole model (boundary_model), hop CPU
     }
     if settings.extra_precisions:  # fp32-only identities stay as they were

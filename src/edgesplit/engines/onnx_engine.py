@@ -196,11 +196,15 @@ def compiled_stage(
     calibration: torch.Tensor | None,
     directory: Path | None,
     stage_calibration: torch.Tensor | None = None,
+    kind: str | None = None,
 ) -> tuple[bytes, Path | None]:
     """The ONNX bytes of the stage at ``spec.precision`` and their cache path (None: not
     cached), exporting and quantizing only what the cache lacks. ``calibration`` holds model
-    inputs, ``stage_calibration`` (if given instead) this stage's own inputs."""
-    from edgesplit.engines import quantize
+    inputs, ``stage_calibration`` (if given instead) this stage's own inputs. int8 is built for
+    CPU ``kind`` (default: this machine's) and cached per kind."""
+    from edgesplit.engines import cpu, quantize
+
+    kind = kind or cpu.cpu_kind()
 
     if spec.precision == "int8" and calibration is None and stage_calibration is None:
         raise ModelError("int8 stages need calibration images; none were given")
@@ -211,7 +215,7 @@ def compiled_stage(
         stem = f"{key.model}-{start}-{end}"
         fp32_path = directory / f"{stem}-fp32-{key.digest('fp32', version)}.onnx"
         if calibration is not None or stage_calibration is not None:
-            q = str(sorted(quantize.settings().items()))
+            q = f"{kind}:{sorted(quantize.settings(kind).as_dict().items())}"
             if stage_calibration is not None:
                 calibrated_on = "stage:" + calibration_id(stage_calibration)
             else:
@@ -232,7 +236,7 @@ def compiled_stage(
     if stage_calibration is None:
         assert calibration is not None
         stage_calibration = stage_inputs(ug, start, calibration)
-    data = quantize.quantize_stage(fp32, stage_calibration, INPUT_NAME)
+    data = quantize.quantize_stage(fp32, stage_calibration, INPUT_NAME, kind)
     if int8_path is not None:
         _write(int8_path, data)
     return data, int8_path

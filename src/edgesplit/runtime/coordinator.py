@@ -72,6 +72,9 @@ class DeviceInfo:
     threads: int
     clock_offset_ms: float
     rtt_ms: float
+    cpu_kind: str = ""
+    """What the device's int8 stages are built for (:mod:`edgesplit.engines.cpu`)."""
+    cpu_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Coordinator:
         """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
         self.clock_offsets_ms: dict[str, float] = {}
         self.rtt_ms: dict[str, float] = {}
+        self.device_infos: dict[str, DeviceInfo] = {}
+        """What the last :meth:`check` learned, by device."""
         now = time.time()
         self._health = {d.name: hl.healthy(now) for d in cluster.devices}
         self.transitions: list[Transition] = []
@@ -211,6 +216,8 @@ class Coordinator:
             threads=reply.threads,
             clock_offset_ms=offset_ms,
             rtt_ms=rtt_ms,
+            cpu_kind=reply.cpu_kind or "unknown",
+            cpu_model=reply.cpu_model,
         )
 
     def update_clock(self, name: str, offset_ms: float, rtt_ms: float) -> None:
@@ -228,6 +235,7 @@ class Coordinator:
         now = time.time()
         with self._lock:
             self._health = {name: hl.healthy(now) for name in infos}
+            self.device_infos = dict(infos)
         return infos
 
     def observe(self, name: str, obs: hl.Observation) -> tuple[hl.DeviceHealth, hl.DeviceHealth]:

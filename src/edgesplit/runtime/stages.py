@@ -4,9 +4,10 @@ The model is the coordinator's compiled ONNX model (held in the worker's
 :class:`~edgesplit.runtime.model_store.ModelStore` by sha256); a stage is cut from it at unit
 boundaries (:mod:`edgesplit.engines.onnx_units`) and run by ONNX Runtime, so a new plan epoch
 costs a cut and a session, never a transfer. int8 stages are quantized here, calibrated on the
-stage's own inputs (the InstallPlan's model inputs run through the fp32 prefix), and cached on
-disk. Nothing here imports torch; the torch engine (:mod:`edgesplit.runtime.torch_reference`)
-is loaded only when a plan asks for it.
+stage's own inputs (the InstallPlan's model inputs run through the fp32 prefix) with the
+settings of this worker's CPU kind (:mod:`edgesplit.engines.cpu`), and cached on disk. Nothing
+here imports torch; the torch engine (:mod:`edgesplit.runtime.torch_reference`) is loaded only
+when a plan asks for it.
 
 Everything here validates requests from the network; a refusal is a :class:`Refused` with
 the gRPC status and a message naming what was expected.
@@ -167,14 +168,14 @@ def run_batched(stage: StageRunner, x: np.ndarray, batch: int = PREFIX_BATCH) ->
     return np.concatenate([stage.run(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def _int8_path(model: LoadedModel, start: int, end: int, calibrated_on: str) -> Path:
+def _int8_path(model: LoadedModel, start: int, end: int, calibrated_on: str, kind: str) -> Path:
     import onnxruntime
 
     from edgesplit.engines import quantize
 
     text = json.dumps(
-        [model.key.model_sha256, start, end, calibrated_on,
-         str(sorted(quantize.settings().items())), onnxruntime.__version__],
+        [model.key.model_sha256, start, end, calibrated_on, kind,
+         str(sorted(quantize.settings(kind).as_dict().items())), onnxruntime.__version__],
     )  # fmt: skip
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     return (
@@ -217,15 +218,16 @@ def stage_model(
     fp32 = onnx_units.cut(proto, model.units, start, end)
     if precision == "fp32":
         return fp32, None
-    from edgesplit.engines import quantize
+    from edgesplit.engines import cpu, quantize
 
+    kind = cpu.cpu_kind()
     if stage_inputs is not None:
         calibrated_on = "stage:" + _array_id(stage_inputs)
     elif images is not None:
         calibrated_on = _array_id(images)
     else:
         raise ModelError("int8 stages need calibration images; none were given")
-    path = _int8_path(model, start, end, calibrated_on)
+    path = _int8_path(model, start, end, calibrated_on, kind)
     if (data := _read(path)) is not None:
         return data, path
     if stage_inputs is None:
@@ -234,7 +236,7 @@ def stage_model(
         if start > 0:
             prefix = OrtStage(onnx_units.cut(proto, model.units, 0, start), 0, start, "fp32", 1)
             stage_inputs = run_batched(prefix, stage_inputs)
-    data = quantize.quantize_stage(fp32, stage_inputs, model.units.tensor_before(start))
+    data = quantize.quantize_stage(fp32, stage_inputs, model.units.tensor_before(start), kind)
     _write(path, data)
     return data, path
 

@@ -34,6 +34,7 @@ from google.protobuf import __version__ as protobuf_version
 
 from edgesplit import __version__
 from edgesplit.config import TlsSpec
+from edgesplit.engines import cpu
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
@@ -186,6 +187,8 @@ class Worker:
             samples=samples,
             failures=failures,
             threads=self.threads,
+            cpu_kind=cpu.cpu_kind(),
+            cpu_model=cpu.cpu_model(),
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
