@@ -83,10 +83,11 @@ def judge_python(version: tuple[int, ...]) -> Check:
 
 
 def judge_torch(version: str | None, machine: str) -> Check:
-    """Installed torch (read from package metadata, never imported) against known-bad wheels."""
+    """Installed torch (read from package metadata, never imported) against known-bad wheels.
+    A worker needs no torch (issue #17); only the coordinator does."""
     if version is None:
-        fix = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
-        return Check("torch", "FAIL", "not installed", fix)
+        return ok("torch", "not installed: fine for a worker; a coordinator needs it "
+                  "(pip install 'edgesplit[coordinator]')")  # fmt: skip
     release = version.split("+")[0]
     issue = TORCH_SIGILL_ON_ARMV8_0.get(release)
     if issue and machine in ("aarch64", "arm64"):
@@ -188,6 +189,13 @@ def is_raspberry_pi(proc_root: Path = Path("/proc")) -> bool:
     return "Raspberry Pi" in model
 
 
+def judge_onnxruntime(version: str | None) -> Check:
+    """Workers run their stages in ONNX Runtime: without it a worker cannot serve."""
+    if version is None:
+        return Check("onnxruntime", "FAIL", "not installed", "pip install onnxruntime onnx")
+    return ok("onnxruntime", version)
+
+
 def local_checks() -> list[Check]:
     """Checks of this machine: Python, torch, CPU, thermal sensor, throttle flags, memory."""
     machine = platform.machine()
@@ -195,6 +203,7 @@ def local_checks() -> list[Check]:
     return [
         judge_python(tuple(sys.version_info[:3])),
         judge_torch(_package_version("torch"), machine),
+        judge_onnxruntime(_package_version("onnxruntime")),
         judge_cpu(_read(Path("/proc/cpuinfo")), machine),
         judge_temperature(read_temperature_c()),
         judge_throttled(ThrottleReader().read(), is_raspberry_pi()),
@@ -279,8 +288,9 @@ def judge_device(
                 "edgesplit certs init/issue, start the worker with --tls-*, add tls: to the file",
             )
         )
-    theirs = f"edgesplit {versions[0]}, torch {versions[1]}"
-    if versions != local_versions:
+    theirs = f"edgesplit {versions[0]}, torch {versions[1] or 'none (lean worker)'}"
+    torch_differs = bool(versions[1]) and versions[1] != local_versions[1]
+    if versions[0] != local_versions[0] or torch_differs:
         checks.append(
             Check(
                 f"{name} versions",

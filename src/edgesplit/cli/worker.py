@@ -74,7 +74,7 @@ def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> N
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Torch intra-op threads for stage compute (default: torch's choice).",
+    help="Intra-op threads for stage compute (default: the CPUs this process may run on).",
 )
 @click.option(
     "--engine",
