@@ -15,6 +15,7 @@ import click
 from edgesplit.cli import main
 from edgesplit.config import TlsSpec, env_token, read_token_file
 from edgesplit.engines import resolve_engine
+from edgesplit.engines.ort_session import lean_allocator
 from edgesplit.errors import ConfigError
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
@@ -130,6 +131,7 @@ def worker(
     metrics_addr: str,
 ) -> None:
     """Serve this device's stages of a split model until SIGTERM or SIGINT."""
+    lean_allocator()  # before any thread starts (see its doc)
     token = read_token_file(token_file) if token_file is not None else env_token()
     engine, note = resolve_engine(engine)
     if note:

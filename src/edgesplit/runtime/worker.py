@@ -35,6 +35,7 @@ from google.protobuf import __version__ as protobuf_version
 from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.engines import cpu
+from edgesplit.engines.ort_session import release_memory
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
@@ -262,7 +263,10 @@ class Worker:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
-        epoch = make_epoch(model, request, self.threads, self.config.engine)
+        try:
+            epoch = make_epoch(model, request, self.threads, self.config.engine)
+        finally:
+            release_memory()  # the parsed whole model and the cut copies are gone now
         with self._lock:
             if self._model is not model:
                 raise Refused(PRECONDITION, "the model changed while installing the plan")
@@ -282,7 +286,10 @@ class Worker:
         if self._jobs.qsize():
             raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
         with self._profile_lock:  # one profile at a time, or they would time each other
-            return profiling.profile_units(model, request, self.threads, self.config.engine)
+            try:
+                return profiling.profile_units(model, request, self.threads, self.config.engine)
+            finally:
+                release_memory()  # a session per unit was built and dropped
 
     def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
         return profiling.probe_link(
