@@ -153,6 +153,15 @@ def test_fixed_batch_onnx_and_bad_metadata_are_refused(mycnn: Path, tmp_path: Pa
         onnx_units.ModelUnits.from_json('{"input": "x", "output": 3}')
     with pytest.raises(ModelError, match="disagrees"):
         onnx_units.ModelUnits("x", "y", (3,), ("a",), ((1,),), (0,), (0,))
+    dynamic = onnx.load(str(export_onnx(model, tmp_path / "dyn.onnx", 32)))
+    units = onnx_units.find_units(dynamic)
+    onnx_units.write_units(dynamic, units)
+    weight = dynamic.graph.initializer[0]
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../../../etc/passwd"
+    with pytest.raises(ModelError, match="external files"):
+        onnx_units.read_units(dynamic)
 
 
 def test_a_model_that_cannot_be_exported_names_the_operation(

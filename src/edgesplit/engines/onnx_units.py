@@ -168,7 +168,23 @@ def read_units(model: object) -> ModelUnits:
     missing = [b for b in units.boundaries if b not in produced]
     if missing:
         raise ModelError(f"unit boundaries {missing[:3]} are not tensors of the model's graph")
+    _refuse_external_data(graph)
     return units
+
+
+def _refuse_external_data(graph: object) -> None:
+    """A model from the network must carry its weights: external data names files on the
+    worker's disk, which a stage must never read."""
+    external = 1  # onnx.TensorProto.EXTERNAL
+    tensors = list(graph.initializer)  # type: ignore[attr-defined]
+    for node in graph.node:  # type: ignore[attr-defined]
+        tensors.extend(a.t for a in node.attribute if a.HasField("t"))
+    named = [t.name for t in tensors if t.data_location == external or t.external_data]
+    if named:
+        raise ModelError(
+            f"the model keeps tensors {named[:3]} in external files; edgesplit ships models "
+            "whole (save the ONNX file without external data)"
+        )
 
 
 def write_units(model: object, units: ModelUnits) -> None:
