@@ -760,6 +760,8 @@ def _ask_profile(
     )
     if precision == "int8" and settings.calibration is not None:
         codec.encode(settings.calibration.float(), out=request.calibration)
+    if settings.engine == "torch":  # workers load torch only when asked (issue #17)
+        coordinator.ensure_torch_reference()
     what = f"timing stages at {precision}" if stages else f"profiling at {precision}"
     try:
         return coordinator.stub(name).Profile(request, timeout=PROFILE_TIMEOUT_S)
