@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import platform
 import queue
 import threading
@@ -158,6 +159,7 @@ class Worker:
             cpu_kind=cpu.cpu_kind(),
             cpu_model=cpu.cpu_model(),
             onnxruntime_version=cpu.package_version("onnxruntime"),
+            cpu_count=os.cpu_count() or 0,
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
