@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
+from edgesplit.metrics import energy
 from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
 from edgesplit.runtime.records import HopRecord as Hop
 
@@ -361,6 +362,11 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
     if len(data["runs"]) > 1:
         parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
     parts.append("<h2>Per-device table (devices.csv)</h2>" + _html_table(data["devices"]))
+    metered = energy.comparison(s)
+    if metered is not None:
+        text = "<br>".join(html.escape(line) for line in metered.lines())
+        rows = _html_table(energy.device_rows(s))
+        parts.append(f"<h2>Energy: measured against predicted</h2><p>{text}</p>{rows}")
     for name, path in pngs.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(
