@@ -314,7 +314,7 @@ def run_job(
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
     energies = device_energy(spec, rows, record.samples, record.started, record.finished, total)
-    energy = energy_summary(energies, total)
+    energy = energy_summary(energies, total, record.started, record.finished)
     summary: dict[str, object] = {
         "model": config.model,
         "dataset": dataset.name,

@@ -128,12 +128,16 @@ def device_energy(
     return out
 
 
-def energy_summary(energies: Sequence[DeviceEnergy], images: int) -> dict[str, object]:
+def energy_summary(
+    energies: Sequence[DeviceEnergy], images: int, started: float, finished: float
+) -> dict[str, object]:
     """The ``energy`` entry of ``summary.json``: ``energy_j`` is measured where a device has a
-    meter and modelled elsewhere; ``model_energy_j`` is the power model's figure for all."""
+    meter and modelled elsewhere; ``model_energy_j`` is the power model's figure for all;
+    ``window_t`` the interval integrated over (Unix seconds, coordinator clock)."""
     total = sum(e.energy_j for e in energies)
     model_total = sum(e.model_energy_j for e in energies)
     return {
+        "window_t": [started, finished],
         "energy_j": total,
         "energy_j_per_image": total / images if images else 0.0,
         "model_energy_j": model_total,
@@ -254,14 +258,14 @@ class EnergyComparison:
         metered = [f"{n} {s}" for n, s in self.sources.items() if s != MODEL]
         modelled = [n for n, s in self.sources.items() if s == MODEL]
         where = ", ".join(metered) + (f"; {', '.join(modelled)} modelled" if modelled else "")
-        out = [f"energy measured {self.measured_j_per_image:.3f} J/image ({where})"]
+        out = [f"energy measured {self.measured_j_per_image:.4g} J/image ({where})"]
         predictions = [("power model at the measured CPU use", self.model_j_per_image)]
         if self.planned_j_per_image is not None:
             predictions.insert(0, ("plan's prediction", self.planned_j_per_image))
         for what, value in predictions:
             error = self.error(self.measured_j_per_image, value)
             against = f" ({error:+.1%} against it)" if error is not None else ""
-            out.append(f"  {what}: {value:.3f} J/image{against}")
+            out.append(f"  {what}: {value:.4g} J/image{against}")
         return out
 
 

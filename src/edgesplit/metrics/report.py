@@ -117,6 +117,10 @@ def _read_csv(folder: Path, name: str, columns: Sequence[str]) -> list[dict[str,
         raise ConfigError(f"{path} is not a readable CSV file: {exc}") from None
 
 
+SAMPLE_TEXT = ("device", "t", "power_source")
+"""samples.csv columns that are not series to plot (``t`` is read on its own)."""
+
+
 def _number(path: Path, line: int, column: str, text: str) -> float | None:
     if text == "":
         return None
@@ -159,7 +163,7 @@ def load_run(folder: Path) -> RunData:
     samples = []
     for line, row in enumerate(_read_csv(folder, "samples.csv", ["device", "t"]), 2):
         t = _number(path, line, "t", row["t"])
-        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in ("device", "t")}
+        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in SAMPLE_TEXT}
         samples.append(Sample(row["device"], t or 0.0, rest))
     return RunData(folder, summary, devices, hops, samples)
 
