@@ -227,3 +227,20 @@ def test_power_fields_cross_the_wire_and_stay_absent_when_absent(tmp_path: Path)
     msg = sample_codec.to_proto(bare)
     assert not msg.HasField("power_w") and not msg.HasField("power_source")
     assert sample_codec.to_dict(msg)["power_w"] is None
+
+
+def test_worker_metrics_export_measured_power_only_when_measured() -> None:
+    from edgesplit.metrics.worker_prometheus import WorkerMetrics
+    from tests.test_live import FakeWorker, scrape
+
+    base = {
+        "t": 1.0, "cpu_percent": 30.0, "process_cpu_percent": 95.0, "cpu_freq_mhz": None,
+        "memory_percent": 25.0, "rss_mb": 100.0, "temperature_c": None, "throttled": None,
+        "net_bytes_sent": None, "net_bytes_recv": None,
+    }  # fmt: skip
+    worker = FakeWorker(DeviceSample(**base, power_w=4.75, power_source="hwmon:ina219"))
+    metrics = WorkerMetrics("pi1", worker)
+    pi1 = (("device", "pi1"),)
+    assert scrape(metrics.registry)[("edgesplit_device_power_watts", pi1)] == 4.75
+    worker.sample = DeviceSample(**base, power_source="model")
+    assert ("edgesplit_device_power_watts", pi1) not in scrape(metrics.registry)
