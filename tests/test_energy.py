@@ -151,11 +151,20 @@ def test_fit_refuses_what_cannot_say_both_ends() -> None:
     assert "expected both > 0" in str(energy.fit_power(falling, "pmic"))
 
 
-def test_fit_readings_use_the_share_of_an_emulated_device() -> None:
-    samples = [sample(0.0, 3.0, cpu=25.0), sample(0.2, None, cpu=90.0)]
+def test_fit_readings_pair_each_intervals_cpu_with_its_mean_power() -> None:
+    samples = [
+        sample(0.4, 5.0, cpu=80.0),
+        sample(0.0, 3.0, cpu=10.0),
+        sample(0.2, 4.0, cpu=25.0),
+        sample(0.6, None, cpu=90.0),  # the meter failed: no interval ends here
+        sample(0.8, 2.0, cpu=5.0),
+    ]
     source, points = energy.fit_readings(samples, cpus=0.5)
     assert source == "command"
-    assert points == [(0.5, 3.0)]  # 25 % of one core over a 0.5 core share; unread skipped
+    # (0.0, 0.2]: 25 % of one core over a 0.5 core share, (3 + 4) / 2 W; (0.2, 0.4]: capped at 1
+    assert points == [(0.5, 3.5), (1.0, 4.5)]
+    _, real = energy.fit_readings(samples, cpus=None)
+    assert real == [(0.25, 3.5), (0.8, 4.5)]  # system CPU: all the device's cores
 
 
 def profile_with(idle_w: float, busy_w: float, fit: dict[str, Any]) -> Profile:

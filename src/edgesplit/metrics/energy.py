@@ -219,20 +219,24 @@ def fit_power(points: Sequence[tuple[float, float]], source: str) -> PowerFit | 
 def fit_readings(
     samples: Sequence[Mapping[str, Any]], cpus: float | None
 ) -> tuple[str, list[tuple[float, float]]]:
-    """(source, [(utilisation, watts)]) from a device's samples, utilisation as in
-    :func:`utilisation` (process CPU over the CPU share on an emulated device, system CPU on a
-    real one)."""
+    """(source, [(utilisation, watts)]) from a device's samples, one point per interval between
+    two consecutive readings: a sample's CPU % covers the time since the previous sample, and
+    the mean power over that time is, as in :func:`integrate_j`, the mean of the readings at its
+    ends. Utilisation as in :func:`utilisation` (process CPU over the CPU share on an emulated
+    device, system CPU on a real one)."""
+    ordered = sorted(samples, key=lambda s: float(s["t"]))
     points = []
     sources: collections.Counter[str] = collections.Counter()
-    for s in samples:
-        if s.get("power_w") is None:
+    for before, after in itertools.pairwise(ordered):
+        if before.get("power_w") is None or after.get("power_w") is None:
             continue
         if cpus is not None:
-            u = float(s["process_cpu_percent"]) / 100.0 / cpus
+            u = float(after["process_cpu_percent"]) / 100.0 / cpus
         else:
-            u = float(s["cpu_percent"]) / 100.0
-        points.append((min(1.0, max(0.0, u)), float(s["power_w"])))
-        sources[str(s.get("power_source"))] += 1
+            u = float(after["cpu_percent"]) / 100.0
+        watts = (float(before["power_w"]) + float(after["power_w"])) / 2
+        points.append((min(1.0, max(0.0, u)), watts))
+        sources[str(after.get("power_source"))] += 1
     return (sources.most_common(1)[0][0] if sources else MODEL), points
 
 
