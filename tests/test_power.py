@@ -49,7 +49,9 @@ def ina3221(root: Path, index: int = 2) -> Path:
         {
             "in1_input": "5000", "curr1_input": "800", "in1_label": "VDD_5V",
             "in2_input": "3300", "curr2_input": "100", "in2_label": "VDD_3V3",
-            "in4_input": "40", "in5_input": "5", "in6_input": "0",  # shunt mV: no current
+            # shunt µV of channels 1-3, their sum, and the sum of the currents: not channels
+            "in4_input": "40000", "in5_input": "5000", "in6_input": "0",
+            "in7_input": "45000", "curr4_input": "900",
         },
     )  # fmt: skip
     # A disabled channel: the driver answers reads with an error (here: not a file).

@@ -46,6 +46,9 @@ POWER_METER_CHIPS = frozenset(
 )  # fmt: skip
 """hwmon chip names that are power monitors; other chips count only when ``channels`` names
 them (a GPU or battery driver's ``power1_input`` is not this device's supply)."""
+BUS_CHANNELS = {"ina3221": 3}
+"""Chips whose ``in<k>_input`` is a bus voltage only up to this ``k``: the INA3221's ``in4..6``
+are shunt voltages (µV) and ``curr4_input`` the sum of the three currents."""
 COMMAND_TIMEOUT_S = 2.0
 VCGENCMD_TIMEOUT_S = 2.0
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -122,7 +125,8 @@ def _index(path: Path, prefix: str) -> int | None:
 
 def chip_channels(chip_dir: Path) -> list[HwmonChannel]:
     """The power channels of one hwmon chip: ``power<k>_input``, else every ``k`` with both
-    ``in<k>_input`` and ``curr<k>_input`` (the INA3221's layout: bus volts and current)."""
+    ``in<k>_input`` and ``curr<k>_input`` (the INA3221's layout: bus volts and current; see
+    :data:`BUS_CHANNELS`)."""
     chip = _read_text(chip_dir / "name")
     power = sorted(
         (i, p) for p in chip_dir.glob("power*_input") if (i := _index(p, "power")) is not None
@@ -136,7 +140,7 @@ def chip_channels(chip_dir: Path) -> list[HwmonChannel]:
     for amps in sorted(chip_dir.glob("curr*_input")):
         i = _index(amps, "curr")
         volts = chip_dir / f"in{i}_input"
-        if i is not None and volts.exists():
+        if i is not None and volts.exists() and i <= BUS_CHANNELS.get(chip, i):
             label = _read_text(chip_dir / f"in{i}_label")
             out.append(HwmonChannel(chip, i, label, volts_file=volts, amps_file=amps))
     return sorted(out, key=lambda c: c.index)
