@@ -187,6 +187,15 @@ def test_the_planner_uses_the_fit_over_the_cluster_files_model(tmp_path: Path) -
     assert (unfitted.idle_w, unfitted.busy_w) == (2.7, 6.4)
 
 
+def test_the_profile_table_shows_the_fit() -> None:
+    from edgesplit.cli.profile import profile_table
+
+    fit = {"idle_w": 3.1, "busy_w": 5.2, "residual_w": 0.04, "readings": 40, "source": "pmic"}
+    text = profile_table(profile_with(3.1, 5.2, fit))
+    assert "power fitted to pmic: idle 3.10 W, busy 5.20 W (residual 0.040 W, 40 readings)" in text
+    assert "power fitted" not in profile_table(profile_with(2.7, 6.4, {}))
+
+
 # --- configuration and doctor -----------------------------------------------------------------
 
 
