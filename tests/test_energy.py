@@ -222,3 +222,55 @@ def test_doctor_names_the_power_source() -> None:
     failing = doctor.judge_power("pi1 power", "command", None, spec)
     assert failing.status == "WARN" and "no reading" in failing.detail
     assert doctor.judge_power("pi1 power", None, None, spec).status == "WARN"
+
+
+# --- calibration during a profile, against a fake coordinator ---------------------------------
+
+
+class FakeCoordinator:
+    """``probe`` and ``clock_offsets_ms``, what calibration uses of a Coordinator: a device
+    whose samples follow 2 W + 4 W x utilisation."""
+
+    def __init__(self, metered: bool) -> None:
+        self.metered = metered
+        self.clock_offsets_ms = {"pi1": 0.0}
+        self.asked: list[float] = []
+
+    def probe(self, name: str, since_t: float = 0.0) -> tuple[Any, float, float]:
+        from edgesplit.runtime import samples as sample_codec
+        from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+        self.asked.append(since_t)
+        reply = pb.StatusReply(name=name, clock=1000.0)
+        for k in range(12):
+            u = 0.05 if k < 6 else 0.9
+            watts = 2.0 + 4.0 * u if self.metered else None
+            s = sample(1000.0 + k / 5, watts, "hwmon:ina226", cpu=100.0 * u)
+            full = {**s, "memory_percent": 1.0, "rss_mb": 1.0}
+            reply.samples.append(sample_codec.to_proto(_Sample(full)))
+        return reply, 0.0, 0.0
+
+
+class _Sample:
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+
+def test_calibration_fits_a_metered_device_and_skips_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgesplit.metrics import calibrate
+
+    monkeypatch.setattr(calibrate, "IDLE_S", 0.0)
+    plain = FakeCoordinator(metered=False)
+    assert calibrate.open_window(plain, "pi1") is None  # type: ignore[arg-type]
+    coordinator = FakeCoordinator(metered=True)
+    window = calibrate.open_window(coordinator, "pi1")  # type: ignore[arg-type]
+    assert window == calibrate.Window("pi1", 1000.0, "hwmon:ina226")
+    fit = calibrate.close_window(coordinator, window, cpus=None)  # type: ignore[arg-type]
+    assert coordinator.asked[-1] == 1000.0  # the window's samples, on the device's clock
+    assert isinstance(fit, energy.PowerFit) and fit.source == "hwmon:ina226"
+    # The interval where utilisation jumps pairs 0.9 with the mean of 2.2 W and 5.6 W, so the
+    # line is not exact; it still lands near 2 W and 6 W.
+    assert fit.idle_w == pytest.approx(2.0, abs=0.3)
+    assert fit.busy_w == pytest.approx(6.0, abs=0.6)
