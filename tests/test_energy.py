@@ -222,6 +222,11 @@ def test_doctor_names_the_power_source() -> None:
     failing = doctor.judge_power("pi1 power", "command", None, spec)
     assert failing.status == "WARN" and "no reading" in failing.detail
     assert doctor.judge_power("pi1 power", None, None, spec).status == "WARN"
+    channels = cluster({"name": "pi1", "address": "h:1", "power_channels": ["ina3221:1"]})
+    unread = doctor.judge_power("pi1 power", "pmic", 5.0, channels.devices[0])
+    assert unread.status == "WARN" and "--power-channel" in unread.fix
+    read = doctor.judge_power("pi1 power", "hwmon:ina3221", 4.0, channels.devices[0])
+    assert read.status == "OK"
 
 
 # --- calibration during a profile, against a fake coordinator ---------------------------------

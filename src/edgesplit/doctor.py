@@ -171,6 +171,15 @@ def judge_power(
     model_text = f"model ({model.idle_w:g} W idle, {model.busy_w:g} W busy)" if model else "model"
     if source is None:
         return Check(name, "WARN", "unknown: the worker sent no sample yet", "run doctor again")
+    if device is not None and device.power_channels and not source.startswith("hwmon:"):
+        return Check(
+            name,
+            "WARN",
+            f"{source}: the cluster file names power_channels {device.power_channels}, the "
+            "worker reads no hwmon sensor",
+            f"start the worker on {device.name} with --cluster FILE or --power-channel; check "
+            "the sensor with edgesplit doctor there",
+        )
     if source == "model":
         if device is not None and device.power_command:
             return Check(
