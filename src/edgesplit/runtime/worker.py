@@ -93,7 +93,7 @@ class Worker:
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
         self._processed = 0
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
-        self._sampler = _start_sampler(config.sample_interval_s, config.power)
+        self._sampler = _start_sampler(config.name, config.sample_interval_s, config.power)
         self._report_channels: dict[str, grpc.Channel] = {}
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
@@ -400,13 +400,13 @@ class Worker:
             self._sampler.stop()
 
 
-def _start_sampler(interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
+def _start_sampler(name: str, interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
     """The device sampler, or None where psutil cannot read this platform. A power setting
     that names no sensor is a :class:`ConfigError` (raised, not logged)."""
     # The command runs once per sample; the margin keeps a slightly early sample from
     # getting the previous reading.
     source = choose_source(settings, min_interval_s=0.9 * interval_s)
-    log.info("power source: %s", source_name(source))
+    log.info("[%s] power source: %s", name, source_name(source))
     try:
         return DeviceSampler(interval_s=interval_s, power_source=source).start()
     except Exception as exc:  # psutil on an exotic platform; metrics are optional here
