@@ -189,7 +189,7 @@ def judge_power(
                 f"start the worker on {device.name} with --cluster FILE or --power-command "
                 "(the command runs on the device, it is never sent to it)",
             )
-        return ok(name, f"{model_text}; no meter (docs/SETUP.md: measuring power)")
+        return ok(name, f"{model_text}; no meter (docs/SETUP.md, 'measure power')")
     reading = f"{watts:.2f} W now" if watts is not None else "no reading now"
     if watts is None:
         return Check(name, "WARN", f"{source}: {reading}", "check the meter (see the worker's log)")
