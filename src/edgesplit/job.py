@@ -359,8 +359,8 @@ def run_job(
     rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
-    energies = device_energy(spec, rows, record.wall_s, total)
-    energy = energy_summary(energies)
+    energies = device_energy(spec, rows, record.samples, record.started, record.finished, total)
+    energy = energy_summary(energies, total, record.started, record.finished)
     summary: dict[str, object] = {
         "model": config.model,
         "dataset": dataset.name,

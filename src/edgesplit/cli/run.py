@@ -20,6 +20,7 @@ from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+from edgesplit.metrics.energy import comparison as energy_comparison
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.table import device_table
 
@@ -363,6 +364,9 @@ def run_command(
             out_console.print(f"note: {note}")
         for line in _prediction_lines(outcome.summary):
             out_console.print(line)
+        metered = energy_comparison(outcome.summary)
+        for line in metered.lines() if metered is not None else []:
+            out_console.print(line, markup=False)
         out_console.print(
             f"run folder: {outcome.folder} ({time.perf_counter() - started:.1f} s in all)"
         )

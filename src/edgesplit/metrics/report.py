@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
+from edgesplit.metrics import energy
 from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
 from edgesplit.runtime.records import HopRecord as Hop
 
@@ -116,6 +117,10 @@ def _read_csv(folder: Path, name: str, columns: Sequence[str]) -> list[dict[str,
         raise ConfigError(f"{path} is not a readable CSV file: {exc}") from None
 
 
+SAMPLE_TEXT = ("device", "t", "power_source")
+"""samples.csv columns that are not series to plot (``t`` is read on its own)."""
+
+
 def _number(path: Path, line: int, column: str, text: str) -> float | None:
     if text == "":
         return None
@@ -158,7 +163,7 @@ def load_run(folder: Path) -> RunData:
     samples = []
     for line, row in enumerate(_read_csv(folder, "samples.csv", ["device", "t"]), 2):
         t = _number(path, line, "t", row["t"])
-        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in ("device", "t")}
+        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in SAMPLE_TEXT}
         samples.append(Sample(row["device"], t or 0.0, rest))
     return RunData(folder, summary, devices, hops, samples)
 
@@ -363,6 +368,11 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
     if len(data["runs"]) > 1:
         parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
     parts.append("<h2>Per-device table (devices.csv)</h2>" + _html_table(data["devices"]))
+    metered = energy.comparison(s)
+    if metered is not None:
+        text = "<br>".join(html.escape(line) for line in metered.lines())
+        rows = _html_table(energy.device_rows(s))
+        parts.append(f"<h2>Energy: measured against predicted</h2><p>{text}</p>{rows}")
     for name, path in pngs.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import torch
@@ -30,6 +30,7 @@ from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.engines import cpu
 from edgesplit.errors import EdgesplitError
+from edgesplit.metrics.power import PowerSettings, choose_source, source_name
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
 from edgesplit.runtime import samples as sample_codec
@@ -66,6 +67,8 @@ class WorkerConfig:
     max_queue: int = 256
     """Micro-batches waiting for compute before Forward answers RESOURCE_EXHAUSTED."""
     sample_interval_s: float = 0.2
+    power: PowerSettings = field(default_factory=PowerSettings)
+    """Where this device's power is read (see :mod:`edgesplit.metrics.power`)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Worker:
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
         self._processed = 0
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
-        self._sampler = _start_sampler(config.sample_interval_s)
+        self._sampler = _start_sampler(config.name, config.sample_interval_s, config.power)
         self._report_channels: dict[str, grpc.Channel] = {}
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
@@ -403,10 +406,15 @@ class Worker:
             self._sampler.stop()
 
 
-def _start_sampler(interval_s: float) -> DeviceSampler | None:
-    """The device sampler, or None where psutil cannot read this platform."""
+def _start_sampler(name: str, interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
+    """The device sampler, or None where psutil cannot read this platform. A power setting
+    that names no sensor is a :class:`ConfigError` (raised, not logged)."""
+    # The command runs once per sample; the margin keeps a slightly early sample from
+    # getting the previous reading.
+    source = choose_source(settings, min_interval_s=0.9 * interval_s)
+    log.info("[%s] power source: %s", name, source_name(source))
     try:
-        return DeviceSampler(interval_s=interval_s).start()
+        return DeviceSampler(interval_s=interval_s, power_source=source).start()
     except Exception as exc:  # psutil on an exotic platform; metrics are optional here
         log.warning("device sampler unavailable: %s", exc)
         return None

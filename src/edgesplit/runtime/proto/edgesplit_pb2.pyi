@@ -67,7 +67,7 @@ class StatusRequest(_message.Message):
     def __init__(self, since_t: _Optional[float] = ...) -> None: ...
 
 class DeviceSample(_message.Message):
-    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv")
+    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv", "power_w", "power_source")
     T_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     PROCESS_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class DeviceSample(_message.Message):
     THROTTLED_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_RECV_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     t: float
     cpu_percent: float
     process_cpu_percent: float
@@ -88,7 +90,9 @@ class DeviceSample(_message.Message):
     throttled: int
     net_bytes_sent: int
     net_bytes_recv: int
-    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ...) -> None: ...
+    power_w: float
+    power_source: str
+    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ..., power_w: _Optional[float] = ..., power_source: _Optional[str] = ...) -> None: ...
 
 class EpochInfo(_message.Message):
     __slots__ = ("epoch", "stage", "start", "end", "next_hop", "engine", "precision", "wire")
