@@ -1,0 +1,127 @@
+"""What a simulation reports: frozen data, a JSON form and a text table."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgesplit.simulate.spec import Stages
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    name: str
+    utilisation: float
+    """CPU used / (wall time x the device's cores: its CPU share under a quota, else 1), times
+    the share of its cores a stage keeps busy (the power model's utilisation)."""
+    busy_s: float
+    """Wall time with a stage job on the device (queued work excluded)."""
+    power_w: float
+    energy_j: float
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    t_s: float
+    epoch: int
+    stages: Stages
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loss:
+    device: str
+    t_s: float
+    """When the device died (or stopped answering)."""
+    detected_s: float | None
+    """When the coordinator took it for LOST (None: the run ended first)."""
+    replayed: int
+    recovery_s: float | None
+    """From the loss to the first result under the plan without it (as a run reports it)."""
+
+
+@dataclass(frozen=True)
+class SimResult:
+    batch_size: int
+    micro_batches: int
+    images: int
+    window: int
+    stages: Stages
+    """The initial plan."""
+    wall_s: float
+    """First upload to last result."""
+    throughput_ips: float
+    steady_ips: float | None
+    """(results - 1) x batch / (last - first result): the pipeline fill excluded (as the
+    benchmarks measure a run)."""
+    latency_ms: dict[str, float]
+    devices: tuple[DeviceStats, ...]
+    energy_j: float
+    energy_j_per_image: float
+    plan_changes: tuple[PlanChange, ...] = ()
+    losses: tuple[Loss, ...] = ()
+    replayed: int = 0
+    duplicates: int = 0
+    timeline: tuple[tuple[float, float], ...] = ()
+    """(second, images/s of the results arriving in that second)."""
+    events: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def table(self) -> str:
+        lines = [
+            f"simulated {self.images} images ({self.micro_batches} micro-batches of "
+            f"{self.batch_size}), window {self.window}, {len(self.stages)} stages",
+            f"throughput {self.throughput_ips:.2f} img/s (steady {_fmt(self.steady_ips)}), "
+            f"wall {self.wall_s:.2f} s",
+            "latency ms: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in self.latency_ms.items() if k != "count"),
+            f"energy {self.energy_j:.1f} J, {self.energy_j_per_image:.4f} J/image",
+            f"{'device':<16} {'util':>6} {'busy s':>8} {'W':>6} {'J':>8}",
+        ]
+        for d in self.devices:
+            lines.append(
+                f"{d.name:<16} {d.utilisation:>6.1%} {d.busy_s:>8.2f} {d.power_w:>6.2f} "
+                f"{d.energy_j:>8.1f}"
+            )
+        for c in self.plan_changes:
+            where = ", ".join(f"{d}[{a},{b})" for d, a, b in c.stages)
+            lines.append(f"t={c.t_s:.2f} s epoch {c.epoch}: {where} ({c.reason})")
+        for loss in self.losses:
+            lines.append(
+                f"lost {loss.device} at {loss.t_s:.2f} s, detected "
+                f"{_fmt(loss.detected_s)} s, {loss.replayed} replayed, recovered in "
+                f"{_fmt(loss.recovery_s)} s"
+            )
+        if self.replayed or self.duplicates:
+            lines.append(f"replayed {self.replayed}, duplicates dropped {self.duplicates}")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation (numpy's default)."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    values = sorted(latencies_ms)
+    out = {f"p{q}": percentile(values, q) for q in PERCENTILES}
+    out["mean"] = math.fsum(values) / len(values) if values else math.nan
+    out["max"] = values[-1] if values else math.nan
+    out["count"] = float(len(values))
+    return out
