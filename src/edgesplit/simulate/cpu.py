@@ -14,7 +14,8 @@ a job is an amount of full-speed CPU work in ms. While it runs, the process prog
   process is alone on its own.
 
 Only :func:`settle` changes a host's processes; it returns, per process, when it next needs
-attention (its job ends, its budget runs out, or its period refills it).
+attention (its job ends, its budget runs out, or its period refills it). The owner gives a job
+(``work_ms``, ``active = True``) and takes its end (``active = False``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Proc:
     host: Host | None = None
     paused: bool = False
     """A paused process (SIGSTOP) makes no progress and holds its job."""
+    active: bool = False
+    """A job was given and its end not yet taken (the owner clears it)."""
 
     def __post_init__(self) -> None:
         if self.quota_ms is not None:
@@ -79,7 +82,10 @@ class Proc:
             self.budget_ms = self.quota_ms
 
     def next_event(self, now: float) -> float | None:
-        """When this process next changes on its own (None: idle)."""
+        """When this process next changes on its own (None: idle); ``now`` for a job that
+        ended (possibly in another process's settle) and awaits its owner."""
+        if self.active and not self.busy:
+            return now
         if not self.busy or self.paused:
             return None
         if self.speed <= 0.0:

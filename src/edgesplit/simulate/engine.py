@@ -245,6 +245,7 @@ class _Sim:
                 self.coord.work_ms = 0.0
                 self._upload(rid)
             else:
+                self.coord.active = True
                 self._settle(self.coord)
 
     def _upload(self, rid: int) -> None:
@@ -335,15 +336,17 @@ class _Sim:
             work *= math.exp(s * self._normal() - s * s / 2)
         device.current, device.started = msg, self.now
         device.proc.work_ms, device.proc.rate = work, rate
+        device.proc.active = True
         self._settle(device.proc)
 
     def _cpu(self, proc: Proc, version: int) -> None:
         if version != proc.version:
             return
         proc.advance(self.now)
-        if proc.busy:
+        if proc.busy or not proc.active:
             self._settle(proc)
             return
+        proc.active = False
         if proc is self.coord:
             self._settle(proc)
             if self.coord_state == "preparing" and self.coord_request is not None:
@@ -414,6 +417,7 @@ class _Sim:
         device.jobs.clear()
         device.current = None
         device.proc.work_ms = 0.0
+        device.proc.active = False
         self._settle(device.proc)
         link = self.links.get(device.name)
         if link is not None:
