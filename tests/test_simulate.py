@@ -258,6 +258,16 @@ def test_the_smallest_cluster_for_a_target_is_the_fewest_devices_that_reach_it()
         smallest_cluster(catalogue, target_ips=10_000.0)
 
 
+def test_by_watts_a_few_big_devices_can_lose_to_more_small_ones() -> None:
+    profile = toy_profile(["pi", "big"], [4.0] * 16, speeds={"big": 0.25}, busy_w={"big": 30.0})
+    catalogue = cluster_from(profile, [(8, "pi"), (2, "big")], LinkSpec(bandwidth_mbps=None))
+    target = 4 * 1000.0 / 17.0  # 64 ms of work per micro-batch on a pi: 4 of them, or 1 big
+    by_count = smallest_cluster(catalogue, target_ips=target)
+    assert by_count.counts == {"pi": 0, "big": 1} and by_count.watts == 30.0
+    by_watts = smallest_cluster(catalogue, target_ips=target, by="watts")
+    assert by_watts.counts == {"pi": 4, "big": 0} and by_watts.watts == pytest.approx(25.6)
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -283,7 +293,10 @@ def test_the_simulate_command_prints_and_writes_the_result(tmp_path: object) -> 
 
 
 def toy_profile(
-    names: list[str], unit_ms: list[float], speeds: dict[str, float] | None = None
+    names: list[str],
+    unit_ms: list[float],
+    speeds: dict[str, float] | None = None,
+    busy_w: dict[str, float] | None = None,
 ) -> Profile:
     """A small profile of real devices (no CPU share), 1 MB hand-offs, Gigabit links."""
     n = len(unit_ms)
@@ -298,7 +311,7 @@ def toy_profile(
             cpus=None,
             memory_budget_bytes=None,
             idle_w=2.7,
-            busy_w=6.4,
+            busy_w=(busy_w or {}).get(name, 6.4),
         )
         for name in names
     )
