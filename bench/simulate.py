@@ -54,6 +54,9 @@ SCALING = {f"scaling-K{k}": (0.5,) * k for k in range(1, 5)}
 MODELS = ("mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5",
           "efficientnet_b0")  # fmt: skip
 PROFILES = common.RESULTS_DIR / "sim-profiles"
+RUNS = common.RESULTS_DIR / "simulate-runs"
+"""Each validation run's profile.json and run.json (plan, window, what was measured), so the
+simulation can be compared again (``--resimulate``) without measuring again."""
 TARGET_THROUGHPUT = 0.10
 TARGET_LATENCY = 0.15
 
@@ -66,9 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mobilenet_v2", help="model of --validate (mobilenet_v2)")
     p.add_argument("--batches", type=int, default=40, help="micro-batches per run (40)")
     p.add_argument("--batch-size", type=int, default=8, help="images per micro-batch (8)")
+    p.add_argument("--resimulate", action="store_true",
+                   help="compare the kept runs in bench/results/simulate-runs/ again")  # fmt: skip
     p.add_argument("--clusters", default=None, help="comma-separated subset of the clusters")
     p.add_argument("--name", default="simulate", help="results file bench/results/NAME.json")
     args = p.parse_args(argv)
+    if args.resimulate:
+        args.validate = True
     if not (args.validate or args.speed or args.curves):
         args.validate = args.speed = args.curves = True
     return args
@@ -89,6 +96,7 @@ def run_summary(folder: Path, batch_size: int) -> dict[str, Any]:
 
 def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...], tmp: Path,
                    unshaped: bool) -> dict[str, Any]:  # fmt: skip
+    """Measure one run and keep what the simulation needs under bench/results/simulate-runs/."""
     from edgesplit.job import RunConfig, run_job
 
     config = RunConfig(
@@ -114,49 +122,69 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
     others_cores = max(0.0, common.host_busy_s() - host0 - (_own_cpu_s() - own0)) / run_s
     measured = run_summary(outcome.folder, args.batch_size)
     summary = measured["summary"]
-    profile = load_profile(outcome.folder / "profile.json")
-    cluster = cluster_from(profile, precision=summary["precision"])
-    stages = tuple((s["device"], s["units"][0], s["units"][1]) for s in summary["plan"]["stages"])
-    t0 = time.perf_counter()
-    sims = [
-        simulate(cluster.spec, stages, SimConfig(images=summary["images"],
-                 window=summary["window"], seed=seed))
-        for seed in range(5)
-    ]  # fmt: skip
-    sim_s = time.perf_counter() - t0
-    sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in sims)
-    sim_p50 = statistics.median(r.latency_ms["p50"] for r in sims)
-    # The same with the host's cores less what other processes used during the job (this
-    # machine is shared): a measured input, reported next to the plain simulation.
-    cores = profile.host_cpus
-    loaded = None
-    if cores is not None:
-        spec = with_problem(cluster.spec, host_cpus=max(0.25, cores - others_cores))
-        got = [
-            simulate(spec, stages, SimConfig(images=summary["images"],
-                     window=summary["window"], seed=seed))
-            for seed in range(5)
-        ]  # fmt: skip
-        loaded = {
-            "host_cpus": spec.problem.host_cpus,
-            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
-            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
-        }
-    run_ips, run_p50 = measured["steady_ips"], summary["latency_ms"]["p50"]
-    predicted = summary["predicted"] or {}
-    return {
+    keep = RUNS / name
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "profile.json").write_text((outcome.folder / "profile.json").read_text())
+    run = {
         "cluster": name,
         "cpus": list(cpus),
         "links": "unshaped" if unshaped else "940 Mbit/s, 0.2 ms",
+        "precision": summary["precision"],
         "partition": summary["partition"],
-        "devices": [s["device"] for s in summary["plan"]["stages"]],
+        "stages": [[s["device"], *s["units"]] for s in summary["plan"]["stages"]],
         "window": summary["window"],
         "images": summary["images"],
-        "measured_steady_ips": run_ips,
-        "measured_p50_ms": run_p50,
+        "measured_steady_ips": measured["steady_ips"],
+        "measured_p50_ms": summary["latency_ms"]["p50"],
+        "measured_latency_ms": summary["latency_ms"],
+        "predicted": summary["predicted"],
+        "run_devices": summary.get("devices"),
+        "other_processes_cores": others_cores,
+        "loadavg_after": list(os.getloadavg()),
+        "run_s": run_s,
+    }
+    (keep / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    return compare(keep)
+
+
+def compare(folder: Path) -> dict[str, Any]:
+    """The simulation of a kept run (its profile, plan, window and images) against it."""
+    run = json.loads((folder / "run.json").read_text())
+    profile = load_profile(folder / "profile.json")
+    cluster = cluster_from(profile, precision=run["precision"])
+    stages = tuple((d, a, b) for d, a, b in run["stages"])
+
+    def sims(spec: SimSpec) -> list[Any]:
+        return [
+            simulate(spec, stages, SimConfig(images=run["images"], window=run["window"],
+                     seed=seed))
+            for seed in range(5)
+        ]  # fmt: skip
+
+    t0 = time.perf_counter()
+    plain = sims(cluster.spec)
+    sim_s = time.perf_counter() - t0
+    sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in plain)
+    sim_p50 = statistics.median(r.latency_ms["p50"] for r in plain)
+    run_ips, run_p50 = run["measured_steady_ips"], run["measured_p50_ms"]
+    # The same with the host's cores less what other processes used during the job (this
+    # machine is shared): a measured input, reported next to the plain simulation.
+    loaded = None
+    if profile.host_cpus is not None:
+        cores = max(0.25, profile.host_cpus - run["other_processes_cores"])
+        got = sims(with_problem(cluster.spec, host_cpus=cores))
+        loaded = {
+            "host_cpus": cores,
+            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
+            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
+        }
+    predicted = run["predicted"] or {}
+    return {
+        **{k: v for k, v in run.items() if k not in ("predicted", "run_devices")},
+        "devices": [d for d, _, _ in run["stages"]],
         "simulated_steady_ips": sim_ips,
         "simulated_p50_ms": sim_p50,
-        "simulated_p90_ms": statistics.median(r.latency_ms["p90"] for r in sims),
+        "simulated_p90_ms": statistics.median(r.latency_ms["p90"] for r in plain),
         "planner_ips": predicted.get("throughput_ips"),
         "planner_latency_ms": predicted.get("latency_ms"),
         "throughput_error": (sim_ips - run_ips) / run_ips,
@@ -169,11 +197,9 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
             (loaded["steady_ips"] - run_ips) / run_ips if loaded else None
         ),
         "load_corrected_p50_error": (loaded["p50_ms"] - run_p50) / run_p50 if loaded else None,
-        "other_processes_cores": others_cores,
-        "sim_device_utilisation": {d.name: d.utilisation for d in sims[0].devices},
-        "run_devices": summary.get("devices"),
+        "sim_device_utilisation": {d.name: d.utilisation for d in plain[0].devices},
+        "run_devices": run.get("run_devices"),
         "prepare_ms": profile.prepare_ms,
-        "run_s": run_s,
         "simulate_s": sim_s,
     }
 
@@ -192,6 +218,8 @@ def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
         wanted = args.clusters.split(",")
         clusters = {k: v for k, v in clusters.items() if k in wanted}
     out = []
+    if args.resimulate:
+        return [compare(RUNS / name) for name in clusters if (RUNS / name / "run.json").exists()]
     with exit_on_sigterm(), TemporaryDirectory(prefix="edgesplit-sim-") as tmp:
         for name, (cpus, unshaped) in clusters.items():
             print(f"measuring {name} ({', '.join(f'{c:g}' for c in cpus)} CPU)", flush=True)
