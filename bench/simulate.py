@@ -46,7 +46,6 @@ from edgesplit.simulate import (
     plan_for,
     simulate,
 )
-from edgesplit.simulate.engine import with_problem
 from edgesplit.simulate.kinds import Kinds
 
 HETEROGENEOUS = {"het-3": (1.0, 0.5, 0.25), "het-4": (1.0, 0.5, 0.25, 0.25)}
@@ -167,17 +166,6 @@ def compare(folder: Path) -> dict[str, Any]:
     sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in plain)
     sim_p50 = statistics.median(r.latency_ms["p50"] for r in plain)
     run_ips, run_p50 = run["measured_steady_ips"], run["measured_p50_ms"]
-    # The same with the host's cores less what other processes used during the job (this
-    # machine is shared): a measured input, reported next to the plain simulation.
-    loaded = None
-    if profile.host_cpus is not None:
-        cores = max(0.25, profile.host_cpus - run["other_processes_cores"])
-        got = sims(with_problem(cluster.spec, host_cpus=cores))
-        loaded = {
-            "host_cpus": cores,
-            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
-            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
-        }
     predicted = run["predicted"] or {}
     return {
         **{k: v for k, v in run.items() if k not in ("predicted", "run_devices")},
@@ -192,11 +180,6 @@ def compare(folder: Path) -> dict[str, Any]:
         "planner_throughput_error": (
             (predicted["throughput_ips"] - run_ips) / run_ips if predicted else None
         ),
-        "load_corrected": loaded,
-        "load_corrected_throughput_error": (
-            (loaded["steady_ips"] - run_ips) / run_ips if loaded else None
-        ),
-        "load_corrected_p50_error": (loaded["p50_ms"] - run_p50) / run_p50 if loaded else None,
         "sim_device_utilisation": {d.name: d.utilisation for d in plain[0].devices},
         "run_devices": run.get("run_devices"),
         "prepare_ms": profile.prepare_ms,
@@ -387,17 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         payload["validation"] = rows
         payload["machine"]["loadavg_at_end"] = list(os.getloadavg())
         print(f"\n{'cluster':<12} {'run img/s':>9} {'sim img/s':>9} {'err':>7} {'run p50':>8} "
-              f"{'sim p50':>8} {'err':>7} {'planner':>8} {'others':>6} {'corr. err':>9} "
-              f"{'corr. p50 err':>13}")  # fmt: skip
+              f"{'sim p50':>8} {'err':>7} {'planner':>8} {'err':>7} {'others':>6}")  # fmt: skip
         for r in rows:
             print(
                 f"{r['cluster']:<12} {r['measured_steady_ips']:>9.1f} "
                 f"{r['simulated_steady_ips']:>9.1f} {r['throughput_error']:>+7.1%} "
                 f"{r['measured_p50_ms']:>8.0f} {r['simulated_p50_ms']:>8.0f} "
                 f"{r['p50_error']:>+7.1%} {r['planner_ips']:>8.1f} "
-                f"{r['other_processes_cores']:>6.2f} "
-                f"{_pct(r['load_corrected_throughput_error']):>9} "
-                f"{_pct(r['load_corrected_p50_error']):>13}"
+                f"{_pct(r['planner_throughput_error']):>7} {r['other_processes_cores']:>6.2f}"
             )
         payload["targets"] = {"throughput": TARGET_THROUGHPUT, "p50": TARGET_LATENCY}
     if args.validate or args.speed:

@@ -10,9 +10,11 @@ a job is an amount of full-speed CPU work in ms. While it runs, the process prog
   ``work / share``, a lone job on an idle device runs at full speed until the budget is spent
   (:meth:`~edgesplit.planner.DeviceCost.under_quota`).
 - **Shared host** (``cores`` not None): the runnable processes of a host share its cores
-  fairly (processor sharing): a process spending ``rate`` cores at full speed, all of them
-  progress at ``min(1, cores / sum of the rates)``. Without a shared host each process is
-  alone on its own.
+  fairly (processor sharing), each at ``min(1, cores / runnable)``. A process runs one thread
+  at a time
+  (the worker's compute thread, the coordinator's loop); the CPU its other threads spend is
+  in its ``rate``, which drains its quota, not in its demand for a core. Without a shared
+  host each process is alone on its own.
 
 Only :func:`settle` changes a host's processes; it returns, per process, when it next needs
 attention (its job ends, its budget runs out, or its period refills it). The owner gives a job
@@ -117,9 +119,11 @@ def settle(proc: Proc, now: float) -> list[tuple[float, Proc]]:
     group = [proc] if host is None or host.cores is None else host.procs
     for p in group:
         p.advance(now)
-    demand = math.fsum(p.rate for p in group if p.runnable)  # cores wanted at full speed
     cores = None if host is None else host.cores
-    share = 1.0 if cores is None or demand <= cores else cores / demand
+    share = 1.0
+    if host is not None and cores is not None:
+        demand = sum(1 for p in group if p.runnable)
+        share = 1.0 if demand <= cores else cores / demand
     out = []
     for p in group:
         p.speed = share if p.runnable else 0.0

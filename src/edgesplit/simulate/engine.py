@@ -4,8 +4,10 @@ It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated ti
 
 - **Coordinator**: keeps at most ``window`` micro-batches unfinished; for a new one it prepares
   it (``prepare_ms`` of CPU, plus its side of the upload's hand-off CPU) and uploads it to the
-  current plan's first stage, blocked while the upload is on the wire (as ``Run.send``), then
-  takes the next. Replays go first and need no preparation.
+  current plan's first stage, blocked while the upload is on the wire (the declared default
+  link's time, as ``Run.send`` sleeps it; the input arrives after the link's fitted time,
+  which includes the RPC, and the next upload waits for that), then takes the next. Replays
+  go first and need no preparation.
 - **Devices**: one compute thread each (a FIFO of jobs, :mod:`.cpu` for CPU quotas and a shared
   host) and a sender: the output goes out on the device's link, one message at a time,
   while the next job computes. A stage's CPU work is the planner's sustained stage time (times
@@ -53,7 +55,7 @@ MEDIUM = "(medium)"
 DEFAULT_CONFIG = SimConfig()
 
 # Event kinds, in the heap as (t, seq, kind, payload).
-CPU, SENT, FAULT, DETECT, TICK = range(5)
+CPU, SENT, FAULT, DETECT, TICK, UPLOADED = range(6)
 
 
 @dataclass
@@ -298,6 +300,12 @@ class _Sim:
         link.busy = True
         ms = self._link(msg.src, msg.dst).transfer_ms(msg.nbytes)
         self._push(self.now + ms, SENT, (key, msg))
+        if msg.src == COORDINATOR:
+            # Run.send: the coordinator sleeps the link's (declared) wire time, then leaves the
+            # RPC running and prepares the next; the fitted time (the RPC's own cost too) is
+            # when the input arrives, and the next upload waits for it.
+            wire = min(ms, self.p.default_link.transfer_ms(msg.nbytes))
+            self._push(self.now + wire, UPLOADED, msg.request_id)
 
     def _sent(self, key: str, msg: _Message) -> None:
         link = self.links[key]
@@ -305,13 +313,16 @@ class _Sim:
         src = self.devices.get(msg.src)
         if src is not None and not src.alive:
             return  # it died while sending: the message never left
-        if msg.src == COORDINATOR and self.coord_state == "uploading":
-            self.coord_state, self.coord_request = "idle", None
         if msg.dst == COORDINATOR:
             self._result(msg)
         else:
             self._deliver(msg)
         self._pump()
+
+    def _uploaded(self, request_id: int) -> None:
+        if self.coord_state == "uploading" and self.coord_request == request_id:
+            self.coord_state, self.coord_request = "idle", None
+            self._pump()
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -535,6 +546,7 @@ class _Sim:
             FAULT: lambda p: self._fault(*p),
             DETECT: self._detect,
             TICK: lambda _: self._tick(),
+            UPLOADED: self._uploaded,
         }
         limit = self.config.max_events
         while self.heap and (self.pending or self.next_new < self.total):
