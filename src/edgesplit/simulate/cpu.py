@@ -11,10 +11,9 @@ a job is an amount of full-speed CPU work in ms. While it runs, the process prog
   (:meth:`~edgesplit.planner.DeviceCost.under_quota`).
 - **Shared host** (``cores`` not None): the runnable processes of a host share its cores
   fairly (processor sharing), each at ``min(1, cores / runnable)``. A process runs one thread
-  at a time
-  (the worker's compute thread, the coordinator's loop); the CPU its other threads spend is
-  in its ``rate``, which drains its quota, not in its demand for a core. Without a shared
-  host each process is alone on its own.
+  at a time (the worker's compute thread, the coordinator's loop); the CPU its other threads
+  spend is in its ``rate``, which drains its quota, not in its demand for a core. Without a
+  shared host each process is alone on its own.
 
 Only :func:`settle` changes a host's processes; it returns, per process, when it next needs
 attention (its job ends, its budget runs out, or its period refills it). The owner gives a job
