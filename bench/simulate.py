@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import _common as common
 
 from edgesplit.config import LinkSpec
 from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
-from edgesplit.profiler import load_profile
+from edgesplit.profiler import boundary_bytes, load_profile
 from edgesplit.simulate import (
     SimConfig,
     SimSpec,
@@ -166,6 +167,22 @@ def compare(folder: Path) -> dict[str, Any]:
     sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in plain)
     sim_p50 = statistics.median(r.latency_ms["p50"] for r in plain)
     run_ips, run_p50 = run["measured_steady_ips"], run["measured_p50_ms"]
+    # A diagnostic of the simulator's own dynamics (window, coordinator, queues, links): the
+    # same simulation with each stage's compute time as the run measured it (median per
+    # micro-batch, plus the hand-offs' CPU under a quota as the profile measured it) instead of
+    # the profile's. What is left is what the simulator adds or misses.
+    given = None
+    if run.get("run_devices"):
+        measured_ms = {d["name"]: d["compute_ms_per_batch"] for d in run["run_devices"]}
+        spec = dataclasses.replace(cluster.spec, problem=with_stage_times(
+            cluster.problem, profile, stages, measured_ms))  # fmt: skip
+        got = sims(spec)
+        given = {
+            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
+            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
+        }
+        given["throughput_error"] = (given["steady_ips"] - run_ips) / run_ips
+        given["p50_error"] = (given["p50_ms"] - run_p50) / run_p50
     predicted = run["predicted"] or {}
     return {
         **{k: v for k, v in run.items() if k not in ("predicted", "run_devices")},
@@ -180,6 +197,7 @@ def compare(folder: Path) -> dict[str, Any]:
         "planner_throughput_error": (
             (predicted["throughput_ips"] - run_ips) / run_ips if predicted else None
         ),
+        "with_run_stage_times": given,
         "sim_device_utilisation": {d.name: d.utilisation for d in plain[0].devices},
         "run_devices": run.get("run_devices"),
         "prepare_ms": profile.prepare_ms,
@@ -190,6 +208,29 @@ def compare(folder: Path) -> dict[str, Any]:
 def _own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def with_stage_times(
+    problem: Problem, profile: Any, stages: tuple[tuple[str, int, int], ...],
+    compute_ms: dict[str, float],
+) -> Problem:  # fmt: skip
+    """``problem`` with each stage's sustained time set to ``compute_ms`` of its device (plus
+    what receiving and sending cost under a CPU quota, as in the profile's stage costs)."""
+    cuts = boundary_bytes(profile)
+    devices = []
+    for d in problem.devices:
+        for name, start, end in stages:
+            if name == d.name and compute_ms.get(name):
+                hop = d.hop_cpu_ms_per_mb / 1e6 * (cuts[start] + cuts[end])
+                share = d.quota_ms / d.period_ms if d.quota_ms is not None else None
+                sustained = compute_ms[name] + (hop / share if share else 0.0)
+                burst = d.stage_cpu_ms(start, end)
+                others = tuple(m for m in d.measured_stages if (m[0], m[1]) != (start, end))
+                d = dataclasses.replace(
+                    d, measured_stages=(*others, (start, end, sustained, burst))
+                )
+        devices.append(d)
+    return dataclasses.replace(problem, devices=tuple(devices))
 
 
 def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -368,16 +409,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate:
         rows = validate(args)
         payload["validation"] = rows
+        if args.resimulate:
+            payload["validation_note"] = (
+                "runs measured earlier by --validate and kept in bench/results/simulate-runs/ "
+                "(each run.json has the load then); simulated again with this commit"
+            )
         payload["machine"]["loadavg_at_end"] = list(os.getloadavg())
         print(f"\n{'cluster':<12} {'run img/s':>9} {'sim img/s':>9} {'err':>7} {'run p50':>8} "
-              f"{'sim p50':>8} {'err':>7} {'planner':>8} {'err':>7} {'others':>6}")  # fmt: skip
+              f"{'sim p50':>8} {'err':>7} {'planner':>8} {'err':>7} {'others':>6} "
+              f"{'given: img/s err':>16} {'p50 err':>8}")  # fmt: skip
         for r in rows:
             print(
                 f"{r['cluster']:<12} {r['measured_steady_ips']:>9.1f} "
                 f"{r['simulated_steady_ips']:>9.1f} {r['throughput_error']:>+7.1%} "
                 f"{r['measured_p50_ms']:>8.0f} {r['simulated_p50_ms']:>8.0f} "
                 f"{r['p50_error']:>+7.1%} {r['planner_ips']:>8.1f} "
-                f"{_pct(r['planner_throughput_error']):>7} {r['other_processes_cores']:>6.2f}"
+                f"{_pct(r['planner_throughput_error']):>7} {r['other_processes_cores']:>6.2f} "
+                f"{_pct((r['with_run_stage_times'] or {}).get('throughput_error')):>16} "
+                f"{_pct((r['with_run_stage_times'] or {}).get('p50_error')):>8}"
             )
         payload["targets"] = {"throughput": TARGET_THROUGHPUT, "p50": TARGET_LATENCY}
     if args.validate or args.speed:
