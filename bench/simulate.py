@@ -39,14 +39,7 @@ import _common as common
 from edgesplit.config import LinkSpec
 from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
 from edgesplit.profiler import boundary_bytes, load_profile
-from edgesplit.simulate import (
-    SimConfig,
-    SimSpec,
-    cluster_from,
-    plan_by_kinds,
-    plan_for,
-    simulate,
-)
+from edgesplit.simulate import SimConfig, SimSpec, cluster_from, plan_by_kinds, simulate
 from edgesplit.simulate.kinds import Kinds
 
 HETEROGENEOUS = {"het-3": (1.0, 0.5, 0.25), "het-4": (1.0, 0.5, 0.25, 0.25)}
@@ -265,13 +258,14 @@ def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def uniform_problem(units: int, devices: int, batch_size: int = 8) -> tuple[Problem, Kinds]:
-    """``devices`` identical devices (Pi-like power, 0.25-CPU quota) and ``units`` units of
-    slightly uneven times (seeded), 940 Mbit/s links."""
+    """``devices`` identical devices (Pi-like power, a 0.25-CPU quota) and ``units`` units of
+    uneven times (seeded), small tensors and 940 Mbit/s links, so that the best plan cuts
+    the model into as many stages as it has units: the largest simulation of this size."""
     import random
 
     rng = random.Random(0)
-    unit_ms = tuple(rng.uniform(4.0, 12.0) for _ in range(units))
-    out_bytes = [rng.choice((50_000, 100_000, 200_000, 400_000)) for _ in range(units)]
+    unit_ms = tuple(rng.uniform(20.0, 40.0) for _ in range(units))
+    out_bytes = [rng.choice((5_000, 10_000, 20_000, 40_000)) for _ in range(units)]
     names = tuple(f"pi_{i}" for i in range(1, devices + 1))
     problem = Problem(
         units=tuple(UnitCost(b, 100_000, 2 * b, f"u{i}") for i, b in enumerate(out_bytes)),
@@ -280,9 +274,9 @@ def uniform_problem(units: int, devices: int, batch_size: int = 8) -> tuple[Prob
             for n in names
         ),
         batch_size=batch_size,
-        input_bytes=batch_size * 3 * 224 * 224 * 4,
+        input_bytes=batch_size * 3 * 32 * 32 * 4,
         default_link=LinkCost(940.0, 0.2),
-        prepare_ms=5.0,
+        prepare_ms=2.0,
     )
     return problem, Kinds(("pi",), (names,))
 
@@ -310,7 +304,19 @@ def speed() -> dict[str, Any]:
     target_s = time.perf_counter() - t0
     print(f"--target-ips 60 --max-latency-ms 1000 over 64 candidates: {target_s:.2f} s; "
           f"{answer.summary()}")  # fmt: skip
+    mixed = None
+    het = RUNS / "het-4" / "profile.json"  # devices of 1, 0.5 and 0.25 CPU, profiled together
+    if het.exists():
+        kinds = [(16, "pi1"), (16, "pi2"), (32, "pi3")]
+        catalogue = cluster_from(load_profile(het), kinds)
+        t0 = time.perf_counter()
+        got = smallest_cluster(catalogue, target_ips=100.0, max_latency_ms=600.0, by="watts")
+        mixed_s = time.perf_counter() - t0
+        print(f"--target-ips 100 --max-latency-ms 600 --by watts over 16 x 1 CPU, 16 x 0.5, "
+              f"32 x 0.25: {mixed_s:.2f} s; {got.summary()}")  # fmt: skip
+        mixed = {"catalogue": kinds, "seconds": mixed_s, "answer": got.to_dict()}
     return {
+        "target_ips_3_kinds_64_candidates": mixed,
         "sim_64_devices_60_units_10000_images_s": sim_s,
         "plan_64_devices_60_units_s": plan_s,
         "stages": len(plan.stages),
@@ -340,7 +346,7 @@ def curves(max_devices: int = 64) -> dict[str, Any]:
             cluster = cluster_from(
                 profile, [(n, kind)], LinkSpec(bandwidth_mbps=940.0, latency_ms=0.2)
             )
-            plan = plan_for(cluster)
+            plan = plan_by_kinds(cluster.problem, cluster.kinds)  # the same rule for every n
             r = simulate(cluster.spec, plan.assignment(), SimConfig(images=2000))
             rows.append({
                 "devices": n,
@@ -356,11 +362,12 @@ def curves(max_devices: int = 64) -> dict[str, Any]:
                 "energy_j_per_image": r.energy_j_per_image,
             })  # fmt: skip
         out[model] = {"units": len(profile.units), "rows": rows}
-        best = max(rows, key=lambda r: r["simulated_ips"])
+        top = max(r["simulated_ips"] for r in rows)
+        knee = next(r for r in rows if r["simulated_ips"] >= 0.99 * top)
         print(
-            f"  {model}: 1 device {rows[0]['simulated_ips']:.1f} img/s, best "
-            f"{best['simulated_ips']:.1f} img/s from {best['devices']} devices "
-            f"({best['stages']} stages; {len(profile.units)} units)"
+            f"  {model}: 1 device {rows[0]['simulated_ips']:.1f} img/s; {top:.1f} img/s at "
+            f"most, within 1 % of it from {knee['devices']} devices ({knee['stages']} stages "
+            f"of {len(profile.units)} units)"
         )
     return out
 
@@ -404,7 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.curves:
         data = curves()
         path = common.RESULTS_DIR / "simulate-curves.json"
-        path.write_text(json.dumps({"machine": payload["machine"], "curves": data}, indent=1))
+        notes = (
+            "devices: copies of the profiled 0.25-CPU emulated device (bench/results/"
+            "sim-profiles/), 940 Mbit/s 0.2 ms links, batch 8, the plan of the planner over "
+            "kinds (least bottleneck, then fewest devices, then least latency); throughput is "
+            "steady with window 2 x stages; latency is p50 with window 1. Latency moves in steps "
+            "of the CFS period (100 ms): a stage needing a little more than its quota waits a "
+            "period. Throughput stops growing when a single unit, or the upload of 8 fp32 "
+            "images of 224 x 224 (4.8 MB, about 41 ms at 940 Mbit/s), is the bottleneck."
+        )
+        path.write_text(json.dumps({"machine": payload["machine"], "notes": notes,
+                                    "curves": data}, indent=1))  # fmt: skip
         print(f"wrote {path} and {plot_curves(data, path.with_suffix('.png'))}")
     if args.validate:
         rows = validate(args)
