@@ -40,6 +40,7 @@ import numpy as np
 from edgesplit.config import COORDINATOR, PowerModel
 from edgesplit.errors import ConfigError, RunError
 from edgesplit.faults import Injection
+from edgesplit.metrics.energy import DeviceEnergy, energy_summary
 from edgesplit.planner import LinkCost
 from edgesplit.simulate.cpu import Host, Proc, settle
 from edgesplit.simulate.result import (
@@ -571,8 +572,7 @@ class _Sim:
         steady = None
         if len(arrivals) >= 2 and arrivals[-1] > arrivals[0]:
             steady = (len(arrivals) - 1) * self.batch * 1000.0 / (arrivals[-1] - arrivals[0])
-        devices = []
-        total_j = 0.0
+        devices, energies = [], []
         for d in self.p.devices:
             state = self.devices[d.name]
             cores = d.quota_ms / d.period_ms if d.quota_ms is not None else 1.0
@@ -580,8 +580,10 @@ class _Sim:
             u = used * d.busy_fraction
             power = PowerModel(idle_w=d.idle_w, busy_w=d.busy_w).power_w(u)
             energy = power * wall_ms / 1000.0
-            total_j += energy
+            energies.append(DeviceEnergy(d.name, u, power, energy, energy / images))
             devices.append(DeviceStats(d.name, u, state.busy_ms / 1000.0, power, energy))
+        energy_entry = energy_summary(energies)
+        total_j = math.fsum(e.energy_j for e in energies)
         bins: dict[int, int] = {}
         for t in arrivals:
             bins[int(t // 1000)] = bins.get(int(t // 1000), 0) + self.batch
@@ -609,6 +611,7 @@ class _Sim:
             devices=tuple(devices),
             energy_j=total_j,
             energy_j_per_image=total_j / images,
+            energy=energy_entry,
             plan_changes=tuple(self.changes[1:]),
             losses=losses,
             replayed=self.replayed,

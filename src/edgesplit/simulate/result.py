@@ -63,6 +63,10 @@ class SimResult:
     devices: tuple[DeviceStats, ...]
     energy_j: float
     energy_j_per_image: float
+    energy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The ``energy`` entry of a run's ``summary.json``
+    (:func:`~edgesplit.metrics.energy.energy_summary`): every device of the cluster, used or
+    not, over the simulated wall time."""
     plan_changes: tuple[PlanChange, ...] = ()
     losses: tuple[Loss, ...] = ()
     replayed: int = 0
