@@ -167,6 +167,25 @@ def test_a_short_pause_delays_and_a_stress_slows_without_a_loss() -> None:
     assert slow.steady_ips == pytest.approx(base.steady_ips / 4, rel=0.01)  # type: ignore[operator]
 
 
+def test_a_long_pause_is_a_loss_and_a_slow_link_slows_the_pipeline() -> None:
+    p = problem([[10.0, 10.0]] * 3, out_bytes=10_000, link=LinkCost(800.0, 0.0))
+    stages = (("d0", 0, 1), ("d1", 1, 2))
+
+    def replan(usable: object) -> tuple[tuple[str, int, int], ...]:
+        return choose_plan(p, "throughput", devices=list(usable)).assignment()  # type: ignore[call-overload]
+
+    pause = parse_injection("d1:pause@1s+5s")  # past the 2 s heartbeat deadline
+    r = simulate(SimSpec(p), stages, SimConfig(images=1600, injections=(pause,)), replan)
+    (loss,) = r.losses
+    assert loss.device == "d1" and loss.detected_s == pytest.approx(3.0)
+    assert all(d != "d1" for d, _, _ in r.plan_changes[0].stages)
+    base = simulate(SimSpec(p), stages, SimConfig(images=800))
+    slow = parse_injection("link:d0-d1:bandwidth=2mbps@0s")  # 10 kB: 40 ms
+    r = simulate(SimSpec(p), stages, SimConfig(images=800, injections=(slow,)))
+    assert base.steady_ips == pytest.approx(4 * 1000.0 / 10.0, rel=0.01)
+    assert r.steady_ips == pytest.approx(4 * 1000.0 / 40.0, rel=0.01)
+
+
 def test_the_adaptive_policy_moves_work_off_a_stressed_device() -> None:
     profile = toy_profile(["a", "b", "c"], [5.0] * 12)
     cluster = cluster_from(profile)
@@ -224,6 +243,19 @@ def test_the_kinds_planner_finds_the_exact_planners_bottleneck() -> None:
         exact = choose_plan(p, "throughput")
         by_kinds = plan_by_kinds(p, Kinds(("k0", "k1"), tuple(members)))
         assert by_kinds.prediction.bottleneck_ms == pytest.approx(exact.prediction.bottleneck_ms)
+
+
+def test_the_kinds_planner_keeps_memory_budgets() -> None:
+    units = tuple(UnitCost(1000, 50_000_000, 0) for _ in range(6))  # 50 MB of weights each
+    small = tuple(
+        DeviceCost(f"s{i}", (1.0,) * 6, memory_budget_bytes=120_000_000) for i in range(4)
+    )
+    p = Problem(units=units, devices=small, batch_size=1, input_bytes=1000)
+    plan = plan_by_kinds(p)
+    assert len(plan.stages) == 3  # two units fit a device; the fastest plan would use one
+    assert all(s.memory_bytes <= 120_000_000 for s in plan.stages)
+    with pytest.raises(PlanError, match="memory"):
+        plan_by_kinds(p, max_devices=2)
 
 
 def test_synthetic_clusters_copy_the_profiled_kinds() -> None:

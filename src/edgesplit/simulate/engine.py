@@ -27,7 +27,6 @@ It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated ti
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 from collections import deque
@@ -37,18 +36,19 @@ from typing import Any
 
 import numpy as np
 
-from edgesplit.config import COORDINATOR, PowerModel
+from edgesplit.config import COORDINATOR
 from edgesplit.errors import ConfigError, RunError
 from edgesplit.faults import Injection
-from edgesplit.metrics.energy import DeviceEnergy, energy_summary
 from edgesplit.planner import LinkCost
+from edgesplit.simulate.adaptive import AdaptiveLoop
 from edgesplit.simulate.cpu import Host, Proc, settle
 from edgesplit.simulate.result import (
-    DeviceStats,
+    DeviceUsage,
     Loss,
     PlanChange,
+    Records,
     SimResult,
-    latency_stats,
+    summarise,
 )
 from edgesplit.simulate.spec import Replan, SimConfig, SimSpec, Stages
 
@@ -102,6 +102,9 @@ class _Link:
 class _LostState:
     device: str
     t: float
+    refuses: bool = True
+    """A dead process refuses connections, so a failed send soon confirms the loss; a paused
+    one holds them open, and only the heartbeat deadline tells."""
     detected: float | None = None
     replayed: int = 0
     recovery_epoch: int | None = None
@@ -155,10 +158,12 @@ class _Sim:
         self.lost: dict[str, _LostState] = {}
         self.usable = [d.name for d in self.p.devices]
         self._stage_cost: dict[tuple[str, int, int], tuple[float, float]] = {}
-        self.adapt_state: Any = None
-        self.hold: Any = None
+        self.adaptive: AdaptiveLoop | None = None
         if config.adaptive is not None:
-            self._start_adaptive()
+            if spec.profile is None:
+                raise ConfigError("the adaptive policy needs the cluster's profile")
+            self.adaptive = AdaptiveLoop(spec.profile, config.adaptive)
+            self._push(config.tick_ms, TICK, None)
         for injection in config.injections:
             self._check_injection(injection)
             self._push(injection.at_s * 1000.0, FAULT, (injection, False))
@@ -274,12 +279,8 @@ class _Sim:
             ended = lost.recovery_epoch is not None and msg.epoch >= lost.recovery_epoch
             if lost.recovery is None and ended:
                 lost.recovery = self.now - lost.t
-        if self.adapt_state is not None:
-            from edgesplit.adapt.state import ResultArrived, observe
-
-            self.adapt_state = observe(
-                self.adapt_state, ResultArrived(self.now / 1000.0, self.batch), self._profile()
-            )
+        if self.adaptive is not None:
+            self.adaptive.result_seen(self.now / 1000.0, self.batch)
         self._pump()
 
     # --- links -----------------------------------------------------------------------------
@@ -375,7 +376,11 @@ class _Sim:
         name, start, end = plan[msg.stage]
         nxt = plan[msg.stage + 1][0] if msg.stage + 1 < len(plan) else COORDINATOR
         nbytes = self.p.units[end - 1].out_bytes
-        self._observe_stage(device, msg, start, end)
+        if self.adaptive is not None:
+            ms = self.now - device.started
+            self.adaptive.stage_seen(
+                self.now / 1000.0, name, msg.epoch, (start, end), self.batch, ms
+            )
         self._send(_Message(msg.request_id, msg.epoch, msg.stage + 1, nbytes, name, nxt))
         self._start_job(device)
 
@@ -434,13 +439,13 @@ class _Sim:
         link = self.links.get(device.name)
         if link is not None:
             link.queue.clear()
-        self.lost[device.name] = _LostState(device.name, t)
+        self.lost[device.name] = _LostState(device.name, t, refuses=lost_after is None)
         self._push(t + (lost_after or self.config.detect_ms), DETECT, device.name)
 
     def _failed_send(self, name: str) -> None:
         """A send to a dead device failed: the coordinator's probe confirms the loss soon."""
         lost = self.lost.get(name)
-        if lost is not None and lost.detected is None:
+        if lost is not None and lost.detected is None and lost.refuses:
             self._push(self.now + self.config.confirm_ms, DETECT, name)
 
     def _detect(self, name: str) -> None:
@@ -481,57 +486,9 @@ class _Sim:
 
     # --- the adaptive policy ---------------------------------------------------------------
 
-    def _profile(self) -> Any:
-        profile = self.spec.profile
-        assert profile is not None
-        return profile
-
-    def _start_adaptive(self) -> None:
-        from edgesplit.adapt.policy import Hold
-        from edgesplit.adapt.state import start
-
-        if self.spec.profile is None:
-            raise ConfigError("the adaptive policy needs the cluster's profile")
-        self.adapt_state = start(self.spec.profile)
-        self.hold = Hold()
-        self._push(self.config.tick_ms, TICK, None)
-
-    def _observe_stage(self, device: _Device, msg: _Message, start: int, end: int) -> None:
-        if self.adapt_state is None:
-            return
-        from edgesplit.adapt.state import StageSeen, observe
-
-        seen = StageSeen(
-            t=self.now / 1000.0,
-            device=device.name,
-            epoch=msg.epoch,
-            start=start,
-            end=end,
-            batch_size=self.batch,
-            compute_ms=self.now - device.started,
-            transfer_ms=-1.0,
-            bytes_out=0,
-            next_device=COORDINATOR,
-        )
-        self.adapt_state = observe(self.adapt_state, seen, self._profile())
-
     def _tick(self) -> None:
-        from edgesplit.adapt.policy import decide
-        from edgesplit.autoplan import PlanRequest
-
-        policy = self.config.adaptive
-        assert policy is not None
-        decision = decide(
-            self.adapt_state,
-            self._profile(),
-            self.plans[-1],
-            PlanRequest("throughput"),
-            policy,
-            self.now / 1000.0,
-            self.hold,
-            self.usable,
-        )
-        self.hold = decision.hold
+        assert self.adaptive is not None
+        decision = self.adaptive.tick(self.now / 1000.0, self.plans[-1], self.usable)
         if decision.switch and decision.best is not None:
             self._install(decision.best, f"adaptive: {decision.reason}")
         if self.next_new < self.total or self.pending:
@@ -565,29 +522,7 @@ class _Sim:
         return self._result_of()
 
     def _result_of(self) -> SimResult:
-        end = max(self.arrivals) if self.arrivals else 0.0
-        wall_ms = max(end, 1e-9)  # from the start, when the first preparation begins
-        images = self.total * self.batch
-        arrivals = sorted(self.arrivals)
-        steady = None
-        if len(arrivals) >= 2 and arrivals[-1] > arrivals[0]:
-            steady = (len(arrivals) - 1) * self.batch * 1000.0 / (arrivals[-1] - arrivals[0])
-        devices, energies = [], []
-        for d in self.p.devices:
-            state = self.devices[d.name]
-            cores = d.quota_ms / d.period_ms if d.quota_ms is not None else 1.0
-            used = min(1.0, state.proc.cpu_ms / (wall_ms * cores))
-            u = used * d.busy_fraction
-            power = PowerModel(idle_w=d.idle_w, busy_w=d.busy_w).power_w(u)
-            energy = power * wall_ms / 1000.0
-            energies.append(DeviceEnergy(d.name, u, power, energy, energy / images))
-            devices.append(DeviceStats(d.name, u, state.busy_ms / 1000.0, power, energy))
-        energy_entry = energy_summary(energies)
-        total_j = math.fsum(e.energy_j for e in energies)
-        bins: dict[int, int] = {}
-        for t in arrivals:
-            bins[int(t // 1000)] = bins.get(int(t // 1000), 0) + self.batch
-        timeline = tuple((float(s), float(bins.get(s, 0))) for s in range(int(end // 1000) + 1))
+        usage = {name: DeviceUsage(d.proc.cpu_ms, d.busy_ms) for name, d in self.devices.items()}
         losses = tuple(
             Loss(
                 x.device,
@@ -598,25 +533,15 @@ class _Sim:
             )
             for x in self.lost.values()
         )
-        return SimResult(
-            batch_size=self.batch,
-            micro_batches=self.total,
-            images=images,
-            window=self.window,
-            stages=self.plans[0],
-            wall_s=wall_ms / 1000.0,
-            throughput_ips=images * 1000.0 / wall_ms,
-            steady_ips=steady,
-            latency_ms=latency_stats(self.latencies),
-            devices=tuple(devices),
-            energy_j=total_j,
-            energy_j_per_image=total_j / images,
-            energy=energy_entry,
+        return summarise(
+            self.p,
+            self.window,
+            self.plans[0],
+            Records(self.arrivals, self.latencies, usage),
             plan_changes=tuple(self.changes[1:]),
             losses=losses,
             replayed=self.replayed,
             duplicates=self.duplicates,
-            timeline=timeline,
             events=self.events,
         )
 
@@ -637,8 +562,3 @@ def simulate(
 
     evaluate(spec.problem, stages, check_memory=False)  # the same checks as a plan
     return _Sim(spec, config, tuple(stages), replan).run()
-
-
-def with_problem(spec: SimSpec, **changes: Any) -> SimSpec:
-    """``spec`` with its problem's fields replaced (e.g. ``prepare_ms``)."""
-    return dataclasses.replace(spec, problem=dataclasses.replace(spec.problem, **changes))

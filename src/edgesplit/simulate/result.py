@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgesplit.config import PowerModel
+from edgesplit.metrics.energy import DeviceEnergy, energy_summary
+from edgesplit.planner import Problem
 from edgesplit.simulate.spec import Stages
 
 PERCENTILES = (50, 90, 99)
@@ -129,3 +132,73 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
     out["max"] = values[-1] if values else math.nan
     out["count"] = float(len(values))
     return out
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    cpu_ms: float
+    """CPU the device spent (its compute and, under a quota, its other threads)."""
+    busy_ms: float
+    """Wall time with a stage job on it."""
+
+
+@dataclass(frozen=True)
+class Records:
+    """What a simulation collected: result arrivals (ms), latencies (ms) and device usage."""
+
+    arrivals: Sequence[float]
+    latencies: Sequence[float]
+    usage: Mapping[str, DeviceUsage]
+
+
+def summarise(
+    problem: Problem,
+    window: int,
+    stages: Stages,
+    records: Records,
+    **extra: Any,
+) -> SimResult:
+    """The result of a simulation from what it collected (pure). Utilisation is the CPU used
+    over the wall time and the device's cores (its CPU share under a quota, else 1), times the
+    share of its cores a stage keeps busy; power and energy by the device's power model, for
+    every device of the cluster over the whole wall time (from the first preparation to the
+    last result), as a run's ``summary.json`` counts them."""
+    batch = problem.batch_size
+    arrivals = sorted(records.arrivals)
+    end = arrivals[-1] if arrivals else 0.0
+    wall_ms = max(end, 1e-9)
+    images = len(arrivals) * batch
+    steady = None
+    if len(arrivals) >= 2 and arrivals[-1] > arrivals[0]:
+        steady = (len(arrivals) - 1) * batch * 1000.0 / (arrivals[-1] - arrivals[0])
+    devices, energies = [], []
+    for d in problem.devices:
+        usage = records.usage[d.name]
+        cores = d.quota_ms / d.period_ms if d.quota_ms is not None else 1.0
+        u = min(1.0, usage.cpu_ms / (wall_ms * cores)) * d.busy_fraction
+        power = PowerModel(idle_w=d.idle_w, busy_w=d.busy_w).power_w(u)
+        energy = power * wall_ms / 1000.0
+        energies.append(DeviceEnergy(d.name, u, power, energy, energy / max(images, 1)))
+        devices.append(DeviceStats(d.name, u, usage.busy_ms / 1000.0, power, energy))
+    total_j = math.fsum(e.energy_j for e in energies)
+    bins: dict[int, int] = {}
+    for t in arrivals:
+        bins[int(t // 1000)] = bins.get(int(t // 1000), 0) + batch
+    timeline = tuple((float(s), float(bins.get(s, 0))) for s in range(int(end // 1000) + 1))
+    return SimResult(
+        batch_size=batch,
+        micro_batches=len(arrivals),
+        images=images,
+        window=window,
+        stages=stages,
+        wall_s=wall_ms / 1000.0,
+        throughput_ips=images * 1000.0 / wall_ms,
+        steady_ips=steady,
+        latency_ms=latency_stats(records.latencies),
+        devices=tuple(devices),
+        energy_j=total_j,
+        energy_j_per_image=total_j / max(images, 1),
+        energy=energy_summary(energies),
+        timeline=timeline,
+        **extra,
+    )
