@@ -47,9 +47,10 @@ SCALING = {f"scaling-K{k}": (0.5,) * k for k in range(1, 5)}
 MODELS = ("mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5",
           "efficientnet_b0")  # fmt: skip
 PROFILES = common.RESULTS_DIR / "sim-profiles"
-RUNS = common.RESULTS_DIR / "simulate-runs"
-"""Each validation run's profile.json and run.json (plan, window, what was measured), so the
-simulation can be compared again (``--resimulate``) without measuring again."""
+RUNS_SUFFIX = "-runs"
+"""bench/results/NAME-runs/CLUSTER/ keeps each validation run's profile.json and run.json
+(plan, window, what was measured), so the simulation can be compared again
+(``--resimulate``) without measuring again."""
 TARGET_THROUGHPUT = 0.10
 TARGET_LATENCY = 0.15
 
@@ -87,9 +88,13 @@ def run_summary(folder: Path, batch_size: int) -> dict[str, Any]:
     return {"summary": summary, "steady_ips": steady}
 
 
+def runs_dir(args: argparse.Namespace) -> Path:
+    return common.RESULTS_DIR / f"{args.name}{RUNS_SUFFIX}"
+
+
 def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...], tmp: Path,
                    unshaped: bool) -> dict[str, Any]:  # fmt: skip
-    """Measure one run and keep what the simulation needs under bench/results/simulate-runs/."""
+    """Measure one run and keep what the simulation needs under :func:`runs_dir`."""
     from edgesplit.job import RunConfig, run_job
 
     config = RunConfig(
@@ -115,7 +120,7 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
     others_cores = max(0.0, common.host_busy_s() - host0 - (_own_cpu_s() - own0)) / run_s
     measured = run_summary(outcome.folder, args.batch_size)
     summary = measured["summary"]
-    keep = RUNS / name
+    keep = runs_dir(args) / name
     keep.mkdir(parents=True, exist_ok=True)
     (keep / "profile.json").write_text((outcome.folder / "profile.json").read_text())
     run = {
@@ -236,7 +241,8 @@ def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
         clusters = {k: v for k, v in clusters.items() if k in wanted}
     out = []
     if args.resimulate:
-        return [compare(RUNS / name) for name in clusters if (RUNS / name / "run.json").exists()]
+        kept = runs_dir(args)
+        return [compare(kept / name) for name in clusters if (kept / name / "run.json").exists()]
     with exit_on_sigterm(), TemporaryDirectory(prefix="edgesplit-sim-") as tmp:
         for name, (cpus, unshaped) in clusters.items():
             print(f"measuring {name} ({', '.join(f'{c:g}' for c in cpus)} CPU)", flush=True)
@@ -305,7 +311,9 @@ def speed() -> dict[str, Any]:
     print(f"--target-ips 60 --max-latency-ms 1000 over 64 candidates: {target_s:.2f} s; "
           f"{answer.summary()}")  # fmt: skip
     mixed = None
-    het = RUNS / "het-4" / "profile.json"  # devices of 1, 0.5 and 0.25 CPU, profiled together
+    het = (
+        common.RESULTS_DIR / f"simulate{RUNS_SUFFIX}" / "het-4" / "profile.json"
+    )  # devices of 1, 0.5 and 0.25 CPU, profiled together
     if het.exists():
         kinds = [(16, "pi1"), (16, "pi2"), (32, "pi3")]
         catalogue = cluster_from(load_profile(het), kinds)
@@ -428,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         payload["validation"] = rows
         if args.resimulate:
             payload["validation_note"] = (
-                "runs measured earlier by --validate and kept in bench/results/simulate-runs/ "
-                "(each run.json has the load then); simulated again with this commit"
+                f"runs measured earlier by --validate and kept in {runs_dir(args)} (each "
+                "run.json has the load then); simulated again with this commit"
             )
         payload["machine"]["loadavg_at_end"] = list(os.getloadavg())
         print(f"\n{'cluster':<12} {'run img/s':>9} {'sim img/s':>9} {'err':>7} {'run p50':>8} "
