@@ -98,6 +98,11 @@ def plan_command(
 
     profile = load_profile(profile_path)
     if target_ips is not None:
+        if objective != "throughput" or min_throughput_ips is not None or devices is not None:
+            raise ConfigError(
+                "--target-ips plans for throughput over --catalogue; --objective, "
+                "--min-throughput and --devices do not apply"
+            )
         _target(profile, target_ips, max_latency_ms, catalogue, by, links_file, precision, as_json)
         return
     if catalogue is not None or links_file is not None:
