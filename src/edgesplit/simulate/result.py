@@ -108,7 +108,21 @@ class SimResult:
             )
         if self.replayed or self.duplicates:
             lines.append(f"replayed {self.replayed}, duplicates dropped {self.duplicates}")
+        if self.plan_changes or self.losses:
+            lines.append("images/s by second: " + _timeline(self.timeline))
         return "\n".join(lines)
+
+
+def _timeline(timeline: Sequence[tuple[float, float]], most: int = 60) -> str:
+    """``t:ips`` per second; a long run is shown in ``most`` bins of several seconds."""
+    if not timeline:
+        return "-"
+    step = max(1, math.ceil(len(timeline) / most))
+    parts = []
+    for i in range(0, len(timeline), step):
+        chunk = timeline[i : i + step]
+        parts.append(f"{chunk[0][0]:.0f}:{sum(v for _, v in chunk) / len(chunk):.0f}")
+    return " ".join(parts)
 
 
 def _fmt(value: float | None) -> str:
