@@ -147,7 +147,6 @@ def simulate_command(
     """
     from edgesplit.adapt.policy import AdaptPolicy
     from edgesplit.config import LinkSpec
-    from edgesplit.errors import ConfigError
     from edgesplit.faults import parse_injection
     from edgesplit.profiler import load_profile
     from edgesplit.simulate import (
@@ -158,7 +157,6 @@ def simulate_command(
         replanner,
         simulate,
     )
-    from edgesplit.simulate.build import EXACT_MAX_DEVICES
     from edgesplit.simulate.synthetic import load_links, parse_devices
 
     profile = load_profile(profile_path)
@@ -181,11 +179,6 @@ def simulate_command(
         spread,
         shared_medium,
     )
-    if adaptive and len(cluster.problem.devices) > EXACT_MAX_DEVICES:
-        raise ConfigError(
-            f"--adaptive plans with the exact planner, at most {EXACT_MAX_DEVICES} devices; "
-            f"this cluster has {len(cluster.problem.devices)}"
-        )
     if partition == "auto":
         stages = plan_for(cluster, objective).assignment()
     else:

@@ -13,12 +13,8 @@ from edgesplit.partition import parse_partition
 from edgesplit.planner import Plan, Problem, choose_plan, evaluate
 from edgesplit.profiler import Profile, to_problem
 from edgesplit.simulate.kinds import Kinds, kinds_of, plan_by_kinds
-from edgesplit.simulate.spec import Replan, SimSpec, Stages, spread_of
+from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimSpec, Stages, spread_of
 from edgesplit.simulate.synthetic import synthetic_profile
-
-EXACT_MAX_DEVICES = 10
-"""Up to this many devices plans come from the exact planner (2^D subsets); beyond, from the
-planner over device kinds (:mod:`.kinds`, throughput only)."""
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from edgesplit.simulate.result import (
     SimResult,
     summarise,
 )
-from edgesplit.simulate.spec import Replan, SimConfig, SimSpec, Stages
+from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimConfig, SimSpec, Stages
 
 MEDIUM = "(medium)"
 DEFAULT_CONFIG = SimConfig()
@@ -162,6 +162,11 @@ class _Sim:
         if config.adaptive is not None:
             if spec.profile is None:
                 raise ConfigError("the adaptive policy needs the cluster's profile")
+            if len(self.p.devices) > EXACT_MAX_DEVICES:
+                raise ConfigError(
+                    f"the adaptive policy plans with the exact planner, at most "
+                    f"{EXACT_MAX_DEVICES} devices; this cluster has {len(self.p.devices)}"
+                )
             self.adaptive = AdaptiveLoop(spec.profile, config.adaptive)
             self._push(config.tick_ms, TICK, None)
         for injection in config.injections:

@@ -18,6 +18,11 @@ Stages = tuple[tuple[str, int, int], ...]
 Replan = Callable[[Sequence[str]], Stages]
 """Given the usable devices (cluster order), the stages to run on (as the run's replan)."""
 
+EXACT_MAX_DEVICES = 10
+"""Up to this many devices plans come from the exact planner (2^D subsets); beyond, from the
+planner over device kinds (:mod:`.kinds`, throughput only). The adaptive policy plans with the
+exact planner, so it takes at most this many devices too."""
+
 IQR_PER_SIGMA = 1.349
 """A normal distribution's interquartile range in standard deviations."""
 
