@@ -56,11 +56,17 @@ def problem(
 
 
 def test_single_stage_with_fixed_times_gives_the_analytic_throughput() -> None:
-    p = problem([[10.0, 15.0]])
+    p = problem([[10.0, 15.0], [1.0, 1.0]])
     r = simulate(SimSpec(p), (("d0", 0, 2),), SimConfig(images=400, window=4))
     assert r.micro_batches == 100
     assert r.steady_ips == pytest.approx(4 * 1000.0 / 25.0, rel=1e-9)
-    assert r.devices[0].utilisation == pytest.approx(1.0, rel=1e-3)
+    busy, idle = r.devices
+    assert busy.utilisation == pytest.approx(1.0, rel=1e-3) and idle.utilisation == 0.0
+    # the power model of a run: idle power plus the busy share of the rest, every device
+    assert busy.power_w == pytest.approx(6.4, rel=1e-3) and idle.power_w == pytest.approx(2.7)
+    assert r.energy_j == pytest.approx((6.4 + 2.7) * r.wall_s, rel=1e-3)
+    assert r.energy["energy_j_per_image"] == pytest.approx(r.energy_j_per_image)
+    assert set(r.energy["devices"]) == {"d0", "d1"}
 
 
 def test_window_one_latency_is_the_sum_of_stage_and_transfer_times() -> None:
@@ -288,6 +294,10 @@ def test_the_smallest_cluster_for_a_target_is_the_fewest_devices_that_reach_it()
     assert smaller.prediction.throughput_ips < answer.target_ips
     with pytest.raises(PlanError, match="no cluster"):
         smallest_cluster(catalogue, target_ips=10_000.0)
+    # 2 x 3 micro-batches in flight wait about 6 periods of 16 ms; 4 in flight meet 70 ms
+    bounded = smallest_cluster(catalogue, target_ips=4 * 1000.0 / 17.0, max_latency_ms=70.0)
+    assert bounded.devices == 3 and bounded.window == 4
+    assert bounded.simulated_p50_ms <= 70.0 < answer.simulated_p50_ms
 
 
 def test_by_watts_a_few_big_devices_can_lose_to_more_small_ones() -> None:
