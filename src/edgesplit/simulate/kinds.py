@@ -113,8 +113,15 @@ class _Solved:
 
 
 def _grow(
-    t: KindTables, avail: Counts, cap: float, max_devices: int, stop_at_first: bool
+    t: KindTables,
+    avail: Counts,
+    cap: float,
+    max_devices: int,
+    stop_at_first: bool,
+    max_latency: float = INF,
 ) -> _Solved:
+    """The DP of the module docstring, level by level up to ``max_devices``; with
+    ``stop_at_first``, up to the first level with a complete plan of latency <= max_latency."""
     n, nk = t.num_units, len(avail)
     stage_ok = t.compute <= cap
     lat = np.where(stage_ok, t.latency, INF)
@@ -150,7 +157,7 @@ def _grow(
             k = int(done.argmin())
             if np.isfinite(done[k]):
                 totals[c] = (float(done[k]), k)
-        if stop_at_first and totals:
+        if stop_at_first and any(v <= max_latency for v, _ in totals.values()):
             break
     return _Solved(levels, totals)
 
@@ -237,12 +244,13 @@ def candidates_under(
     max_devices: int,
     fewest_only: bool = False,
 ) -> list[Candidate]:
-    """Every device mix (up to ``max_devices``; with ``fewest_only`` only those of the fewest
-    devices) with a plan whose pieces all take at most ``cap_ms`` and whose predicted latency
-    is at most ``max_latency_ms``, with that plan."""
+    """Every device mix (up to ``max_devices``; with ``fewest_only`` only up to the fewest
+    devices that have one) with a plan whose pieces all take at most ``cap_ms`` and whose
+    predicted latency is at most ``max_latency_ms``, with that plan."""
     t = kind_tables(problem, kinds)
     avail = tuple(len(m) for m in kinds.members)
-    solved = _grow(t, avail, cap_ms, max_devices, fewest_only)
+    bound = INF if max_latency_ms is None else max_latency_ms
+    solved = _grow(t, avail, cap_ms, max_devices, fewest_only, bound)
     out = []
     for counts, (latency, last) in solved.totals.items():
         if max_latency_ms is not None and latency > max_latency_ms:

@@ -1,15 +1,16 @@
-""" "How many Pis, of which kind, for 30 images/s under 200 ms?": the smallest cluster from a
-catalogue of devices that meets a throughput target (and a latency bound), planned by the
-planner over kinds and checked by the simulator.
+"""The smallest cluster from a catalogue of devices that meets a throughput target (and a
+latency bound), planned by the planner over kinds and checked by the simulator: "how many
+Pis, of which kind, for 30 images/s under 200 ms?".
 
 The target sets a cap on every piece of a plan (stage, hand-off, upload):
 ``batch * 1000 / target_ips``. :func:`~edgesplit.simulate.kinds.candidates_under` gives every
 device mix (by kind) that has a plan under the cap, with the least predicted latency, and
 those within the latency bound are simulated cheapest first (by device count, or by watts:
 the devices' power with all cores busy) with the run's window (2 x stages), then with fewer
-micro-batches in flight (stages + 1, stages) when only the latency misses. The first that the
-simulator confirms is the answer. When none does (the window, the coordinator or a link the
-planner does not see as a bottleneck), the cap is tightened and the search repeated.
+micro-batches in flight (stages + 1, stages, stages / 2, 1) when only the latency misses.
+The first that the simulator confirms is the answer. When none does (the window, the
+coordinator or a link the planner does not see as a bottleneck), the cap is tightened and the
+search repeated.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def smallest_cluster(
             if checked >= MAX_CHECKS:
                 break
             k = len(candidate.stages)
-            for window in dict.fromkeys((2 * k, k + 1, k)):
+            for window in dict.fromkeys((2 * k, k + 1, k, max(1, k // 2), 1)):
                 checked += 1
                 config = SimConfig(images=images, window=window, seed=seed)
                 r = simulate(catalogue.spec, candidate.stages, config)
