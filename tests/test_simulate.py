@@ -328,6 +328,16 @@ def test_the_simulate_command_prints_and_writes_the_result(tmp_path: object) -> 
     assert json.loads(out.read_text())["images"] == 400
     bad = runner.invoke(main, ["simulate", "--profile", str(path), "--devices", "2xq"])
     assert bad.exit_code == 2 and "no device 'q'" in bad.output
+    links = folder / "links.yaml"
+    links.write_text("links:\n  - {between: [a, c], bandwidth_mbps: 10}\n")
+    bad_link = runner.invoke(main, ["simulate", "--profile", str(path), "--devices", "2xa",
+                                    "--links", str(links)])  # fmt: skip
+    assert bad_link.exit_code == 2 and "names 'c'" in bad_link.output
+    links.write_text("links:\n  - {between: [a, b], bandwidth_mbps: 10}\n")
+    as_json = runner.invoke(main, ["simulate", "--profile", str(path), "--devices", "2xa,2xb",
+                                   "--links", str(links), "--json", "--images", "80"])  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["micro_batches"] == 20
     target = runner.invoke(main, ["plan", "--profile", str(path), "--target-ips", "500",
                                   "--catalogue", "8xa"])  # fmt: skip
     assert target.exit_code == 0, target.output
