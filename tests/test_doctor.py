@@ -115,7 +115,7 @@ def test_doctor_on_an_emulated_cluster(cluster: EmulatedCluster, tmp_path: Path)
     assert code == 0
     assert {c["name"] for c in devices} == {
         f"{n} {what}" for n in ("pi1", "pi2") for what in
-        ("reachable", "token", "tls", "versions", "clock")
+        ("reachable", "token", "tls", "versions", "clock", "power")
     }  # fmt: skip
     assert all(c["status"] == "OK" for c in devices), devices
 

@@ -19,7 +19,7 @@ import torch
 
 from edgesplit import checkpoints, data, graph
 from edgesplit.config import parse_cluster
-from edgesplit.engines import EngineSpec, Execution, build_executor
+from edgesplit.engines import EngineSpec, Execution, build_executor, cpu, quantize
 from edgesplit.errors import ModelError
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
@@ -125,11 +125,14 @@ def test_int8_stages_keep_checkpoint_accuracy(
     accuracy = correct / len(test_set)
     drop = info.test_accuracy - accuracy
     print(
-        f"\n{name}: int8 accuracy {accuracy:.4f}, checkpoint {info.test_accuracy:.4f}, "
-        f"drop {drop * 100:+.2f} points (quantize {t1 - t0:.1f} s, "
+        f"\n{name} on {cpu.describe()}: int8 accuracy {accuracy:.4f}, checkpoint "
+        f"{info.test_accuracy:.4f}, drop {drop * 100:+.2f} points (quantize {t1 - t0:.1f} s, "
         f"test set {time.perf_counter() - t1:.1f} s)"
     )
-    assert drop <= MAX_INT8_DROP, f"{name} loses {drop * 100:.2f} points in int8"
+    assert drop <= MAX_INT8_DROP, (
+        f"{name} loses {drop * 100:.2f} points in int8 on {cpu.describe()}, "
+        f"quantized with {quantize.settings()}"
+    )
 
 
 def test_run_int8_end_to_end_from_an_empty_cache(tmp_path: Path) -> None:

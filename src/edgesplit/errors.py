@@ -22,6 +22,10 @@ class GraphError(EdgesplitError):
     """A model cannot be traced or split."""
 
 
+class AccuracyError(EdgesplitError):
+    """Quantized stages lose more accuracy than the run allows."""
+
+
 class PartitionError(EdgesplitError):
     """A partition (list of unit ranges) is malformed or does not fit the model."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from edgesplit import autoplan, data, engines, graph, planner
 from edgesplit import precision as precision_auto
 from edgesplit.profiler import Profile
 from edgesplit.runconfig import RunConfig
+
+if TYPE_CHECKING:
+    from edgesplit.runtime.coordinator import Coordinator
 
 MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
 """Calibration images travel in each InstallPlan message, below the 64 MiB message limit."""
@@ -72,27 +76,49 @@ def held_out_images(config: RunConfig, size: int) -> tuple[torch.Tensor, torch.T
     return data.preprocess(source.images[index], source.info, size, 3), source.labels[index]
 
 
+def int8_gate(
+    config: RunConfig,
+    coordinator: Coordinator,
+    ug: graph.UnitGraph,
+    model_id: str,
+    execution: engines.Execution,
+    size: int,
+    notes: list[str],
+) -> precision_auto.ClusterGate | None:
+    """The int8 accuracy gate of an int8 (or auto) run; None for fp32, or with a note when the
+    dataset has no labels to measure with."""
+    if execution.precision != "int8":
+        return None
+    held_out = held_out_images(config, size)
+    if held_out is None:
+        notes.append("int8 accuracy not checked: the dataset has no labels")
+        return None
+    whole = ug.stage(0, ug.num_units)
+    return precision_auto.ClusterGate(coordinator, whole, model_id, execution, held_out)
+
+
 def choose_precision(
     config: RunConfig,
-    ug: graph.UnitGraph,
     profile: Profile,
     planned: autoplan.PlanRequest,
     execution: engines.Execution,
-    size: int,
+    gate: precision_auto.ClusterGate | None,
     phase: Callable[[str], None],
 ) -> tuple[planner.Plan, precision_auto.PrecisionChoice, engines.Execution]:
     """``--precision auto`` after profiling both precisions: the plan, the choice and the
-    execution to install (fp32 drops the calibration set)."""
+    execution to install (fp32 drops the calibration set). The int8 plan's drop is measured on
+    its devices by ``gate`` (None: no labels, fp32 runs)."""
     assert execution.calibration is not None
-    phase("measuring the int8 accuracy drop on held-out training images")
-    chosen, choice = precision_auto.auto(
-        ug,
-        lambda p: autoplan.plan(profile, replace(planned, precision=p)),
-        execution.engine or "onnxruntime",
-        execution.calibration,
-        held_out_images(config, size),
-        config.max_accuracy_drop,
-    )
+    fp32 = autoplan.plan(profile, replace(planned, precision="fp32"))
+    int8 = autoplan.plan(profile, replace(planned, precision="int8"))
+    measure: precision_auto.Measure | None = None
+    if gate is not None:
+
+        def measure(stages: precision_auto.Stages) -> tuple[float, float]:
+            phase("measuring the int8 accuracy drop on the plan's devices")
+            return gate.accuracies(stages)
+
+    chosen, choice = precision_auto.choose(fp32, int8, measure, config.max_accuracy_drop)
     if choice.precision == "fp32":
         execution = replace(execution, precision="fp32", calibration=None)
     return chosen, choice, execution

@@ -1,12 +1,17 @@
-"""``--precision auto``: int8 where it is faster and the measured accuracy drop stays inside the
-bound, else fp32 (issue #9 item 4).
+"""The int8 accuracy gate (issue #15) and ``--precision auto`` (issue #9 item 4).
 
-The planner plans the same profile twice, once with fp32 and once with int8 unit times. If the
-int8 plan is not better for the objective, fp32 runs and nothing is measured. Otherwise the int8
-plan's stages are built here on the run's engine (each calibrated on its own inputs, as the
-workers will) and, chained, classify a held-out slice of the training split (images the
-calibration did not use); fp32 classifies the same images. int8 runs only if the accuracy drop
-in points stays inside ``--max-accuracy-drop``.
+int8 kernels differ by CPU kind (:mod:`edgesplit.engines.cpu`), so the drop is measured where
+the model runs: the plan's int8 stages are installed on its devices, each built by its worker
+for that worker's CPU kind, and a held-out slice of the training split (images the calibration
+did not use) runs through them; the coordinator's fp32 model classifies the same images. The
+result is cached per model, weights, unit ranges, the devices' CPU kinds and ONNX Runtime
+versions, and the calibration and held-out images (:class:`ClusterGate`).
+
+- ``--precision int8`` stops with :class:`AccuracyError`, naming the drop and the CPU kinds, when
+  the drop exceeds ``--max-accuracy-drop``.
+- ``--precision auto`` plans the same profile twice, with fp32 and with int8 unit times. If the
+  int8 plan is not better for the objective, fp32 runs and nothing is measured; otherwise int8
+  runs only if its measured drop stays inside the bound.
 
 Every stage of a plan runs at one precision: an epoch carries one precision, and the drop is
 measured for the quantized stages of the plan actually chosen.
@@ -14,21 +19,38 @@ measured for the quantized stages of the plan actually chosen.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from edgesplit import engines, planner
-from edgesplit.graph import UnitGraph
+from edgesplit.errors import AccuracyError
+
+if TYPE_CHECKING:
+    from edgesplit.runtime.coordinator import Coordinator
 
 DEFAULT_MAX_ACCURACY_DROP = 1.0
 """Accuracy points int8 may cost (the issue's default)."""
 HELD_OUT_IMAGES = 300
 """Training images, not used for calibration, that measure the drop."""
 
-Measure = Callable[[tuple[tuple[int, int], ...]], tuple[float, float]]
-"""Unit ranges of a plan -> (fp32 accuracy, int8 accuracy), both in [0, 1]."""
+Stages = tuple[tuple[str, int, int], ...]
+"""A plan's ``(device, start, end)`` stages, units half-open."""
+Measure = Callable[[Stages], tuple[float, float]]
+"""A plan's stages -> (fp32 accuracy, int8 accuracy), both in [0, 1]."""
+
+
+def describe_drop(points: float) -> str:
+    """``"costs 0.42 accuracy points"``, or ``"gains 0.67 ..."`` when int8 scored higher."""
+    if points < 0:
+        return f"gains {-points:.2f} accuracy points"
+    return f"costs {points:.2f} accuracy points"
 
 
 @dataclass(frozen=True)
@@ -73,10 +95,10 @@ def choose(
         )
     if measure is None:
         return keep_fp32("the accuracy drop cannot be measured without labels", int8_value)
-    fp32_acc, int8_acc = measure(tuple((s.start, s.end) for s in int8.stages))
+    fp32_acc, int8_acc = measure(tuple((s.device, s.start, s.end) for s in int8.stages))
     drop = (fp32_acc - int8_acc) * 100.0
     ok = drop <= max_drop_points
-    reason = f"int8 costs {drop:.2f} accuracy points (bound {max_drop_points:g})"
+    reason = f"int8 {describe_drop(drop)} (bound {max_drop_points:g})"
     choice = PrecisionChoice(
         "int8" if ok else "fp32", reason if ok else f"{reason}: too many, fp32 runs",
         fp32.objective, fp32_value, int8_value, fp32_acc, int8_acc, drop, max_drop_points,
@@ -84,50 +106,122 @@ def choose(
     return (int8 if ok else fp32), choice
 
 
-def accuracies(
-    ug: UnitGraph,
-    ranges: tuple[tuple[int, int], ...],
-    engine: str,
-    calibration: torch.Tensor,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-) -> tuple[float, float]:
-    """Top-1 accuracy of the fp32 model and of ``ranges`` quantized to int8 on ``engine``
-    (each stage calibrated on its own inputs), on the same ``images``."""
-    spec = engines.EngineSpec(engine, "int8")
-    stages = [engines.build_executor(ug, a, b, spec, calibration=calibration) for a, b in ranges]
-    whole = ug.stage(0, ug.num_units)
-    right_fp32 = right_int8 = 0
-    with torch.inference_mode():
-        for i in range(0, len(images), 64):
-            x = images[i : i + 64]
-            y = labels[i : i + 64]
-            right_fp32 += int((whole(x).argmax(1) == y).sum())
-            h = x
-            for stage in stages:
-                h = stage.run(h)
-            right_int8 += int((h.argmax(1) == y).sum())
-    n = max(1, len(images))
-    return right_fp32 / n, right_int8 / n
+@dataclass(frozen=True)
+class GateResult:
+    """The int8 drop measured on a plan's devices (``summary.json``'s ``int8_gate``)."""
+
+    fp32_accuracy: float
+    int8_accuracy: float
+    images: int
+    kinds: tuple[str, ...]
+    """The CPU kind of each stage's device, in stage order."""
+    cached: bool = False
+
+    @property
+    def drop_points(self) -> float:
+        return (self.fp32_accuracy - self.int8_accuracy) * 100.0
+
+    def describe(self) -> str:
+        kinds = ", ".join(dict.fromkeys(self.kinds))
+        return (
+            f"int8 {describe_drop(self.drop_points)} on {self.images} held-out training images "
+            f"through the stages as built for {kinds}"
+            + (" (measured by an earlier run)" if self.cached else "")
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {**dict(self.__dict__), "kinds": list(self.kinds), "drop_points": self.drop_points}
 
 
-def auto(
-    ug: UnitGraph,
-    profile_plan: Callable[[str], planner.Plan],
-    engine: str,
-    calibration: torch.Tensor,
-    held_out: tuple[torch.Tensor, torch.Tensor] | None,
-    max_drop_points: float,
-) -> tuple[planner.Plan, PrecisionChoice]:
-    """Plan at fp32 and int8 (``profile_plan(precision)``), measure the int8 plan's accuracy
-    drop on ``held_out`` (images, labels) when int8 is faster, and choose (see :func:`choose`)."""
-    fp32 = profile_plan("fp32")
-    int8 = profile_plan("int8")
-    measure: Measure | None = None
-    if held_out is not None:
-        images, labels = held_out
+def check_int8(result: GateResult, max_drop_points: float) -> None:
+    """:class:`AccuracyError` when ``result`` loses more than ``max_drop_points``."""
+    if result.drop_points > max_drop_points:
+        kinds = ", ".join(dict.fromkeys(result.kinds))
+        raise AccuracyError(
+            f"int8 loses {result.drop_points:.2f} accuracy points on {kinds} "
+            f"(fp32 {result.fp32_accuracy:.4f}, int8 {result.int8_accuracy:.4f} on "
+            f"{result.images} held-out training images); --max-accuracy-drop allows "
+            f"{max_drop_points:g}. Use --precision fp32 or auto, or allow a larger drop"
+        )
 
-        def measure(ranges: tuple[tuple[int, int], ...]) -> tuple[float, float]:
-            return accuracies(ug, ranges, engine, calibration, images, labels)
 
-    return choose(fp32, int8, measure, max_drop_points)
+class ClusterGate:
+    """Measures the int8 drop of a plan on the devices that will run it (see the module doc).
+
+    ``held_out`` is (images, labels); ``fp32`` the coordinator's whole model (the exact
+    reference); ``execution`` the int8 execution the run installs (engine, wire, calibration).
+    Installing a plan makes it the coordinator's current one: the caller installs the plan it
+    runs afterwards, which the workers serve from their compiled-stage cache."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        fp32: Callable[[torch.Tensor], torch.Tensor],
+        model_id: str,
+        execution: engines.Execution,
+        held_out: tuple[torch.Tensor, torch.Tensor],
+        cache: Path | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.fp32 = fp32
+        self.model_id = model_id
+        self.execution = dataclasses.replace(execution, precision="int8")
+        self.images, self.labels = held_out
+        self.cache = cache
+        self.last: GateResult | None = None
+        """The last measurement (for the run's summary)."""
+
+    def _key(self, stages: Stages) -> str:
+        from edgesplit.engines.onnx_engine import calibration_id
+
+        infos = self.coordinator.device_infos
+        parts = [
+            self.model_id,
+            [(infos[d].cpu_kind, infos[d].onnxruntime_version, a, b) for d, a, b in stages],
+            calibration_id(self.execution.calibration) if self.execution.calibration is not None
+            else None,
+            calibration_id(self.images),
+            self.execution.wire,
+        ]  # fmt: skip
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+    def measure(self, stages: Stages) -> GateResult:
+        kinds = tuple(self.coordinator.device_infos[d].cpu_kind for d, _, _ in stages)
+        path = (self.cache or _gate_cache_dir()) / f"{self._key(stages)}.json"
+        try:
+            known = json.loads(path.read_text())
+            self.last = GateResult(known["fp32"], known["int8"], known["images"], kinds, True)
+            return self.last
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self.coordinator.install_plan(
+            list(stages), reason="int8 accuracy gate", execution=self.execution
+        )
+        chunks = [(i, self.images[i : i + 32]) for i in range(0, len(self.images), 32)]
+        record = self.coordinator.run(chunks, window=2 * len(stages))
+        right_int8 = right_fp32 = 0
+        with torch.inference_mode():
+            for i, x in chunks:
+                y = self.labels[i : i + len(x)]
+                right_int8 += int((record.outputs[i].argmax(1) == y).sum())
+                right_fp32 += int((self.fp32(x).argmax(1) == y).sum())
+        n = max(1, len(self.images))
+        result = GateResult(right_fp32 / n, right_int8 / n, len(self.images), kinds)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fp32": result.fp32_accuracy, "int8": result.int8_accuracy,
+                                   "images": result.images, "kinds": list(kinds)}))  # fmt: skip
+        tmp.replace(path)
+        self.last = result
+        return result
+
+    def accuracies(self, stages: Stages) -> tuple[float, float]:
+        """``measure`` as ``--precision auto``'s :data:`Measure`."""
+        result = self.measure(stages)
+        return result.fp32_accuracy, result.int8_accuracy
+
+
+def _gate_cache_dir() -> Path:
+    from edgesplit.runtime.weights import cache_dir
+
+    return cache_dir().parent / "int8-gate"

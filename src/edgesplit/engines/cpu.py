@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
 import logging
 import mmap
 import platform
@@ -119,6 +120,15 @@ def cpu_model() -> str:
 def describe() -> str:
     """``"<model> (<kind>)"``, the way benchmarks and tests name the CPU they ran on."""
     return f"{cpu_model()} ({cpu_kind()})"
+
+
+@functools.cache
+def package_version(name: str) -> str:
+    """An installed distribution's version without importing it; ``""`` when it is absent."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -75,6 +75,9 @@ class DeviceInfo:
     cpu_kind: str = ""
     """What the device's int8 stages are built for (:mod:`edgesplit.engines.cpu`)."""
     cpu_model: str = ""
+    onnxruntime_version: str = ""
+    cores: int = 0
+    """Logical CPUs of the device's host (0: not reported)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,8 @@ class Coordinator:
             rtt_ms=rtt_ms,
             cpu_kind=reply.cpu_kind or "unknown",
             cpu_model=reply.cpu_model,
+            onnxruntime_version=reply.onnxruntime_version,
+            cores=reply.cpu_count,
         )
 
     def update_clock(self, name: str, offset_ms: float, rtt_ms: float) -> None:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -37,6 +37,7 @@ from edgesplit.config import TlsSpec
 from edgesplit.engines import cpu
 from edgesplit.engines.ort_session import release_memory
 from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.metrics.power import PowerSettings, choose_source, source_name
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
 from edgesplit.runtime import samples as sample_codec
@@ -92,6 +93,8 @@ class WorkerConfig:
     sample_interval_s: float = 0.2
     store: ModelStore | None = None
     """Where received models are kept; None: the user cache's ``models/``."""
+    power: PowerSettings = field(default_factory=PowerSettings)
+    """Where this device's power is read (see :mod:`edgesplit.metrics.power`)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Worker:
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
         self._processed = 0
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
-        self._sampler = _start_sampler(config.sample_interval_s)
+        self._sampler = _start_sampler(config.name, config.sample_interval_s, config.power)
         self._report_channels: dict[str, grpc.Channel] = {}
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
@@ -159,7 +162,6 @@ class Worker:
             protocol_version=PROTOCOL_VERSION,
             edgesplit_version=__version__,
             torch_version=_version("torch"),
-            onnxruntime_version=_version("onnxruntime"),
             grpc_version=grpc.__version__,
             protobuf_version=protobuf_version,
             python_version=platform.python_version(),
@@ -190,6 +192,8 @@ class Worker:
             threads=self.threads,
             cpu_kind=cpu.cpu_kind(),
             cpu_model=cpu.cpu_model(),
+            onnxruntime_version=cpu.package_version("onnxruntime"),
+            cpu_count=os.cpu_count() or 0,
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
@@ -483,10 +487,15 @@ class Worker:
             self._sampler.stop()
 
 
-def _start_sampler(interval_s: float) -> DeviceSampler | None:
-    """The device sampler, or None where psutil cannot read this platform."""
+def _start_sampler(name: str, interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
+    """The device sampler, or None where psutil cannot read this platform. A power setting
+    that names no sensor is a :class:`ConfigError` (raised, not logged)."""
+    # The command runs once per sample; the margin keeps a slightly early sample from
+    # getting the previous reading.
+    source = choose_source(settings, min_interval_s=0.9 * interval_s)
+    log.info("[%s] power source: %s", name, source_name(source))
     try:
-        return DeviceSampler(interval_s=interval_s).start()
+        return DeviceSampler(interval_s=interval_s, power_source=source).start()
     except Exception as exc:  # psutil on an exotic platform; metrics are optional here
         log.warning("device sampler unavailable: %s", exc)
         return None

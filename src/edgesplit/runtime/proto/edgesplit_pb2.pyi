@@ -67,7 +67,7 @@ class StatusRequest(_message.Message):
     def __init__(self, since_t: _Optional[float] = ...) -> None: ...
 
 class DeviceSample(_message.Message):
-    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv")
+    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv", "power_w", "power_source")
     T_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     PROCESS_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class DeviceSample(_message.Message):
     THROTTLED_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_RECV_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     t: float
     cpu_percent: float
     process_cpu_percent: float
@@ -88,7 +90,9 @@ class DeviceSample(_message.Message):
     throttled: int
     net_bytes_sent: int
     net_bytes_recv: int
-    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ...) -> None: ...
+    power_w: float
+    power_source: str
+    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ..., power_w: _Optional[float] = ..., power_source: _Optional[str] = ...) -> None: ...
 
 class EpochInfo(_message.Message):
     __slots__ = ("epoch", "stage", "start", "end", "next_hop", "engine", "precision", "wire")
@@ -111,7 +115,7 @@ class EpochInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "model_sha256", "model_bytes_received")
+    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EDGESPLIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +137,7 @@ class StatusReply(_message.Message):
     CPU_KIND_FIELD_NUMBER: _ClassVar[int]
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -156,9 +161,10 @@ class StatusReply(_message.Message):
     cpu_kind: str
     cpu_model: str
     onnxruntime_version: str
+    cpu_count: int
     model_sha256: str
     model_bytes_received: int
-    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights", "model_sha256", "torch_reference")
