@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 import signal
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from edgesplit import graph, models
+from edgesplit.errors import EdgesplitError
+from edgesplit.metrics import manifest, resultlog
 
 torch.set_num_threads(1)
 
@@ -18,6 +21,30 @@ torch.set_num_threads(1)
 # that press Ctrl-C on `edgesplit run`/`emulate` would test nothing. Children inherit a *handled*
 # SIGINT as the default action, as under an interactive terminal.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_run_folder_has_a_full_manifest(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """After the session: every run folder the tests wrote (those with a result log, which only
+    ``edgesplit run`` writes) has a manifest with every field filled (issue #25)."""
+    yield
+    missing = []
+    for log in tmp_path_factory.getbasetemp().rglob(resultlog.FILE):
+        try:
+            made = manifest.read(log.parent)
+        except EdgesplitError as exc:
+            missing.append(str(exc))
+            continue
+        empty = [key for key in manifest.FIELDS if made.get(key) in (None, "", [], {})]
+        empty += [f"libraries.{k}" for k, v in made.get("libraries", {}).items() if not v]
+        empty += [f"devices.{name}.{k}" for name, d in made.get("devices", {}).items()
+                  for k in ("cpu_model", "cpu_kind", "cores") if not d.get(k)]  # fmt: skip
+        empty += [f"coordinator.{k}" for k, v in made.get("coordinator", {}).items() if not v]
+        if empty:
+            missing.append(f"{log.parent}: {', '.join(empty)}")
+    assert not missing, "run folders without a full manifest:\n" + "\n".join(missing)
 
 
 @functools.cache

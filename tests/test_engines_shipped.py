@@ -153,13 +153,16 @@ def test_run_int8_end_to_end_from_an_empty_cache(tmp_path: Path) -> None:
     )
     assert summary["completed_images"] == 256
     assert summary["accuracy"] > 0.8
-    assert list((tmp_path / "cache" / "onnx").glob("squeezenet1_1-*-int8-*.onnx"))
+    # Workers quantize their stages of the shipped model and keep them (issue #17).
+    assert list((tmp_path / "cache" / "stages").glob("*-int8-*.onnx"))
+    assert len(list((tmp_path / "cache" / "models").glob("*.onnx"))) == 1
 
 
 def test_in_process_worker_reuses_its_compiled_stage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second install of the same stage loads the cached file instead of exporting again."""
+    """A second install of the same int8 stage loads the cached file instead of quantizing
+    again, and the model is stored once (fp32 stages are cut from it, nothing to cache)."""
     monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path))
     model, info = shipped("squeezenet1_1")
     running: RunningWorker = serve(WorkerConfig(name="solo", token="t", threads=1), "127.0.0.1:0")
@@ -167,10 +170,14 @@ def test_in_process_worker_reuses_its_compiled_stage(
         spec = {"token": "t", "devices": [{"name": "solo", "address": running.address}]}
         with Coordinator(parse_cluster(spec)) as c:
             n = c.load_model("squeezenet1_1", 10, 3, info.input_size, model)
-            c.install_plan([("solo", 0, n)], execution=Execution(engine="onnxruntime"))
-            (cached,) = (tmp_path / "onnx").glob("*.onnx")
+            size = info.input_size
+            calibration = torch.rand(16, 3, size, size, generator=torch.Generator().manual_seed(0))
+            int8 = Execution(engine="onnxruntime", precision="int8", calibration=calibration)
+            c.install_plan([("solo", 0, n)], execution=int8)
+            (cached,) = (tmp_path / "stages").glob("*-int8-*.onnx")
             stamp = cached.stat().st_mtime_ns
             c.install_plan([("solo", 0, n)])
             assert cached.stat().st_mtime_ns == stamp
+            assert len(list((tmp_path / "models").glob("*.onnx"))) == 1
     finally:
         running.stop(0.5)

@@ -6,6 +6,7 @@ all five models.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,51 +185,86 @@ def test_forward_refusals_name_what_was_expected(
 
 def test_load_model_refusals(workers: list[RunningWorker]) -> None:
     s = stub(workers[2])
-    err = rpc_error(
-        s.LoadModel,
-        pb.LoadModelRequest(
-            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256="../../x"
-        ),
-    )
+    base = {"model": MODEL, "num_classes": 10, "in_channels": 3, "input_size": SIZE}
+    err = rpc_error(s.LoadModel, pb.LoadModelRequest(**base, model_sha256="../../x"))
     assert "64 lowercase hex" in err.details()
-    reply = s.LoadModel(
-        pb.LoadModelRequest(
-            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256="0" * 64
-        ),
-        timeout=10,
-    )
-    assert reply.need_weights and not reply.loaded
-    err = rpc_error(
-        s.LoadModel,
-        pb.LoadModelRequest(
-            model=MODEL,
-            num_classes=10,
-            in_channels=3,
-            input_size=SIZE,
-            weights_sha256="0" * 64,
-            weights=b"junk",
-        ),
-    )
-    assert "not a valid safetensors" in err.details()
+    reply = s.LoadModel(pb.LoadModelRequest(**base, model_sha256="0" * 64), timeout=10)
+    assert reply.need_model and not reply.loaded
 
 
-def test_weights_are_sent_once_then_cached(
-    workers: list[RunningWorker], model: torch.nn.Module, tmp_path: Path
+def put(s: pb_grpc.WorkerStub, chunks: list[pb.ModelChunk]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        s.PutModel(iter(chunks), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return info.value
+
+
+def test_put_model_refuses_bad_streams_and_keeps_nothing(
+    workers: list[RunningWorker], tmp_path: Path
 ) -> None:
-    # The module fixture's workers share one cache, which the coordinator fixture filled.
-    fresh = serve(WorkerConfig(name="fresh", token=TOKEN), "127.0.0.1:0")
+    s = stub(workers[2])
+    data = b"not an onnx model, but bytes all the same"
+    sha = hashlib.sha256(data).hexdigest()
+    whole = dict(sha256=sha, total_bytes=len(data))
+    err = put(s, [pb.ModelChunk(**whole, offset=0, data=data[:-1])])
+    assert "ended at byte" in err.details()
+    wrong = dict(sha256="1" * 64, total_bytes=len(data))
+    assert "digest mismatch" in put(s, [pb.ModelChunk(**wrong, offset=0, data=data)]).details()
+    gap = [pb.ModelChunk(**whole, offset=0, data=data[:5]), pb.ModelChunk(**whole, offset=6)]
+    assert "expected 5" in put(s, gap).details()
+    big = pb.ModelChunk(sha256=sha, total_bytes=3 << 20, offset=0, data=bytes((1 << 20) + 1))
+    assert "at most" in put(s, [big]).details()
+    assert "64 lowercase hex" in put(s, [pb.ModelChunk(sha256="../x", total_bytes=1)]).details()
+    # The digest matched, but it is no ONNX model: stored, then refused by LoadModel.
+    s.PutModel(iter([pb.ModelChunk(**whole, offset=0, data=data)]), timeout=10)
+    request = pb.LoadModelRequest(model=MODEL, num_classes=10, in_channels=3, input_size=SIZE)
+    request.model_sha256 = sha
+    assert "not a valid ONNX" in rpc_error(s.LoadModel, request).details()
+    assert not list(workers[2].worker.store.directory.glob(".part-*"))
+
+
+def test_model_bytes_travel_once_across_runs_replans_and_restarts(
+    model: torch.nn.Module, tmp_path: Path
+) -> None:
+    """Two runs, a re-plan and a worker restart: the compiled model crosses the wire once."""
+    from edgesplit import graph
+    from edgesplit.engines.onnx_engine import compile_model
+    from edgesplit.runtime.model_store import ModelStore
+
+    compiled = compile_model(
+        graph.trace(model, (3, SIZE, SIZE)), MODEL, models.state_dict_sha256(model)
+    )
+
+    def start(i: int) -> RunningWorker:
+        store = ModelStore(tmp_path / f"store{i}")
+        return serve(WorkerConfig(name=f"w{i}", token=TOKEN, threads=1, store=store), "127.0.0.1:0")
+
+    def received(w: RunningWorker) -> int:
+        return int(stub(w).Status(pb.StatusRequest(), timeout=5).model_bytes_received)
+
+    def one_run(running: list[RunningWorker], plans: list[list[tuple[str, int, int]]]) -> None:
+        with Coordinator(cluster_of(running)) as c:
+            c.check()
+            n = c.load_model(MODEL, 10, 3, SIZE, model)
+            assert n == compiled.num_units
+            for plan in plans:
+                c.install_plan([(d, a, b if b > 0 else n) for d, a, b in plan])
+                record = c.run([(i, torch.randn(2, 3, SIZE, SIZE)) for i in range(3)], window=2)
+                assert sorted(record.outputs) == [0, 1, 2]
+
+    running = [start(0), start(1)]
     try:
-        sha = models.state_dict_sha256(model)
-        request = pb.LoadModelRequest(
-            model=MODEL, num_classes=10, in_channels=3, input_size=SIZE, weights_sha256=sha
-        )
-        before = rpc_error(stub(fresh).Forward, pb.MicroBatch(plan_epoch=1))
-        assert before.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no model loaded" in before.details()
-        reply = stub(fresh).LoadModel(request, timeout=60)
-        assert reply.loaded and not reply.need_weights  # found in the shared cache
+        one_run(running, [[("w0", 0, 4), ("w1", 4, -1)], [("w1", 0, 9), ("w0", 9, -1)]])
+        assert [received(w) for w in running] == [len(compiled.data)] * 2
+        one_run(running, [[("w0", 0, 2), ("w1", 2, -1)]])
+        assert [received(w) for w in running] == [len(compiled.data)] * 2
+        running[0].stop(0.5)
+        running[0] = start(0)  # a restart: a new process would find the same store
+        one_run(running, [[("w1", 0, 5), ("w0", 5, -1)]])
+        assert [received(w) for w in running] == [0, len(compiled.data)]
     finally:
-        fresh.stop(0.5)
+        for w in running:
+            w.stop(0.5)
 
 
 def test_garbage_payloads_and_the_worker_keeps_serving(

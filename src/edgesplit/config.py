@@ -11,6 +11,8 @@ A cluster file is YAML::
         address: 192.168.1.11:50051
         memory_budget_mb: 3000
         power: {idle_w: 2.7, busy_w: 6.4}
+        power_command: read-usb-meter --watts       # a meter read by a program (optional)
+        power_channels: [ina3221:1]                # which hwmon channels count (optional)
         emulation: {cpus: 0.5, mechanism: cgroup-v1}   # only on emulated devices
 
 Every model here forbids unknown fields, so a typo is an error that names the field.
@@ -20,6 +22,7 @@ Environment variables are read only in :func:`env_token`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -76,6 +79,10 @@ class EmulationSpec(Strict):
     pid: int | None = None
 
 
+POWER_CHANNEL = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.+-]+)?$"
+"""``CHIP`` or ``CHIP:CHANNEL`` (channel number or label), see edgesplit.metrics.power."""
+
+
 class TlsSpec(Strict):
     """PEM files for mutual TLS: the cluster CA, and this end's certificate and key."""
 
@@ -92,6 +99,14 @@ class DeviceSpec(Strict):
     threads: int | None = Field(None, ge=1)
     memory_budget_mb: float | None = Field(None, gt=0)
     power: PowerModel = PowerModel()
+    power_command: str | None = Field(None, min_length=1)
+    """A program on the device that prints its power in watts (the worker runs it; it is never
+    sent over the network). Used when no hwmon sensor or Pi 5 PMIC is found."""
+    power_channels: list[str] = []
+    """hwmon channels that make up the device's power, ``CHIP`` or ``CHIP:CHANNEL``; empty: the
+    first known power monitor, all its channels."""
+    power_timeout_s: float = Field(2.0, gt=0)
+    """``power_command`` is killed after this long (that sample has no power reading)."""
     emulation: EmulationSpec | None = None
     tls: TlsSpec | None = None
 
@@ -101,6 +116,14 @@ class DeviceSpec(Strict):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"expected HOST:PORT with a port in 1..65535, got {value!r}")
+        return value
+
+    @field_validator("power_channels")
+    @classmethod
+    def _channels(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if not re.fullmatch(POWER_CHANNEL, c)]
+        if bad:
+            raise ValueError(f"expected CHIP or CHIP:CHANNEL (e.g. ina3221:1), got {bad}")
         return value
 
 

@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
 from edgesplit import __version__
 from edgesplit.config import ClusterSpec, DeviceSpec
 from edgesplit.errors import EdgesplitError
+from edgesplit.metrics import power
 from edgesplit.metrics.sampler import ThrottleReader, read_temperature_c
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -46,6 +47,8 @@ CLOCK_OFFSET_WARN_MS = 10.0
 RTT_WARN_MS = 5.0
 """A wired Gigabit LAN answers a Status call in about 1 ms; much more means Wi-Fi or a problem."""
 CONNECT_TIMEOUT_S = 2.0
+SAMPLE_WAIT_S = 2.0
+"""How long to wait for a worker's first sample (it samples at 5 Hz from its start)."""
 THROTTLE_BITS = {
     0: "under-voltage",
     1: "ARM frequency capped",
@@ -83,10 +86,11 @@ def judge_python(version: tuple[int, ...]) -> Check:
 
 
 def judge_torch(version: str | None, machine: str) -> Check:
-    """Installed torch (read from package metadata, never imported) against known-bad wheels."""
+    """Installed torch (read from package metadata, never imported) against known-bad wheels.
+    A worker needs no torch (issue #17); only the coordinator does."""
     if version is None:
-        fix = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
-        return Check("torch", "FAIL", "not installed", fix)
+        return ok("torch", "not installed: fine for a worker; a coordinator needs it "
+                  "(pip install 'edgesplit[coordinator]')")  # fmt: skip
     release = version.split("+")[0]
     issue = TORCH_SIGILL_ON_ARMV8_0.get(release)
     if issue and machine in ("aarch64", "arm64"):
@@ -159,6 +163,40 @@ def judge_throttled(mask: int | None, is_pi: bool) -> Check:
     return ok("throttle flags", "0x0: never throttled since boot")
 
 
+def judge_power(
+    name: str, source: str | None, watts: float | None, device: DeviceSpec | None
+) -> Check:
+    """Where a device's power comes from (``name`` is "power" here, "<device> power" for a
+    worker). ``source`` None: the worker sent no sample yet; ``device``: its cluster entry."""
+    model = device.power if device is not None else None
+    model_text = f"model ({model.idle_w:g} W idle, {model.busy_w:g} W busy)" if model else "model"
+    if source is None:
+        return Check(name, "WARN", "unknown: the worker sent no sample yet", "run doctor again")
+    if device is not None and device.power_channels and not source.startswith("hwmon:"):
+        return Check(
+            name,
+            "WARN",
+            f"{source}: the cluster file names power_channels {device.power_channels}, the "
+            "worker reads no hwmon sensor",
+            f"start the worker on {device.name} with --cluster FILE or --power-channel; check "
+            "the sensor with edgesplit doctor there",
+        )
+    if source == "model":
+        if device is not None and device.power_command:
+            return Check(
+                name,
+                "WARN",
+                f"{model_text}: the cluster file gives power_command, the worker runs none",
+                f"start the worker on {device.name} with --cluster FILE or --power-command "
+                "(the command runs on the device, it is never sent to it)",
+            )
+        return ok(name, f"{model_text}; no meter (docs/SETUP.md, 'measure power')")
+    reading = f"{watts:.2f} W now" if watts is not None else "no reading now"
+    if watts is None:
+        return Check(name, "WARN", f"{source}: {reading}", "check the meter (see the worker's log)")
+    return ok(name, f"measured: {source}, {reading}")
+
+
 def judge_memory(available_mb: float, total_mb: float) -> Check:
     detail = f"{available_mb:.0f} MB free of {total_mb:.0f} MB"
     if available_mb < LOW_MEMORY_MB:
@@ -188,6 +226,13 @@ def is_raspberry_pi(proc_root: Path = Path("/proc")) -> bool:
     return "Raspberry Pi" in model
 
 
+def judge_onnxruntime(version: str | None) -> Check:
+    """Workers run their stages in ONNX Runtime: without it a worker cannot serve."""
+    if version is None:
+        return Check("onnxruntime", "FAIL", "not installed", "pip install onnxruntime onnx")
+    return ok("onnxruntime", version)
+
+
 def local_checks() -> list[Check]:
     """Checks of this machine: Python, torch, CPU, thermal sensor, throttle flags, memory."""
     machine = platform.machine()
@@ -195,11 +240,23 @@ def local_checks() -> list[Check]:
     return [
         judge_python(tuple(sys.version_info[:3])),
         judge_torch(_package_version("torch"), machine),
+        judge_onnxruntime(_package_version("onnxruntime")),
         judge_cpu(_read(Path("/proc/cpuinfo")), machine),
         judge_temperature(read_temperature_c()),
         judge_throttled(ThrottleReader().read(), is_raspberry_pi()),
         judge_memory(memory.available / 2**20, memory.total / 2**20),
+        local_power(),
     ]
+
+
+def local_power() -> Check:
+    """This machine's power source, as a worker started here without flags would choose it."""
+    try:
+        source = power.choose_source(power.PowerSettings(), min_interval_s=0.0)
+    except EdgesplitError as exc:
+        return Check("power", "FAIL", str(exc), "fix the power channels")
+    watts = source.read_w() if source is not None else None
+    return judge_power("power", power.source_name(source), watts, None)
 
 
 # --- cluster checks --------------------------------------------------------------------------
@@ -279,8 +336,9 @@ def judge_device(
                 "edgesplit certs init/issue, start the worker with --tls-*, add tls: to the file",
             )
         )
-    theirs = f"edgesplit {versions[0]}, torch {versions[1]}"
-    if versions != local_versions:
+    theirs = f"edgesplit {versions[0]}, torch {versions[1] or 'none (lean worker)'}"
+    torch_differs = bool(versions[1]) and versions[1] != local_versions[1]
+    if versions[0] != local_versions[0] or torch_differs:
         checks.append(
             Check(
                 f"{name} versions",
@@ -339,17 +397,42 @@ def device_checks(cluster: ClusterSpec, device: DeviceSpec) -> list[Check]:
     try:
         with Coordinator(single) as coordinator:
             info = coordinator.check()[name]
+            source, watts = _worker_power(coordinator, name, info.clock_offset_ms)
     except EdgesplitError as exc:
         return [*checks, judge_rpc_failure(name, address, str(exc), tls)]
-    return checks + judge_device(
-        name,
-        address,
-        tls,
-        (info.edgesplit_version, info.torch_version),
-        (__version__, torch.__version__),
-        info.rtt_ms,
-        info.clock_offset_ms,
-    )
+    return [
+        *checks,
+        *judge_device(
+            name,
+            address,
+            tls,
+            (info.edgesplit_version, info.torch_version),
+            (__version__, torch.__version__),
+            info.rtt_ms,
+            info.clock_offset_ms,
+        ),
+        judge_power(f"{name} power", source, watts, device),
+    ]
+
+
+def _worker_power(coordinator: Any, name: str, offset_ms: float) -> tuple[str | None, float | None]:
+    """The power source and watts of the worker's newest sample (None, None without one)."""
+    import grpc
+
+    deadline = time.monotonic() + SAMPLE_WAIT_S
+    while True:
+        since = time.time() + offset_ms / 1000.0 - SAMPLE_WAIT_S  # on the worker's clock
+        try:
+            reply, _, _ = coordinator.probe(name, since_t=since)
+        except grpc.RpcError:
+            return None, None
+        if reply.samples or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not reply.samples:
+        return None, None
+    last = reply.samples[-1]
+    return last.power_source or "model", last.power_w if last.HasField("power_w") else None
 
 
 def cluster_checks(cluster: ClusterSpec) -> list[Check]:

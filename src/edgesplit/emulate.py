@@ -67,6 +67,9 @@ class EmulatedDevice:
     cpus: float = 1.0
     threads: int | None = None
     """Worker compute threads; default ``max(1, ceil(cpus))``."""
+    power_command: str | None = None
+    """A program that prints this device's watts (its worker runs it; see
+    :mod:`edgesplit.metrics.power`). Without one the device's power is the model's."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -98,6 +101,15 @@ class WorkerLaunch:
     threads: int
     ready_file: Path
     """The worker writes its bound ``host:port`` here atomically once it serves."""
+    power_command: str | None = None
+
+
+def _power_args(launch: WorkerLaunch) -> list[str]:
+    """An emulated worker never reads the host's power sensors: they measure the host."""
+    args = ["--no-power-sensors"]
+    if launch.power_command:
+        args += ["--power-command", launch.power_command]
+    return args
 
 
 WorkerCommand = Callable[[WorkerLaunch], Sequence[str]]
@@ -112,6 +124,7 @@ def default_worker_cmd(launch: WorkerLaunch) -> list[str]:
         "--token-file", str(launch.token_file),
         "--threads", str(launch.threads),
         "--ready-file", str(launch.ready_file),
+        *_power_args(launch),
     ]  # fmt: skip
 
 
@@ -367,6 +380,7 @@ class EmulatedCluster:
             token_file=self.token_file,
             threads=device.worker_threads,
             ready_file=self.folder / f"{device.name}.ready",
+            power_command=device.power_command,
         )
         with contextlib.suppress(FileNotFoundError):
             launch.ready_file.unlink()
@@ -433,6 +447,7 @@ class EmulatedCluster:
                         name=w.device.name,
                         address=w.address or "",
                         threads=w.device.worker_threads,
+                        power_command=w.device.power_command,
                         emulation=emulation,
                     )
                 )

@@ -138,6 +138,20 @@ class UnitGraph:
         graph.lint()
         return fx.GraphModule(self.module, graph, class_name=f"Stage_{start}_{end}")
 
+    def with_boundaries(self) -> fx.GraphModule:
+        """The whole model returning ``(output, after unit 0, ..., after unit n-2)``: the
+        coordinator exports this to ONNX so the unit boundaries get names on the ONNX graph."""
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in self.module.graph.nodes:
+            if node.op == "output":
+                continue
+            env[node] = graph.node_copy(node, lambda n: env[n])
+        ends = [env[nodes[-1]] for nodes in self._unit_nodes]
+        graph.output((ends[-1], *ends[:-1]))
+        graph.lint()
+        return fx.GraphModule(self.module, graph, class_name="WithBoundaries")
+
     def params_in(self, start: int, end: int) -> int:
         return sum(u.params for u in self.units[start:end])
 

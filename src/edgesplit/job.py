@@ -27,7 +27,7 @@ from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.execution import choose_precision, execution_for, int8_gate
 from edgesplit.faults import Injection, Injector, parse_injections, relative
-from edgesplit.metrics import runfolder
+from edgesplit.metrics import manifest, resultlog, runfolder
 from edgesplit.metrics.energy import device_energy, energy_summary
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.summary import (
@@ -45,6 +45,7 @@ from edgesplit.staging import choose_ranges, replanner, stage_infos, unit_costs
 
 if TYPE_CHECKING:
     from edgesplit.emulate import EmulatedCluster
+    from edgesplit.engines.onnx_units import CompiledModel
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,31 @@ __all__ = ["RunConfig", "RunOutcome", "profile_job", "run_job"]
 
 @dataclass
 class ResolvedModel:
-    model: nn.Module
+    model: nn.Module | None
+    """None for a ``.onnx`` model (``compiled`` holds it)."""
     name: str
     input_size: int
     num_classes: int
     weights: str
     """Where the weights came from, for the record: a checkpoint path or "random"."""
     checkpoint_accuracy: float | None = None
+    compiled: CompiledModel | None = None
+
+    def weights_sha256(self) -> str:
+        """What identifies the weights: the state dict's digest, or the ONNX model's."""
+        if self.compiled is not None:
+            return self.compiled.sha256
+        assert self.model is not None
+        return models.state_dict_sha256(self.model)
+
+    def unit_graph(self) -> graph.UnitGraph:
+        """The model's units: traced with torch.fx, or found on the ONNX graph."""
+        if self.compiled is not None:
+            from edgesplit.onnx_graph import OnnxUnitGraph
+
+            return OnnxUnitGraph(self.compiled)  # type: ignore[return-value]
+        assert self.model is not None
+        return graph.trace(self.model, (3, self.input_size, self.input_size))
 
 
 @dataclass
@@ -72,6 +91,8 @@ class RunOutcome:
 
 def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     classes = dataset.info.classes
+    if models.is_onnx_model(config.model):
+        return onnx_model(config.model, config.input_size, classes)
     path = config.checkpoint
     if path is None and not config.random_weights and dataset.labels is not None:
         with contextlib.suppress(ModelError):
@@ -87,6 +108,19 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+
+
+def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel:
+    """A ``.onnx`` file as the run's model (its weights are in the file)."""
+    from edgesplit.onnx_graph import compile_file
+
+    compiled = compile_file(Path(path))
+    shape = compiled.units.input_shape
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+        raise ModelError(f"{path} takes inputs of shape {list(shape)}; expected [3, S, S]")
+    if input_size is not None and input_size != shape[-1]:
+        raise ConfigError(f"--input-size {input_size}: {path} takes {shape[-1]}x{shape[-1]}")
+    return ResolvedModel(None, path, shape[-1], classes, path, compiled=compiled)
 
 
 @contextlib.contextmanager
@@ -154,15 +188,24 @@ def run_job(
     on_progress: Callable[[int, int, float], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     on_live: LiveCallback | None = None,
+    resume: bool = False,
+    command: list[str] | None = None,
 ) -> RunOutcome:
     """Run ``config`` on ``cluster`` (or on an emulated cluster) and write the run folder.
 
     ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
     ``on_phase(text)`` when the job moves on (starting the cluster, loading, running);
-    ``on_live(snapshot)`` while it runs (see :class:`edgesplit.metrics.live.LiveFeed`)."""
+    ``on_live(snapshot)`` while it runs (see :class:`edgesplit.metrics.live.LiveFeed`).
+
+    The folder gets ``manifest.json`` before the first image runs and every result in
+    ``results.jsonl`` as it arrives (:mod:`edgesplit.metrics.resultlog`); Ctrl-C or SIGTERM
+    write the folder for what finished (``"complete": false``) and then stop the process.
+    ``resume``: ``config.out`` holds an interrupted run of the same configuration; only the
+    images its log lacks run, and the folder is completed. ``command`` is the command line
+    for the manifest (default ``sys.argv``)."""
     from edgesplit.runtime.coordinator import Coordinator
     from edgesplit.runtime.health import HealthPolicy
-    from edgesplit.runtime.runner import RunAborted
+    from edgesplit.runtime.runner import RunAborted, RunInterrupted
 
     phase = on_phase or (lambda text: log.info("%s", text))
     injections = injections_for(config, cluster)  # a bad spec fails before anything starts
@@ -177,7 +220,7 @@ def run_job(
     if resolved.weights == "random" and dataset.labels is not None:
         notes.append(f"{config.model} has random weights: the accuracy is meaningless")
     size = resolved.input_size
-    ug = graph.trace(resolved.model, (3, size, size))
+    ug = resolved.unit_graph()
     total = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     if total == 0:
         raise ConfigError("--limit selects no images; expected at least 1")
@@ -196,6 +239,13 @@ def run_job(
             f"--adaptive plans from the devices' profile: it needs --partition auto, "
             f"got {config.partition!r}"
         )
+    folder = config.out or runfolder.default_folder(config.model)
+    if resume:
+        manifest.read(folder)  # a folder that is no run fails here, before the cluster starts
+    else:
+        runfolder.refuse_existing(folder)
+    earlier = resultlog.read(folder) if resume else []
+    finished = {r.start for r in earlier}
     count = len(config.cpus_each) if config.cpus_each else config.devices
     injector: Injector | None = None
     # Measured here for a fixed partition and its re-plans after a device loss; ``auto`` plans
@@ -216,14 +266,14 @@ def run_job(
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
         num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model
+            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled
         )
         if num_units != ug.num_units:
             raise ModelError(
                 f"devices traced {config.model} into {num_units} units, this machine into "
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
-        model_id = f"{resolved.name}:{models.state_dict_sha256(resolved.model)}:{size}"
+        model_id = f"{resolved.name}:{resolved.weights_sha256()}:{size}"
         gate = int8_gate(config, coordinator, ug, model_id, execution, size, notes)
         if ranges is None:
             phase("profiling the devices and links")
@@ -266,18 +316,31 @@ def run_job(
         epoch = coordinator.install_plan(initial, execution=execution)
         window = config.window or 2 * len(ranges)
         starts: list[int] = []
+        made = manifest.build(
+            config, coordinator.device_infos, dataset, command, emulated=emulated is not None
+        )
+        if resume:
+            made = manifest.resumed(manifest.read(folder), made)
+        manifest.write(folder, made)
+        results = stack.enter_context(resultlog.ResultLog(folder))
+        if resume:
+            results.mark_resumed(sum(len(r.predictions) for r in earlier))
+            notes.append(f"resumed: {len(earlier)} micro-batches came from the earlier run")
 
         def batches() -> Iterator[tuple[int, torch.Tensor]]:
             for start, x, _ in dataset.batches(config.batch_size, size, 3, config.limit):
+                if start in finished:
+                    continue
                 starts.append(start)
                 yield len(starts) - 1, x
 
-        done = 0
+        done = sum(len(r.predictions) for r in earlier)
         t0 = time.perf_counter()
 
         def on_result(request_id: int, output: torch.Tensor) -> None:
             nonlocal done
             done += int(output.shape[0])
+            results.append(starts[request_id], output.argmax(1).tolist())
             if on_progress is not None:
                 on_progress(done, total, time.perf_counter() - t0)
 
@@ -310,18 +373,28 @@ def run_job(
                 controller.stop()  # no switch after the last result
 
     predictions = torch.full((total,), -1, dtype=torch.int64)
+    for earlier_result in earlier:
+        n = len(earlier_result.predictions)
+        predictions[earlier_result.start : earlier_result.start + n] = torch.tensor(
+            earlier_result.predictions
+        )
     for request_id, output in record.outputs.items():
         start = starts[request_id]
         predictions[start : start + output.shape[0]] = output.argmax(1)
+    ran = sum(int(output.shape[0]) for output in record.outputs.values())
     accuracy = None
-    if dataset.labels is not None:
-        accuracy = float((predictions == dataset.labels[:total]).sum()) / total
+    completed = int((predictions >= 0).sum())
+    if dataset.labels is not None and completed > 0:
+        # Over the images that have a result: an interrupted run's accuracy is honest too.
+        accuracy = float((predictions == dataset.labels[:total]).sum()) / completed
+        if completed < total:
+            notes.append(f"accuracy over the {completed} of {total} images that completed")
     stages = stage_infos(ug, ranges, names)
     rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
-    energies = device_energy(spec, rows, record.wall_s, total)
-    energy = energy_summary(energies)
+    energies = device_energy(spec, rows, record.samples, record.started, record.finished, total)
+    energy = energy_summary(energies, total, record.started, record.finished)
     summary: dict[str, object] = {
         "model": config.model,
         "dataset": dataset.name,
@@ -334,9 +407,11 @@ def run_job(
         "precision": execution.precision,
         "wire": config.wire,
         "images": total,
-        "completed_images": int((predictions >= 0).sum()),
+        "completed_images": completed,
+        "complete": completed == total,
+        "resumed_images": sum(len(r.predictions) for r in earlier),
         "wall_s": record.wall_s,
-        "throughput_ips": total / record.wall_s if record.wall_s > 0 else None,
+        "throughput_ips": ran / record.wall_s if record.wall_s > 0 else None,
         "latency_ms": latency_summary(latencies),
         "accuracy": accuracy,
         "params_total": total_params,
@@ -373,8 +448,24 @@ def run_job(
     }
     if aborted is not None:
         summary["error"] = str(aborted)
+    events = run_events(record, injector.events if injector else [])
+    if resume:
+        events = [
+            *runfolder.earlier_events(folder),
+            {"event": "resumed", "time_s": 0.0, "images_done_before": summary["resumed_images"]},
+            *events,
+        ]
+    if isinstance(aborted, RunInterrupted):
+        events.append(
+            {
+                "event": "interrupted",
+                "time_s": round(record.wall_s, 3),
+                "reason": str(aborted),
+                "completed_images": summary["completed_images"],
+            }
+        )
     folder = runfolder.write(
-        config.out,
+        folder,
         summary=summary,
         rows=rows,
         record=record,
@@ -382,7 +473,7 @@ def run_job(
         predictions=predictions,
         labels=dataset.labels,
         units=ug.units,
-        events=run_events(record, injector.events if injector else []),
+        events=events,
     )
     if profile is not None:
         profile.save(folder / "profile.json")
@@ -390,6 +481,12 @@ def run_job(
         (folder / "plan.txt").write_text(chosen.table() + "\n")
     if controller is not None:
         controller.write_plans(folder, record.started)
+    if isinstance(aborted, RunInterrupted):
+        log.warning(
+            "interrupted after %d of %d images; the run folder %s has them (resume with "
+            "edgesplit run --resume %s)", summary["completed_images"], total, folder, folder,
+        )  # fmt: skip
+        raise aborted.interruption
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
     return RunOutcome(folder, summary, rows, notes)
@@ -447,13 +544,18 @@ def profile_job(
     classes = data.DATASETS[config.dataset].classes if config.dataset in data.DATASETS else 10
     size = config.input_size or default_input_size(config.model, config.dataset)
     torch.manual_seed(config.seed)
-    model = models.build(config.model, num_classes=classes)
-    ug = graph.trace(model, (3, size, size))
+    if models.is_onnx_model(config.model):
+        resolved = onnx_model(config.model, config.input_size, classes)
+    else:
+        model = models.build(config.model, num_classes=classes)
+        resolved = ResolvedModel(model, config.model, size, classes, "random")
+    ug = resolved.unit_graph()
+    size = resolved.input_size
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
         spec, _ = stack.enter_context(cluster_for(config, cluster))
         coordinator = stack.enter_context(Coordinator(spec))
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
-        coordinator.load_model(config.model, classes, 3, size, model)
+        coordinator.load_model(config.model, classes, 3, size, resolved.model, resolved.compiled)
         return profile_cluster(coordinator, ug, config.model, classes, settings, phase)

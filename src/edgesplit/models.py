@@ -1,4 +1,5 @@
-"""The model zoo: torchvision models adapted to a dataset (classes, input channels).
+"""The model zoo: torchvision models adapted to a dataset (classes, input channels), and a
+user's own model given as ``path/to/file.py:callable`` (see :func:`load_user_model`).
 
 ``build(name, num_classes=10, in_channels=3, weights=None)`` returns an ``nn.Module`` in eval
 mode. Weights are ``None`` (random, seeded by the caller), ``"imagenet"`` (only from the local
@@ -64,8 +65,69 @@ def known_models() -> list[str]:
 
 def _entry(name: str) -> ZooEntry:
     if name not in KNOWN_MODELS:
-        raise ModelError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
+        raise ModelError(
+            f"unknown model {name!r}; expected one of {', '.join(known_models())}, "
+            "a path/to/file.py:callable returning an nn.Module, or a .onnx file"
+        )
     return zoo()[name]
+
+
+def is_user_model(name: str) -> bool:
+    """Whether ``name`` is ``path/to/file.py:callable`` (a user's own model)."""
+    path, sep, attr = name.rpartition(":")
+    return bool(sep) and path.endswith(".py") and attr.isidentifier()
+
+
+def is_onnx_model(name: str) -> bool:
+    """Whether ``name`` is a path to an ONNX file."""
+    return name.lower().endswith(".onnx")
+
+
+def load_user_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Call ``callable`` of ``path/to/file.py:callable`` (a function or class) and return the
+    ``nn.Module`` it gives. ``num_classes`` and ``in_channels`` are passed when it takes
+    parameters of those names (or ``**kwargs``). The file runs on this machine only (the
+    coordinator); workers receive the exported ONNX model, never the code."""
+    import importlib.util
+    import inspect
+    import sys
+
+    from torch import nn
+
+    file, _, attr = spec.rpartition(":")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist (from --model {spec})")
+    module_name = f"edgesplit_user_model_{abs(hash(str(path.resolve())))}"
+    loader = importlib.util.spec_from_file_location(module_name, path)
+    if loader is None or loader.loader is None:
+        raise ModelError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[module_name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as exc:  # the user's file may raise anything at import
+        raise ModelError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{path} has no callable {attr!r}")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {
+        key: value
+        for key, value in (("num_classes", num_classes), ("in_channels", in_channels))
+        if takes_any or key in params
+    }
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"{spec}({kwargs}) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, expected a torch nn.Module")
+    return model.eval()
 
 
 def imagenet_weights_path(name: str) -> Path:
@@ -144,7 +206,15 @@ def build(
     ``weights``: ``None`` for random initialisation, ``"imagenet"`` for torchvision's ImageNet
     weights from the local cache (the head is replaced afterwards, so only the backbone is
     pretrained), or a path to a safetensors checkpoint (see :mod:`edgesplit.checkpoints`).
+    ``name`` may also be ``path/to/file.py:callable`` (:func:`load_user_model`).
     """
+    if is_user_model(name):
+        if weights == "imagenet":
+            raise ModelError(f"ImageNet weights exist for zoo models only, not {name}")
+        model = load_user_model(name, num_classes, in_channels)
+        if weights is not None:
+            load_checkpoint_into(model, Path(weights))
+        return model.eval()
     entry = _entry(name)
     if num_classes < 1:
         raise ModelError(f"num_classes must be >= 1, got {num_classes}")

@@ -29,6 +29,8 @@ import grpc
 
 from edgesplit.config import COORDINATOR, ClusterSpec
 from edgesplit.errors import ConfigError, WorkerError
+from edgesplit.metrics import calibrate
+from edgesplit.metrics.energy import PowerFit
 from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
 
 if TYPE_CHECKING:
@@ -123,6 +125,10 @@ class DeviceProfile:
     ms, median CPU ms) (see :func:`measure_stages`). Where one exists the planner uses it in
     place of the modelled stage time, and the device's other modelled stage times are scaled
     by measured / modelled over its timed stages (:func:`_calibrated`)."""
+    power_fit: dict[str, Any] = field(default_factory=dict)
+    """The power model fitted to the device's meter while it was timed (idle_w, busy_w,
+    residual_w, readings, utilisation_min/max, source; see :mod:`edgesplit.metrics.calibrate`);
+    empty without a meter. Where present, ``idle_w``/``busy_w`` are the fit's."""
 
     @property
     def sustained_ms(self) -> tuple[float, ...]:
@@ -478,7 +484,8 @@ def to_problem(
             spec = cluster.device(d.name)
             if spec.memory_budget_mb is not None:
                 budget = int(spec.memory_budget_mb * 2**20)
-            idle_w, busy_w = spec.power.idle_w, spec.power.busy_w
+            if not d.power_fit:  # a fit to the device's meter beats the file's model
+                idle_w, busy_w = spec.power.idle_w, spec.power.busy_w
         costs = d.stage_costs(precision, cuts)
         devices.append(
             DeviceCost(
@@ -598,6 +605,7 @@ def profile_cluster(
             devices.append(replace(cached, name=d.name, cached=True, **_budget(d, cached)))
             continue
         say(f"{d.name}: timing {len(units)} units (batch {settings.batch_size})")
+        window = calibrate.open_window(coordinator, d.name)
         answer = _profile_one(coordinator, d.name, settings, "fp32", len(units))
         extra, extra_cpu = {}, {}
         model_ms, model_cpu_ms = {"fp32": answer.model_ms}, {"fp32": answer.model_cpu_ms}
@@ -627,6 +635,9 @@ def profile_cluster(
             model_cpu_ms=model_cpu_ms,
             hop_cpu_ms_per_mb=answer.hop_cpu_ms_per_mb,
         )
+        if window is not None:
+            fit = calibrate.close_window(coordinator, window, device.cpus)
+            device = _with_fit(device, fit, say)
         device = replace(device, **_budget(d, device))
         _write_cached(path, device)
         devices.append(device)
@@ -760,6 +771,8 @@ def _ask_profile(
     )
     if precision == "int8" and settings.calibration is not None:
         codec.encode(settings.calibration.float(), out=request.calibration)
+    if settings.engine == "torch":  # workers load torch only when asked (issue #17)
+        coordinator.ensure_torch_reference()
     what = f"timing stages at {precision}" if stages else f"profiling at {precision}"
     try:
         return coordinator.stub(name).Profile(request, timeout=PROFILE_TIMEOUT_S)
@@ -780,9 +793,23 @@ def _profile_one(
     return answer
 
 
+def _with_fit(device: DeviceProfile, fit: PowerFit | str, say: Progress) -> DeviceProfile:
+    if isinstance(fit, str):
+        say(f"{device.name}: power model not fitted: {fit}")
+        return device
+    say(
+        f"{device.name}: power fit from {fit.source}: idle {fit.idle_w:.2f} W, busy "
+        f"{fit.busy_w:.2f} W (residual {fit.residual_w:.3f} W, {fit.readings} readings)"
+    )
+    return replace(device, idle_w=fit.idle_w, busy_w=fit.busy_w, power_fit=fit.to_dict())
+
+
 def _budget(spec_device: Any, device: DeviceProfile) -> dict[str, Any]:
-    """The cluster file's memory budget and power model win over the measured/cached ones."""
+    """The cluster file's memory budget and power model win over the measured/cached ones,
+    except a power model fitted to the device's meter (measured beats entered)."""
     out: dict[str, Any] = {"idle_w": spec_device.power.idle_w, "busy_w": spec_device.power.busy_w}
+    if device.power_fit:
+        out = {"idle_w": device.idle_w, "busy_w": device.busy_w}
     if spec_device.memory_budget_mb is not None:
         out["memory_budget_bytes"] = int(spec_device.memory_budget_mb * 2**20)
     return out

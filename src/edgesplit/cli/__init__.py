@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "Run a model as a pipeline across devices and measure every device."),
     "profile": ("profile", "Time every unit on every device and probe the links."),
     "plan": ("plan", "The best partition for an objective, from a profile."),
+    "simulate": ("simulate", "Simulate running a plan on a cluster described by profiles."),
     "emulate": ("emulate", "Start an emulated cluster of N real worker processes."),
     "worker": ("worker", "Serve this device's stages of a split model."),
     "train": ("train", "Train a model on a dataset and write a checkpoint."),

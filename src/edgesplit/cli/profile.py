@@ -24,7 +24,8 @@ from edgesplit.profiler import Profile, ProfileSettings, boundary_bytes
     "model_name",
     default=models.DEFAULT_MODEL,
     show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}.",
+    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
+    "(returning an nn.Module) or a .onnx file.",
 )
 @click.option(
     "--dataset",
@@ -174,6 +175,13 @@ def profile_table(profile: Profile) -> str:
         for precision in d.precisions[1:]:
             ms = d.stage_ms(0, n, cuts, precision)
             lines.append(f"{'':<12} {ms:>11.2f}   at {precision}")
+        if d.power_fit:
+            fit = d.power_fit
+            lines.append(
+                f"{'':<12} power fitted to {fit['source']}: idle {fit['idle_w']:.2f} W, busy "
+                f"{fit['busy_w']:.2f} W (residual {fit['residual_w']:.3f} W, "
+                f"{fit['readings']} readings)"
+            )
     lines.append(f"{'link':<24} {'latency ms':>10} {'Mbit/s':>9}")
     for k in profile.links:
         bw = f"{k.bandwidth_mbps:.0f}" if k.bandwidth_mbps else "unmeasurable"

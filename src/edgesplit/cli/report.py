@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from edgesplit.cli import main
-from edgesplit.metrics.report import FORMATS, export, write_report
+from edgesplit.errors import ConfigError
+from edgesplit.metrics import manifest, resultlog
+from edgesplit.metrics.report import (
+    FORMATS,
+    completion_line,
+    export,
+    write_partial_report,
+    write_report,
+)
 
 
 @main.command("report")
@@ -37,10 +46,36 @@ def report_command(run_dir: Path, compare: tuple[Path, ...], out: Path | None, f
     """Write an HTML report with plots (or export its tables) from a run folder.
 
     The pipeline timeline, per-device time series, latency CDF and per-stage time, all on the
-    coordinator's clock, plus the per-device table; with --compare, runs side by side.
+    coordinator's clock, plus the per-device table; with --compare, runs side by side and
+    where their configurations differ (manifest.json). A run that did not finish says how many
+    images completed; one whose coordinator was killed gets a page from its manifest and
+    results.jsonl.
     """
+    if not (run_dir / "summary.json").exists() and (run_dir / resultlog.FILE).exists():
+        # The coordinator was killed: the manifest and the result log are all there is.
+        click.echo(completion_line(run_dir, None))
+        if fmt != "html":
+            raise ConfigError(f"{run_dir} has no summary.json: only --format html can be written")
+        click.echo(f"report: {write_partial_report(run_dir, out)}")
+        return
     if fmt == "html":
         click.echo(f"report: {write_report(run_dir, compare, out)}")
     else:
         for path in export(run_dir, fmt, compare, out):
             click.echo(f"wrote {path}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if line := completion_line(run_dir, summary):
+        click.echo(line)
+    for other in compare:
+        _print_differences(run_dir, other)
+
+
+def _print_differences(a: Path, b: Path) -> None:
+    """Where the two runs' configurations and environments differ (their manifests)."""
+    if not (a / manifest.FILE).exists() or not (b / manifest.FILE).exists():
+        click.echo(f"{a} or {b} has no {manifest.FILE}: configurations not compared")
+        return
+    lines = manifest.differences(manifest.read(a), manifest.read(b))
+    click.echo(f"configuration {a} -> {b}: " + ("the same" if not lines else ""))
+    for line in lines:
+        click.echo(f"  {line}")

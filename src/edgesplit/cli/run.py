@@ -15,11 +15,12 @@ from edgesplit import models
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
-from edgesplit.config import load_cluster
+from edgesplit.config import ClusterSpec, load_cluster
 from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+from edgesplit.metrics.energy import comparison as energy_comparison
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.table import device_table
 
@@ -59,7 +60,8 @@ def _serve_metrics(port: int) -> RunMetrics:
     "model_name",
     default=models.DEFAULT_MODEL,
     show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}.",
+    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
+    "(returning an nn.Module) or a .onnx file.",
 )
 @click.option(
     "--dataset",
@@ -156,6 +158,22 @@ def _serve_metrics(port: int) -> RunMetrics:
     type=click.Path(path_type=Path),
     default=None,
     help="Run folder. Default: runs/<date>-<time>-<model>.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Finish an interrupted run in this folder: its configuration comes from its "
+    "manifest.json, every image with a result in its results.jsonl is skipped, the rest runs, "
+    "and the folder is completed (a new emulated cluster, or --cluster, runs it).",
+)
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run again the configuration of this run folder (its manifest.json) into a new "
+    "folder (--out, or the default).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table.")
 @click.option(
@@ -266,6 +284,8 @@ def run_command(
     inject: tuple[str, ...],
     heartbeat_deadline: float,
     no_dashboard: bool,
+    resume: Path | None,
+    from_run: Path | None,
 ) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
@@ -308,6 +328,8 @@ def run_command(
         adaptive=adaptive,
         adapt_policy=AdaptPolicy(adapt_threshold, adapt_hold, adapt_interval),
     )
+    if resume is not None or from_run is not None:
+        config, cluster = _config_of_earlier_run(resume, from_run, out, cluster)
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)
     dashboard: TerminalDashboard | PlainDashboard
@@ -325,6 +347,7 @@ def run_command(
             metrics.wrap(dashboard.on_progress) if metrics else dashboard.on_progress,
             dashboard.on_phase,
             _on_live(None if no_dashboard else dashboard.on_live, metrics),
+            resume=resume is not None,
         )
     if metrics:
         metrics.on_summary(outcome.summary)
@@ -342,9 +365,54 @@ def run_command(
             out_console.print(f"note: {note}")
         for line in _prediction_lines(outcome.summary):
             out_console.print(line)
+        metered = energy_comparison(outcome.summary)
+        for line in metered.lines() if metered is not None else []:
+            out_console.print(line, markup=False)
         out_console.print(
             f"run folder: {outcome.folder} ({time.perf_counter() - started:.1f} s in all)"
         )
+
+
+_NOT_CONFIG = {"cluster_file", "out", "as_json", "with_report", "metrics_port", "no_dashboard",
+               "resume", "from_run"}  # fmt: skip
+"""Options that do not change what a run computes: allowed with --resume and --from."""
+
+
+def _config_of_earlier_run(
+    resume: Path | None, from_run: Path | None, out: Path | None, cluster: ClusterSpec | None
+) -> tuple[RunConfig, ClusterSpec | None]:
+    """The configuration ``--resume`` or ``--from`` reads from a run folder's manifest, with
+    the options given next to them refused (they would change it)."""
+    from dataclasses import replace
+
+    from click.core import ParameterSource
+
+    from edgesplit.metrics import manifest
+
+    if resume is not None and from_run is not None:
+        raise ConfigError("--resume and --from exclude each other: pass one run folder")
+    flag, folder = ("--resume", resume) if resume is not None else ("--from", from_run)
+    assert folder is not None
+    ctx = click.get_current_context()
+    given = sorted(
+        f"--{name.replace('_', '-')}"
+        for name in ctx.params
+        if name not in _NOT_CONFIG and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    )
+    if resume is not None and out is not None:
+        given.append("--out")
+    if given:
+        raise ConfigError(
+            f"{flag} takes the configuration from {folder / manifest.FILE}; "
+            f"{', '.join(given)} would change it (use --from FOLDER for a new run, or no option)"
+        )
+    made = manifest.read(folder)
+    config = manifest.config_from_dict(made["config"])
+    if cluster is None and not made.get("emulated", True):
+        raise ConfigError(
+            f"{folder} ran on a cluster file, not an emulated cluster: pass --cluster FILE"
+        )
+    return replace(config, out=folder if resume is not None else out), cluster
 
 
 def _prediction_lines(summary: dict[str, object]) -> list[str]:

@@ -13,9 +13,11 @@ from types import FrameType
 import click
 
 from edgesplit.cli import main
-from edgesplit.config import TlsSpec, env_token, read_token_file
+from edgesplit.config import TlsSpec, env_token, load_cluster, read_token_file
 from edgesplit.engines import resolve_engine
+from edgesplit.engines.ort_session import lean_allocator
 from edgesplit.errors import ConfigError
+from edgesplit.metrics.power import COMMAND_TIMEOUT_S, PowerSettings
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,29 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsSpec | None
         raise ConfigError("mTLS needs all of --tls-cert, --tls-key and --tls-ca")
     assert cert is not None and key is not None and ca is not None
     return TlsSpec(ca=ca, cert=cert, key=key)
+
+
+def _power_settings(
+    cluster_file: Path | None,
+    name: str,
+    command: str | None,
+    channels: tuple[str, ...],
+    timeout_s: float | None,
+    sensors: bool,
+) -> PowerSettings:
+    """This device's entry of the cluster file (if given), with the flags winning."""
+    settings = PowerSettings(sensors=sensors)
+    if cluster_file is not None:
+        device = load_cluster(cluster_file).device(name)
+        settings = PowerSettings(
+            device.power_command, tuple(device.power_channels), device.power_timeout_s, sensors
+        )
+    return PowerSettings(
+        command or settings.command,
+        channels or settings.channels,
+        timeout_s or settings.timeout_s,
+        sensors,
+    )
 
 
 def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> None:
@@ -74,7 +99,7 @@ def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> N
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Torch intra-op threads for stage compute (default: torch's choice).",
+    help="Intra-op threads for stage compute (default: the CPUs this process may run on).",
 )
 @click.option(
     "--engine",
@@ -115,6 +140,38 @@ def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> N
     show_default=True,
     help="Address the metrics server binds to; 0.0.0.0 exposes it to the network (no auth).",
 )
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Read this device's power_command / power_channels from its entry (--name) of this "
+    "cluster file.",
+)
+@click.option(
+    "--power-command",
+    help="A program that prints this device's power in watts; used when no hwmon sensor or "
+    "Pi 5 PMIC is found (overrides the cluster file's power_command).",
+)
+@click.option(
+    "--power-channel",
+    "power_channels",
+    multiple=True,
+    help="hwmon channel that counts toward this device's power, CHIP or CHIP:CHANNEL "
+    "(e.g. ina3221:1); repeatable. Default: the first INA power monitor, all channels.",
+)
+@click.option(
+    "--power-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=f"Seconds before --power-command is killed (default {COMMAND_TIMEOUT_S:g}).",
+)
+@click.option(
+    "--power-sensors/--no-power-sensors",
+    default=True,
+    show_default=True,
+    help="Look for hwmon power monitors and the Pi 5 PMIC (emulated devices do not: the host's "
+    "meter is not theirs).",
+)
 def worker(
     listen: str,
     name: str,
@@ -128,8 +185,14 @@ def worker(
     ready_file: Path | None,
     metrics_port: int | None,
     metrics_addr: str,
+    cluster_file: Path | None,
+    power_command: str | None,
+    power_channels: tuple[str, ...],
+    power_timeout: float | None,
+    power_sensors: bool,
 ) -> None:
     """Serve this device's stages of a split model until SIGTERM or SIGINT."""
+    lean_allocator()  # before any thread starts (see its doc)
     token = read_token_file(token_file) if token_file is not None else env_token()
     engine, note = resolve_engine(engine)
     if note:
@@ -140,6 +203,9 @@ def worker(
         threads=threads,
         engine=engine,
         tls=_tls(tls_cert, tls_key, tls_ca),
+        power=_power_settings(
+            cluster_file, name, power_command, power_channels, power_timeout, power_sensors
+        ),
     )
     stop = threading.Event()
 

@@ -23,11 +23,13 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from edgesplit import __version__
 from edgesplit.engines import EngineSpec, StageKey
+from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import ModelError
 from edgesplit.graph import UnitGraph
@@ -105,7 +107,9 @@ def _failure(what: str, ug: UnitGraph, start: int, end: int, exc: BaseException)
 def export_stage(ug: UnitGraph, start: int, end: int) -> bytes:
     """Units ``[start, end)`` of ``ug`` as an fp32 ONNX model (input ``x``, output ``y``, both
     with a dynamic batch dimension). Raises :class:`ModelError` naming the operation that has
-    no ONNX export."""
+    no ONNX export. A graph read from a ``.onnx`` file is cut instead (nothing to export)."""
+    if hasattr(ug, "stage_bytes"):  # edgesplit.onnx_graph.OnnxUnitGraph
+        return bytes(ug.stage_bytes(start, end))
     module = ug.stage(start, end)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(EXPORT_BATCH, *stage_input_shape(ug, start), generator=generator)
@@ -248,16 +252,9 @@ class OnnxExecutor:
     def __init__(
         self, model: bytes, start: int, end: int, precision: str, threads: int, path: Path | None
     ) -> None:
-        import onnxruntime as ort
+        from edgesplit.engines.ort_session import make_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session: Any = make_session(model, threads)
         self.start, self.end = start, end
         self.precision = precision
         self.threads = threads
@@ -305,3 +302,81 @@ def build_onnx_executor(
         return OnnxExecutor(data, start, end, spec.precision, threads, path)
     except Exception as exc:  # onnxruntime's pybind errors (NOT_IMPLEMENTED, INVALID_GRAPH)
         raise _failure("load", ug, start, end, exc) from exc
+
+
+def _export_whole(ug: UnitGraph) -> bytes:
+    """The whole model as ONNX with the unit boundaries as extra outputs ``u0 .. u{n-2}``."""
+    module = ug.with_boundaries()
+    n = ug.num_units
+    names = [OUTPUT_NAME, *(f"u{i}" for i in range(n - 1))]
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(EXPORT_BATCH, *ug.input_shape, generator=generator)
+    buffer = io.BytesIO()
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+            if EXPORTER == "torchscript":
+                torch.onnx.export(
+                    module, (example,), buffer,  # type: ignore[arg-type]
+                    input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,
+                    opset_version=OPSET, dynamo=False,
+                )  # fmt: skip
+            else:  # pragma: no cover - only when torch lacks the TorchScript exporter
+                program = torch.onnx.export(
+                    module, (example,), input_names=[INPUT_NAME], output_names=names,
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
+                    dynamo=True, verbose=False,
+                )  # fmt: skip
+                assert program is not None
+                buffer.write(program.model_proto.SerializeToString())
+    except Exception as exc:  # the exporters raise many types; all mean "cannot export"
+        message = str(exc).strip()
+        op = _operation(message)
+        first = message.splitlines()[0] if message else type(exc).__name__
+        named = f"operation {op} has no ONNX export" if op else f"{type(exc).__name__}: {first}"
+        raise ModelError(
+            f"cannot export the model to ONNX: {named}; workers run the exported model, so "
+            f"replace that operation (detail: {first[:300]})"
+        ) from exc
+    return buffer.getvalue()
+
+
+def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledModel:
+    """The whole model as one fp32 ONNX model whose metadata names its units (see
+    :mod:`edgesplit.engines.onnx_units`): what the coordinator ships to every worker.
+
+    Cached under ``<user cache>/exports`` by model, weights, input shape and exporter versions,
+    so the same model gives the same bytes (and digest) run after run: a worker that holds them
+    is sent nothing. Raises :class:`ModelError` naming the operation that cannot be exported."""
+    import onnx
+
+    from edgesplit.engines import onnx_units
+
+    key = StageKey(name, weights_sha256, tuple(ug.input_shape), 0, ug.num_units)
+    path = cache_dir().parent / "exports" / f"{name}-{key.digest('model', engine_version())}.onnx"
+    data = _read(path)
+    if data is None:
+        model = onnx.load_from_string(_export_whole(ug))
+        n = ug.num_units
+        produced = {out for node in model.graph.node for out in node.output}
+        boundaries = tuple(f"u{i}" for i in range(n - 1))
+        missing = [b for b in boundaries if b not in produced]
+        if missing:
+            raise ModelError(f"the exported graph lost unit boundaries {missing[:3]}")
+        keep = [o for o in model.graph.output if o.name == OUTPUT_NAME]
+        del model.graph.output[:]
+        model.graph.output.extend(keep)
+        units = onnx_units.ModelUnits(
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            input_shape=tuple(ug.input_shape),
+            boundaries=boundaries,
+            out_shapes=tuple(tuple(u.out_shape) for u in ug.units),
+            params=tuple(u.params for u in ug.units),
+            macs=tuple(u.macs for u in ug.units),
+        )
+        onnx_units.write_units(model, units)
+        data = model.SerializeToString()
+        _write(path, data)
+    return onnx_units.CompiledModel.from_bytes(data)

@@ -31,13 +31,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from edgesplit.engines import cpu
 from edgesplit.errors import ModelError
+
+if TYPE_CHECKING:  # a lean worker quantizes numpy arrays and has no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def settings(kind: str | None = None) -> Int8Settings:
 class _Reader:
     """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader)."""
 
-    def __init__(self, input_name: str, inputs: torch.Tensor) -> None:
+    def __init__(self, input_name: str, inputs: torch.Tensor | np.ndarray) -> None:
         self._input_name = input_name
         self._inputs = inputs
         self._it: Iterator[dict[str, np.ndarray]] = self._batches()
@@ -94,7 +96,9 @@ class _Reader:
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, int(self._inputs.shape[0]), CALIBRATION_BATCH):
             chunk = self._inputs[i : i + CALIBRATION_BATCH]
-            yield {self._input_name: chunk.to(torch.float32).contiguous().numpy()}
+            if not isinstance(chunk, np.ndarray):
+                chunk = chunk.detach().cpu().numpy()
+            yield {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -104,7 +108,10 @@ class _Reader:
 
 
 def quantize_stage(
-    fp32_model: bytes, stage_inputs: torch.Tensor, input_name: str, kind: str | None = None
+    fp32_model: bytes,
+    stage_inputs: torch.Tensor | np.ndarray,
+    input_name: str,
+    kind: str | None = None,
 ) -> bytes:
     """The int8 (QDQ) version of an fp32 ONNX stage for CPU ``kind`` (default: this
     machine's), calibrated on ``stage_inputs`` (a float32 batch of this stage's inputs).

@@ -124,7 +124,8 @@ def _draw_marks(axes: Sequence[Any], marks: Sequence[report.Mark]) -> None:
 
 
 def device_series(run: report.RunData) -> Figure:
-    """Per-device CPU, frequency, memory, temperature (if any sensor) and throughput over time."""
+    """Per-device CPU, frequency, memory, temperature and power (if any sensor) and throughput
+    over time."""
     t0 = report.run_start(run.hops)
     panels: list[tuple[str, str, dict[str, tuple[list[float], list[float]]]]] = [
         (
@@ -139,6 +140,9 @@ def device_series(run: report.RunData) -> Figure:
     temperature = _series(run, "temperature_c", t0)
     if temperature:
         panels.append(("CPU temperature", "temperature (°C)", temperature))
+    measured_power = _series(run, "power_w", t0)
+    if measured_power:
+        panels.append(("measured power (metered devices)", "power (W)", measured_power))
     bin_s = report.bin_width_s(run.hops)
     rates = report.throughput_bins(run.hops, bin_s, t0)
     panels.append((f"images passed on per {bin_s:.3g}-s bin", "throughput (images/s)", rates))

@@ -18,12 +18,13 @@ import importlib.util
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
+from edgesplit.metrics import energy
 from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
 from edgesplit.runtime.records import HopRecord as Hop
 
@@ -116,6 +117,10 @@ def _read_csv(folder: Path, name: str, columns: Sequence[str]) -> list[dict[str,
         raise ConfigError(f"{path} is not a readable CSV file: {exc}") from None
 
 
+SAMPLE_TEXT = ("device", "t", "power_source")
+"""samples.csv columns that are not series to plot (``t`` is read on its own)."""
+
+
 def _number(path: Path, line: int, column: str, text: str) -> float | None:
     if text == "":
         return None
@@ -158,7 +163,7 @@ def load_run(folder: Path) -> RunData:
     samples = []
     for line, row in enumerate(_read_csv(folder, "samples.csv", ["device", "t"]), 2):
         t = _number(path, line, "t", row["t"])
-        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in ("device", "t")}
+        rest = {k: _number(path, line, k, v) for k, v in row.items() if k not in SAMPLE_TEXT}
         samples.append(Sample(row["device"], t or 0.0, rest))
     return RunData(folder, summary, devices, hops, samples)
 
@@ -358,9 +363,16 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
         )
         + "</p>",
     ]
+    if s.get("complete") is False:
+        parts.append(f"<p><b>{html.escape(completion_line(run.folder, s))}</b></p>")
     if len(data["runs"]) > 1:
         parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
     parts.append("<h2>Per-device table (devices.csv)</h2>" + _html_table(data["devices"]))
+    metered = energy.comparison(s)
+    if metered is not None:
+        text = "<br>".join(html.escape(line) for line in metered.lines())
+        rows = _html_table(energy.device_rows(s))
+        parts.append(f"<h2>Energy: measured against predicted</h2><p>{text}</p>{rows}")
     for name, path in pngs.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(
@@ -420,3 +432,59 @@ def export(
             pq.write_table(pa.Table.from_pylist(rows), path)
         paths.append(path)
     return paths
+
+
+# --- runs that did not finish ---------------------------------------------------------------
+
+
+def completion_line(folder: Path, summary: Mapping[str, Any] | None) -> str:
+    """How much of the run in ``folder`` completed, and how to finish it; "" for a complete
+    run. Without a summary (the coordinator was killed) the count comes from results.jsonl."""
+    from edgesplit.metrics import resultlog
+
+    if summary is not None and summary.get("complete", True):
+        return ""
+    if summary is not None:
+        done, total = summary.get("completed_images"), summary.get("images")
+        why = summary.get("error") or "stopped early"
+    else:
+        done, why = resultlog.completed_images(folder), "the coordinator stopped without a summary"
+        total = _configured_images(folder)
+    return (
+        f"incomplete run ({why}): {done} of {total if total is not None else '?'} images "
+        f"completed; finish it with: edgesplit run --resume {folder}"
+    )
+
+
+def _configured_images(folder: Path) -> int | None:
+    from edgesplit.metrics import manifest
+
+    try:
+        made = manifest.read(folder)
+    except ConfigError:
+        return None
+    dataset = made.get("dataset")
+    return int(dataset["images"]) if isinstance(dataset, dict) and "images" in dataset else None
+
+
+def write_partial_report(folder: Path, out: Path | None = None) -> Path:
+    """``report.html`` for a run whose coordinator died before writing its summary: what the
+    manifest and the result log say (no timings: they were still in the coordinator)."""
+    from edgesplit.metrics import manifest
+
+    made = manifest.read(folder)
+    line = completion_line(folder, None)
+    config = made.get("config", {})
+    rows = [{"setting": k, "value": json.dumps(v)} for k, v in config.items()]
+    title = f"edgesplit run {folder.name}: {config.get('model')} on {config.get('dataset')}"
+    page = "\n".join([
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1><p><b>{html.escape(line)}</b></p>",
+        "<h2>Configuration (manifest.json)</h2>" + _html_table(rows),
+        "</body></html>\n",
+    ])  # fmt: skip
+    out = Path(out) if out is not None else folder
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(page)
+    return out / "report.html"

@@ -5,7 +5,9 @@
 ``samples.csv`` (each device's sampler time series), ``predictions.csv`` (per image: prediction,
 label), ``plan.json`` (stages with device and unit range, and every unit), and ``cluster.yaml``
 (the cluster as used), and ``events.jsonl`` (device state changes, plan changes and injected
-faults, one JSON object a line, by ``time_s`` since the run started).
+faults, one JSON object a line, by ``time_s`` since the run started). ``manifest.json``
+(:mod:`edgesplit.metrics.manifest`) and ``results.jsonl`` (:mod:`edgesplit.metrics.resultlog`)
+are written from the run's start, so even a killed run leaves them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from edgesplit.config import ClusterSpec, dump_cluster
+from edgesplit.errors import ConfigError
 from edgesplit.graph import Unit
 from edgesplit.metrics.summary import DeviceRow
 from edgesplit.runtime.records import RunRecord
@@ -33,11 +36,48 @@ FILES = (
     "plan.json",
     "cluster.yaml",
     "events.jsonl",
+    "manifest.json",
+    "results.jsonl",
 )
 
 
 def default_folder(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
+def refuse_existing(folder: Path) -> None:
+    """:class:`ConfigError` when ``folder`` already holds a run (a new run would mix with it)."""
+    held = [
+        name
+        for name in ("summary.json", "manifest.json", "results.jsonl")
+        if (folder / name).exists()
+    ]
+    if held:
+        raise ConfigError(
+            f"{folder} already holds a run ({', '.join(held)}): pass --resume {folder} to finish "
+            "it, or another --out"
+        )
+
+
+def earlier_events(folder: Path) -> list[dict[str, Any]]:
+    """The events of the interrupted run in ``folder``; when it stopped without writing them
+    (killed), one ``interrupted`` event saying so."""
+    path = folder / "events.jsonl"
+    if not (folder / "summary.json").exists() or not path.exists():
+        return [
+            {
+                "event": "interrupted",
+                "time_s": None,
+                "reason": "the coordinator stopped without writing its summary (killed)",
+            }
+        ]
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
 
 
 def _write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:

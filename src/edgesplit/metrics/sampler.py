@@ -1,4 +1,4 @@
-"""Device sampler: CPU, frequency, memory, temperature, throttling and network, at ~5 Hz.
+"""Device sampler: CPU, frequency, memory, temperature, throttling, network and power, at ~5 Hz.
 
 Each sensor is read by a small function that takes the sysfs root, so tests point it at a fake
 tree. A sensor that this device does not have reads as ``None`` (absent), never as 0: a 0 °C or
@@ -7,6 +7,9 @@ tree. A sensor that this device does not have reads as ``None`` (absent), never 
 CPU percentages are computed from ``cpu_times`` deltas between our own samples (see
 :func:`cpu_percent_between`) rather than ``psutil.cpu_percent(None)``, whose "since last call"
 state is global to the process and would be shared with any other caller.
+
+Power comes from the device's meter (:mod:`edgesplit.metrics.power`), read with the rest of the
+sample; without one ``power_w`` is absent and ``power_source`` says ``model``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from edgesplit.metrics import power
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,12 @@ class DeviceSample:
     throttled: int | None
     net_bytes_sent: int | None
     net_bytes_recv: int | None
+    power_w: float | None = None
+    """Measured watts; None without a meter (or when the meter failed this time)."""
+    power_source: str | None = None
+    """Where ``power_w`` came from: ``hwmon:<chip>``, ``pmic``, ``command`` or ``model``."""
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         """All fields by name; absent sensors are ``None`` (JSON ``null``)."""
         return dataclasses.asdict(self)
 
@@ -253,6 +262,7 @@ class DeviceSampler:
         *,
         sys_root: Path = SYS_ROOT,
         max_samples: int = 3000,
+        power_source: power.PowerSource | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -260,6 +270,8 @@ class DeviceSampler:
         self._process = process if process is not None else psutil.Process()
         self._sys_root = sys_root
         self._throttle = ThrottleReader(sys_root)
+        self._power = power_source
+        self.power_source = power.source_name(power_source)
         self._buffer: collections.deque[DeviceSample] = collections.deque(maxlen=max_samples)
         self._latest: DeviceSample | None = None
         self._lock = threading.Lock()
@@ -276,6 +288,7 @@ class DeviceSampler:
 
     def sample(self) -> DeviceSample:
         """Take one sample now; CPU percentages cover the time since the previous sample."""
+        power_w = self._power.read_w() if self._power is not None else None
         now_sys, now_proc, now_wall = psutil.cpu_times(), self._process_cpu_s(), time.monotonic()
         net = psutil.net_io_counters()
         sample = DeviceSample(
@@ -291,6 +304,8 @@ class DeviceSampler:
             throttled=self._throttle.read(),
             net_bytes_sent=net.bytes_sent if net is not None else None,
             net_bytes_recv=net.bytes_recv if net is not None else None,
+            power_w=power_w,
+            power_source=self.power_source,
         )
         self._prev_sys, self._prev_proc, self._prev_wall = now_sys, now_proc, now_wall
         with self._lock:

@@ -27,6 +27,7 @@ from edgesplit.metrics.prometheus import (
 )
 from edgesplit.metrics.sampler import DeviceSample
 
+POWER_HELP = "Device power from its meter (absent without one; see power_source in samples)"
 COMPUTE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """A micro-batch stage takes milliseconds (a few units at 32 px) to seconds (224 px on a Pi)."""
 
@@ -38,6 +39,7 @@ SAMPLE_GAUGES: dict[str, tuple[str, str, float]] = {
     "memory_percent": ("edgesplit_device_memory_used_ratio", MEMORY_HELP, 0.01),
     "rss_mb": ("edgesplit_device_rss_bytes", RSS_HELP, MB),
     "temperature_c": ("edgesplit_device_temperature_celsius", TEMPERATURE_HELP, 1.0),
+    "power_w": ("edgesplit_device_power_watts", POWER_HELP, 1.0),
 }
 
 

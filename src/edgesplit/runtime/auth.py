@@ -69,8 +69,8 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
         return self._deny
 
 
-class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Add the token to every unary call made through the intercepted channel."""
+class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """Add the token to every unary and client-streaming call made through the channel."""
 
     def __init__(self, token: str) -> None:
         self._header = (TOKEN_HEADER, _PREFIX + token)
@@ -84,6 +84,16 @@ class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor):
         metadata = [*(client_call_details.metadata or ()), self._header]
         details = client_call_details._replace(metadata=metadata)
         return continuation(details, request)
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[Any, Any], Any],
+        client_call_details: Any,
+        request_iterator: Any,
+    ) -> Any:
+        metadata = [*(client_call_details.metadata or ()), self._header]
+        details = client_call_details._replace(metadata=metadata)
+        return continuation(details, request_iterator)
 
 
 def _read_pem(path: Path, what: str) -> bytes:

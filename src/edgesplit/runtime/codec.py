@@ -3,34 +3,41 @@
 Decoding is the one place where bytes from the network become a tensor, so it checks
 everything before allocating: the dtype is on an allowlist, the shape is non-negative and
 bounded, and the byte count is exactly ``numel * itemsize``. Nothing is unpickled and
-``torch.load`` is never called on network data.
+``torch.load`` is never called on network data. The worker's side is numpy only (no torch).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-"""Wire dtype names and the only dtypes a peer may send."""
+if TYPE_CHECKING:  # the worker runs without torch; only the coordinator's helpers use it
+    import torch
 
-_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+ITEMSIZE: dict[str, int] = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
+"""Wire dtype names (torch's, without "torch.") with their item sizes: the only dtypes a peer
+may send."""
+DTYPES = ITEMSIZE
+NUMPY: dict[str, np.dtype[Any]] = {name: np.dtype(name) for name in ITEMSIZE if name != "bfloat16"}
+"""The numpy dtype of each wire dtype (numpy has no bfloat16; such tensors decode in torch)."""
+_NUMPY_NAMES = {dtype: name for name, dtype in NUMPY.items()}
 
 MAX_DIMS = 8
 DEFAULT_MAX_ELEMENTS = 16 * 1024 * 1024
@@ -45,44 +52,59 @@ if sys.byteorder != "little":  # pragma: no cover - every supported board is lit
     raise ImportError("edgesplit's tensor codec assumes a little-endian host")
 
 
-def encode(tensor: torch.Tensor, out: pb.Tensor | None = None) -> pb.Tensor:
-    """Encode ``tensor`` (any device, any layout) into a ``Tensor`` message.
+def _torch_name(tensor: Any) -> str:
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name not in ITEMSIZE:
+        raise CodecError(
+            f"cannot send dtype {tensor.dtype}; supported: {', '.join(sorted(ITEMSIZE))}"
+        )
+    return name
+
+
+def encode(tensor: torch.Tensor | np.ndarray, out: pb.Tensor | None = None) -> pb.Tensor:
+    """Encode ``tensor`` (a numpy array, or a torch tensor on any device and layout) into a
+    ``Tensor`` message.
 
     Pass ``out`` (e.g. ``msg.tensor``) to fill a message field in place without a copy of the
     message.
     """
-    name = _NAMES.get(tensor.dtype)
-    if name is None:
-        raise CodecError(
-            f"cannot send dtype {tensor.dtype}; supported: {', '.join(sorted(DTYPES))}"
-        )
-    t = tensor.detach().to("cpu").contiguous()
     msg = pb.Tensor() if out is None else out
+    if isinstance(tensor, np.ndarray):
+        name = _NUMPY_NAMES.get(tensor.dtype)
+        if name is None:
+            raise CodecError(
+                f"cannot send dtype {tensor.dtype}; supported: {', '.join(sorted(NUMPY))}"
+            )
+        array = np.ascontiguousarray(tensor)
+        shape: tuple[int, ...] = array.shape
+        data = array.tobytes() if array.size else b""
+    else:  # a torch tensor: viewing as bytes works for every dtype, bfloat16 included
+        import torch
+
+        name = _torch_name(tensor)
+        t = tensor.detach().to("cpu").contiguous()
+        shape = tuple(t.shape)
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     msg.dtype = name
     del msg.shape[:]
-    msg.shape.extend(t.shape)
-    # Viewing as bytes works for every dtype, including bfloat16, which numpy lacks.
-    msg.data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    msg.shape.extend(shape)
+    msg.data = data
     return msg
 
 
-def decode(
-    msg: pb.Tensor,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-    expect_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Decode a ``Tensor`` message into a new, writable CPU tensor; raise :class:`CodecError`.
+def check(msg: pb.Tensor, max_elements: int, expect_dtype: str | None = None) -> tuple[int, ...]:
+    """The message's shape after checking dtype, shape and byte count; :class:`CodecError`.
 
     ``max_elements`` bounds the element count claimed by the shape, checked before any
-    allocation. ``expect_dtype`` additionally requires one dtype (e.g. a stage's input).
+    allocation. ``expect_dtype`` (a wire name, e.g. "float32") additionally requires one dtype.
     """
-    dtype = DTYPES.get(msg.dtype)
-    if dtype is None:
+    itemsize = ITEMSIZE.get(msg.dtype)
+    if itemsize is None:
         raise CodecError(
-            f"unsupported tensor dtype {msg.dtype!r}; expected one of {', '.join(sorted(DTYPES))}"
+            f"unsupported tensor dtype {msg.dtype!r}; expected one of {', '.join(sorted(ITEMSIZE))}"
         )
-    if expect_dtype is not None and dtype != expect_dtype:
-        raise CodecError(f"expected a {_NAMES[expect_dtype]} tensor, got {msg.dtype}")
+    if expect_dtype is not None and msg.dtype != expect_dtype:
+        raise CodecError(f"expected a {expect_dtype} tensor, got {msg.dtype}")
     shape = tuple(int(d) for d in msg.shape)
     if len(shape) > MAX_DIMS:
         raise CodecError(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
@@ -93,17 +115,43 @@ def decode(
         raise CodecError(
             f"tensor shape {list(shape)} has {numel} elements; at most {max_elements} are allowed"
         )
-    itemsize = torch.empty((), dtype=dtype).element_size()
     expected_bytes = numel * itemsize
     if len(msg.data) != expected_bytes:
         raise CodecError(
             f"tensor {msg.dtype}{list(shape)} needs {expected_bytes} bytes "
             f"({numel} x {itemsize}), got {len(msg.data)}"
         )
-    if numel == 0:
+    return shape
+
+
+def decode_array(
+    msg: pb.Tensor,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    expect_dtype: str | None = None,
+) -> np.ndarray:
+    """Decode a ``Tensor`` message into a new, writable numpy array; raise :class:`CodecError`
+    (see :func:`check`). bfloat16 has no numpy dtype and is refused here."""
+    shape = check(msg, max_elements, expect_dtype)
+    dtype = NUMPY.get(msg.dtype)
+    if dtype is None:
+        raise CodecError(f"dtype {msg.dtype} has no numpy equivalent; send float32 or float16")
+    # A bytearray makes the buffer writable and owned by the array (the message is not aliased).
+    return np.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+def decode(
+    msg: pb.Tensor,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    expect_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """:func:`decode_array` as a torch tensor (the coordinator's side; bfloat16 included)."""
+    import torch
+
+    expect = None if expect_dtype is None else str(expect_dtype).removeprefix("torch.")
+    shape = check(msg, max_elements, expect)
+    dtype = getattr(torch, msg.dtype)
+    if math.prod(shape) == 0:
         return torch.empty(shape, dtype=dtype)
-    # bytearray makes the buffer writable and owned by the tensor (frombuffer would warn on
-    # read-only bytes and alias the message).
     flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
     return flat.view(dtype).reshape(shape)
 

@@ -24,10 +24,11 @@ from torch import nn
 from edgesplit import __version__
 from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
 from edgesplit.engines import Execution
+from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import PlanError, WorkerError
 from edgesplit.metrics.live import LiveCallback, LiveObserver
-from edgesplit.models import state_dict_sha256
-from edgesplit.runtime import PROTOCOL_VERSION, codec, wire
+from edgesplit.models import KNOWN_MODELS, state_dict_sha256
+from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -75,6 +76,8 @@ class DeviceInfo:
     """What the device's int8 stages are built for (:mod:`edgesplit.engines.cpu`)."""
     cpu_model: str = ""
     onnxruntime_version: str = ""
+    cores: int = 0
+    """Logical CPUs of the device's host (0: not reported)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ class Coordinator:
         self._plan: tuple[Stage, ...] = ()
         self._execution = Execution()
         self._num_units: int | None = None
+        self._compiled: CompiledModel | None = None
+        self._torch_source: tuple[pb.LoadModelRequest, nn.Module | None] | None = None
+        self._torch_loaded = False
+        self._weights_blob: tuple[nn.Module, bytes] | None = None
         self._installed: dict[int, tuple[Stage, ...]] = {}
         """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
         self.clock_offsets_ms: dict[str, float] = {}
@@ -192,7 +199,8 @@ class Coordinator:
                 f"{self.where(name)} speaks protocol {reply.protocol_version}, "
                 f"this coordinator speaks {PROTOCOL_VERSION}; install the same edgesplit on both"
             )
-        if reply.edgesplit_version != __version__ or reply.torch_version != torch.__version__:
+        torch_differs = bool(reply.torch_version) and reply.torch_version != torch.__version__
+        if reply.edgesplit_version != __version__ or torch_differs:
             log.warning(
                 "%s runs edgesplit %s / torch %s, the coordinator %s / %s",
                 self.where(name), reply.edgesplit_version, reply.torch_version,
@@ -214,6 +222,7 @@ class Coordinator:
             cpu_kind=reply.cpu_kind or "unknown",
             cpu_model=reply.cpu_model,
             onnxruntime_version=reply.onnxruntime_version,
+            cores=reply.cpu_count,
         )
 
     def update_clock(self, name: str, offset_ms: float, rtt_ms: float) -> None:
@@ -271,48 +280,105 @@ class Coordinator:
     # --- model and plan ------------------------------------------------------------------------
 
     def load_model(
-        self, name: str, num_classes: int, in_channels: int, input_size: int, model: nn.Module
+        self,
+        name: str,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
+        model: nn.Module | None,
+        compiled: CompiledModel | None = None,
     ) -> int:
-        """Make every device hold ``model`` (weights sent only where not cached); returns the
-        number of units the devices traced."""
-        sha = state_dict_sha256(model)
-        blob: list[bytes] = []  # serialised once, on first need
-        blob_lock = threading.Lock()
-
-        def weights() -> bytes:
-            with blob_lock:
-                if not blob:
-                    blob.append(to_bytes(model))
-                return blob[0]
-
-        def load(device: str) -> int:
-            request = pb.LoadModelRequest(
-                model=name,
-                num_classes=num_classes,
-                in_channels=in_channels,
-                input_size=input_size,
-                weights_sha256=sha,
-            )
-            try:
-                reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
-                if reply.need_weights:
-                    log.info("sending %s weights to %s", name, self.where(device))
-                    request.weights = weights()
-                    reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                raise self.worker_error(device, f"loading {name}", exc) from None
-            if not reply.loaded:
-                raise WorkerError(f"loading {name}: {self.where(device)} did not load it")
-            return int(reply.num_units)
-
-        units = self._each((d.name for d in self.cluster.devices), load)
+        """Make every device hold the compiled model (ONNX, sent only where its sha256 is not
+        stored yet, in chunks); returns its number of units. ``compiled`` defaults to
+        ``model`` exported here (:func:`~edgesplit.engines.onnx_engine.compile_model`); a
+        ``.onnx`` model comes as ``compiled`` alone, with no torch reference."""
+        sha = state_dict_sha256(model) if model is not None else ""
+        if compiled is None:
+            if model is None:
+                raise PlanError("load_model needs a torch model or a compiled one")
+            compiled = _compile(model, name, sha, in_channels, input_size)
+        template = pb.LoadModelRequest(
+            model=name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            weights_sha256=sha,
+            model_sha256=compiled.sha256,
+        )
+        with self._lock:
+            self._compiled = compiled
+            zoo = model is not None and name in KNOWN_MODELS
+            self._torch_source = (template, model) if zoo else None
+            self._torch_loaded = False
+        units = self._each(
+            (d.name for d in self.cluster.devices), lambda d: self._load(d, template, False)
+        )
         counts = sorted(set(units.values()))
         if len(counts) != 1:
-            raise WorkerError(f"devices traced {name} into different unit counts: {units}")
+            raise WorkerError(f"devices loaded {name} with different unit counts: {units}")
         with self._lock:
             self._num_units = counts[0]
             self._plan = ()
         return counts[0]
+
+    def ensure_torch_reference(self) -> None:
+        """Make every device hold the torch reference of the loaded zoo model too (weights sent
+        where missing), so plans and profiles may use ``--engine torch``. Workers import torch
+        only then."""
+        with self._lock:
+            source, loaded = self._torch_source, self._torch_loaded
+        if loaded:
+            return
+        if source is None:
+            raise PlanError(
+                "--engine torch on workers needs a zoo model (workers never receive Python "
+                "code); this model runs on --engine onnxruntime"
+            )
+        template = source[0]
+        self._each((d.name for d in self.cluster.devices), lambda d: self._load(d, template, True))
+        with self._lock:
+            self._torch_loaded = True
+
+    def _load(self, device: str, template: pb.LoadModelRequest, torch_reference: bool) -> int:
+        with self._lock:
+            compiled, source = self._compiled, self._torch_source
+        assert compiled is not None
+        request = pb.LoadModelRequest()
+        request.CopyFrom(template)
+        request.torch_reference = torch_reference
+        name = request.model
+        try:
+            reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
+            if reply.need_model:
+                log.info(
+                    "sending %s (%.1f MB ONNX) to %s",
+                    name, len(compiled.data) / 1e6, self.where(device),
+                )  # fmt: skip
+                self.stub(device).PutModel(
+                    model_store.chunks(compiled.data, compiled.sha256), timeout=LOAD_TIMEOUT_S
+                )
+                reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
+            if reply.need_weights:
+                if source is None or source[1] is None:
+                    raise WorkerError(
+                        f"{self.where(device)} runs the torch engine, which needs a zoo model's "
+                        f"weights; {name} has none (start the worker with --engine onnxruntime)"
+                    )
+                log.info("sending %s weights to %s", name, self.where(device))
+                request.weights = self._weights(source[1])
+                reply = self.stub(device).LoadModel(request, timeout=LOAD_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise self.worker_error(device, f"loading {name}", exc) from None
+        if not reply.loaded:
+            raise WorkerError(f"loading {name}: {self.where(device)} did not load it")
+        return int(reply.num_units)
+
+    def _weights(self, model: nn.Module) -> bytes:
+        """The model's safetensors bytes, serialised once per model."""
+        with self._lock:
+            if self._weights_blob is None or self._weights_blob[0] is not model:
+                self._weights_blob = (model, to_bytes(model))
+            return self._weights_blob[1]
 
     def result_address(self) -> str:
         """Start the Coordinator service (once) and return the address workers reach it at."""
@@ -382,6 +448,8 @@ class Coordinator:
             num_units = self._num_units
         if num_units is None:
             raise PlanError("install_plan needs a model; call load_model first")
+        if execution is not None and execution.engine == "torch":
+            self.ensure_torch_reference()
         plan = tuple(Stage(d, s, e) for d, s, e in stages)
         _validate_plan(plan, num_units, {d.name for d in self.cluster.devices})
         coordinator = self.result_address()
@@ -531,6 +599,17 @@ class Coordinator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _compile(
+    model: nn.Module, name: str, sha: str, in_channels: int, input_size: int
+) -> CompiledModel:
+    """``model`` traced and exported to ONNX (cached by weights, see compile_model)."""
+    from edgesplit import graph
+    from edgesplit.engines.onnx_engine import compile_model
+
+    ug = graph.trace(model, (in_channels, input_size, input_size))
+    return compile_model(ug, name, sha)
 
 
 def _validate_plan(plan: tuple[Stage, ...], num_units: int, devices: set[str]) -> None:

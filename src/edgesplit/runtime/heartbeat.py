@@ -44,7 +44,7 @@ class HealthEvent:
 class Collected:
     """What the heartbeats gathered: samples per device (worker clock) and error messages."""
 
-    samples: dict[str, list[dict[str, float | int | None]]] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, float | int | str | None]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 

@@ -4,13 +4,15 @@ Unit times are for one micro-batch of zeros (compute time of these CNNs does not
 values). Each timed pass runs the units in order on the previous unit's output, so every unit
 sees its real input shape; the reply holds the median and the interquartile range per unit.
 
-int8 units are quantized one by one, each calibrated on its own inputs (the request's model
-inputs run through the fp32 units before it). A unit quantized alone pays a quantize and a
-dequantize at both of its ends and loses fusion across them, so those times overstate what the
-unit costs inside a quantized stage (MobileNetV2 at 224: 215 ms summed over units against
-127 ms for the whole model quantized as one). The worker therefore also times the whole model
-quantized as one stage and scales the int8 unit times to sum to it: the relative unit costs
-come from the units, the level from the real quantized graph.
+Units are cut from the worker's compiled ONNX model exactly like stages are
+(:func:`edgesplit.runtime.stages.build_runner`). int8 units are quantized one by one, each
+calibrated on its own inputs (the request's model inputs run through the fp32 units before it).
+A unit quantized alone pays a quantize and a dequantize at both of its ends and loses fusion
+across them, so those times overstate what the unit costs inside a quantized stage (MobileNetV2
+at 224: 215 ms summed over units against 127 ms for the whole model quantized as one). The
+worker therefore also times the whole model quantized as one stage and scales the int8 unit
+times to sum to it: the relative unit costs come from the units, the level from the real
+quantized graph.
 
 At every precision the reply also holds the whole model's time as one stage (wall and CPU). An
 engine that fuses a stage into one graph (ONNX Runtime converts a stage's input and output
@@ -30,17 +32,16 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
+import numpy as np
 import psutil
-import torch
 
 from edgesplit import engines
 from edgesplit.config import TlsSpec
-from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
-from edgesplit.runtime.stages import _FX_LOCK, LoadedModel, _calibration
+from edgesplit.runtime.stages import LoadedModel, StageRunner, build_runner, calibration
 from edgesplit.runtime.transport import Refused, open_channel
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -60,40 +61,28 @@ def _iqr(samples: list[float]) -> float:
     return q[2] - q[0]
 
 
-def _key(model: LoadedModel, start: int, end: int) -> engines.StageKey:
-    return engines.StageKey(
-        model=model.key.model,
-        weights_sha256=model.key.sha256,
-        input_shape=tuple(model.graph.input_shape),
-        start=start,
-        end=end,
-    )
-
-
 def unit_executors(
     model: LoadedModel,
     engine: str,
     threads: int,
     precision: str = "fp32",
-    calibration: torch.Tensor | None = None,
-) -> list[engines.Executor]:
-    """One executor per unit on ``engine`` at ``precision`` (onnxruntime units are exported,
-    and quantized, once and cached on disk like stages are). int8 needs ``calibration`` model
-    inputs; each unit calibrates on them after the fp32 units before it."""
+    images: np.ndarray | None = None,
+) -> list[StageRunner]:
+    """One runner per unit on ``engine`` at ``precision``, each cut from the model the way a
+    stage is (int8 units are quantized once and cached on disk). int8 needs ``images`` (model
+    inputs); each unit calibrates on them after the fp32 units before it."""
     spec = engines.EngineSpec(engine, precision)
-    ug = model.graph
-    out: list[engines.Executor] = []
-    inputs = calibration
-    for unit in ug.units:
-        i = unit.index
-        with _FX_LOCK:
-            out.append(
-                engines.build_executor(
-                    ug, i, i + 1, spec, threads, _key(model, i, i + 1), stage_calibration=inputs
-                )
+    fp32 = engines.EngineSpec(engine, "fp32")
+    proto = model.proto()
+    out: list[StageRunner] = []
+    inputs = images if precision == "int8" else None
+    for i in range(model.num_units):
+        out.append(build_runner(model, i, i + 1, spec, threads, stage_inputs=inputs, proto=proto))
+        if inputs is not None and i + 1 < model.num_units:
+            unit = build_runner(model, i, i + 1, fp32, threads, proto=proto)
+            inputs = np.concatenate(
+                [unit.run(inputs[j : j + 64]) for j in range(0, len(inputs), 64)]
             )
-            if inputs is not None and i + 1 < ug.num_units:
-                inputs = TorchExecutor(ug, i, i + 1).run(inputs)
     return out
 
 
@@ -101,16 +90,12 @@ def _model_ms(
     model: LoadedModel,
     spec: engines.EngineSpec,
     threads: int,
-    calibration: torch.Tensor | None,
-    x: torch.Tensor,
+    images: np.ndarray | None,
+    x: np.ndarray,
     request: pb.ProfileRequest,
 ) -> tuple[float, float]:
     """Median wall and process CPU ms of the whole model run as one stage."""
-    ug = model.graph
-    with _FX_LOCK:
-        whole = engines.build_executor(
-            ug, 0, ug.num_units, spec, threads, _key(model, 0, ug.num_units), calibration
-        )
+    whole = build_runner(model, 0, model.num_units, spec, threads, images)
     samples, cpu = _time_runs(whole, x, request.warmup, request.repeats)
     return statistics.median(samples), statistics.median(cpu)
 
@@ -130,7 +115,7 @@ def hop_cpu_ms_per_mb(size: int = HOP_BYTES, repeats: int = HOP_REPEATS) -> floa
     from edgesplit.runtime.transport import GRPC_OPTIONS
 
     def take(data: bytes, context: grpc.ServicerContext) -> bytes:
-        codec.decode(pb.MicroBatch.FromString(data).tensor)
+        codec.decode_array(pb.MicroBatch.FromString(data).tensor)
         return b""
 
     handler = grpc.method_handlers_generic_handler(
@@ -143,7 +128,7 @@ def hop_cpu_ms_per_mb(size: int = HOP_BYTES, repeats: int = HOP_REPEATS) -> floa
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(GRPC_OPTIONS))
     try:
         call = channel.unary_unary("/edgesplit.v1.HopTimer/Take")
-        x = torch.zeros(size // 4)
+        x = np.zeros(size // 4, dtype=np.float32)
         samples = []
         for rep in range(repeats + 1):
             c0 = time.process_time()
@@ -167,25 +152,23 @@ def profile_units(
     _check_request(request)
     if request.stages:
         return profile_stages(model, request, threads, default_engine)
-    ug = model.graph
-    precision, calibration = _precision(model, request)
+    precision, images = _precision(model, request)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
-        stages = unit_executors(model, engine, threads, precision, calibration)
+        stages = unit_executors(model, engine, threads, precision, images)
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     samples: list[list[float]] = [[] for _ in stages]
     cpu: list[list[float]] = [[] for _ in stages]
-    x0 = torch.zeros(request.batch_size, *ug.input_shape)
-    with torch.inference_mode():
-        for rep in range(request.warmup + request.repeats):
-            x = x0
-            for i, stage in enumerate(stages):
-                c0, t0 = time.process_time(), time.perf_counter()
-                x = stage.run(x)
-                if rep >= request.warmup:
-                    samples[i].append((time.perf_counter() - t0) * 1000.0)
-                    cpu[i].append((time.process_time() - c0) * 1000.0)
+    x0 = np.zeros((request.batch_size, *model.units.input_shape), dtype=np.float32)
+    for rep in range(request.warmup + request.repeats):
+        x = x0
+        for i, stage in enumerate(stages):
+            c0, t0 = time.process_time(), time.perf_counter()
+            x = stage.run(x)
+            if rep >= request.warmup:
+                samples[i].append((time.perf_counter() - t0) * 1000.0)
+                cpu[i].append((time.process_time() - c0) * 1000.0)
     unit_ms = [statistics.median(s) for s in samples]
     spread_ms = [_iqr(s) for s in samples]
     cpu_ms = [statistics.median(c) for c in cpu]
@@ -194,7 +177,7 @@ def profile_units(
             model,
             engines.EngineSpec(engine, precision),
             threads,
-            calibration if precision == "int8" else None,
+            images if precision == "int8" else None,
             x0,
             request,
         )
@@ -222,13 +205,13 @@ def profile_units(
     )
 
 
-def _precision(model: LoadedModel, request: pb.ProfileRequest) -> tuple[str, torch.Tensor | None]:
+def _precision(model: LoadedModel, request: pb.ProfileRequest) -> tuple[str, np.ndarray | None]:
     """The request's precision and its calibration model inputs (int8 needs them)."""
     precision = request.precision or "fp32"
-    calibration = _calibration(model, request)
-    if precision == "int8" and calibration is None:
+    images = calibration(model, request)
+    if precision == "int8" and images is None:
         raise Refused(INVALID, "profiling at precision int8 needs calibration images")
-    return precision, calibration
+    return precision, images
 
 
 def _check_request(request: pb.ProfileRequest) -> None:
@@ -249,8 +232,7 @@ def profile_stages(
 
     The planner's stage times are a model (unit times plus boundary costs, fitted to the whole
     model); it asks for these to replace the model where it matters, at the stages it chose."""
-    ug = model.graph
-    n = ug.num_units
+    n = model.num_units
     if len(request.stages) > MAX_STAGES:
         raise Refused(
             INVALID, f"at most {MAX_STAGES} stages per request, got {len(request.stages)}"
@@ -262,19 +244,16 @@ def profile_stages(
                 f"stage [{span.start}, {span.end}) is not a unit range of the loaded model; "
                 f"expected 0 <= start < end <= {n}",
             )
-    precision, calibration = _precision(model, request)
+    precision, images = _precision(model, request)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
         spec = engines.EngineSpec(engine, precision)
         timings = []
+        proto = model.proto()
         for span in request.stages:
-            with _FX_LOCK:
-                executor = engines.build_executor(
-                    ug, span.start, span.end, spec, threads,
-                    _key(model, span.start, span.end), calibration,
-                )  # fmt: skip
-            shape = ug.input_shape if span.start == 0 else ug.units[span.start - 1].out_shape
-            x = torch.zeros(request.batch_size, *shape)
+            executor = build_runner(model, span.start, span.end, spec, threads, images, proto=proto)
+            shape = model.units.in_shape(span.start)
+            x = np.zeros((request.batch_size, *shape), dtype=np.float32)
             wall, cpu = _time_runs(executor, x, request.warmup, request.repeats)
             timings.append(
                 pb.StageTiming(
@@ -297,17 +276,16 @@ def profile_stages(
 
 
 def _time_runs(
-    executor: engines.Executor, x: torch.Tensor, warmup: int, repeats: int
+    executor: StageRunner, x: np.ndarray, warmup: int, repeats: int
 ) -> tuple[list[float], list[float]]:
     """Wall and process CPU ms of each timed run of ``executor`` on ``x`` (after ``warmup``)."""
     wall, cpu = [], []
-    with torch.inference_mode():
-        for rep in range(warmup + repeats):
-            c0, t0 = time.process_time(), time.perf_counter()
-            executor.run(x)
-            if rep >= warmup:
-                wall.append((time.perf_counter() - t0) * 1000.0)
-                cpu.append((time.process_time() - c0) * 1000.0)
+    for rep in range(warmup + repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        executor.run(x)
+        if rep >= warmup:
+            wall.append((time.perf_counter() - t0) * 1000.0)
+            cpu.append((time.process_time() - c0) * 1000.0)
     return wall, cpu
 
 

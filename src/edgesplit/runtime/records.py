@@ -122,7 +122,7 @@ class RunRecord:
     """Worker stages, in order of arrival at the coordinator."""
     uploads: list[HopRecord]
     """Coordinator -> first stage transfers (``stage == -1``)."""
-    samples: dict[str, list[dict[str, float | int | None]]]
+    samples: dict[str, list[dict[str, float | int | str | None]]]
     """Per device, :meth:`DeviceSample.to_dict` dicts with ``t`` on the coordinator clock."""
     clock_offsets_ms: dict[str, float]
     """Worker clock minus coordinator clock."""

@@ -71,6 +71,16 @@ class RunAborted(RunError):
         self.record = record
 
 
+class RunInterrupted(RunAborted):
+    """Ctrl-C or SIGTERM (as ``SystemExit``) stopped the run; ``record`` holds what it did and
+    ``interruption`` the exception to raise again once the run folder is written."""
+
+    def __init__(self, record: RunRecord, interruption: BaseException) -> None:
+        what = "Ctrl-C" if isinstance(interruption, KeyboardInterrupt) else "a signal (SIGTERM)"
+        super().__init__(f"interrupted by {what}", record)
+        self.interruption = interruption
+
+
 @dataclass(frozen=True)
 class ResultEvent:
     batch: pb.MicroBatch
@@ -443,21 +453,27 @@ class Run:
         beats = Heartbeats(self.c, events.put, self.status_interval_s, since, self.live).start()
         self.collected = beats.collected
         failed: RunError | None = None
+        interrupted: KeyboardInterrupt | SystemExit | None = None
         try:
             if not plan_ok:
                 self.reconcile()
             self._loop(iter(batches), events)
         except RunError as exc:
             failed = exc
+        except (KeyboardInterrupt, SystemExit) as exc:
+            interrupted = exc  # the caller writes what finished, then stops
         finally:
             if self._upload is not None:
                 self._upload.future.cancel()
                 self._upload = None
             beats.stop()
-        for name in self.c.usable_devices():  # the samples of the run's last moments
-            beats.beat(name, timeout_s=CONFIRM_TIMEOUT_S)
+        if interrupted is None:
+            for name in self.c.usable_devices():  # the samples of the run's last moments
+                beats.beat(name, timeout_s=CONFIRM_TIMEOUT_S)
         self._note_losses()
         record = self._record(started, time.time())
+        if interrupted is not None:
+            raise RunInterrupted(record, interrupted) from None
         if failed is not None:
             raise RunAborted(str(failed), record) from None
         return record

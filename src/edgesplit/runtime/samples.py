@@ -7,7 +7,15 @@ from typing import Any
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
 REQUIRED = ("t", "cpu_percent", "process_cpu_percent", "memory_percent", "rss_mb")
-OPTIONAL = ("cpu_freq_mhz", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv")
+OPTIONAL = (
+    "cpu_freq_mhz",
+    "temperature_c",
+    "throttled",
+    "net_bytes_sent",
+    "net_bytes_recv",
+    "power_w",
+    "power_source",
+)
 
 
 def to_proto(sample: Any) -> pb.DeviceSample:
@@ -20,9 +28,9 @@ def to_proto(sample: Any) -> pb.DeviceSample:
     return msg
 
 
-def to_dict(msg: pb.DeviceSample) -> dict[str, float | int | None]:
+def to_dict(msg: pb.DeviceSample) -> dict[str, float | int | str | None]:
     """Decode into the same dict :meth:`DeviceSample.to_dict` gives; absent fields are None."""
-    out: dict[str, float | int | None] = {name: getattr(msg, name) for name in REQUIRED}
+    out: dict[str, float | int | str | None] = {name: getattr(msg, name) for name in REQUIRED}
     for name in OPTIONAL:
         out[name] = getattr(msg, name) if msg.HasField(name) else None
     return out

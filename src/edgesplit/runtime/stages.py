@@ -1,4 +1,13 @@
-"""What a worker runs: the loaded model, and one stage module per installed plan epoch.
+"""What a worker runs: the loaded model, and one stage per installed plan epoch.
+
+The model is the coordinator's compiled ONNX model (held in the worker's
+:class:`~edgesplit.runtime.model_store.ModelStore` by sha256); a stage is cut from it at unit
+boundaries (:mod:`edgesplit.engines.onnx_units`) and run by ONNX Runtime, so a new plan epoch
+costs a cut and a session, never a transfer. int8 stages are quantized here, calibrated on the
+stage's own inputs (the InstallPlan's model inputs run through the fp32 prefix) with the
+settings of this worker's CPU kind (:mod:`edgesplit.engines.cpu`), and cached on disk. Nothing
+here imports torch; the torch engine (:mod:`edgesplit.runtime.torch_reference`) is loaded only
+when a plan asks for it.
 
 Everything here validates requests from the network; a refusal is a :class:`Refused` with
 the gRPC status and a message naming what was expected.
@@ -6,46 +15,75 @@ the gRPC status and a message naming what was expected.
 
 from __future__ import annotations
 
-import threading
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import grpc
-import torch
+import numpy as np
 
-from edgesplit import engines, graph, models
-from edgesplit.errors import EdgesplitError
+from edgesplit import engines
+from edgesplit.engines import onnx_units
+from edgesplit.engines.ort_session import OrtStage
+from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.runtime import codec, wire
 from edgesplit.runtime.links import LinkShape
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import Refused
-from edgesplit.runtime.weights import check_sha256, from_bytes
+from edgesplit.runtime.weights import cache_root, check_sha256
+
+log = logging.getLogger(__name__)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+PREFIX_BATCH = 64
+"""Calibration images per prefix run (bounded memory)."""
 
-_FX_LOCK = threading.Lock()
-"""torch.fx tracing patches module globals, so two workers in one process (tests, the
-in-process emulator) must not trace or build stage modules at the same time."""
+
+class StageRunner(Protocol):
+    """Runs one stage: a float32 array ``[N, *in_shape]`` in, a float32 array out."""
+
+    engine: str
+    precision: str
+
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, object]: ...
 
 
 class ModelKey(NamedTuple):
     """Identifies a loaded model: a LoadModel with the same key is a no-op."""
 
     model: str
+    model_sha256: str
+    weights_sha256: str
     num_classes: int
     in_channels: int
     input_size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     key: ModelKey
-    graph: graph.UnitGraph
+    units: onnx_units.ModelUnits
+    path: Path
+    """The verified ONNX file in the model store."""
+    torch_graph: Any = None
+    """The torch reference (an fx UnitGraph) when a plan may use the torch engine."""
 
     @property
     def num_units(self) -> int:
-        return self.graph.num_units
+        return self.units.num_units
+
+    def proto(self) -> Any:
+        """The model's ``onnx.ModelProto``, parsed from the store each time it is cut (a worker
+        keeps no copy of the whole model in memory)."""
+        return onnx_units.parse_model(self.path.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -56,7 +94,7 @@ class Epoch:
     stage: int
     start: int
     end: int
-    executor: engines.Executor
+    executor: StageRunner
     wire: str
     """Format of this stage's output on the wire (runtime.wire)."""
     in_shape: tuple[int, ...]
@@ -73,65 +111,51 @@ def _check_range(what: str, value: int, low: int, high: int) -> None:
 
 
 def model_key(request: pb.LoadModelRequest) -> ModelKey:
-    """Validate a LoadModel request's scalars (the sha256 names a cache file)."""
+    """Validate a LoadModel request's scalars (the digests name cache files)."""
     try:
-        sha = check_sha256(request.weights_sha256)
+        model_sha = check_sha256(request.model_sha256)
+        weights_sha = check_sha256(request.weights_sha256) if request.weights_sha256 else ""
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
-    _check_range("num_classes", request.num_classes, 1, 100_000)
-    _check_range("in_channels", request.in_channels, 1, 64)
-    _check_range("input_size", request.input_size, 8, 4096)
+    _check_range("num_classes", request.num_classes, 0, 100_000)
+    _check_range("in_channels", request.in_channels, 0, 64)
+    _check_range("input_size", request.input_size, 0, 4096)
     return ModelKey(
-        request.model, request.num_classes, request.in_channels, request.input_size, sha
-    )
+        request.model[:200], model_sha, weights_sha,
+        request.num_classes, request.in_channels, request.input_size,
+    )  # fmt: skip
 
 
-def build_model(key: ModelKey, data: bytes) -> LoadedModel:
-    """Build ``key.model``, load safetensors ``data`` (checked against ``key.sha256``), trace."""
-    name, num_classes, in_channels, input_size, sha = key
+def open_model(key: ModelKey, path: Path) -> LoadedModel:
+    """The stored model at ``path`` with its units checked; a bad model is refused."""
     try:
-        state = from_bytes(data)
-        model = models.build(name, num_classes=num_classes, in_channels=in_channels)
-    except EdgesplitError as exc:
-        raise Refused(INVALID, str(exc)) from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise Refused(INVALID, f"weights do not fit {name}: {first}") from None
-    actual = models.state_dict_sha256(model)
-    if actual != sha:
-        raise Refused(INVALID, f"weights digest mismatch: expected {sha}, got {actual}")
-    try:
-        with _FX_LOCK:
-            unit_graph = graph.trace(model, (in_channels, input_size, input_size))
-    except EdgesplitError as exc:
-        raise Refused(INVALID, str(exc)) from None
-    return LoadedModel(key=key, graph=unit_graph)
+        units = onnx_units.read_units(onnx_units.parse_model(path.read_bytes()))
+    except (EdgesplitError, OSError) as exc:
+        raise Refused(INVALID, f"model {key.model_sha256[:12]}: {exc}") from None
+    return LoadedModel(key=key, units=units, path=path)
 
 
-def _engine_spec(request: pb.InstallPlanRequest, default_engine: str | None) -> engines.EngineSpec:
+def _engine_spec(request: Any, default_engine: str | None) -> engines.EngineSpec:
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
-        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
         return engines.EngineSpec(engine, request.precision or "fp32")
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
 
 
-def _calibration(
+def calibration(
     model: LoadedModel, request: pb.InstallPlanRequest | pb.ProfileRequest
-) -> torch.Tensor | None:
+) -> np.ndarray | None:
     """The int8 calibration images of an InstallPlan or Profile request, checked like any
     input."""
     if not request.HasField("calibration"):
         return None
     try:
-        images = codec.decode(request.calibration, expect_dtype=torch.float32)
+        images = codec.decode_array(request.calibration, expect_dtype="float32")
     except codec.CodecError as exc:
         raise Refused(INVALID, f"calibration images: {exc}") from None
-    expected = tuple(model.graph.input_shape)
-    if images.dim() != len(expected) + 1 or tuple(images.shape[1:]) != expected:
+    expected = model.units.input_shape
+    if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected:
         raise Refused(
             INVALID,
             f"calibration images must be [N, {', '.join(map(str, expected))}], "
@@ -140,30 +164,119 @@ def _calibration(
     return images
 
 
-def _executor(
+def run_batched(stage: StageRunner, x: np.ndarray, batch: int = PREFIX_BATCH) -> np.ndarray:
+    return np.concatenate([stage.run(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _int8_path(model: LoadedModel, start: int, end: int, calibrated_on: str, kind: str) -> Path:
+    import onnxruntime
+
+    from edgesplit.engines import quantize
+
+    text = json.dumps(
+        [model.key.model_sha256, start, end, calibrated_on, kind,
+         str(sorted(quantize.settings(kind).as_dict().items())), onnxruntime.__version__],
+    )  # fmt: skip
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    return (
+        cache_root() / "stages" / f"{model.key.model_sha256[:16]}-{start}-{end}-int8-{digest}.onnx"
+    )
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomically, so two workers on one host never see half a file; failure only costs time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot cache a compiled stage in %s: %s", path.parent, exc)
+
+
+def stage_model(
     model: LoadedModel,
-    request: pb.InstallPlanRequest,
+    start: int,
+    end: int,
+    precision: str,
+    images: np.ndarray | None = None,
+    stage_inputs: np.ndarray | None = None,
+    proto: Any = None,
+) -> tuple[bytes, Path | None]:
+    """The ONNX bytes of units ``[start, end)`` at ``precision`` (and the cache path of an int8
+    stage). int8 calibrates on ``stage_inputs`` (this stage's inputs) or, without them, on the
+    model inputs ``images`` run through the fp32 prefix ``[0, start)``."""
+    proto = proto if proto is not None else model.proto()
+    fp32 = onnx_units.cut(proto, model.units, start, end)
+    if precision == "fp32":
+        return fp32, None
+    from edgesplit.engines import cpu, quantize
+
+    kind = cpu.cpu_kind()
+    if stage_inputs is not None:
+        calibrated_on = "stage:" + _array_id(stage_inputs)
+    elif images is not None:
+        calibrated_on = _array_id(images)
+    else:
+        raise ModelError("int8 stages need calibration images; none were given")
+    path = _int8_path(model, start, end, calibrated_on, kind)
+    if (data := _read(path)) is not None:
+        return data, path
+    if stage_inputs is None:
+        assert images is not None
+        stage_inputs = images.astype(np.float32)
+        if start > 0:
+            prefix = OrtStage(onnx_units.cut(proto, model.units, 0, start), 0, start, "fp32", 1)
+            stage_inputs = run_batched(prefix, stage_inputs)
+    data = quantize.quantize_stage(fp32, stage_inputs, model.units.tensor_before(start), kind)
+    _write(path, data)
+    return data, path
+
+
+def _array_id(a: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (the int8 cache key's calibration set)."""
+    digest = hashlib.sha256(f"{a.dtype}{list(a.shape)}".encode())
+    digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
+def build_runner(
+    model: LoadedModel,
+    start: int,
+    end: int,
     spec: engines.EngineSpec,
     threads: int,
-) -> engines.Executor:
-    calibration = _calibration(model, request)
-    if spec.precision == "int8" and calibration is None:
-        raise Refused(INVALID, "precision int8 needs calibration images in the InstallPlan")
-    key = engines.StageKey(
-        model=model.key.model,
-        weights_sha256=model.key.sha256,
-        input_shape=tuple(model.graph.input_shape),
-        start=request.start,
-        end=request.end,
-    )
-    try:
-        # Export traces the fx stage module, so it holds the fx lock like building one does.
-        with _FX_LOCK:
-            return engines.build_executor(
-                model.graph, request.start, request.end, spec, threads, key, calibration
+    images: np.ndarray | None = None,
+    stage_inputs: np.ndarray | None = None,
+    proto: Any = None,
+) -> StageRunner:
+    """The runner of units ``[start, end)`` on ``spec``; :class:`ModelError` when it cannot be
+    built (the torch engine without its reference model, an operation ONNX Runtime lacks)."""
+    if spec.engine == "torch":
+        if model.torch_graph is None:
+            raise ModelError(
+                "the torch engine needs the model's torch reference on this worker (zoo models "
+                "only; the coordinator loads it when a plan asks for --engine torch)"
             )
-    except EdgesplitError as exc:
-        raise Refused(INVALID, str(exc)) from None
+        from edgesplit.runtime.torch_reference import TorchStage
+
+        return TorchStage(model.torch_graph, start, end)
+    if threads < 1:
+        raise ModelError(f"onnxruntime needs at least 1 intra-op thread, got {threads}")
+    data, path = stage_model(model, start, end, spec.precision, images, stage_inputs, proto)
+    try:
+        return OrtStage(data, start, end, spec.precision, threads, path)
+    except Exception as exc:  # onnxruntime's pybind errors (NOT_IMPLEMENTED, INVALID_GRAPH)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"onnxruntime cannot load units [{start}, {end}): {first[:300]}") from exc
 
 
 def make_epoch(
@@ -172,9 +285,8 @@ def make_epoch(
     threads: int = 1,
     default_engine: str | None = None,
 ) -> Epoch:
-    """Validate an InstallPlan request against ``model`` and build its stage executor with
-    ``threads`` intra-op threads (the request's engine, else ``default_engine``, else the best
-    installed one)."""
+    """Validate an InstallPlan request against ``model`` and build its stage with ``threads``
+    intra-op threads (the request's engine, else ``default_engine``, else onnxruntime)."""
     n = model.num_units
     if request.epoch < 1:
         raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
@@ -190,14 +302,19 @@ def make_epoch(
         raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
     if not request.latency_ms >= 0:
         raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
-    in_shape = (
-        tuple(model.graph.input_shape)
-        if request.start == 0
-        else tuple(model.graph.units[request.start - 1].out_shape)
-    )
-    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+    try:
+        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
     spec = _engine_spec(request, default_engine)
-    executor = _executor(model, request, spec, threads)
+    images = calibration(model, request)
+    if spec.precision == "int8" and images is None:
+        raise Refused(INVALID, "precision int8 needs calibration images in the InstallPlan")
+    try:
+        executor = build_runner(model, request.start, request.end, spec, threads, images)
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
+    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
     return Epoch(
         epoch=request.epoch,
         stage=request.stage,
@@ -205,12 +322,9 @@ def make_epoch(
         end=request.end,
         executor=executor,
         wire=request.wire or wire.DEFAULT_WIRE,
-        in_shape=in_shape,
+        in_shape=model.units.in_shape(request.start),
         next_hop=request.next_hop,
         coordinator=request.coordinator,
         next_token=request.next_token or None,
-        shape=LinkShape(
-            bandwidth_mbps=bandwidth,
-            latency_ms=request.latency_ms,
-        ),
+        shape=LinkShape(bandwidth_mbps=bandwidth, latency_ms=request.latency_ms),
     )

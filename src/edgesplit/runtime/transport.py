@@ -9,7 +9,7 @@ handler receives raw bytes and parses them itself, so a garbage payload gets an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -84,9 +84,44 @@ def _unary(
     return grpc.unary_unary_rpc_method_handler(handle)
 
 
-def service_handler(service: str, methods: Mapping[str, Handler]) -> grpc.GenericRpcHandler:
-    """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``)."""
+def _stream_unary(
+    service: str, method: str, request_cls: type[Message], impl: Callable[[Any], Message]
+) -> grpc.RpcMethodHandler:
+    """Like :func:`_unary` for a client stream: ``impl`` gets an iterator of parsed requests."""
+
+    def handle(raws: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        def parsed() -> Iterator[Message]:
+            for raw in raws:
+                try:
+                    yield request_cls.FromString(raw)
+                except DecodeError as exc:
+                    raise Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{method} expects serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
+                    ) from None
+
+        try:
+            return impl(parsed()).SerializeToString()
+        except Refused as exc:
+            context.abort(exc.code, str(exc))
+        except EdgesplitError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:  # a bug must not take the server down
+            log.exception("%s/%s failed", service, method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return grpc.stream_unary_rpc_method_handler(handle)
+
+
+def service_handler(
+    service: str, methods: Mapping[str, Handler], streams: Mapping[str, Handler] | None = None
+) -> grpc.GenericRpcHandler:
+    """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``): unary
+    ``methods`` and client-streaming ``streams`` (their implementations take an iterator)."""
     handlers = {name: _unary(service, name, cls, impl) for name, (cls, impl) in methods.items()}
+    for name, (cls, impl) in (streams or {}).items():
+        handlers[name] = _stream_unary(service, name, cls, impl)
     return grpc.method_handlers_generic_handler(service, handlers)
 
 

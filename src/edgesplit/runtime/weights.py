@@ -12,13 +12,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgesplit.errors import ModelError
+
+if TYPE_CHECKING:  # workers without torch import this module for the cache paths
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,16 @@ CACHE_ENV = "EDGESPLIT_CACHE_DIR"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def cache_dir() -> Path:
-    """Where verified weights are kept: ``$EDGESPLIT_CACHE_DIR`` or ``~/.cache/edgesplit``,
-    plus ``weights/``. The only place this package reads that variable."""
+def cache_root() -> Path:
+    """``$EDGESPLIT_CACHE_DIR`` or ``~/.cache/edgesplit``: every cache lives below it. The only
+    place this package reads that variable."""
     root = os.environ.get(CACHE_ENV, "").strip()
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edgesplit"
-    return base / "weights"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "edgesplit"
+
+
+def cache_dir() -> Path:
+    """Where verified weights are kept: :func:`cache_root` plus ``weights/``."""
+    return cache_root() / "weights"
 
 
 def check_sha256(digest: str) -> str:
@@ -43,12 +47,16 @@ def check_sha256(digest: str) -> str:
 
 def to_bytes(model: nn.Module) -> bytes:
     """The model's state dict as safetensors bytes."""
+    from safetensors.torch import save as st_save
+
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     return st_save(state)
 
 
 def from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """Parse safetensors bytes into a state dict; a malformed blob is a :class:`ModelError`."""
+    from safetensors.torch import load as st_load
+
     try:
         return st_load(data)
     except Exception as exc:  # safetensors raises several types for malformed input

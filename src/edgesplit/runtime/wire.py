@@ -15,12 +15,16 @@ result is always float32. Everything from the network is checked by :mod:`codec`
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from edgesplit.errors import ConfigError
 from edgesplit.runtime import codec
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
+
+if TYPE_CHECKING:  # workers run without torch; torch tensors come only from the coordinator
+    import torch
 
 WIRE_FORMATS = ("fp32", "fp16", "int8")
 DEFAULT_WIRE = "fp32"
@@ -35,10 +39,19 @@ def check_wire(wire: str) -> str:
     return wire
 
 
-def int8_params(x: torch.Tensor) -> tuple[float, int]:
+def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    import torch
+
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def int8_params(x: torch.Tensor | np.ndarray) -> tuple[float, int]:
     """Per-tensor affine (scale, zero point) covering ``[min(x, 0), max(x, 0)]`` in int8."""
-    low = min(float(x.min()), 0.0) if x.numel() else 0.0
-    high = max(float(x.max()), 0.0) if x.numel() else 0.0
+    a = _as_float32(x)
+    low = min(float(a.min()), 0.0) if a.size else 0.0
+    high = max(float(a.max()), 0.0) if a.size else 0.0
     if not (math.isfinite(low) and math.isfinite(high)):
         raise codec.CodecError("cannot send a tensor with inf or nan in int8 wire format")
     scale = (high - low) / (_QMAX - _QMIN)
@@ -48,33 +61,36 @@ def int8_params(x: torch.Tensor) -> tuple[float, int]:
     return scale, max(_QMIN, min(_QMAX, zero_point))
 
 
-def encode_activation(x: torch.Tensor, wire: str, out: pb.Tensor | None = None) -> pb.Tensor:
-    """Encode a float activation in format ``wire`` (see the module doc) into ``out``."""
-    x = x.detach().to(torch.float32)
+def encode_activation(
+    x: torch.Tensor | np.ndarray, wire: str, out: pb.Tensor | None = None
+) -> pb.Tensor:
+    """Encode a float activation (numpy or torch) in format ``wire`` (see the module doc)
+    into ``out``."""
+    a = _as_float32(x)
     if wire == "fp32":
-        return codec.encode(x, out=out)
+        return codec.encode(a, out=out)
     if wire == "fp16":
-        peak = float(x.abs().max()) if x.numel() else 0.0
+        peak = float(np.abs(a).max()) if a.size else 0.0
         if peak > FP16_MAX:
             raise codec.CodecError(
                 f"activation magnitude {peak:g} exceeds fp16's range ({FP16_MAX:g}); "
                 "use the fp32 or int8 wire format"
             )
-        return codec.encode(x.to(torch.float16), out=out)
+        return codec.encode(a.astype(np.float16), out=out)
     if wire == "int8":
-        scale, zero_point = int8_params(x)
-        q = torch.round(x / scale).add_(zero_point).clamp_(_QMIN, _QMAX).to(torch.int8)
-        msg = codec.encode(q, out=out)
+        scale, zero_point = int8_params(a)
+        q = np.round(a / np.float32(scale)) + np.float32(zero_point)
+        msg = codec.encode(np.clip(q, _QMIN, _QMAX).astype(np.int8), out=out)
         msg.scale = scale
         msg.zero_point = zero_point
         return msg
     raise ConfigError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
 
 
-def decode_activation(
+def decode_activation_array(
     msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
-) -> torch.Tensor:
-    """A float32 tensor from a message in any wire format; :class:`codec.CodecError` if the
+) -> np.ndarray:
+    """A float32 array from a message in any wire format; :class:`codec.CodecError` if the
     message is malformed (also a bad scale or zero point)."""
     if msg.HasField("scale"):
         if msg.dtype != "int8":
@@ -85,12 +101,21 @@ def decode_activation(
             raise codec.CodecError(
                 f"int8 zero point must be in [{_QMIN}, {_QMAX}], got {msg.zero_point}"
             )
-        q = codec.decode(msg, max_elements=max_elements, expect_dtype=torch.int8)
-        return (q.to(torch.float32) - msg.zero_point) * msg.scale
-    dtype = codec.DTYPES.get(msg.dtype)
-    if dtype == torch.float16:
-        return codec.decode(msg, max_elements=max_elements).to(torch.float32)
-    return codec.decode(msg, max_elements=max_elements, expect_dtype=torch.float32)
+        q = codec.decode_array(msg, max_elements=max_elements, expect_dtype="int8")
+        scale = np.float32(msg.scale)
+        return (q.astype(np.float32) - np.float32(msg.zero_point)) * scale
+    if msg.dtype == "float16":
+        return codec.decode_array(msg, max_elements=max_elements).astype(np.float32)
+    return codec.decode_array(msg, max_elements=max_elements, expect_dtype="float32")
+
+
+def decode_activation(
+    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
+) -> torch.Tensor:
+    """:func:`decode_activation_array` as a torch tensor (the coordinator's side)."""
+    import torch
+
+    return torch.from_numpy(decode_activation_array(msg, max_elements))
 
 
 def wire_bytes_per_element(wire: str) -> int:

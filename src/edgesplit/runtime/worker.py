@@ -1,5 +1,10 @@
 """The worker: holds the whole model, runs its stage of each plan epoch, forwards the result.
 
+The model is the coordinator's compiled ONNX model, received once as a stream of chunks and
+kept by its sha256 (:mod:`~edgesplit.runtime.model_store`); each epoch's stage is cut from it
+(:mod:`~edgesplit.runtime.stages`). The onnxruntime path imports no torch: a worker needs
+numpy, grpcio, protobuf, psutil, onnx and onnxruntime.
+
 Three kinds of threads overlap so a stage is never idle waiting for the network:
 
 * gRPC handler threads validate a micro-batch and enqueue it (``Forward`` returns at once);
@@ -14,27 +19,32 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import platform
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import grpc
-import torch
+import numpy as np
 from google.protobuf import __version__ as protobuf_version
 
 from edgesplit import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.engines import cpu
-from edgesplit.errors import EdgesplitError
+from edgesplit.engines.ort_session import release_memory
+from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.metrics.power import PowerSettings, choose_source, source_name
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
+from edgesplit.runtime.model_store import ModelStore
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
-from edgesplit.runtime.stages import Epoch, LoadedModel, build_model, make_epoch, model_key
+from edgesplit.runtime.stages import Epoch, LoadedModel, make_epoch, model_key, open_model
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -44,6 +54,22 @@ from edgesplit.runtime.transport import (
     service_handler,
 )
 from edgesplit.runtime.weights import cached, store
+
+
+def _default_threads() -> int:
+    """The CPUs this process may run on (its affinity), what a stage's session uses by
+    default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _version(module: str) -> str:
+    """``module.__version__`` if it is imported already (never imports it)."""
+    loaded = sys.modules.get(module)
+    return str(getattr(loaded, "__version__", "")) if loaded is not None else ""
+
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +91,17 @@ class WorkerConfig:
     max_queue: int = 256
     """Micro-batches waiting for compute before Forward answers RESOURCE_EXHAUSTED."""
     sample_interval_s: float = 0.2
+    store: ModelStore | None = None
+    """Where received models are kept; None: the user cache's ``models/``."""
+    power: PowerSettings = field(default_factory=PowerSettings)
+    """Where this device's power is read (see :mod:`edgesplit.metrics.power`)."""
 
 
 @dataclass(frozen=True)
 class Job:
     batch: pb.MicroBatch
     """The received message; its tensor is decoded into ``x`` already."""
-    x: torch.Tensor
+    x: np.ndarray
     epoch: Epoch
     received: float
 
@@ -84,6 +114,8 @@ class Worker:
         self._lock = threading.Lock()
         self._profile_lock = threading.Lock()
         self._model: LoadedModel | None = None
+        self.store = config.store or ModelStore()
+        self.threads = config.threads or _default_threads()
         self._epochs: dict[int, Epoch] = {}
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._senders: dict[str, LinkSender] = {}
@@ -91,7 +123,7 @@ class Worker:
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
         self._processed = 0
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
-        self._sampler = _start_sampler(config.sample_interval_s)
+        self._sampler = _start_sampler(config.name, config.sample_interval_s, config.power)
         self._report_channels: dict[str, grpc.Channel] = {}
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
@@ -116,6 +148,7 @@ class Worker:
                 "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
                 "SetLink": (pb.SetLinkRequest, self.set_link),
             },
+            streams={"PutModel": (pb.ModelChunk, self.put_model)},
         )
 
     def status(self, request: pb.StatusRequest) -> pb.StatusReply:
@@ -128,13 +161,15 @@ class Worker:
             name=self.config.name,
             protocol_version=PROTOCOL_VERSION,
             edgesplit_version=__version__,
-            torch_version=torch.__version__,
+            torch_version=_version("torch"),
             grpc_version=grpc.__version__,
             protobuf_version=protobuf_version,
             python_version=platform.python_version(),
             clock=time.time(),
             model=model.key.model if model else "",
-            weights_sha256=model.key.sha256 if model else "",
+            weights_sha256=model.key.weights_sha256 if model else "",
+            model_sha256=model.key.model_sha256 if model else "",
+            model_bytes_received=self.store.received_bytes,
             num_units=model.num_units if model else 0,
             epochs=[
                 pb.EpochInfo(
@@ -154,37 +189,88 @@ class Worker:
             processed=processed,
             samples=samples,
             failures=failures,
-            threads=self.config.threads or torch.get_num_threads(),
+            threads=self.threads,
             cpu_kind=cpu.cpu_kind(),
             cpu_model=cpu.cpu_model(),
             onnxruntime_version=cpu.package_version("onnxruntime"),
+            cpu_count=os.cpu_count() or 0,
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
         key = model_key(request)
-        sha = key.sha256
         with self._lock:
-            if self._model is not None and self._model.key == key:
-                return pb.LoadModelReply(loaded=True, num_units=self._model.num_units)
-        data = request.weights or cached(sha)
-        if not data:
-            return pb.LoadModelReply(need_weights=True)
-        loaded = build_model(key, data)
-        if request.weights:
-            store(sha, request.weights)
+            current = self._model
+        if (
+            current is not None
+            and current.key == key
+            and (current.torch_graph is not None or not self._wants_torch(request))
+        ):
+            return pb.LoadModelReply(loaded=True, num_units=current.num_units)
+        path = self.store.find(key.model_sha256)
+        if path is None:
+            return pb.LoadModelReply(need_model=True)
+        loaded = open_model(key, path)
+        if self._wants_torch(request):
+            data = request.weights or (cached(key.weights_sha256) if key.weights_sha256 else None)
+            if not data:
+                return pb.LoadModelReply(need_weights=True)
+            loaded = self._with_torch(loaded, data)
+            if request.weights:
+                store(key.weights_sha256, request.weights)
         with self._lock:
+            if self._model is None or self._model.key != key:
+                self._epochs.clear()  # epochs index units of the previous model
             self._model = loaded
-            self._epochs.clear()  # epochs index units of the previous model
         log.info("[%s] loaded %s (%d units)", self.config.name, key.model, loaded.num_units)
         return pb.LoadModelReply(loaded=True, num_units=loaded.num_units)
+
+    def _wants_torch(self, request: pb.LoadModelRequest) -> bool:
+        return request.torch_reference or self.config.engine == "torch"
+
+    def _with_torch(self, loaded: LoadedModel, weights: bytes) -> LoadedModel:
+        """``loaded`` plus its torch reference (imports torch: only for the torch engine)."""
+        key = loaded.key
+        if not key.weights_sha256:
+            raise Refused(INVALID, "the torch engine needs weights_sha256 and a zoo model name")
+        try:
+            from edgesplit.runtime import torch_reference
+        except ImportError as exc:
+            raise Refused(
+                PRECONDITION, f"the torch engine is not installed on this worker ({exc})"
+            ) from None
+        try:
+            ug = torch_reference.build(
+                key.model, key.num_classes, key.in_channels, key.input_size,
+                key.weights_sha256, weights,
+            )  # fmt: skip
+        except EdgesplitError as exc:
+            raise Refused(INVALID, str(exc)) from None
+        if ug.num_units != loaded.num_units:
+            raise Refused(
+                INVALID,
+                f"the torch reference has {ug.num_units} units, the ONNX model "
+                f"{loaded.num_units}; they must be the same model",
+            )
+        torch_reference.set_threads(self.threads)
+        return LoadedModel(key=key, units=loaded.units, path=loaded.path, torch_graph=ug)
+
+    def put_model(self, chunks: Iterator[pb.ModelChunk]) -> pb.PutModelReply:
+        """Store a model streamed in chunks (verified by its sha256 before it is kept)."""
+        try:
+            path = self.store.receive(chunks)
+        except ModelError as exc:
+            raise Refused(INVALID, str(exc)) from None
+        return pb.PutModelReply(stored_bytes=path.stat().st_size)
 
     def install_plan(self, request: pb.InstallPlanRequest) -> pb.Ack:
         with self._lock:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
-        threads = self.config.threads or torch.get_num_threads()
-        epoch = make_epoch(model, request, threads, self.config.engine)
+        try:
+            epoch = make_epoch(model, request, self.threads, self.config.engine)
+        finally:
+            release_memory()  # the parsed whole model and the cut copies are gone now
         with self._lock:
             if self._model is not model:
                 raise Refused(PRECONDITION, "the model changed while installing the plan")
@@ -203,9 +289,11 @@ class Worker:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before Profile")
         if self._jobs.qsize():
             raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
-        threads = self.config.threads or torch.get_num_threads()
         with self._profile_lock:  # one profile at a time, or they would time each other
-            return profiling.profile_units(model, request, threads, self.config.engine)
+            try:
+                return profiling.profile_units(model, request, self.threads, self.config.engine)
+            finally:
+                release_memory()  # a session per unit was built and dropped
 
     def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
         return profiling.probe_link(
@@ -262,10 +350,10 @@ class Worker:
         if not request.HasField("tensor"):
             raise Refused(INVALID, "Forward needs a tensor")
         try:
-            x = wire.decode_activation(request.tensor, max_elements=self.config.max_elements)
+            x = wire.decode_activation_array(request.tensor, max_elements=self.config.max_elements)
         except codec.CodecError as exc:
             raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
-        if x.dim() != len(epoch.in_shape) + 1 or tuple(x.shape[1:]) != epoch.in_shape:
+        if x.ndim != len(epoch.in_shape) + 1 or tuple(x.shape[1:]) != epoch.in_shape:
             raise Refused(
                 INVALID,
                 f"stage {epoch.stage} (units [{epoch.start}, {epoch.end})) expects input "
@@ -285,8 +373,6 @@ class Worker:
     # --- compute and send ----------------------------------------------------------------------
 
     def _compute_loop(self) -> None:
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -401,10 +487,15 @@ class Worker:
             self._sampler.stop()
 
 
-def _start_sampler(interval_s: float) -> DeviceSampler | None:
-    """The device sampler, or None where psutil cannot read this platform."""
+def _start_sampler(name: str, interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
+    """The device sampler, or None where psutil cannot read this platform. A power setting
+    that names no sensor is a :class:`ConfigError` (raised, not logged)."""
+    # The command runs once per sample; the margin keeps a slightly early sample from
+    # getting the previous reading.
+    source = choose_source(settings, min_interval_s=0.9 * interval_s)
+    log.info("[%s] power source: %s", name, source_name(source))
     try:
-        return DeviceSampler(interval_s=interval_s).start()
+        return DeviceSampler(interval_s=interval_s, power_source=source).start()
     except Exception as exc:  # psutil on an exotic platform; metrics are optional here
         log.warning("device sampler unavailable: %s", exc)
         return None

@@ -67,7 +67,7 @@ class StatusRequest(_message.Message):
     def __init__(self, since_t: _Optional[float] = ...) -> None: ...
 
 class DeviceSample(_message.Message):
-    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv")
+    __slots__ = ("t", "cpu_percent", "process_cpu_percent", "cpu_freq_mhz", "memory_percent", "rss_mb", "temperature_c", "throttled", "net_bytes_sent", "net_bytes_recv", "power_w", "power_source")
     T_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     PROCESS_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class DeviceSample(_message.Message):
     THROTTLED_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     NET_BYTES_RECV_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     t: float
     cpu_percent: float
     process_cpu_percent: float
@@ -88,7 +90,9 @@ class DeviceSample(_message.Message):
     throttled: int
     net_bytes_sent: int
     net_bytes_recv: int
-    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ...) -> None: ...
+    power_w: float
+    power_source: str
+    def __init__(self, t: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., process_cpu_percent: _Optional[float] = ..., cpu_freq_mhz: _Optional[float] = ..., memory_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[int] = ..., net_bytes_sent: _Optional[int] = ..., net_bytes_recv: _Optional[int] = ..., power_w: _Optional[float] = ..., power_source: _Optional[str] = ...) -> None: ...
 
 class EpochInfo(_message.Message):
     __slots__ = ("epoch", "stage", "start", "end", "next_hop", "engine", "precision", "wire")
@@ -111,7 +115,7 @@ class EpochInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version")
+    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EDGESPLIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +137,9 @@ class StatusReply(_message.Message):
     CPU_KIND_FIELD_NUMBER: _ClassVar[int]
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol_version: int
     edgesplit_version: str
@@ -154,33 +161,60 @@ class StatusReply(_message.Message):
     cpu_kind: str
     cpu_model: str
     onnxruntime_version: str
-    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ...) -> None: ...
+    cpu_count: int
+    model_sha256: str
+    model_bytes_received: int
+    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights")
+    __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights", "model_sha256", "torch_reference")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TORCH_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_classes: int
     in_channels: int
     input_size: int
     weights_sha256: str
     weights: bytes
-    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., in_channels: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights: _Optional[bytes] = ...) -> None: ...
+    model_sha256: str
+    torch_reference: bool
+    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., in_channels: _Optional[int] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights: _Optional[bytes] = ..., model_sha256: _Optional[str] = ..., torch_reference: _Optional[bool] = ...) -> None: ...
 
 class LoadModelReply(_message.Message):
-    __slots__ = ("loaded", "need_weights", "num_units")
+    __slots__ = ("loaded", "need_weights", "num_units", "need_model")
     LOADED_FIELD_NUMBER: _ClassVar[int]
     NEED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NUM_UNITS_FIELD_NUMBER: _ClassVar[int]
+    NEED_MODEL_FIELD_NUMBER: _ClassVar[int]
     loaded: bool
     need_weights: bool
     num_units: int
-    def __init__(self, loaded: _Optional[bool] = ..., need_weights: _Optional[bool] = ..., num_units: _Optional[int] = ...) -> None: ...
+    need_model: bool
+    def __init__(self, loaded: _Optional[bool] = ..., need_weights: _Optional[bool] = ..., num_units: _Optional[int] = ..., need_model: _Optional[bool] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("sha256", "total_bytes", "offset", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    total_bytes: int
+    offset: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutModelReply(_message.Message):
+    __slots__ = ("stored_bytes",)
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    stored_bytes: int
+    def __init__(self, stored_bytes: _Optional[int] = ...) -> None: ...
 
 class InstallPlanRequest(_message.Message):
     __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token", "engine", "precision", "wire", "calibration")

@@ -44,6 +44,11 @@ class WorkerStub:
                 request_serializer=edgesplit__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=edgesplit__pb2.LoadModelReply.FromString,
                 _registered_method=True)
+        self.PutModel = channel.stream_unary(
+                '/edgesplit.v1.Worker/PutModel',
+                request_serializer=edgesplit__pb2.ModelChunk.SerializeToString,
+                response_deserializer=edgesplit__pb2.PutModelReply.FromString,
+                _registered_method=True)
         self.InstallPlan = channel.unary_unary(
                 '/edgesplit.v1.Worker/InstallPlan',
                 request_serializer=edgesplit__pb2.InstallPlanRequest.SerializeToString,
@@ -91,6 +96,12 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutModel(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +161,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=edgesplit__pb2.LoadModelRequest.FromString,
                     response_serializer=edgesplit__pb2.LoadModelReply.SerializeToString,
+            ),
+            'PutModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutModel,
+                    request_deserializer=edgesplit__pb2.ModelChunk.FromString,
+                    response_serializer=edgesplit__pb2.PutModelReply.SerializeToString,
             ),
             'InstallPlan': grpc.unary_unary_rpc_method_handler(
                     servicer.InstallPlan,
@@ -241,6 +257,33 @@ class Worker:
             '/edgesplit.v1.Worker/LoadModel',
             edgesplit__pb2.LoadModelRequest.SerializeToString,
             edgesplit__pb2.LoadModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgesplit.v1.Worker/PutModel',
+            edgesplit__pb2.ModelChunk.SerializeToString,
+            edgesplit__pb2.PutModelReply.FromString,
             options,
             channel_credentials,
             insecure,

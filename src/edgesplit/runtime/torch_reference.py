@@ -1,0 +1,71 @@
+"""The torch engine on a worker: the zoo model rebuilt from its name and verified weights.
+
+Imported only when a plan or profile asks for ``--engine torch`` (it imports torch, about 1 GB
+of resident memory); the onnxruntime path never loads it. Only zoo models have a torch
+reference here: a worker never receives Python code, so a user's own model runs on onnxruntime.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from edgesplit import graph, models
+from edgesplit.engines.torch_engine import TorchExecutor
+from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.runtime.weights import from_bytes
+
+FX_LOCK = threading.Lock()
+"""torch.fx tracing patches module globals, so two workers in one process (tests, the
+in-process emulator) must not trace or build stage modules at the same time."""
+
+
+def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256: str,
+          data: bytes) -> graph.UnitGraph:  # fmt: skip
+    """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace.
+    Raises :class:`ModelError` saying what does not fit. Only zoo names: a worker never runs
+    a user's Python code."""
+    if name not in models.KNOWN_MODELS:
+        raise ModelError(
+            f"the torch engine on a worker runs zoo models only ({', '.join(models.KNOWN_MODELS)}"
+            f"), not {name!r}; use the onnxruntime engine"
+        )
+    try:
+        state = from_bytes(data)
+        model = models.build(name, num_classes=num_classes, in_channels=in_channels)
+    except EdgesplitError as exc:
+        raise ModelError(f"torch reference: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"weights do not fit {name}: {first}") from None
+    actual = models.state_dict_sha256(model)
+    if actual != sha256:
+        raise ModelError(f"weights digest mismatch: expected {sha256}, got {actual}")
+    with FX_LOCK:
+        return graph.trace(model, (in_channels, input_size, input_size))
+
+
+class TorchStage:
+    """Units ``[start, end)`` run eagerly in torch (the exact reference), numpy in and out."""
+
+    engine = "torch"
+    precision = "fp32"
+
+    def __init__(self, ug: graph.UnitGraph, start: int, end: int) -> None:
+        with FX_LOCK:
+            self._executor = TorchExecutor(ug, start, end)
+        self.start, self.end = start, end
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._executor.run(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    def describe(self) -> dict[str, object]:
+        return self._executor.describe()
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)

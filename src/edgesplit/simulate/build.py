@@ -1,0 +1,116 @@
+"""From a profile (and a synthetic cluster's description) to what :func:`simulate` takes: the
+problem, the spec, the plan and the plan after a loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgesplit.config import LinkSpec, PairLink
+from edgesplit.errors import ConfigError, PartitionError, PlanError
+from edgesplit.partition import parse_partition
+from edgesplit.planner import Plan, Problem, choose_plan, evaluate
+from edgesplit.profiler import Profile, to_problem
+from edgesplit.simulate.kinds import Kinds, kinds_of, plan_by_kinds
+from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimSpec, Stages, spread_of
+from edgesplit.simulate.synthetic import synthetic_profile
+
+
+@dataclass(frozen=True)
+class SimCluster:
+    profile: Profile
+    """The cluster's profile (a synthetic cluster's: copies of the profiled devices)."""
+    kinds: Kinds
+    spec: SimSpec
+
+    @property
+    def problem(self) -> Problem:
+        return self.spec.problem
+
+
+def cluster_from(
+    profile: Profile,
+    devices: Sequence[tuple[int, str]] | None = None,
+    default_link: LinkSpec | None = None,
+    links: Sequence[PairLink] = (),
+    precision: str = "fp32",
+    prepare_ms: float | None = None,
+    spread: float | None = None,
+    shared_medium: bool = False,
+) -> SimCluster:
+    """The profile's own cluster, or with ``devices`` ((count, kind) of the profile's device
+    names) a synthetic one. ``spread``: one relative spread for every device (None: from the
+    profile, see :func:`~edgesplit.simulate.spec.spread_of`)."""
+    kinds: Kinds | None = None
+    if devices:
+        profile, kinds = synthetic_profile(profile, devices, default_link, links)
+    else:
+        if default_link is not None or links:
+            profile = dataclasses.replace(
+                profile,
+                default_bandwidth_mbps=(default_link or LinkSpec()).bandwidth_mbps,
+                default_latency_ms=(default_link or LinkSpec()).latency_ms,
+            )
+            if links:
+                raise ConfigError(
+                    "per-kind links need a synthetic cluster (--devices); the profile's own "
+                    "links are measured"
+                )
+    if prepare_ms is not None:
+        profile = dataclasses.replace(profile, prepare_ms=prepare_ms)
+    problem = to_problem(profile, precision=precision)
+    if kinds is None:
+        kinds = kinds_of(problem)
+    sigma = spread_of(profile) if spread is None else {d.name: spread for d in profile.devices}
+    spec = SimSpec(problem, sigma, shared_medium, profile)
+    return SimCluster(profile, kinds, spec)
+
+
+def plan_for(
+    cluster: SimCluster,
+    objective: str = "throughput",
+    devices: Sequence[str] | None = None,
+) -> Plan:
+    """The planner's plan on ``devices`` (default: all): the exact planner on small clusters,
+    the planner over kinds on large ones (throughput only)."""
+    problem = cluster.problem
+    names = list(devices) if devices is not None else list(problem.device_names)
+    if len(names) <= EXACT_MAX_DEVICES:
+        return choose_plan(problem, objective, devices=names)
+    if objective != "throughput":
+        raise PlanError(
+            f"objective {objective!r} needs the exact planner, which takes at most "
+            f"{EXACT_MAX_DEVICES} devices; this cluster has {len(names)} (throughput works "
+            "on any size)"
+        )
+    sub = problem.restrict(names)
+    return plan_by_kinds(sub, cluster.kinds.restrict(names))
+
+
+def fixed_stages(cluster: SimCluster, partition: str) -> Stages:
+    """A partition string (``0-10,10-``) on the cluster's first devices, in order."""
+    try:
+        ranges = parse_partition(partition, cluster.problem.num_units)
+    except PartitionError as exc:
+        raise ConfigError(str(exc)) from None
+    names = cluster.problem.device_names
+    if len(ranges) > len(names):
+        raise ConfigError(
+            f"partition {partition!r} has {len(ranges)} stages, the cluster {len(names)} devices"
+        )
+    stages = tuple((n, a, b) for n, (a, b) in zip(names, ranges, strict=False))
+    evaluate(cluster.problem, stages, check_memory=False)
+    return stages
+
+
+def replanner(cluster: SimCluster, initial: Stages, objective: str = "throughput") -> Replan:
+    """The plan when the usable devices change (as the run's): the initial plan while all its
+    devices are usable, else the planner's on the usable ones."""
+
+    def replan(usable: Sequence[str]) -> Stages:
+        if all(d in usable for d, _, _ in initial):
+            return initial
+        return plan_for(cluster, objective, list(usable)).assignment()
+
+    return replan
