@@ -118,3 +118,12 @@ def test_root_wheels_ask_for_what_pyproject_asks_for_except_the_emulation_pins()
         if requirement.name in ("onnxruntime", "numpy", "onnx"):
             continue
         assert declared[requirement.name.lower()] == requirement.specifier, requirement.name
+
+
+def test_root_holds_every_package_a_worker_only_install_pulls() -> None:
+    """pyproject.toml's core dependencies are the worker (no torch); the aarch64 root must
+    hold each of them, or the emulated worker is not the one a Pi installs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {Requirement(line).name.lower() for line in project["dependencies"]}
+    wheels = {Requirement(line).name.lower() for line in make_root.WHEELS}
+    assert core - wheels == set()
