@@ -184,6 +184,7 @@ def code_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    code = code_version()  # before the run: a commit made meanwhile is not what ran
     env = dict(os.environ)
     if args.root is not None:
         env["EDGESPLIT_ARM_ROOT"] = str(args.root)
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": f"{args.model}: one aarch64 worker under qemu between two x86 workers vs all-x86",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "devices": list(commands),
-        "code": code_version(),
+        "code": code,
         "settings": {k: v for k, v in vars(args).items() if k not in ("root", "out")},
         "targets": {
             "min_fp32_argmax_agreement": MIN_FP32_AGREEMENT,
