@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesplit.config import PowerModel
-from edgesplit.metrics.energy import DeviceEnergy, energy_summary
+from edgesplit.metrics.energy import MODEL, DeviceEnergy, energy_summary
 from edgesplit.planner import Problem
 from edgesplit.simulate.spec import Stages
 
@@ -192,7 +192,8 @@ def summarise(
         u = min(1.0, usage.cpu_ms / (wall_ms * cores)) * d.busy_fraction
         power = PowerModel(idle_w=d.idle_w, busy_w=d.busy_w).power_w(u)
         energy = power * wall_ms / 1000.0
-        energies.append(DeviceEnergy(d.name, u, power, energy, energy / max(images, 1)))
+        per_image = energy / max(images, 1)
+        energies.append(DeviceEnergy(d.name, MODEL, u, power, energy, per_image, power, energy))
         devices.append(DeviceStats(d.name, u, usage.busy_ms / 1000.0, power, energy))
     total_j = math.fsum(e.energy_j for e in energies)
     bins: dict[int, int] = {}
@@ -212,7 +213,7 @@ def summarise(
         devices=tuple(devices),
         energy_j=total_j,
         energy_j_per_image=total_j / max(images, 1),
-        energy=energy_summary(energies),
+        energy=energy_summary(energies, images, 0.0, wall_ms / 1000.0),
         timeline=timeline,
         **extra,
     )
