@@ -38,9 +38,10 @@ MODEL = "mobilenet_v2"
 PARTITION_3 = "0-10,10-20,20-"
 # Small everywhere: two shared cores. Random weights are torch.manual_seed(0) + models.build.
 SMALL = ["--model", MODEL, "--random-weights", "--batch-size", "8"]
-ERROR_TIMEOUT_S = 45.0
-"""A guard against hanging (or starting workers), not a speed assertion: it includes Python,
-torch and torchvision start-up, which took 6-8 s on a loaded 2-core host."""
+ERROR_TIMEOUT_S = 300.0
+"""A guard against hanging, not a speed assertion (issue #15): it includes Python, torch and
+torchvision start-up, which took 6-8 s on a loaded 2-core host and over 45 s on an overloaded
+one. That the error comes before any work is checked by what the run printed and started."""
 GONE_TIMEOUT_S = 15.0
 
 SUMMARY_KEYS = {
@@ -502,12 +503,10 @@ def test_error_is_one_line_quick_and_leaves_nothing(
         workers |= {p.pid for p in workers_of(run)}
         time.sleep(0.05)
     code = run.wait(ERROR_TIMEOUT_S)
-    elapsed = run.elapsed_s
     line = single_error_line(run)
     assert code == 2, run.stderr
     for needle in needles:
         assert needle in line
-    assert elapsed < ERROR_TIMEOUT_S, f"took {elapsed:.1f} s: {line}"
     # Each of these is known before any worker is started, so none is.
     assert "starting the cluster" not in run.stderr and not workers, run.stderr
     assert not (tmp_path / "run").exists()

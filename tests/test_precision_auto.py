@@ -81,7 +81,9 @@ def test_int8_gate_refuses_a_drop_above_the_bound_naming_it_and_the_cpu_kinds() 
 
 
 def _edgesplit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # edgesplit's caches follow EDGESPLIT_CACHE_DIR (else ~/.cache/edgesplit, shared by runs).
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "EDGESPLIT_CACHE_DIR": str(tmp_path / "cache" / "edgesplit")}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "edgesplit", *args], capture_output=True,
                           text=True, timeout=600, env=env, check=False)  # fmt: skip
 

@@ -4,6 +4,7 @@ mid-run, not when it is SIGKILLed (the workers' parent-death signal), and its cg
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ MID_RUN = [
     *SMALL, "--window", "1", "--latency-ms", "200",
 ]  # fmt: skip
 START_TIMEOUT_S = 120.0
-EXIT_TIMEOUT_S = 20.0
+EXIT_TIMEOUT_S = 120.0
+"""A guard against hanging, not a speed assertion: the run writes its folder, then stops."""
 
 
 def cgroups_of(pid: int) -> list[Path]:
@@ -77,14 +79,14 @@ def start_mid_run(cli: Any, tmp_path: Path) -> tuple[Cli, list[int]]:
 def test_interrupted_run_stops_every_worker(cli: Any, tmp_path: Path, sig: signal.Signals) -> None:
     run, pids = start_mid_run(cli, tmp_path)
     run.proc.send_signal(sig)
-    t0 = time.monotonic()
     code = run.wait(EXIT_TIMEOUT_S)
     assert code != 0, run.stderr
-    assert time.monotonic() - t0 < EXIT_TIMEOUT_S
     assert "Traceback" not in run.stderr, run.stderr
     assert left_behind(pids, run.tag) == []
     assert cgroups_of(run.proc.pid) == []
-    assert not (tmp_path / "run" / "summary.json").exists()
+    # What finished is kept (issue #25): the folder says the run is incomplete.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["complete"] is False and summary["completed_images"] < summary["images"]
 
 
 @pytest.mark.slow
