@@ -206,10 +206,11 @@ def run(
 
 
 def require_apt_as_root() -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+    missing = [tool for tool in ("apt-get", "apt-cache", "dpkg") if shutil.which(tool) is None]
+    if missing:
         raise BuildError(
-            "building the aarch64 root needs Debian's apt-get and dpkg (Debian 12 or a "
-            "derivative); neither is on PATH here"
+            "building the aarch64 root needs Debian's apt-get, apt-cache and dpkg (Debian 12 or "
+            f"a derivative); not on PATH here: {', '.join(missing)}"
         )
     if os.geteuid() != 0:
         raise BuildError(
