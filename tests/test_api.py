@@ -206,6 +206,21 @@ def test_loading_what_is_no_run_folder_is_a_clear_error(tmp_path: Path) -> None:
         edgesplit.RunResult.load(tmp_path)
 
 
+def test_a_sweeps_objectives_multiply_only_the_auto_partitions() -> None:
+    from edgesplit._api import grid
+
+    cells = grid(["m"], ["0-5,5-", "auto"], ["throughput", "energy"], [8, 16])
+    assert cells == [
+        ("m", "0-5,5-", "throughput", 8),
+        ("m", "0-5,5-", "throughput", 16),
+        ("m", "auto", "throughput", 8),
+        ("m", "auto", "energy", 8),
+        ("m", "auto", "throughput", 16),
+        ("m", "auto", "energy", 16),
+    ]
+    assert len(grid(["a", "b"], ["equal"], ["latency"], [4])) == 2
+
+
 def test_a_sweep_refuses_an_empty_grid_before_anything_runs() -> None:
     cluster = edgesplit.EmulatedCluster(cpus=[1])
     with pytest.raises(ConfigError, match="empty"):

@@ -311,13 +311,7 @@ def sweep(
     """
     if "partition" in options or "cluster" in options or "model" in options:
         raise ConfigError("sweep takes models=, partitions= (lists), and the cluster itself")
-    cells = [
-        (model, part, objective, batch)
-        for model, part, batch in itertools.product(models, partitions, batch_sizes)
-        for objective in (objectives if part == "auto" else objectives[:1])
-    ]
-    if not cells:
-        raise ConfigError("the sweep's grid is empty: give at least one model, partition and size")
+    cells = grid(models, partitions, objectives, batch_sizes)
     report = _print_progress if progress is True else progress or None
     rows = []
     for i, (model, part, objective, batch) in enumerate(cells, start=1):
@@ -337,6 +331,24 @@ def sweep(
         if report is not None:
             report(i, len(cells), row)
     return frame(rows)
+
+
+def grid(
+    models: Sequence[str],
+    partitions: Sequence[str],
+    objectives: Sequence[str],
+    batch_sizes: Sequence[int],
+) -> list[tuple[str, str, str, int]]:
+    """The sweep's runs as ``(model, partition, objective, batch_size)``, in order: objectives
+    multiply ``auto`` partitions only (a fixed one runs once, under the first objective)."""
+    cells = [
+        (model, part, objective, batch)
+        for model, part, batch in itertools.product(models, partitions, batch_sizes)
+        for objective in (objectives if part == "auto" else objectives[:1])
+    ]
+    if not cells:
+        raise ConfigError("the sweep's grid is empty: give at least one model, partition and size")
+    return cells
 
 
 def _print_progress(done: int, total: int, row: dict[str, Any]) -> None:
