@@ -7,7 +7,17 @@ torch.fx) are translated into these at the boundary, so the CLI only has to catc
 
 
 class EdgesplitError(Exception):
-    """Base class of every error edgesplit raises on purpose."""
+    """Base class of every error edgesplit raises on purpose; its message says what was
+    expected and what was given.
+
+    Example::
+
+        >>> try:
+        ...     edgesplit.plan(prof, objective="speed")
+        ... except edgesplit.EdgesplitError as exc:
+        ...     print(exc)
+        objective must be one of throughput, latency, energy, got 'speed'
+    """
 
 
 class ConfigError(EdgesplitError):
