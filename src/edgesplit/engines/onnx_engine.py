@@ -18,18 +18,16 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from edgesplit import __version__
 from edgesplit.engines import EngineSpec, StageKey
 from edgesplit.engines.onnx_units import CompiledModel
+from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import ModelError
 from edgesplit.graph import UnitGraph
@@ -149,28 +147,6 @@ def export_stage(ug: UnitGraph, start: int, end: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("cannot read cached stage %s: %s", path, exc)
-        return None
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomically, so two workers on one host never see half a file; failure only costs time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot cache compiled stage in %s: %s", path.parent, exc)
-
-
 def calibration_id(images: torch.Tensor) -> str:
     """sha256 of a calibration batch (dtype, shape and bytes): the cache key's calibration set."""
     t = images.detach().to("cpu").contiguous()
@@ -224,13 +200,13 @@ def compiled_stage(
             digest = key.digest("int8", version, calibrated_on, q)
             int8_path = directory / f"{stem}-int8-{digest}.onnx"
     wanted = int8_path if spec.precision == "int8" else fp32_path
-    if wanted is not None and (data := _read(wanted)) is not None:
+    if wanted is not None and (data := read_cached(wanted)) is not None:
         return data, wanted
-    fp32 = _read(fp32_path) if fp32_path is not None else None
+    fp32 = read_cached(fp32_path) if fp32_path is not None else None
     if fp32 is None:
         fp32 = export_stage(ug, start, end)
         if fp32_path is not None:
-            _write(fp32_path, fp32)
+            write_cached(fp32_path, fp32)
     if spec.precision == "fp32":
         return fp32, fp32_path
     if stage_calibration is None:
@@ -238,47 +214,20 @@ def compiled_stage(
         stage_calibration = stage_inputs(ug, start, calibration)
     data = quantize.quantize_stage(fp32, stage_calibration, INPUT_NAME, kind)
     if int8_path is not None:
-        _write(int8_path, data)
+        write_cached(int8_path, data)
     return data, int8_path
 
 
-class OnnxExecutor:
-    """Runs one stage in an ONNX Runtime session (CPU provider, ``threads`` intra-op threads,
-    no spinning: a pipeline stage often waits for input, and spinning threads would burn the
-    device's CPU share and energy while it does)."""
+class OnnxExecutor(OrtStage):
+    """:class:`~edgesplit.engines.ort_session.OrtStage` with torch tensors in and out (the
+    coordinator's and the reference's executor interface)."""
 
-    engine = "onnxruntime"
-
-    def __init__(
-        self, model: bytes, start: int, end: int, precision: str, threads: int, path: Path | None
-    ) -> None:
-        from edgesplit.engines.ort_session import make_session
-
-        self.session: Any = make_session(model, threads)
-        self.start, self.end = start, end
-        self.precision = precision
-        self.threads = threads
-        self.path = path
-        self._input = self.session.get_inputs()[0].name
-        self._output = self.session.get_outputs()[0].name
-
-    def run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         array = x.detach().to(torch.float32).contiguous().numpy()
-        (y,) = self.session.run([self._output], {self._input: array})
-        return torch.from_numpy(y)
+        return torch.from_numpy(super().run(array))
 
     def describe(self) -> dict[str, object]:
-        import onnxruntime as ort
-
-        return {
-            "engine": self.engine,
-            "precision": self.precision,
-            "units": [self.start, self.end],
-            "threads": self.threads,
-            "onnxruntime_version": ort.__version__,
-            "exporter": EXPORTER,
-            "cached_at": str(self.path) if self.path else None,
-        }
+        return {**super().describe(), "exporter": EXPORTER}
 
 
 def build_onnx_executor(
@@ -355,7 +304,7 @@ def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledMode
 
     key = StageKey(name, weights_sha256, tuple(ug.input_shape), 0, ug.num_units)
     path = cache_dir().parent / "exports" / f"{name}-{key.digest('model', engine_version())}.onnx"
-    data = _read(path)
+    data = read_cached(path)
     if data is None:
         model = onnx.load_from_string(_export_whole(ug))
         n = ug.num_units
@@ -378,5 +327,5 @@ def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledMode
         )
         onnx_units.write_units(model, units)
         data = model.SerializeToString()
-        _write(path, data)
+        write_cached(path, data)
     return onnx_units.CompiledModel.from_bytes(data)

@@ -9,10 +9,39 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def read_cached(path: Path) -> bytes | None:
+    """A cached compiled file's bytes, or None when it is missing or unreadable (the caller
+    builds it again)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read cached stage %s: %s", path, exc)
+        return None
+
+
+def write_cached(path: Path, data: bytes) -> None:
+    """Atomically, so two workers on one host never see half a file; failure only costs time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot cache a compiled stage in %s: %s", path.parent, exc)
 
 
 def make_session(model: bytes, threads: int) -> Any:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -29,7 +27,7 @@ import numpy as np
 
 from edgesplit import engines
 from edgesplit.engines import onnx_units
-from edgesplit.engines.ort_session import OrtStage
+from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.runtime import codec, wire
 from edgesplit.runtime.links import LinkShape
@@ -183,25 +181,6 @@ def _int8_path(model: LoadedModel, start: int, end: int, calibrated_on: str, kin
     )
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomically, so two workers on one host never see half a file; failure only costs time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot cache a compiled stage in %s: %s", path.parent, exc)
-
-
 def stage_model(
     model: LoadedModel,
     start: int,
@@ -228,7 +207,7 @@ def stage_model(
     else:
         raise ModelError("int8 stages need calibration images; none were given")
     path = _int8_path(model, start, end, calibrated_on, kind)
-    if (data := _read(path)) is not None:
+    if (data := read_cached(path)) is not None:
         return data, path
     if stage_inputs is None:
         assert images is not None
@@ -237,7 +216,7 @@ def stage_model(
             prefix = OrtStage(onnx_units.cut(proto, model.units, 0, start), 0, start, "fp32", 1)
             stage_inputs = run_batched(prefix, stage_inputs)
     data = quantize.quantize_stage(fp32, stage_inputs, model.units.tensor_before(start), kind)
-    _write(path, data)
+    write_cached(path, data)
     return data, path
 
 
