@@ -53,8 +53,12 @@ ChannelFactory = Callable[[DeviceSpec], grpc.Channel]
 CHECK_TIMEOUT_S = 3.0
 LOAD_TIMEOUT_S = 180.0
 ENGINE_INSTALL_S = 60.0
-"""InstallPlan deadline for onnxruntime stages: the first install exports (and for int8
-quantizes) the stage; later ones load it from the worker's cache."""
+"""InstallPlan deadline for onnxruntime stages: the first install cuts the stage from the
+model; later ones load it from the worker's cache."""
+INT8_INSTALL_S = 600.0
+"""InstallPlan deadline for int8 stages: the worker calibrates and quantizes its stage on its
+own CPU the first time, which took over 60 s on an emulated Cortex-A72 (``make check-arm``)
+and is minutes on a Raspberry Pi 4B at 224 px."""
 CLOCK_PROBES = 5
 
 
@@ -501,6 +505,8 @@ class Coordinator:
                 request.next_token = next_token
         # onnxruntime stages may be exported and quantized on first install: give them time.
         timeout = timeout_s if request.engine == "torch" else max(timeout_s, ENGINE_INSTALL_S)
+        if request.precision == "int8":
+            timeout = max(timeout, INT8_INSTALL_S)
         try:
             self.stub(stage.device).InstallPlan(request, timeout=timeout)
         except grpc.RpcError as exc:
