@@ -112,7 +112,9 @@ def coordinator_for(workers: list[RunningWorker], model: torch.nn.Module) -> Coo
     devices = [{"name": f"w{i}", "address": w.address} for i, w in enumerate(workers)]
     c = Coordinator(
         parse_cluster({"token": TOKEN, "devices": devices}),
-        health_policy=hl.HealthPolicy(deadline_s=1.0, probation_s=0.5),
+        # Generous (issue #15): a healthy in-process worker on an overloaded host took over
+        # 4 s to answer a heartbeat; a crashed one is lost at once by its failed sends.
+        health_policy=hl.HealthPolicy(deadline_s=15.0, probation_s=0.5),
     )
     c.check()
     c.load_model(MODEL, 10, 3, SIZE, model)
@@ -150,7 +152,7 @@ def test_switch_plan_mid_run_loses_and_duplicates_nothing(
         assert [(p.epoch, p.reason) for p in record.plan_changes] == [(first + 1, "test")]
         assert record.plan_changes[0].stages[0][0] == "w2"
         # The drained old epoch is dropped on its devices (in the background, soon).
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # bounded, not timed
         while time.monotonic() < deadline and any(first in w.worker._epochs for w in workers):
             time.sleep(0.05)
         assert all(first not in w.worker._epochs for w in workers)
