@@ -51,7 +51,10 @@ def report_command(run_dir: Path, compare: tuple[Path, ...], out: Path | None, f
     images completed; one whose coordinator was killed gets a page from its manifest and
     results.jsonl.
     """
-    if not (run_dir / "summary.json").exists() and (run_dir / resultlog.FILE).exists():
+    written_at_end = ("summary.json", "devices.csv", "requests.csv")
+    if (run_dir / resultlog.FILE).exists() and not any(
+        (run_dir / name).exists() for name in written_at_end
+    ):
         # The coordinator was killed: the manifest and the result log are all there is.
         click.echo(completion_line(run_dir, None))
         if fmt != "html":
