@@ -195,3 +195,10 @@ def test_from_reruns_the_configuration_and_resume_refuses_other_options(tmp_path
     again = subprocess.run(cli_argv("run", "--limit", "8", "--out", str(first)),
                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_default_folder_names_a_model_file_by_its_last_part() -> None:
+    for model, ends in [("mobilenet_v2", "-mobilenet_v2"), ("/tmp/m/net.onnx", "-net.onnx"),
+                        ("./mycnn.py:MyCNN", "-mycnn.py-MyCNN")]:  # fmt: skip
+        folder = runfolder.default_folder(model)
+        assert folder.parent == Path("runs") and folder.name.endswith(ends), folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,10 @@ FILES = (
 
 
 def default_folder(model: str) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+    """``runs/<date>-<time>-<model>``; a model given as a file (``path/net.py:Net``,
+    ``path/net.onnx``) is named by its last part (``net.py-Net``, ``net.onnx``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name).strip("-") or "model"
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
 def refuse_existing(folder: Path) -> None:
