@@ -70,18 +70,25 @@ def _unary(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method} expects a serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
             )
-        try:
-            return impl(request).SerializeToString()
-        except Refused as exc:
-            context.abort(exc.code, str(exc))
-        except EdgesplitError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # a bug must not take the server down
-            log.exception("%s/%s failed", service, method)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
-        raise AssertionError("unreachable: context.abort raises")
+        return _answer(service, method, context, lambda: impl(request))
 
     return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def _answer(
+    service: str, method: str, context: grpc.ServicerContext, call: Callable[[], Message]
+) -> bytes:
+    """``call()``'s reply serialized, its refusals and errors translated to gRPC statuses."""
+    try:
+        return call().SerializeToString()
+    except Refused as exc:
+        context.abort(exc.code, str(exc))
+    except EdgesplitError as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except Exception as exc:  # a bug must not take the server down
+        log.exception("%s/%s failed", service, method)
+        context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
+    raise AssertionError("unreachable: context.abort raises")
 
 
 def _stream_unary(
@@ -100,16 +107,7 @@ def _stream_unary(
                         f"{method} expects serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
                     ) from None
 
-        try:
-            return impl(parsed()).SerializeToString()
-        except Refused as exc:
-            context.abort(exc.code, str(exc))
-        except EdgesplitError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # a bug must not take the server down
-            log.exception("%s/%s failed", service, method)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}")
-        raise AssertionError("unreachable: context.abort raises")
+        return _answer(service, method, context, lambda: impl(parsed()))
 
     return grpc.stream_unary_rpc_method_handler(handle)
 
