@@ -303,3 +303,27 @@ def test_run_an_onnx_file_on_three_devices(mycnn: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     dataset = data.load("fashion-mnist", "test")
     assert predictions(out) == reference(model, dataset, 32, 48)
+
+
+def test_a_big_micro_batch_runs_in_sub_batches_with_the_whole_batch_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 224 px an image is 602 KB of input, so a stage runs one image per ONNX Runtime call
+    (its arena then keeps one image's activations, not eight); the output is the same as one
+    call on the whole batch."""
+    from edgesplit.engines import ort_session
+
+    monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = models.build("squeezenet1_1", num_classes=10)
+    ug = graph.trace(model, (3, 224, 224))
+    compiled = compile_model(ug, "squeezenet1_1", models.state_dict_sha256(model))
+    proto = onnx_units.parse_model(compiled.data)
+    stage = OrtStage(onnx_units.cut(proto, compiled.units, 0, 3), 0, 3, "fp32", 1)
+    x = np.random.default_rng(0).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    assert ort_session.sub_batch(x) == 1
+    assert ort_session.sub_batch(x[:, :, :32, :32]) >= 5  # 32 px: the batch in one call
+    (whole,) = stage.session.run(None, {stage._input: x})
+    got = stage.run(x)
+    assert got.shape == whole.shape
+    assert np.abs(got - whole).max() <= 1e-5 * max(1.0, float(np.abs(whole).max()))

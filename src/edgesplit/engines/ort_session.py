@@ -63,6 +63,22 @@ def make_session(model: bytes, threads: int) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+SUB_BATCH_INPUT_BYTES = 1 << 20
+"""A stage runs its micro-batch in sub-batches of at most this much input (at least one
+image). Inside a stage the activations are several times its input (MobileNetV2 expands its
+channels 6x), and ONNX Runtime's arena keeps the peak of a run for the next one. Measured on an
+AMD EPYC (Zen 4), 1 thread, MobileNetV2 units [0, 10) at 224 px, batch 8: RSS after a run
+148 MB whole, 89 MB one image at a time, at an equal or lower time per batch (86-93 ms against
+89-151 ms under a shared load); the whole model: 172 -> 115 MB, 221-235 against 243-254 ms.
+At 32 px an image is 12 KB of input, so such a micro-batch still runs in one call."""
+
+
+def sub_batch(x: np.ndarray) -> int:
+    """Images per ONNX Runtime call for the batch ``x`` (see :data:`SUB_BATCH_INPUT_BYTES`)."""
+    per_image = x[0].nbytes if len(x) else 1
+    return max(1, SUB_BATCH_INPUT_BYTES // max(1, per_image))
+
+
 class OrtStage:
     """Runs units ``[start, end)`` from their ONNX graph: a float32 array in, one out."""
 
@@ -87,8 +103,19 @@ class OrtStage:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         array = np.ascontiguousarray(x, dtype=np.float32)
-        (y,) = self.session.run([self._output], {self._input: array})
-        return np.asarray(y)
+        step = sub_batch(array)
+        if len(array) <= step:
+            (y,) = self.session.run([self._output], {self._input: array})
+            return np.asarray(y)
+        parts = []
+        for i in range(0, len(array), step):
+            (y,) = self.session.run([self._output], {self._input: array[i : i + step]})
+            if y.ndim == 0 or y.shape[0] != min(step, len(array) - i):
+                # not batch-major (a custom model that folds its batch): run it whole
+                (y,) = self.session.run([self._output], {self._input: array})
+                return np.asarray(y)
+            parts.append(y)
+        return np.concatenate(parts)
 
     def describe(self) -> dict[str, object]:
         import onnxruntime as ort
