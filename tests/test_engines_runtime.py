@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,7 +14,8 @@ import torch
 from edgesplit import models
 from edgesplit.config import parse_cluster
 from edgesplit.engines import Execution
-from edgesplit.errors import WorkerError
+from edgesplit.engines.onnx_units import CompiledModel
+from edgesplit.errors import PlanError, WorkerError
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
@@ -135,13 +138,60 @@ def test_int8_stages_across_workers(workers: list[RunningWorker], model: torch.n
     assert (out - reference).abs().max().item() <= 0.25 * reference.abs().max().item()
 
 
+def test_int8_stages_are_cut_from_the_model_the_coordinator_quantized(
+    workers: list[RunningWorker], model: torch.nn.Module, tmp_path: Path
+) -> None:
+    """The coordinator quantizes the whole model once for the workers' CPU kind and ships it;
+    each worker cuts its int8 stage from it, so the pipeline gives exactly the whole quantized
+    model's output, and no worker quantizes (its int8 stage cache stays empty)."""
+    from edgesplit.engines.onnx_engine import compile_int8
+    from edgesplit.engines.ort_session import OrtStage
+
+    torch.manual_seed(4)
+    calibration = torch.randn(32, 3, SIZE, SIZE)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with open_coordinator(workers, model) as c:
+        c.install_plan(
+            thirds(c), execution=Execution("onnxruntime", "int8", calibration=calibration)
+        )
+        record = c.run([(0, x)], window=1)
+        assert c._compiled is not None
+        kind = c.device_infos["e0"].cpu_kind
+        int8 = compile_int8(c._compiled, calibration, kind)
+        for w in workers:
+            status = pb_grpc.WorkerStub(open_channel(w.address, TOKEN)).Status(
+                pb.StatusRequest(), timeout=10
+            )
+            assert int8.sha256 in status.stored_models
+            assert [e.precision for e in status.epochs][-1:] == ["int8"]
+    whole = OrtStage(int8.data, 0, int8.num_units, "int8", 1).run(x.numpy())
+    assert (record.outputs[0].numpy() == whole).all()
+    stage_cache = Path(os.environ["EDGESPLIT_CACHE_DIR"]) / "stages"
+    assert not list(stage_cache.glob("*-int8-*.onnx"))
+
+
+def test_an_int8_model_the_worker_lacks_is_refused(workers: list[RunningWorker]) -> None:
+    worker = pb_grpc.WorkerStub(open_channel(workers[0].address, TOKEN))
+    base = {"epoch": 98, "stage": 0, "start": 0, "end": 2, "next_hop": "x:1", "coordinator": "y:1"}
+    cases = [
+        ("0" * 64, grpc.StatusCode.FAILED_PRECONDITION, "send it with PutModel first"),
+        ("nope", grpc.StatusCode.INVALID_ARGUMENT, "int8_model_sha256"),
+    ]
+    for sha, code, message in cases:
+        request = pb.InstallPlanRequest(**base, precision="int8", int8_model_sha256=sha)
+        with pytest.raises(grpc.RpcError) as info:
+            worker.InstallPlan(request, timeout=10)
+        assert info.value.code() == code
+        assert message in str(info.value.details())
+
+
 def test_bad_engine_requests_are_refused_clearly(workers: list[RunningWorker]) -> None:
     worker = pb_grpc.WorkerStub(open_channel(workers[0].address, TOKEN))
     base = {"epoch": 99, "stage": 0, "start": 0, "end": 2, "next_hop": "x:1", "coordinator": "y:1"}
     cases = [
         ({"engine": "tensorrt"}, "engine must be one of torch, onnxruntime"),
         ({"engine": "torch", "precision": "int8"}, "int8 needs --engine onnxruntime"),
-        ({"precision": "int8"}, "int8 needs calibration images"),
+        ({"precision": "int8"}, "precision int8 needs int8_model_sha256"),
         ({"wire": "fp8"}, "wire format must be one of fp32, fp16, int8"),
     ]
     for fields, message in cases:
@@ -154,7 +204,27 @@ def test_bad_engine_requests_are_refused_clearly(workers: list[RunningWorker]) -
 def test_coordinator_names_the_device_that_refuses(
     workers: list[RunningWorker], model: torch.nn.Module
 ) -> None:
+    class SkipsE2(Coordinator):
+        """Never sends e2 the int8 model, so e2 refuses the stage cut from it."""
+
+        def _ensure_held(self, device: str, model: CompiledModel, what: str) -> None:
+            if device != "e2":
+                super()._ensure_held(device, model, what)
+
+    devices = [{"name": f"e{i}", "address": w.address} for i, w in enumerate(workers)]
+    torch.manual_seed(5)  # calibration no other test used: e2 cannot hold that model yet
+    execution = Execution("onnxruntime", "int8", calibration=torch.randn(2, 3, SIZE, SIZE))
+    with SkipsE2(parse_cluster({"token": TOKEN, "devices": devices})) as c:
+        c.check()
+        c.load_model(MODEL, 10, 3, SIZE, model)
+        with pytest.raises(WorkerError, match=r"device e2 .*send it with PutModel first"):
+            c.install_plan(thirds(c), execution=execution)
+
+
+def test_int8_calibration_of_the_wrong_shape_is_refused_before_quantizing(
+    workers: list[RunningWorker], model: torch.nn.Module
+) -> None:
     with open_coordinator(workers, model) as c:
         execution = Execution("onnxruntime", "int8", calibration=torch.zeros(1, 3, 5, 5))
-        with pytest.raises(WorkerError, match=r"device e2 .*calibration images must be"):
+        with pytest.raises(PlanError, match=r"calibration images must be \[N, 3, 32, 32\]"):
             c.install_plan(thirds(c), execution=execution)

@@ -153,16 +153,18 @@ def test_run_int8_end_to_end_from_an_empty_cache(tmp_path: Path) -> None:
     )
     assert summary["completed_images"] == 256
     assert summary["accuracy"] > 0.8
-    # Workers quantize their stages of the shipped model and keep them (issue #17).
-    assert list((tmp_path / "cache" / "stages").glob("*-int8-*.onnx"))
-    assert len(list((tmp_path / "cache" / "models").glob("*.onnx"))) == 1
+    # The coordinator quantized the model for this CPU kind and shipped it next to the fp32
+    # one; the workers cut their int8 stages from it and quantized nothing (issue #17).
+    assert not list((tmp_path / "cache" / "stages").glob("*-int8-*.onnx"))
+    assert len(list((tmp_path / "cache" / "exports").glob("int8-*.onnx"))) == 1
+    assert len(list((tmp_path / "cache" / "models").glob("*.onnx"))) == 2
 
 
-def test_in_process_worker_reuses_its_compiled_stage(
+def test_a_second_int8_install_sends_and_quantizes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second install of the same int8 stage loads the cached file instead of quantizing
-    again, and the model is stored once (fp32 stages are cut from it, nothing to cache)."""
+    """The int8 model is quantized once by the coordinator (kept in its exports cache) and
+    sent once; installing int8 stages again, from a new coordinator too, sends no byte."""
     monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path))
     model, info = shipped("squeezenet1_1")
     running: RunningWorker = serve(WorkerConfig(name="solo", token="t", threads=1), "127.0.0.1:0")
@@ -174,10 +176,28 @@ def test_in_process_worker_reuses_its_compiled_stage(
             calibration = torch.rand(16, 3, size, size, generator=torch.Generator().manual_seed(0))
             int8 = Execution(engine="onnxruntime", precision="int8", calibration=calibration)
             c.install_plan([("solo", 0, n)], execution=int8)
-            (cached,) = (tmp_path / "stages").glob("*-int8-*.onnx")
-            stamp = cached.stat().st_mtime_ns
-            c.install_plan([("solo", 0, n)])
-            assert cached.stat().st_mtime_ns == stamp
-            assert len(list((tmp_path / "models").glob("*.onnx"))) == 1
+            (quantized,) = (tmp_path / "exports").glob("int8-*.onnx")
+            stamp = quantized.stat().st_mtime_ns
+            received = received_bytes(running)
+            assert received > 0
+            c.install_plan([("solo", 0, n)], reason="again")  # a new epoch: a cut
+            assert received_bytes(running) == received
+        with Coordinator(parse_cluster(spec)) as c:
+            c.load_model("squeezenet1_1", 10, 3, info.input_size, model)
+            c.install_plan([("solo", 0, n)], execution=int8)
+            assert received_bytes(running) == received
+        assert quantized.stat().st_mtime_ns == stamp
+        assert len(list((tmp_path / "models").glob("*.onnx"))) == 2
+        assert not list((tmp_path / "stages").glob("*-int8-*.onnx"))
     finally:
         running.stop(0.5)
+
+
+def received_bytes(worker: RunningWorker) -> int:
+    """Model bytes the worker received since it started (Status)."""
+    from edgesplit.runtime.proto import edgesplit_pb2 as pb
+    from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
+    from edgesplit.runtime.transport import open_channel
+
+    stub = pb_grpc.WorkerStub(open_channel(worker.address, "t"))
+    return int(stub.Status(pb.StatusRequest(), timeout=30).model_bytes_received)

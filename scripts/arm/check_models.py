@@ -45,7 +45,7 @@ import onnxruntime
 import torch
 
 from edgesplit import checkpoints, data, graph
-from edgesplit.engines import cpu, onnx_engine, quantize
+from edgesplit.engines import cpu, onnx_engine, onnx_units, quantize
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "arm" / "run.sh"
@@ -143,26 +143,14 @@ def _env(root: Path | None) -> dict[str, str]:
 
 
 def arm_int8(fp32: bytes, calibration: torch.Tensor, kind: str) -> bytes:
-    """The int8 model edgesplit builds for a worker of CPU ``kind``, loadable by the root's
-    onnxruntime (see :func:`only_used_opsets`)."""
+    """The int8 model edgesplit's coordinator builds for workers of CPU ``kind``
+    (:func:`edgesplit.engines.onnx_engine.compile_int8` does the same on a compiled model),
+    loadable by the root's older onnxruntime (see
+    :func:`~edgesplit.engines.onnx_engine.keep_used_opsets`)."""
     int8 = quantize.quantize_stage(fp32, calibration, onnx_engine.INPUT_NAME, kind=kind)
-    return only_used_opsets(int8)
-
-
-def only_used_opsets(model: bytes) -> bytes:
-    """``model`` without the opset imports of domains none of its nodes use.
-
-    ONNX Runtime 1.32's quantizer stamps every domain it knows into the int8 model, among them
-    ``ai.onnx.ml`` opset 5, which onnxruntime 1.17 (the aarch64 wheel that runs under QEMU)
-    refuses to load although no node uses that domain."""
-    import onnx
-
-    proto = onnx.load_from_string(model)
-    used = {node.domain for node in proto.graph.node} | {""}
-    keep = [o for o in proto.opset_import if o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-    return proto.SerializeToString()
+    proto = onnx_units.parse_model(int8)
+    onnx_engine.keep_used_opsets(proto)
+    return proto.SerializeToString()  # type: ignore[attr-defined, no-any-return]
 
 
 def native_logits(model: bytes, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:

@@ -8,8 +8,9 @@ in the middle (``x86-1, pi-arm, x86-2``), and runs ``edgesplit run --cluster`` o
 partition, precision, images) on an emulated cluster of three x86 workers (``--devices 3``).
 
 * **argmax agreement** = share of images whose prediction through the mixed cluster equals
-  the all-x86 cluster's (fp32 target >= 99.9 %; int8 stages are quantized for each device's
-  CPU, so int8 may differ slightly and its accuracy is what counts);
+  the all-x86 cluster's (fp32 target >= 99.9 %; the coordinator quantizes the model for each
+  CPU kind in the cluster and the aarch64 worker cuts its int8 stage from the arm64 one, so
+  int8 may differ slightly and its accuracy is what counts);
 * **accuracy** against the checkpoint's (int8 target: at most 1.0 point lower).
 
 The results go into ``bench/results/aarch64.json`` under ``"cluster"`` (the rest of that file
@@ -40,9 +41,6 @@ READY_TIMEOUT_S = 300.0
 """Generous: an emulated worker imports numpy, onnxruntime, grpc and pydantic at a tenth of the
 host's speed, and this host is shared."""
 RUN_TIMEOUT_S = 3600.0
-WARM_TIMEOUT_S = 1800.0
-"""How long the emulated worker may take to quantize its int8 stage after a first install
-that ran out of the coordinator's install deadline (see :func:`warm_int8`)."""
 MIN_FP32_AGREEMENT = 0.999
 MAX_INT8_DROP = 0.01
 
@@ -111,30 +109,6 @@ def edgesplit_run(
     with (out / "predictions.csv").open() as f:
         predictions = [int(r["prediction"]) if r["prediction"] else -1 for r in csv.DictReader(f)]
     return {"summary": summary, "predictions": predictions, "seconds": seconds}
-
-
-def warm_int8(args: argparse.Namespace, tmp: Path, cluster: list[str]) -> dict[str, Any]:
-    """Let the emulated worker build its int8 stage before the measured int8 run.
-
-    A worker quantizes its own int8 stage (calibration runs its stage's fp32 prefix, then ONNX
-    Runtime's quantizer), several minutes under QEMU on a shared host, which is longer than the
-    coordinator's install deadline. The worker finishes the stage after the deadline and caches
-    it by CPU kind, as a slow Pi would; this waits for that file, then the measured run loads
-    it. What the first attempt printed is kept in the results."""
-    first = edgesplit_run(args, "int8", tmp / "warm-int8", cluster)
-    if "error" not in first:
-        return {"first_attempt": "passed", "seconds": round(first["seconds"], 1)}
-    stages = tmp / f"cache-{ARM_DEVICE}" / "stages"
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < WARM_TIMEOUT_S:
-        if list(stages.glob("*-int8-*.onnx")):
-            break
-        time.sleep(2.0)
-    else:
-        raise SystemExit(f"{ARM_DEVICE} built no int8 stage in {WARM_TIMEOUT_S:.0f} s")
-    waited = time.monotonic() - t0
-    print(f"[int8] {ARM_DEVICE} cached its int8 stage {waited:.0f} s after the first attempt")
-    return {"first_attempt_error": first["error"], "waited_for_cached_stage_s": round(waited, 1)}
 
 
 def compare(mixed: dict[str, Any], reference: dict[str, Any], precision: str) -> dict[str, Any]:
@@ -213,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cluster: {addresses}", flush=True)
             cluster = ["--cluster", str(tmp / "cluster.yaml")]
             for precision in args.precisions.split(","):
-                warm = warm_int8(args, tmp, cluster) if precision == "int8" else None
                 print(f"[{precision}] mixed cluster (x86-1, {ARM_DEVICE}, x86-2)", flush=True)
                 mixed = edgesplit_run(args, precision, tmp / f"mixed-{precision}", cluster)
                 print(f"[{precision}] all-x86 reference (--devices 3)", flush=True)
@@ -221,8 +194,6 @@ def main(argv: list[str] | None = None) -> int:
                     args, precision, tmp / f"x86-{precision}", ["--devices", "3"]
                 )
                 rows[precision] = compare(mixed, reference, precision)
-                if warm is not None:
-                    rows[precision]["warm_up"] = warm
                 print(f"[{precision}] {json.dumps(rows[precision])}", flush=True)
         finally:
             for process in workers.values():

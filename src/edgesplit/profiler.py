@@ -758,7 +758,6 @@ def _ask_profile(
 ) -> Any:
     """One device's ProfileReply at ``precision``: its unit times, or with ``stages`` the
     timings of those unit ranges each as one stage."""
-    from edgesplit.runtime import codec
     from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
     request = pb.ProfileRequest(
@@ -770,7 +769,8 @@ def _ask_profile(
         stages=[pb.StageSpan(start=a, end=b) for a, b in stages],
     )
     if precision == "int8" and settings.calibration is not None:
-        codec.encode(settings.calibration.float(), out=request.calibration)
+        # the coordinator quantizes for the device's CPU kind; the device cuts its units from it
+        request.int8_model_sha256 = coordinator.int8_model_for(name, settings.calibration)
     if settings.engine == "torch":  # workers load torch only when asked (issue #17)
         coordinator.ensure_torch_reference()
     what = f"timing stages at {precision}" if stages else f"profiling at {precision}"

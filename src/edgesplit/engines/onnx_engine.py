@@ -329,3 +329,48 @@ def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledMode
         data = model.SerializeToString()
         write_cached(path, data)
     return onnx_units.CompiledModel.from_bytes(data)
+
+
+def compile_int8(compiled: CompiledModel, calibration: torch.Tensor, kind: str) -> CompiledModel:
+    """``compiled`` quantized to int8 (QDQ) as one model for CPU ``kind``, calibrated on the model
+    inputs ``calibration``, with the same units: what the coordinator ships to the workers of
+    that kind, which cut their int8 stages from it as they cut fp32 ones (issue #17). A re-plan
+    to any unit range then costs a cut, never a quantization on the device.
+
+    Cut at a unit boundary, the whole quantized model gives the same numbers as itself run
+    whole: the boundary tensor is the float output of its producer, and its quantize/dequantize
+    pair goes with the consumer's stage. Only the opsets its nodes use are kept, so an older
+    ONNX Runtime on a worker loads it (the quantizer stamps ``ai.onnx.ml`` 5 and more, which
+    onnxruntime 1.17 on aarch64 rejects). Cached under ``<user cache>/exports``."""
+    import onnxruntime
+
+    from edgesplit.engines import onnx_units, quantize
+
+    settings = str(sorted(quantize.settings(kind).as_dict().items()))
+    text = "|".join(
+        [compiled.sha256, calibration_id(calibration), kind, settings, onnxruntime.__version__]
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    path = cache_dir().parent / "exports" / f"int8-{compiled.sha256[:16]}-{kind}-{digest}.onnx"
+    data = read_cached(path)
+    if data is None:
+        images = calibration.detach().to(torch.float32).contiguous().numpy()
+        quantized = quantize.quantize_stage(compiled.data, images, compiled.units.input_name, kind)
+        model = onnx_units.parse_model(quantized)
+        onnx_units.write_units(model, compiled.units)
+        keep_used_opsets(model)
+        data = model.SerializeToString()  # type: ignore[attr-defined]
+        write_cached(path, data)
+    return CompiledModel.from_bytes(data)
+
+
+def keep_used_opsets(model: object) -> None:
+    """Drop ``model``'s opset imports that none of its nodes uses (the default domain stays)."""
+    graph = model.graph  # type: ignore[attr-defined]
+    used = {node.domain or "" for node in graph.node}
+    imports = model.opset_import  # type: ignore[attr-defined]
+    kept = [(o.domain, o.version) for o in imports if (o.domain or "") in used or not o.domain]
+    del imports[:]
+    for domain, version in kept:
+        entry = imports.add()
+        entry.domain, entry.version = domain, version

@@ -1,9 +1,10 @@
 """int8 stages: static post-training quantization with ONNX Runtime's quantization tools.
 
-``torch.ao.quantization`` is deprecated (issue #9), so int8 goes through ONNX Runtime: each
-stage's fp32 ONNX model is pre-processed (shape inference, graph optimisation), calibrated with
-MinMax ranges on the stage's own inputs and rewritten in QDQ format with per-channel int8
-weights. The activation and weight types and ``reduce_range`` follow the CPU kind the stage will
+``torch.ao.quantization`` is deprecated (issue #9), so int8 goes through ONNX Runtime: an fp32
+ONNX model (the whole model, which the coordinator quantizes once per CPU kind in the cluster
+and ships, :func:`~edgesplit.engines.onnx_engine.compile_int8`; or one stage) is pre-processed
+(shape inference, graph optimisation), calibrated with MinMax ranges on its own inputs and
+rewritten in QDQ format with per-channel int8 weights. The activation and weight types and ``reduce_range`` follow the CPU kind the stage will
 run on (:mod:`edgesplit.engines.cpu`, issue #15), each for a measured reason:
 
 - ``x86-vnni``: uint8 activations x int8 weights, full range. VNNI accumulates in int32, and

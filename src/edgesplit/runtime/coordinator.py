@@ -56,9 +56,9 @@ ENGINE_INSTALL_S = 60.0
 """InstallPlan deadline for onnxruntime stages: the first install cuts the stage from the
 model; later ones load it from the worker's cache."""
 INT8_INSTALL_S = 600.0
-"""InstallPlan deadline for int8 stages: the worker calibrates and quantizes its stage on its
-own CPU the first time, which took over 60 s on an emulated Cortex-A72 (``make check-arm``)
-and is minutes on a Raspberry Pi 4B at 224 px."""
+"""InstallPlan deadline for int8 stages quantized by the worker itself (a request without
+``int8_model_sha256``, which this coordinator no longer sends: kept for the fallback's tests):
+that took over 60 s on an emulated Cortex-A72 (``make check-arm``)."""
 CLOCK_PROBES = 5
 
 
@@ -123,6 +123,9 @@ class Coordinator:
         self._torch_source: tuple[pb.LoadModelRequest, nn.Module | None] | None = None
         self._torch_loaded = False
         self._weights_blob: tuple[nn.Module, bytes] | None = None
+        self._int8_models: dict[tuple[str, str, str], CompiledModel] = {}
+        """The loaded model quantized per (model sha256, calibration id, CPU kind)."""
+        self._int8_lock = threading.Lock()
         self._installed: dict[int, tuple[Stage, ...]] = {}
         """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
         self.clock_offsets_ms: dict[str, float] = {}
@@ -496,7 +499,7 @@ class Coordinator:
             coordinator=coord,
             latency_ms=link.latency_ms,
         )
-        self._fill_execution(request, link.wire)
+        self._fill_execution(request, link.wire, stage.device)
         if link.bandwidth_mbps is not None:
             request.bandwidth_mbps = link.bandwidth_mbps
         if not last:
@@ -505,7 +508,7 @@ class Coordinator:
                 request.next_token = next_token
         # onnxruntime stages may be exported and quantized on first install: give them time.
         timeout = timeout_s if request.engine == "torch" else max(timeout_s, ENGINE_INSTALL_S)
-        if request.precision == "int8":
+        if request.precision == "int8" and not request.int8_model_sha256:
             timeout = max(timeout, INT8_INSTALL_S)
         try:
             self.stub(stage.device).InstallPlan(request, timeout=timeout)
@@ -513,14 +516,73 @@ class Coordinator:
             error = self.worker_error(stage.device, f"installing epoch {epoch}", exc)
             raise InstallFailed(str(error), stage.device) from None
 
-    def _fill_execution(self, request: pb.InstallPlanRequest, link_wire: str | None) -> None:
+    def _fill_execution(
+        self, request: pb.InstallPlanRequest, link_wire: str | None, device: str
+    ) -> None:
         with self._lock:
             execution = self._execution
         request.engine = execution.engine or ""
         request.precision = execution.precision
         request.wire = link_wire or execution.wire
-        if execution.calibration is not None:
-            codec.encode(execution.calibration.to(torch.float32), out=request.calibration)
+        if execution.precision == "int8":
+            if execution.calibration is None:
+                raise PlanError("int8 stages need calibration images; none were given")
+            request.int8_model_sha256 = self.int8_model_for(device, execution.calibration)
+
+    def int8_model_for(self, device: str, calibration: torch.Tensor) -> str:
+        """sha256 of the loaded model quantized for ``device``'s CPU kind and calibrated on
+        ``calibration`` (model inputs), made sure to be held by the device: built here once per
+        kind (:func:`~edgesplit.engines.onnx_engine.compile_int8`) and sent where missing. The
+        device cuts its int8 stages from it, so no device quantizes anything."""
+        from edgesplit.engines.onnx_engine import calibration_id, compile_int8
+
+        with self._lock:
+            compiled = self._compiled
+        if compiled is None:
+            raise PlanError("int8 stages need a model; call load_model first")
+        expected = compiled.units.input_shape
+        if calibration.ndim != len(expected) + 1 or tuple(calibration.shape[1:]) != expected:
+            raise PlanError(
+                f"int8 calibration images must be [N, {', '.join(map(str, expected))}] (the "
+                f"model's input), got {list(calibration.shape)}"
+            )
+        kind = self._cpu_kind(device)
+        key = (compiled.sha256, calibration_id(calibration), kind)
+        with self._int8_lock:  # one quantization per kind, however many devices ask
+            model = self._int8_models.get(key)
+            if model is None:
+                log.info("quantizing %s to int8 for %s CPUs", key[0][:12], kind)
+                model = compile_int8(compiled, calibration, kind)
+                self._int8_models = {k: v for k, v in self._int8_models.items() if k[0] == key[0]}
+                self._int8_models[key] = model
+        self._ensure_held(device, model, f"the int8 model for {kind}")
+        return model.sha256
+
+    def _cpu_kind(self, device: str) -> str:
+        with self._lock:
+            info = self.device_infos.get(device)
+        if info is not None and info.cpu_kind != "unknown":
+            return info.cpu_kind
+        try:
+            reply = self.stub(device).Status(pb.StatusRequest(), timeout=CHECK_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise self.worker_error(device, "asking its CPU kind", exc) from None
+        return reply.cpu_kind or "unknown"
+
+    def _ensure_held(self, device: str, model: CompiledModel, what: str) -> None:
+        """Send ``model`` to ``device`` unless its store already holds those bytes."""
+        try:
+            status = self.stub(device).Status(pb.StatusRequest(), timeout=CHECK_TIMEOUT_S)
+            if model.sha256 in status.stored_models:
+                return
+            log.info(
+                "sending %s (%.1f MB ONNX) to %s", what, len(model.data) / 1e6, self.where(device)
+            )
+            self.stub(device).PutModel(
+                model_store.chunks(model.data, model.sha256), timeout=LOAD_TIMEOUT_S
+            )
+        except grpc.RpcError as exc:
+            raise self.worker_error(device, f"sending {what}", exc) from None
 
     def drop_epoch(self, epoch: int, devices: Iterable[str] | None = None) -> None:
         """Tell ``devices`` (default: every usable one) to forget ``epoch``; best effort per

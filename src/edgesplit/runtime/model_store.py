@@ -64,6 +64,15 @@ class ModelStore:
             return None
         return path
 
+    def digests(self, limit: int = 256) -> list[str]:
+        """sha256 of the stored models, most recently used first (at most ``limit``)."""
+        try:
+            files = [p for p in self.directory.glob("*.onnx") if len(p.stem) == 64]
+            files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:  # a file removed while listing: report what is sure next time
+            return []
+        return [p.stem for p in files[:limit]]
+
     def receive(self, chunks: Iterable[object]) -> Path:
         """Store the model a PutModel stream carries; :class:`ModelError` naming what is wrong
         (the partial file is removed). Chunks are ``ModelChunk`` messages."""

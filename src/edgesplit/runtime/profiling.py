@@ -5,14 +5,14 @@ values). Each timed pass runs the units in order on the previous unit's output, 
 sees its real input shape; the reply holds the median and the interquartile range per unit.
 
 Units are cut from the worker's compiled ONNX model exactly like stages are
-(:func:`edgesplit.runtime.stages.build_runner`). int8 units are quantized one by one, each
+(:func:`edgesplit.runtime.stages.build_runner`); int8 units from the coordinator's quantized
+model (``int8_model_sha256``), or, from an older coordinator, quantized here one by one, each
 calibrated on its own inputs (the request's model inputs run through the fp32 units before it).
-A unit quantized alone pays a quantize and a dequantize at both of its ends and loses fusion
-across them, so those times overstate what the unit costs inside a quantized stage (MobileNetV2
-at 224: 215 ms summed over units against 127 ms for the whole model quantized as one). The
-worker therefore also times the whole model quantized as one stage and scales the int8 unit
-times to sum to it: the relative unit costs come from the units, the level from the real
-quantized graph.
+A unit run alone pays a quantize and a dequantize at its ends and loses fusion across them, so
+its time overstates what it costs inside a quantized stage (MobileNetV2 at 224, units quantized
+alone: 215 ms summed against 127 ms for the whole model quantized as one). The worker therefore
+also times the whole quantized model as one stage and scales the int8 unit times to sum to it:
+the relative unit costs come from the units, the level from the real quantized graph.
 
 At every precision the reply also holds the whole model's time as one stage (wall and CPU). An
 engine that fuses a stage into one graph (ONNX Runtime converts a stage's input and output
@@ -67,11 +67,19 @@ def unit_executors(
     threads: int,
     precision: str = "fp32",
     images: np.ndarray | None = None,
+    int8: LoadedModel | None = None,
 ) -> list[StageRunner]:
     """One runner per unit on ``engine`` at ``precision``, each cut from the model the way a
-    stage is (int8 units are quantized once and cached on disk). int8 needs ``images`` (model
-    inputs); each unit calibrates on them after the fp32 units before it."""
+    stage is. int8 units are cut from ``int8`` (the coordinator's quantized model) or, without
+    it, quantized here once and cached on disk: that needs ``images`` (model inputs), on which
+    each unit calibrates after the fp32 units before it."""
     spec = engines.EngineSpec(engine, precision)
+    if precision == "int8" and int8 is not None:
+        proto = int8.proto()
+        return [
+            build_runner(model, i, i + 1, spec, threads, proto=proto, int8_model=int8)
+            for i in range(model.num_units)
+        ]
     fp32 = engines.EngineSpec(engine, "fp32")
     proto = model.proto()
     out: list[StageRunner] = []
@@ -93,9 +101,10 @@ def _model_ms(
     images: np.ndarray | None,
     x: np.ndarray,
     request: pb.ProfileRequest,
+    int8: LoadedModel | None = None,
 ) -> tuple[float, float]:
     """Median wall and process CPU ms of the whole model run as one stage."""
-    whole = build_runner(model, 0, model.num_units, spec, threads, images)
+    whole = build_runner(model, 0, model.num_units, spec, threads, images, int8_model=int8)
     samples, cpu = _time_runs(whole, x, request.warmup, request.repeats)
     return statistics.median(samples), statistics.median(cpu)
 
@@ -144,18 +153,22 @@ def hop_cpu_ms_per_mb(size: int = HOP_BYTES, repeats: int = HOP_REPEATS) -> floa
 
 
 def profile_units(
-    model: LoadedModel, request: pb.ProfileRequest, threads: int, default_engine: str | None = None
+    model: LoadedModel,
+    request: pb.ProfileRequest,
+    threads: int,
+    default_engine: str | None = None,
+    int8: LoadedModel | None = None,
 ) -> pb.ProfileReply:
     """Time each unit of ``model`` for one micro-batch of ``request.batch_size`` on the
-    requested engine and precision (int8: scaled to the whole quantized model, see the module
-    doc). With ``request.stages``: :func:`profile_stages` instead."""
+    requested engine and precision (int8: cut from ``int8`` when given, scaled to the whole
+    quantized model, see the module doc). With ``request.stages``: :func:`profile_stages`."""
     _check_request(request)
     if request.stages:
-        return profile_stages(model, request, threads, default_engine)
-    precision, images = _precision(model, request)
+        return profile_stages(model, request, threads, default_engine, int8)
+    precision, images = _precision(model, request, int8)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
-        stages = unit_executors(model, engine, threads, precision, images)
+        stages = unit_executors(model, engine, threads, precision, images, int8)
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     samples: list[list[float]] = [[] for _ in stages]
@@ -180,6 +193,7 @@ def profile_units(
             images if precision == "int8" else None,
             x0,
             request,
+            int8,
         )
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
@@ -205,12 +219,17 @@ def profile_units(
     )
 
 
-def _precision(model: LoadedModel, request: pb.ProfileRequest) -> tuple[str, np.ndarray | None]:
-    """The request's precision and its calibration model inputs (int8 needs them)."""
+def _precision(
+    model: LoadedModel, request: pb.ProfileRequest, int8: LoadedModel | None = None
+) -> tuple[str, np.ndarray | None]:
+    """The request's precision and its calibration model inputs (int8 without the
+    coordinator's quantized model needs them)."""
     precision = request.precision or "fp32"
-    images = calibration(model, request)
-    if precision == "int8" and images is None:
-        raise Refused(INVALID, "profiling at precision int8 needs calibration images")
+    images = calibration(model, request) if int8 is None else None
+    if precision == "int8" and images is None and int8 is None:
+        raise Refused(
+            INVALID, "profiling at precision int8 needs int8_model_sha256 or calibration images"
+        )
     return precision, images
 
 
@@ -224,7 +243,11 @@ def _check_request(request: pb.ProfileRequest) -> None:
 
 
 def profile_stages(
-    model: LoadedModel, request: pb.ProfileRequest, threads: int, default_engine: str | None = None
+    model: LoadedModel,
+    request: pb.ProfileRequest,
+    threads: int,
+    default_engine: str | None = None,
+    int8: LoadedModel | None = None,
 ) -> pb.ProfileReply:
     """Time each of ``request.stages`` as one stage, built the way a run builds it (same
     engine, precision, threads and compiled-stage cache), on one micro-batch of zeros of its
@@ -244,14 +267,17 @@ def profile_stages(
                 f"stage [{span.start}, {span.end}) is not a unit range of the loaded model; "
                 f"expected 0 <= start < end <= {n}",
             )
-    precision, images = _precision(model, request)
+    precision, images = _precision(model, request, int8)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
         spec = engines.EngineSpec(engine, precision)
         timings = []
-        proto = model.proto()
+        cut_from = int8 if int8 is not None and precision == "int8" else None
+        proto = (cut_from or model).proto()
         for span in request.stages:
-            executor = build_runner(model, span.start, span.end, spec, threads, images, proto=proto)
+            executor = build_runner(
+                model, span.start, span.end, spec, threads, images, proto=proto, int8_model=cut_from
+            )
             shape = model.units.in_shape(span.start)
             x = np.zeros((request.batch_size, *shape), dtype=np.float32)
             wall, cpu = _time_runs(executor, x, request.warmup, request.repeats)

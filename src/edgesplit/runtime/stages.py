@@ -3,11 +3,12 @@
 The model is the coordinator's compiled ONNX model (held in the worker's
 :class:`~edgesplit.runtime.model_store.ModelStore` by sha256); a stage is cut from it at unit
 boundaries (:mod:`edgesplit.engines.onnx_units`) and run by ONNX Runtime, so a new plan epoch
-costs a cut and a session, never a transfer. int8 stages are quantized here, calibrated on the
-stage's own inputs (the InstallPlan's model inputs run through the fp32 prefix) with the
-settings of this worker's CPU kind (:mod:`edgesplit.engines.cpu`), and cached on disk. Nothing
-here imports torch; the torch engine (:mod:`edgesplit.runtime.torch_reference`) is loaded only
-when a plan asks for it.
+costs a cut and a session, never a transfer. int8 stages are cut the same way from the whole
+model quantized by the coordinator for this worker's CPU kind (:mod:`edgesplit.engines.cpu`),
+which the worker holds in its store like the fp32 one (``int8_model_sha256``). A request
+without it (an older coordinator) still gets its stage quantized here, calibrated on the
+stage's own inputs, and cached on disk. Nothing here imports torch; the torch engine
+(:mod:`edgesplit.runtime.torch_reference`) is loaded only when a plan asks for it.
 
 Everything here validates requests from the network; a refusal is a :class:`Refused` with
 the gRPC status and a message naming what was expected.
@@ -133,6 +134,26 @@ def open_model(key: ModelKey, path: Path) -> LoadedModel:
     return LoadedModel(key=key, units=units, path=path)
 
 
+def open_int8(model: LoadedModel, sha256: str, path: Path | None) -> LoadedModel:
+    """The coordinator's int8 model ``sha256`` (stored at ``path``) for the loaded ``model``;
+    refused when the worker does not hold it or its units are not the loaded model's."""
+    if path is None:
+        raise Refused(
+            PRECONDITION,
+            f"int8 model {sha256[:12]} is not stored here; send it with PutModel first",
+        )
+    int8 = open_model(model.key._replace(model_sha256=sha256), path)
+    if int8.units.out_shapes != model.units.out_shapes or (
+        int8.units.input_shape != model.units.input_shape
+    ):
+        raise Refused(
+            INVALID,
+            f"int8 model {sha256[:12]} has other units than the loaded model "
+            f"{model.key.model_sha256[:12]}; quantize the loaded model",
+        )
+    return int8
+
+
 def _engine_spec(request: Any, default_engine: str | None) -> engines.EngineSpec:
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
@@ -236,9 +257,11 @@ def build_runner(
     images: np.ndarray | None = None,
     stage_inputs: np.ndarray | None = None,
     proto: Any = None,
+    int8_model: LoadedModel | None = None,
 ) -> StageRunner:
     """The runner of units ``[start, end)`` on ``spec``; :class:`ModelError` when it cannot be
-    built (the torch engine without its reference model, an operation ONNX Runtime lacks)."""
+    built (the torch engine without its reference model, an operation ONNX Runtime lacks).
+    An int8 stage is cut from ``int8_model`` when given (``proto`` is then that model's)."""
     if spec.engine == "torch":
         if model.torch_graph is None:
             raise ModelError(
@@ -250,7 +273,11 @@ def build_runner(
         return TorchStage(model.torch_graph, start, end)
     if threads < 1:
         raise ModelError(f"onnxruntime needs at least 1 intra-op thread, got {threads}")
-    data, path = stage_model(model, start, end, spec.precision, images, stage_inputs, proto)
+    if spec.precision == "int8" and int8_model is not None:
+        proto = proto if proto is not None else int8_model.proto()
+        data, path = onnx_units.cut(proto, int8_model.units, start, end), None
+    else:
+        data, path = stage_model(model, start, end, spec.precision, images, stage_inputs, proto)
     try:
         return OrtStage(data, start, end, spec.precision, threads, path)
     except Exception as exc:  # onnxruntime's pybind errors (NOT_IMPLEMENTED, INVALID_GRAPH)
@@ -263,9 +290,11 @@ def make_epoch(
     request: pb.InstallPlanRequest,
     threads: int = 1,
     default_engine: str | None = None,
+    int8_model: LoadedModel | None = None,
 ) -> Epoch:
     """Validate an InstallPlan request against ``model`` and build its stage with ``threads``
-    intra-op threads (the request's engine, else ``default_engine``, else onnxruntime)."""
+    intra-op threads (the request's engine, else ``default_engine``, else onnxruntime); an int8
+    stage is cut from ``int8_model`` (see :func:`open_int8`) when given."""
     n = model.num_units
     if request.epoch < 1:
         raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
@@ -286,11 +315,15 @@ def make_epoch(
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     spec = _engine_spec(request, default_engine)
-    images = calibration(model, request)
-    if spec.precision == "int8" and images is None:
-        raise Refused(INVALID, "precision int8 needs calibration images in the InstallPlan")
+    images = calibration(model, request) if int8_model is None else None
+    if spec.precision == "int8" and images is None and int8_model is None:
+        raise Refused(
+            INVALID, "precision int8 needs int8_model_sha256 (or calibration images) in the request"
+        )
     try:
-        executor = build_runner(model, request.start, request.end, spec, threads, images)
+        executor = build_runner(
+            model, request.start, request.end, spec, threads, images, int8_model=int8_model
+        )
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None

@@ -44,7 +44,14 @@ from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.model_store import ModelStore
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
-from edgesplit.runtime.stages import Epoch, LoadedModel, make_epoch, model_key, open_model
+from edgesplit.runtime.stages import (
+    Epoch,
+    LoadedModel,
+    make_epoch,
+    model_key,
+    open_int8,
+    open_model,
+)
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -53,7 +60,7 @@ from edgesplit.runtime.transport import (
     open_channel,
     service_handler,
 )
-from edgesplit.runtime.weights import cached, store
+from edgesplit.runtime.weights import cached, check_sha256, store
 
 
 def _default_threads() -> int:
@@ -170,6 +177,7 @@ class Worker:
             weights_sha256=model.key.weights_sha256 if model else "",
             model_sha256=model.key.model_sha256 if model else "",
             model_bytes_received=self.store.received_bytes,
+            stored_models=self.store.digests(),
             num_units=model.num_units if model else 0,
             epochs=[
                 pb.EpochInfo(
@@ -267,8 +275,9 @@ class Worker:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
+        int8 = self._int8_model(model, request.int8_model_sha256)
         try:
-            epoch = make_epoch(model, request, self.threads, self.config.engine)
+            epoch = make_epoch(model, request, self.threads, self.config.engine, int8)
         finally:
             release_memory()  # the parsed whole model and the cut copies are gone now
         with self._lock:
@@ -282,6 +291,16 @@ class Worker:
         )  # fmt: skip
         return pb.Ack()
 
+    def _int8_model(self, model: LoadedModel, sha256: str) -> LoadedModel | None:
+        """The coordinator's int8 model named by a request (None when it names none)."""
+        if not sha256:
+            return None
+        try:
+            digest = check_sha256(sha256)
+        except EdgesplitError as exc:
+            raise Refused(INVALID, f"int8_model_sha256: {exc}") from None
+        return open_int8(model, digest, self.store.find(digest))
+
     def profile(self, request: pb.ProfileRequest) -> pb.ProfileReply:
         with self._lock:
             model = self._model
@@ -291,7 +310,10 @@ class Worker:
             raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
         with self._profile_lock:  # one profile at a time, or they would time each other
             try:
-                return profiling.profile_units(model, request, self.threads, self.config.engine)
+                int8 = self._int8_model(model, request.int8_model_sha256)
+                return profiling.profile_units(
+                    model, request, self.threads, self.config.engine, int8
+                )
             finally:
                 release_memory()  # a session per unit was built and dropped
 

@@ -115,7 +115,7 @@ class EpochInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received")
+    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received", "stored_models")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EDGESPLIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class StatusReply(_message.Message):
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STORED_MODELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol_version: int
     edgesplit_version: str
@@ -164,7 +165,8 @@ class StatusReply(_message.Message):
     cpu_count: int
     model_sha256: str
     model_bytes_received: int
-    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ...) -> None: ...
+    stored_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ..., stored_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights", "model_sha256", "torch_reference")
@@ -217,7 +219,7 @@ class PutModelReply(_message.Message):
     def __init__(self, stored_bytes: _Optional[int] = ...) -> None: ...
 
 class InstallPlanRequest(_message.Message):
-    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token", "engine", "precision", "wire", "calibration")
+    __slots__ = ("epoch", "stage", "start", "end", "next_hop", "coordinator", "bandwidth_mbps", "latency_ms", "next_token", "engine", "precision", "wire", "calibration", "int8_model_sha256")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +233,7 @@ class InstallPlanRequest(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     WIRE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    INT8_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     stage: int
     start: int
@@ -244,7 +247,8 @@ class InstallPlanRequest(_message.Message):
     precision: str
     wire: str
     calibration: Tensor
-    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., coordinator: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., next_token: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    int8_model_sha256: str
+    def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., coordinator: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ..., next_token: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ..., int8_model_sha256: _Optional[str] = ...) -> None: ...
 
 class DropEpochRequest(_message.Message):
     __slots__ = ("epoch",)
@@ -279,7 +283,7 @@ class FailureReport(_message.Message):
     def __init__(self, device: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., request_id: _Optional[int] = ..., next_hop: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("batch_size", "warmup", "repeats", "engine", "precision", "calibration", "stages")
+    __slots__ = ("batch_size", "warmup", "repeats", "engine", "precision", "calibration", "stages", "int8_model_sha256")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +291,7 @@ class ProfileRequest(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    INT8_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     warmup: int
     repeats: int
@@ -294,7 +299,8 @@ class ProfileRequest(_message.Message):
     precision: str
     calibration: Tensor
     stages: _containers.RepeatedCompositeFieldContainer[StageSpan]
-    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageSpan, _Mapping]]] = ...) -> None: ...
+    int8_model_sha256: str
+    def __init__(self, batch_size: _Optional[int] = ..., warmup: _Optional[int] = ..., repeats: _Optional[int] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[Tensor, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[StageSpan, _Mapping]]] = ..., int8_model_sha256: _Optional[str] = ...) -> None: ...
 
 class StageSpan(_message.Message):
     __slots__ = ("start", "end")
