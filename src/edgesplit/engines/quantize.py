@@ -4,8 +4,9 @@
 ONNX model (the whole model, which the coordinator quantizes once per CPU kind in the cluster
 and ships, :func:`~edgesplit.engines.onnx_engine.compile_int8`; or one stage) is pre-processed
 (shape inference, graph optimisation), calibrated with MinMax ranges on its own inputs and
-rewritten in QDQ format with per-channel int8 weights. The activation and weight types and ``reduce_range`` follow the CPU kind the stage will
-run on (:mod:`edgesplit.engines.cpu`, issue #15), each for a measured reason:
+rewritten in QDQ format with per-channel int8 weights. The activation and weight types and
+``reduce_range`` follow the CPU kind the model will run on (:mod:`edgesplit.engines.cpu`,
+issue #15), each for a measured reason:
 
 - ``x86-vnni``: uint8 activations x int8 weights, full range. VNNI accumulates in int32, and
   this is ONNX Runtime's fastest x86 path.
