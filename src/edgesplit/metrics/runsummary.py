@@ -247,9 +247,11 @@ class RunSummary(_Frozen):
 
     Example::
 
-        >>> summary = read(Path("runs/a"))
+        >>> text = Path("runs/a/summary.json").read_text()
+        >>> summary = edgesplit.RunSummary.model_validate_json(text)
         >>> summary.throughput_ips, summary.latency_ms.p50, summary.plan.stages[0].device
         (61.2, 30.5, 'pi1')
+        >>> edgesplit.RunSummary.model_json_schema()  # docs/summary.schema.json
     """
 
     model: str
