@@ -38,6 +38,7 @@ class _Frozen(BaseModel):
         extra="ignore",
         populate_by_name=True,
         json_schema_serialization_defaults_required=True,
+        use_attribute_docstrings=True,
         json_schema_extra={"additionalProperties": False},
     )
 
@@ -255,50 +256,76 @@ class RunSummary(_Frozen):
     """
 
     model: str
+    """A zoo model's name, or the model file as given (``net.onnx``, ``net.py:Net``)."""
     dataset: str
     weights: str
     """A checkpoint path, or ``random``."""
     checkpoint_accuracy: float | None
+    """The checkpoint's own test accuracy (None for random weights or an ONNX file)."""
     input_size: int
+    """Input images are ``input_size`` x ``input_size`` pixels."""
     batch_size: int
+    """Images per micro-batch."""
     window: int
     """Micro-batches in flight at most."""
     engine: str | None = "torch"
     """The stages' engine (None: each worker's default; ``torch`` before engines were recorded)."""
     precision: str = "fp32"
+    """``fp32`` or ``int8``: the precision the stages ran at."""
     wire: str = "fp32"
+    """Activation format between stages."""
     images: int
+    """Images the run was asked for."""
     completed_images: int
+    """Images with a result (this run's and a resumed run's)."""
     complete: bool
+    """Every image has a result."""
     resumed_images: int = 0
     """Images whose results came from the interrupted run this one resumed."""
     wall_s: float
+    """First upload to last result, seconds."""
     throughput_ips: float | None
+    """Images this run computed over ``wall_s`` (None for no wall time)."""
     latency_ms: LatencyMs
     accuracy: float | None
+    """Correct over completed images; None without labels."""
     params_total: int
     partition: str
+    """Unit ranges per stage, like ``0-11,11-22,22-`` (half-open; a missing end is the last)."""
     partition_method: str | None = None
     """``auto``, ``balanced``, ``equal`` or the ranges as given (None: not recorded)."""
     predicted: Predicted | None = None
+    """The planner's prediction (None for a fixed partition)."""
     energy: EnergySummary | None = None
     energy_j_per_image: float | None = None
+    """``energy.energy_j_per_image``: all devices, the whole run."""
     plan: RunPlan
     device_rows: list[DeviceRow] = Field(alias="devices")
+    """The per-device table, one row per stage (``devices`` in the JSON)."""
     clock_offsets_ms: dict[str, float]
     """Worker clock minus coordinator clock."""
     rtt_ms: dict[str, float]
+    """Coordinator-to-worker round trip per device."""
     failures: list[Failure]
+    """Devices lost during the run."""
     replayed: int
+    """Micro-batches sent again after a device loss."""
     duplicates: int
+    """Results for a micro-batch that already had one (a replay's second copy), dropped."""
     plan_changes: list[PlanChange] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    """Failure reports and unanswered status calls (the first 100)."""
     injected: list[Injection] = Field(default_factory=list)
     adaptive: Adaptive | None = None
+    """None without ``--adaptive``."""
     precision_choice: PrecisionChoice | None = None
+    """None unless ``--precision auto``."""
     int8_gate: Int8Gate | None = None
+    """None when no int8 drop was measured."""
     cpu_kinds: dict[str, str] = Field(default_factory=dict)
+    """Each device's CPU kind (``x86-vnni``, ``x86-avx2``, ``arm64-neon``, ...)."""
     notes: list[str]
+    """What the run wants a reader to know (random weights, the planner's notes, ...)."""
     error: str | None = None
     """Why the run stopped early (None for a run that finished)."""
 
