@@ -18,6 +18,7 @@ No torch and no numpy here: a report opens a run folder on a laptop in a second.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgesplit.errors import ConfigError
 
 FILE = "summary.json"
+HEADLINE = ("folder", "model", "dataset", "partition", "batch_size", "images", "completed_images",
+            "throughput_ips", "latency_ms", "accuracy")  # fmt: skip
+"""What ``repr`` shows of a summary."""
 SCHEMA_ID = "https://edgesplit.dev/summary.schema.json"
 
 
@@ -337,6 +341,12 @@ class RunSummary(_Frozen):
             done, asked = data.get("completed_images"), data.get("images")
             return {**data, "complete": done is None or asked is None or done == asked}
         return data
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The headline numbers only (a notebook shows the rest as tables)."""
+        for name, value in super().__repr_args__():
+            if name in HEADLINE:
+                yield name, value
 
     @property
     def stage_devices(self) -> tuple[str, ...]:
