@@ -30,7 +30,6 @@ FILE = "summary.json"
 HEADLINE = ("folder", "model", "dataset", "partition", "batch_size", "images", "completed_images",
             "throughput_ips", "latency_ms", "accuracy")  # fmt: skip
 """What ``repr`` shows of a summary."""
-SCHEMA_ID = "https://edgesplit.dev/summary.schema.json"
 
 
 class _Frozen(BaseModel):
@@ -408,11 +407,7 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of ``summary.json`` as this version writes it (``docs/summary.schema.json``
     holds it; ``python -m edgesplit.metrics.runsummary`` prints it)."""
     schema = RunSummary.model_json_schema(mode="serialization", by_alias=True)
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        **schema,
-    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def schema_text() -> str:
