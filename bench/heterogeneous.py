@@ -88,17 +88,15 @@ def one_run(
     t0 = time.perf_counter()
     outcome = run_job(config)
     summary = outcome.summary
-    latency = summary["latency_ms"]
-    assert isinstance(latency, dict)
     return {
         "partition_method": partition,
-        "partition": summary["partition"],
-        "devices": [s["device"] for s in summary["plan"]["stages"]],  # type: ignore[index]
+        "partition": summary.partition,
+        "devices": list(summary.stage_devices),
         "throughput_steady_ips": steady_ips(outcome.folder, args.batch_size),
-        "throughput_wall_ips": summary["throughput_ips"],
-        "latency_p50_ms": latency.get("p50"),
-        "energy_j_per_image": summary["energy_j_per_image"],
-        "predicted": summary["predicted"],
+        "throughput_wall_ips": summary.throughput_ips,
+        "latency_p50_ms": summary.latency_ms.p50,
+        "energy_j_per_image": summary.energy_j_per_image,
+        "predicted": summary.predicted.model_dump(mode="json") if summary.predicted else None,
         "seconds": time.perf_counter() - t0,
     }
 

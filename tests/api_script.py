@@ -37,6 +37,11 @@ def experiment(out: Path) -> pd.DataFrame:
     again = edgesplit.RunResult.load(out / "run")
     assert again.summary == saved.summary
     throughput: float | None = again.throughput_ips
+    typed: edgesplit.RunSummary = again.summary
+    p50: float | None = typed.latency_ms.p50
+    first: str = typed.plan.stages[0].device
+    rss: list[float | None] = [row.rss_mb for row in again.device_rows]
+    print(p50, first, rss, again.predicted.throughput_ips if again.predicted else None)
     print(ips, throughput, starts, pids, sim.throughput_ips, result.devices, result.requests)
     try:
         edgesplit.Cluster.from_file(out / "cluster.yaml")

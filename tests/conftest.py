@@ -12,7 +12,7 @@ import torch
 
 from edgesplit import graph, models
 from edgesplit.errors import EdgesplitError
-from edgesplit.metrics import manifest, resultlog
+from edgesplit.metrics import manifest, resultlog, runsummary
 
 torch.set_num_threads(1)
 
@@ -45,6 +45,39 @@ def every_run_folder_has_a_full_manifest(
         if empty:
             missing.append(f"{log.parent}: {', '.join(empty)}")
     assert not missing, "run folders without a full manifest:\n" + "\n".join(missing)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_summary_matches_the_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the session: every ``summary.json`` the tests wrote validates against the committed
+    docs/summary.schema.json and reads back into :class:`RunSummary` as written (issue #16)."""
+    yield
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "summary.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    bad = []
+    for path in tmp_path_factory.getbasetemp().rglob(runsummary.FILE):
+        text = path.read_text()
+        try:
+            written = json.loads(text)
+        except ValueError:
+            continue  # a test that truncates a summary on purpose
+        if not isinstance(written, dict) or "throughput_ips" not in written:
+            continue  # a test's deliberately broken file, not a run's
+        errors = [
+            f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(written)
+        ]
+        if not errors and json.loads(runsummary.parse(text, str(path)).to_json()) != written:
+            errors.append("does not read back as written")
+        if errors:
+            bad.append(f"{path}: {'; '.join(errors[:3])}")
+    assert not bad, "summary.json files that do not match docs/summary.schema.json:\n" + "\n".join(
+        bad
+    )
 
 
 @functools.cache

@@ -23,6 +23,7 @@ PUBLIC = {
     "Profile",
     "RunPlots",
     "RunResult",
+    "RunSummary",
     "Simulation",
     "Split",
     "__version__",

@@ -74,7 +74,7 @@ def test_a_result_is_data_figures_and_a_folder_that_round_trips(
     assert result.partition == "0-11,11-22,22-33"
     assert result.stage_devices == ("pi1", "pi2", "pi3")
     assert result.accuracy is not None and result.accuracy > 0.5  # the shipped checkpoint
-    assert result.latency_ms["p50"] is not None
+    assert result.latency_ms.p50 is not None
     devices = result.devices
     assert list(devices["name"]) == ["pi1", "pi2", "pi3"]
     assert (devices["images"] == LIMIT).all()

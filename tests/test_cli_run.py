@@ -345,8 +345,9 @@ def test_table_never_cuts_a_device_name() -> None:
     """Long names on a console narrower than the table: every name is printed whole."""
     from rich.console import Console
 
-    from edgesplit.metrics.summary import DeviceRow
+    from edgesplit.metrics.runsummary import DeviceRow
     from edgesplit.metrics.table import device_table
+    from tests.summaries import a_summary
 
     names = [f"raspberrypi-kitchen-shelf-{i}" for i in range(3)]
     rows = [
@@ -373,11 +374,10 @@ def test_table_never_cuts_a_device_name() -> None:
         )
         for i, name in enumerate(names)
     ]
-    summary = {
-        "model": MODEL, "dataset": "fashion-mnist", "images": 8, "batch_size": 8,
-        "throughput_ips": 1.0, "wall_s": 1.0, "latency_ms": {}, "accuracy": None,
-        "params_total": 3000,
-    }  # fmt: skip
+    summary = a_summary(
+        model=MODEL, images=8, batch_size=8, throughput_ips=1.0, wall_s=1.0, latency_ms={},
+        accuracy=None, params_total=3000, devices=[r.to_dict() for r in rows],
+    )  # fmt: skip
     console = Console(width=120, file=io.StringIO())
     console.print(device_table(summary, rows))
     text = console.file.getvalue()  # type: ignore[attr-defined]

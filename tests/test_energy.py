@@ -13,8 +13,9 @@ from edgesplit import doctor
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.metrics import energy
-from edgesplit.metrics.summary import DeviceRow
+from edgesplit.metrics.runsummary import DeviceRow
 from edgesplit.profiler import DeviceProfile, Profile, UnitProfile, load_profile, to_problem
+from tests.summaries import a_summary
 
 
 def sample(t: float, watts: float | None, source: str = "command", cpu: float = 0.0) -> dict:
@@ -33,9 +34,8 @@ def cluster(*devices: dict[str, Any]) -> ClusterSpec:
 
 def row(name: str, system_cpu: float) -> DeviceRow:
     return DeviceRow(
-        name, 0, (0, 1), "a .. b", 0, 10, 1.0, None, None, None, None, None, 0,
-        cpu_percent=system_cpu, system_cpu_percent=system_cpu, cpu_freq_mhz=None,
-        memory_percent=None, rss_mb=None, temperature_c=None,
+        name=name, stage=0, units=(0, 1), layers="a .. b", params=0, images=10,
+        throughput_ips=1.0, cpu_percent=system_cpu, system_cpu_percent=system_cpu,
     )  # fmt: skip
 
 
@@ -98,20 +98,21 @@ def test_metered_devices_integrate_and_the_others_are_modelled() -> None:
 
 
 def test_comparison_only_for_metered_runs_with_the_error() -> None:
-    summary: dict[str, Any] = {
-        "energy": {
-            "energy_j_per_image": 0.55,
-            "model_energy_j_per_image": 0.5,
-            "metered": ["pi1"],
-            "devices": {
-                "pi1": {"source": "command", "energy_j": 6.0, "model_energy_j": 5.0,
-                        "power_w": 3.0},
-                "pi2": {"source": "model", "energy_j": 5.0, "model_energy_j": 5.0,
-                        "power_w": 2.5},
-            },
-        },
-        "predicted": {"energy_j_per_image": 0.44},
+    def used(source: str, energy_j: float, power_w: float) -> dict[str, Any]:
+        return {"source": source, "utilisation": 0.5, "power_w": power_w, "energy_j": energy_j,
+                "energy_j_per_image": energy_j / 20, "model_power_w": 2.5,
+                "model_energy_j": 5.0, "readings": 10 if source != "model" else 0}  # fmt: skip
+
+    spent: dict[str, Any] = {
+        "window_t": [100.0, 102.0], "energy_j": 11.0, "energy_j_per_image": 0.55,
+        "model_energy_j": 10.0, "model_energy_j_per_image": 0.5, "metered": ["pi1"],
+        "devices": {"pi1": used("command", 6.0, 3.0), "pi2": used("model", 5.0, 2.5)},
     }  # fmt: skip
+    predicted = {
+        "objective": "throughput", "throughput_ips": 100.0, "latency_ms": 20.0,
+        "bottleneck_ms": 10.0, "energy_j_per_image": 0.44, "stages": [],
+    }  # fmt: skip
+    summary = a_summary(energy=spent, predicted=predicted)
     got = energy.comparison(summary)
     assert got is not None
     text = "\n".join(got.lines())
@@ -121,8 +122,7 @@ def test_comparison_only_for_metered_runs_with_the_error() -> None:
     rows = {r["device"]: r for r in energy.device_rows(summary)}
     assert rows["pi1"]["error"] == pytest.approx(0.2)
     assert rows["pi2"]["error"] is None
-    summary["energy"]["metered"] = []
-    assert energy.comparison(summary) is None
+    assert energy.comparison(a_summary(energy={**spent, "metered": []})) is None
 
 
 # --- the fit ----------------------------------------------------------------------------------

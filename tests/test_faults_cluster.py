@@ -103,7 +103,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_no_image(tmp_path: Path) -
     assert change["reason"] == "lost pi3"
     assert [s["device"] for s in change["stages"]] == ["pi1", "pi2", "pi4"]
     assert states(events, "pi3") == ["lost"]
-    assert outcome.summary["accuracy"] == summary["accuracy"]
+    assert outcome.summary.accuracy == summary["accuracy"]
 
 
 def test_a_paused_worker_is_lost_within_the_deadline_then_readmitted(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from PIL import Image
 from edgesplit.cli import main
 from edgesplit.errors import ConfigError
 from edgesplit.metrics import report
+from tests.summaries import a_summary
+from tests.summaries import device as device_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("timeline", "devices", "latency_cdf", "stages")
@@ -89,7 +91,7 @@ def test_reductions_agree_with_the_summary(run_dir: Path) -> None:
     latencies = sorted(report.request_latencies_ms(run.hops).values())
     n = len(latencies)
     p50 = latencies[-(-50 * n // 100) - 1]
-    assert p50 == pytest.approx(run.summary["latency_ms"]["p50"], rel=1e-6)
+    assert p50 == pytest.approx(run.summary.latency_ms.p50, rel=1e-6)
     # The four parts of a hop laid end to end reach the next hop's arrival.
     ids = report.timeline_window(run.hops, 20)
     assert len(ids) == 20
@@ -103,7 +105,7 @@ def test_reductions_agree_with_the_summary(run_dir: Path) -> None:
     for device, (starts, rates) in bins.items():
         widths = [b - a for a, b in zip(starts, [*starts[1:], span], strict=True)]
         images = sum(r * w for r, w in zip(rates, widths, strict=True))
-        assert images == pytest.approx(run.summary["completed_images"]), device
+        assert images == pytest.approx(run.summary.completed_images), device
 
 
 @pytest.mark.slow
@@ -161,14 +163,14 @@ def test_truncated_file_names_it(run_dir: Path, tmp_path: Path, name: str) -> No
         report.load_run(broken)
 
 
-SUMMARY = {
-    "throughput_ips": 400.0,
-    "latency_ms": {"p50": 80.0, "p95": 130.0, "mean": 90.0},
-    "devices": [
-        {"name": "pi1", "cpu_percent": 47.0, "cpu_freq_mhz": 1500.0, "temperature_c": None},
-        {"name": "pi2", "cpu_percent": 33.0, "rss_mb": 2.0, "compute_ms_per_batch": 12.5},
+SUMMARY = a_summary(
+    throughput_ips=400.0,
+    latency_ms={"p50": 80.0, "p95": 130.0, "mean": 90.0},
+    devices=[
+        device_row("pi1", 0, cpu_percent=47.0, cpu_freq_mhz=1500.0, temperature_c=None),
+        device_row("pi2", 1, cpu_percent=33.0, rss_mb=2.0, compute_ms_per_batch=12.5),
     ],
-}
+)
 
 
 def test_prometheus_gauges_from_a_summary_with_units() -> None:
@@ -245,11 +247,14 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
 def test_marks_collect_faults_losses_and_plan_changes_in_time_order() -> None:
     from edgesplit.metrics.report import marks
 
-    summary = {
-        "injected": [{"time_s": 2.0, "spec": "pi2:stress@2s"}],
-        "failures": [{"time_s": 3.5, "device": "pi3"}],
-        "plan_changes": [{"time_s": 3.6, "epoch": 2}, {"time_s": 1.0, "epoch": 1}],
-    }
+    summary = a_summary(
+        injected=[{"time_s": 2.0, "spec": "pi2:stress@2s", "action": "stress", "devices": ["pi2"]}],
+        failures=[{"time_s": 3.5, "device": "pi3", "reason": "no heartbeat"}],
+        plan_changes=[
+            {"time_s": 3.6, "epoch": 2, "reason": "pi3 lost", "stages": []},
+            {"time_s": 1.0, "epoch": 1, "reason": "adaptive: faster", "stages": []},
+        ],
+    )
     got = [(m.time_s, m.kind, m.label) for m in marks(summary)]
     assert got == [
         (1.0, "plan", "plan epoch 1"),
@@ -257,4 +262,4 @@ def test_marks_collect_faults_losses_and_plan_changes_in_time_order() -> None:
         (3.5, "lost", "pi3 lost"),
         (3.6, "plan", "plan epoch 2"),
     ]
-    assert marks({}) == []
+    assert marks(a_summary()) == []

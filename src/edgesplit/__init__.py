@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from edgesplit._cluster import Cluster, EmulatedCluster
     from edgesplit._data import Plan, Profile, Simulation, Split
     from edgesplit._results import RunPlots, RunResult
+    from edgesplit.metrics.runsummary import RunSummary
 
 __version__ = "0.1.0"
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Profile",
     "RunPlots",
     "RunResult",
+    "RunSummary",
     "Simulation",
     "Split",
     "__version__",
@@ -59,6 +61,7 @@ _LAZY = {
     "Split": "edgesplit._data",
     "RunPlots": "edgesplit._results",
     "RunResult": "edgesplit._results",
+    "RunSummary": "edgesplit.metrics.runsummary",
     "plan": "edgesplit._api",
     "profile": "edgesplit._api",
     "run": "edgesplit._api",

@@ -3,15 +3,16 @@ its tables as pandas DataFrames and its figures as matplotlib figures."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from edgesplit.errors import ConfigError
+from edgesplit.metrics import runsummary
+from edgesplit.metrics.runsummary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -113,125 +114,60 @@ class RunPlots:
         return plots.stage_bars(self._run())
 
 
-_REQUIRED = ("model", "dataset", "images", "batch_size", "partition", "throughput_ips")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """One run, read from its run folder: the typed ``summary.json`` (the keys are documented
-    in docs/USAGE.md; every key is also in :attr:`summary`), the folder's tables as pandas
-    DataFrames (:attr:`devices`, :attr:`requests`, :attr:`samples`, :attr:`predictions`) and
-    its figures (:attr:`plot`). :meth:`save` copies the folder; :meth:`load` reads one.
+class RunResult(RunSummary):
+    """One run, read from its run folder: the typed ``summary.json`` (a :class:`RunSummary`:
+    every key of the file is an attribute, typed; docs/summary.schema.json is its schema), the
+    folder's tables as pandas DataFrames (:attr:`devices`, :attr:`requests`, :attr:`samples`,
+    :attr:`predictions`) and its figures (:attr:`plot`). :meth:`save` copies the folder;
+    :meth:`load` reads one. The per-device rows of the summary itself are
+    :attr:`~RunSummary.device_rows` (``devices`` is the DataFrame of ``devices.csv``).
 
     Example::
 
         >>> result = edgesplit.run(model="mobilenet_v2", cluster=cluster, limit=256)
-        >>> result.throughput_ips, result.partition
-        (61.2, '0-11,11-22,22-')
+        >>> result.throughput_ips, result.partition, result.latency_ms.p50
+        (61.2, '0-11,11-22,22-', 30.5)
         >>> result.devices[["name", "throughput_ips", "compute_ms_per_batch"]]
         >>> result.save("runs/baseline")
     """
 
-    folder: Path
-    """The run folder the tables and figures are read from."""
-    model: str
-    dataset: str
-    images: int
-    """Images asked for (``completed_images`` finished)."""
-    completed_images: int
-    complete: bool
-    batch_size: int
-    input_size: int
-    window: int
-    engine: str
-    precision: str
-    partition: str
-    """Unit ranges per stage, like ``0-11,11-22,22-``."""
-    partition_method: str
-    """``auto``, ``balanced``, ``equal`` or the ranges as given."""
-    stage_devices: tuple[str, ...]
-    """The device of each stage, in order."""
-    wall_s: float
-    throughput_ips: float | None
-    latency_ms: Mapping[str, float | None]
-    """Per micro-batch: ``p50``, ``p95``, ``mean``."""
-    accuracy: float | None
-    """Over the completed images; None without labels."""
-    energy_j_per_image: float | None
-    weights: str
-    """A checkpoint path, or ``random``."""
-    predicted: Mapping[str, Any] | None
-    """The planner's prediction for ``auto`` partitions (None for fixed ones)."""
-    notes: tuple[str, ...]
-    summary: Mapping[str, Any] = field(repr=False)
-    """Every key of ``summary.json`` as written."""
+    folder: Path = Field(exclude=True)
+    """The run folder the tables and figures are read from (not part of ``summary.json``)."""
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> RunResult:
         """Read the run folder ``folder`` (written by :func:`edgesplit.run` or ``edgesplit
-        run``); a missing or malformed ``summary.json`` is an :class:`~edgesplit.EdgesplitError`.
+        run``, by this version or an older one); a missing or malformed ``summary.json`` is an
+        :class:`~edgesplit.EdgesplitError`.
 
         Example::
 
             >>> result = edgesplit.RunResult.load("runs/baseline")
         """
         path = Path(folder)
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{path} has no summary.json (expected a run folder from edgesplit run)"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path / 'summary.json'} is unreadable: {exc}") from None
-        if not isinstance(summary, dict):
-            raise ConfigError(f"{path / 'summary.json'}: expected a JSON object")
-        missing = [k for k in _REQUIRED if k not in summary]
-        if missing:
-            raise ConfigError(f"{path / 'summary.json'} lacks {missing}: is it a run summary?")
-        return cls.from_summary(path, summary)
+        return cls.from_summary(path, runsummary.read(path))
 
     @classmethod
-    def from_summary(cls, folder: Path, summary: Mapping[str, Any]) -> RunResult:
+    def from_summary(cls, folder: Path, summary: RunSummary) -> RunResult:
         """The result of the run in ``folder`` whose ``summary.json`` holds ``summary``.
 
         Example::
 
-            >>> summary = json.loads(Path("runs/a/summary.json").read_text())
+            >>> summary = edgesplit.RunResult.load("runs/a").summary
             >>> edgesplit.RunResult.from_summary(Path("runs/a"), summary)
         """
-        s = dict(summary)
+        return cls.model_validate({**dict(summary), "folder": Path(folder)})
 
-        def optional_float(key: str) -> float | None:
-            value = s.get(key)
-            return None if value is None else float(value)
+    @property
+    def summary(self) -> RunSummary:
+        """The run's summary alone (what ``summary.json`` holds, without the folder).
 
-        stages = (s.get("plan") or {}).get("stages") or []
-        return cls(
-            folder=Path(folder),
-            model=str(s["model"]),
-            dataset=str(s["dataset"]),
-            images=int(s["images"]),
-            completed_images=int(s.get("completed_images", s["images"])),
-            complete=bool(s.get("complete", True)),
-            batch_size=int(s["batch_size"]),
-            input_size=int(s.get("input_size", 0)),
-            window=int(s.get("window", 0)),
-            engine=str(s.get("engine", "")),
-            precision=str(s.get("precision", "fp32")),
-            partition=str(s["partition"]),
-            partition_method=str(s.get("partition_method", "")),
-            stage_devices=tuple(str(st["device"]) for st in stages),
-            wall_s=float(s.get("wall_s", 0.0)),
-            throughput_ips=optional_float("throughput_ips"),
-            latency_ms=dict(s.get("latency_ms") or {}),
-            accuracy=optional_float("accuracy"),
-            energy_j_per_image=optional_float("energy_j_per_image"),
-            weights=str(s.get("weights", "")),
-            predicted=s.get("predicted"),
-            notes=tuple(str(n) for n in s.get("notes") or ()),
-            summary=s,
-        )
+        Example::
+
+            >>> result.summary.to_json() == (result.folder / "summary.json").read_text()
+            True
+        """
+        return RunSummary.model_validate({k: v for k, v in dict(self).items() if k != "folder"})
 
     def save(self, folder: str | os.PathLike[str]) -> RunResult:
         """Copy the run folder to ``folder`` (refused when it already holds a run) and return
@@ -321,11 +257,13 @@ class RunResult:
             "batch_size": self.batch_size,
             "images": self.completed_images,
             "throughput_ips": self.throughput_ips,
-            "latency_p50_ms": self.latency_ms.get("p50"),
-            "latency_p95_ms": self.latency_ms.get("p95"),
+            "latency_p50_ms": self.latency_ms.p50,
+            "latency_p95_ms": self.latency_ms.p95,
             "accuracy": self.accuracy,
             "energy_j_per_image": self.energy_j_per_image,
-            "predicted_throughput_ips": (self.predicted or {}).get("throughput_ips"),
+            "predicted_throughput_ips": (
+                self.predicted.throughput_ips if self.predicted is not None else None
+            ),
             "wall_s": self.wall_s,
             "folder": str(self.folder),
         }

@@ -26,18 +26,11 @@ from edgesplit.adapt.controller import Controller
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.execution import choose_precision, execution_for, int8_gate
-from edgesplit.faults import Injection, Injector, parse_injections, relative
+from edgesplit.faults import Injection, Injector, parse_injections
 from edgesplit.metrics import manifest, resultlog, runfolder
-from edgesplit.metrics.energy import device_energy, energy_summary
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
-from edgesplit.metrics.summary import (
-    DeviceRow,
-    device_rows,
-    fault_summary,
-    latency_summary,
-    request_latencies_ms,
-    run_events,
-)
+from edgesplit.metrics.runsummary import DeviceRow, RunSummary
+from edgesplit.metrics.summary import RunFacts, run_events, summarise
 from edgesplit.partition import format_partition
 from edgesplit.profiler import Profile, ProfileSettings
 from edgesplit.runconfig import RunConfig
@@ -84,7 +77,7 @@ class ResolvedModel:
 @dataclass
 class RunOutcome:
     folder: Path
-    summary: dict[str, object]
+    summary: RunSummary
     rows: list[DeviceRow]
     notes: list[str] = field(default_factory=list)
 
@@ -381,78 +374,46 @@ def run_job(
     for request_id, output in record.outputs.items():
         start = starts[request_id]
         predictions[start : start + output.shape[0]] = output.argmax(1)
-    ran = sum(int(output.shape[0]) for output in record.outputs.values())
-    accuracy = None
-    completed = int((predictions >= 0).sum())
-    if dataset.labels is not None and completed > 0:
-        # Over the images that have a result: an interrupted run's accuracy is honest too.
-        accuracy = float((predictions == dataset.labels[:total]).sum()) / completed
-        if completed < total:
-            notes.append(f"accuracy over the {completed} of {total} images that completed")
     stages = stage_infos(ug, ranges, names)
-    rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
-    latencies = list(request_latencies_ms(record.hops, record.uploads).values())
-    total_params = ug.total_params
-    energies = device_energy(spec, rows, record.samples, record.started, record.finished, total)
-    energy = energy_summary(energies, total, record.started, record.finished)
-    summary: dict[str, object] = {
-        "model": config.model,
-        "dataset": dataset.name,
-        "weights": resolved.weights,
-        "checkpoint_accuracy": resolved.checkpoint_accuracy,
-        "input_size": size,
-        "batch_size": config.batch_size,
-        "window": window,
-        "engine": execution.engine,
-        "precision": execution.precision,
-        "wire": config.wire,
-        "images": total,
-        "completed_images": completed,
-        "complete": completed == total,
-        "resumed_images": sum(len(r.predictions) for r in earlier),
-        "wall_s": record.wall_s,
-        "throughput_ips": ran / record.wall_s if record.wall_s > 0 else None,
-        "latency_ms": latency_summary(latencies),
-        "accuracy": accuracy,
-        "params_total": total_params,
-        "partition": format_partition(ranges),
-        "partition_method": config.partition or "auto",
-        "predicted": (
-            autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
-        ),
-        "energy": energy,
-        "energy_j_per_image": energy["energy_j_per_image"],
-        "plan": {
-            "epoch": epoch,
-            "stages": [
-                {
-                    "device": s.device,
-                    "units": [s.start, s.end],
-                    "first_layer": s.first_layer,
-                    "last_layer": s.last_layer,
-                    "params": s.params,
-                }
-                for s in stages
-            ],
-        },
-        "devices": [row.to_dict() for row in rows],
-        "clock_offsets_ms": record.clock_offsets_ms,
-        "rtt_ms": record.rtt_ms,
-        **fault_summary(record),
-        "injected": relative(injector.events, record.started) if injector else [],
-        "adaptive": controller.summary() if controller else None,
-        "precision_choice": choice.to_dict() if choice else None,
-        "int8_gate": gate.last.to_dict() if gate is not None and gate.last else None,
-        "cpu_kinds": {name: info.cpu_kind for name, info in coordinator.device_infos.items()},
-        "notes": notes,
-    }
-    if aborted is not None:
-        summary["error"] = str(aborted)
+    summary = summarise(
+        RunFacts(
+            config=config,
+            dataset=dataset.name,
+            weights=resolved.weights,
+            checkpoint_accuracy=resolved.checkpoint_accuracy,
+            input_size=size,
+            window=window,
+            engine=execution.engine,
+            precision=execution.precision,
+            images=total,
+            predictions=predictions.tolist(),
+            labels=dataset.labels[:total].tolist() if dataset.labels is not None else None,
+            ran_images=sum(int(output.shape[0]) for output in record.outputs.values()),
+            record=record,
+            stages=stages,
+            epoch=epoch,
+            spec=spec,
+            params_total=ug.total_params,
+            partition=format_partition(ranges),
+            resumed_images=sum(len(r.predictions) for r in earlier),
+            predicted=(
+                autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
+            ),
+            injected=injector.events if injector else (),
+            adaptive=controller.summary() if controller else None,
+            precision_choice=choice.to_dict() if choice else None,
+            int8_gate=gate.last.to_dict() if gate is not None and gate.last else None,
+            cpu_kinds={name: info.cpu_kind for name, info in coordinator.device_infos.items()},
+            notes=notes,
+            error=str(aborted) if aborted is not None else None,
+        )
+    )
+    rows = summary.device_rows
     events = run_events(record, injector.events if injector else [])
     if resume:
         events = [
             *runfolder.earlier_events(folder),
-            {"event": "resumed", "time_s": 0.0, "images_done_before": summary["resumed_images"]},
+            {"event": "resumed", "time_s": 0.0, "images_done_before": summary.resumed_images},
             *events,
         ]
     if isinstance(aborted, RunInterrupted):
@@ -461,7 +422,7 @@ def run_job(
                 "event": "interrupted",
                 "time_s": round(record.wall_s, 3),
                 "reason": str(aborted),
-                "completed_images": summary["completed_images"],
+                "completed_images": summary.completed_images,
             }
         )
     folder = runfolder.write(
@@ -484,12 +445,12 @@ def run_job(
     if isinstance(aborted, RunInterrupted):
         log.warning(
             "interrupted after %d of %d images; the run folder %s has them (resume with "
-            "edgesplit run --resume %s)", summary["completed_images"], total, folder, folder,
+            "edgesplit run --resume %s)", summary.completed_images, total, folder, folder,
         )  # fmt: skip
         raise aborted.interruption
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
-    return RunOutcome(folder, summary, rows, notes)
+    return RunOutcome(folder, summary, rows, list(summary.notes))
 
 
 def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:

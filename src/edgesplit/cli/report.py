@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from edgesplit.cli import main
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import manifest, resultlog
+from edgesplit.metrics import manifest, resultlog, runsummary
 from edgesplit.metrics.report import (
     FORMATS,
     completion_line,
@@ -66,8 +65,7 @@ def report_command(run_dir: Path, compare: tuple[Path, ...], out: Path | None, f
     else:
         for path in export(run_dir, fmt, compare, out):
             click.echo(f"wrote {path}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if line := completion_line(run_dir, summary):
+    if line := completion_line(run_dir, runsummary.read(run_dir)):
         click.echo(line)
     for other in compare:
         _print_differences(run_dir, other)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from edgesplit.metrics.table import device_table
 
 if TYPE_CHECKING:
     from edgesplit.metrics.prometheus import RunMetrics
+    from edgesplit.metrics.runsummary import RunSummary
 
 
 def _on_live(show: LiveCallback | None, metrics: RunMetrics | None) -> LiveCallback | None:
@@ -356,7 +356,7 @@ def run_command(
 
         click.echo(f"report: {write_report(outcome.folder)}", err=True)
     if as_json:
-        click.echo(json.dumps(outcome.summary, indent=2))
+        click.echo(outcome.summary.to_json(), nl=False)
     else:
         # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
         out_console = Console(width=None if sys.stdout.isatty() else 1000)
@@ -415,18 +415,18 @@ def _config_of_earlier_run(
     return replace(config, out=folder if resume is not None else out), cluster
 
 
-def _prediction_lines(summary: dict[str, object]) -> list[str]:
+def _prediction_lines(summary: RunSummary) -> list[str]:
     """The planner's prediction next to what was measured (only for planned partitions)."""
-    predicted = summary.get("predicted")
-    if not isinstance(predicted, dict):
+    predicted = summary.predicted
+    if predicted is None:
         return []
-    measured = summary.get("throughput_ips")
+    measured = summary.throughput_ips
     lines = [
-        f"planned for {predicted['objective']}: predicted {predicted['throughput_ips']:.1f} "
-        f"img/s, {predicted['latency_ms']:.1f} ms per micro-batch unloaded, "
-        f"{predicted['energy_j_per_image']:.3f} J/image"
+        f"planned for {predicted.objective}: predicted {predicted.throughput_ips:.1f} "
+        f"img/s, {predicted.latency_ms:.1f} ms per micro-batch unloaded, "
+        f"{predicted.energy_j_per_image:.3f} J/image"
     ]
-    if isinstance(measured, float):
-        error = (measured - predicted["throughput_ips"]) / predicted["throughput_ips"]
+    if measured is not None:
+        error = (measured - predicted.throughput_ips) / predicted.throughput_ips
         lines.append(f"measured {measured:.1f} img/s ({error:+.0%} against the prediction)")
     return lines

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesplit.config import ClusterSpec
-from edgesplit.metrics.summary import DeviceRow
+from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 
 MODEL = "model"
 
@@ -273,39 +273,36 @@ class EnergyComparison:
         return out
 
 
-def comparison(summary: Mapping[str, Any]) -> EnergyComparison | None:
+def comparison(summary: RunSummary) -> EnergyComparison | None:
     """The comparison for a run's ``summary.json``; None when no device was metered (then
     "measured" would be the model again)."""
-    energy = summary.get("energy")
-    if not isinstance(energy, Mapping) or not energy.get("metered"):
+    spent = summary.energy
+    if spent is None or not spent.metered:
         return None
-    predicted = summary.get("predicted")
-    planned = predicted.get("energy_j_per_image") if isinstance(predicted, Mapping) else None
+    planned = summary.predicted.energy_j_per_image if summary.predicted is not None else None
     return EnergyComparison(
-        measured_j_per_image=float(energy["energy_j_per_image"]),
-        sources={n: str(d["source"]) for n, d in energy["devices"].items()},
-        model_j_per_image=float(energy["model_energy_j_per_image"]),
-        planned_j_per_image=float(planned) if planned is not None else None,
+        measured_j_per_image=spent.energy_j_per_image,
+        sources={n: d.source for n, d in spent.devices.items()},
+        model_j_per_image=spent.model_energy_j_per_image,
+        planned_j_per_image=planned,
     )
 
 
-def device_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def device_rows(summary: RunSummary) -> list[dict[str, Any]]:
     """Per device of a run's ``summary.json``: source, measured and modelled joules, error."""
-    energy = summary.get("energy")
-    if not isinstance(energy, Mapping):
+    if summary.energy is None:
         return []
     rows = []
-    for name, d in energy.get("devices", {}).items():
-        model_j = d.get("model_energy_j")
-        measured = d.get("source", MODEL) != MODEL
+    for name, d in summary.energy.devices.items():
+        measured = d.source != MODEL
         rows.append(
             {
                 "device": name,
-                "source": d.get("source", MODEL),
-                "power_w": d.get("power_w"),
-                "energy_j": d.get("energy_j"),
-                "model_energy_j": model_j,
-                "error": EnergyComparison.error(d["energy_j"], model_j) if measured else None,
+                "source": d.source,
+                "power_w": d.power_w,
+                "energy_j": d.energy_j,
+                "model_energy_j": d.model_energy_j,
+                "error": EnergyComparison.error(d.energy_j, d.model_energy_j) if measured else None,
             }
         )
     return rows

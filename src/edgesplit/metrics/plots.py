@@ -188,7 +188,7 @@ def latency_cdf(run: report.RunData) -> Figure:
     ax.set_xlabel("end-to-end latency per micro-batch (ms)")
     ax.set_ylabel("fraction of micro-batches")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"Latency CDF ({n} micro-batches of {run.summary.get('batch_size')} images)")
+    ax.set_title(f"Latency CDF ({n} micro-batches of {run.summary.batch_size} images)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

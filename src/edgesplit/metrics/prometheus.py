@@ -14,12 +14,12 @@ The server binds to loopback by default: metrics name devices and models, and th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from edgesplit.metrics.live import LiveSnapshot
+from edgesplit.metrics.runsummary import RunSummary
 from edgesplit.runtime.health import DeviceState
 
 HEALTH_STATES = tuple(s.value for s in DeviceState)
@@ -86,14 +86,14 @@ LIVE_ONLY_GAUGES: dict[str, str] = {
 }
 
 
-def device_samples(summary: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
+def device_samples(summary: RunSummary) -> Iterator[tuple[str, str, float]]:
     """(metric name, device, value in the metric's unit) for every known number in a run
     summary's per-device list; absent sensors (None) are skipped, not exported as 0."""
-    for device in summary.get("devices") or []:
+    for device in summary.device_rows:
         for key, (metric, _, scale) in DEVICE_GAUGES.items():
-            value = device.get(key)
+            value = getattr(device, key)
             if isinstance(value, (int, float)):
-                yield metric, str(device["name"]), float(value) * scale
+                yield metric, device.name, float(value) * scale
 
 
 class RunMetrics:
@@ -177,10 +177,9 @@ class RunMetrics:
             self.device_images.labels(device=device.name).inc(max(device.images - seen, 0))
             self._device_images[device.name] = max(device.images, seen)
 
-    def on_summary(self, summary: Mapping[str, Any]) -> None:
-        self.throughput.set(float(summary.get("throughput_ips") or 0.0))
-        for q, key in (("0.5", "p50"), ("0.95", "p95")):
-            value = (summary.get("latency_ms") or {}).get(key)
+    def on_summary(self, summary: RunSummary) -> None:
+        self.throughput.set(summary.throughput_ips or 0.0)
+        for q, value in (("0.5", summary.latency_ms.p50), ("0.95", summary.latency_ms.p95)):
             if value is not None:
                 self.latency.labels(quantile=q).set(value / 1000)
         for metric, device, value in device_samples(summary):

@@ -18,13 +18,14 @@ import importlib.util
 import json
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import energy
+from edgesplit.metrics import energy, runsummary
+from edgesplit.metrics.runsummary import RunSummary
 from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
 from edgesplit.runtime.records import HopRecord as Hop
 
@@ -56,7 +57,7 @@ class Sample:
 @dataclass(frozen=True)
 class RunData:
     folder: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     devices: list[dict[str, str]]
     hops: list[Hop]
     samples: list[Sample]
@@ -141,12 +142,7 @@ def load_run(folder: Path) -> RunData:
     for name in REQUIRED:
         if not (folder / name).is_file():
             raise ConfigError(f"run folder {folder} has no {name} (is the run complete?)")
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{folder / 'summary.json'} is unreadable or truncated: {exc}") from None
-    if not isinstance(summary, dict) or "throughput_ips" not in summary:
-        raise ConfigError(f"{folder / 'summary.json'}: expected a run summary object")
+    summary = runsummary.read(folder)
     devices = _read_csv(folder, "devices.csv", ["name"])
     path = folder / "requests.csv"
     hops = []
@@ -182,15 +178,11 @@ class Mark:
     label: str
 
 
-def marks(summary: dict[str, Any]) -> list[Mark]:
+def marks(summary: RunSummary) -> list[Mark]:
     """Injected faults, device losses and plan changes from ``summary.json``, in time order."""
-    out = []
-    for event in summary.get("injected") or []:
-        out.append(Mark(float(event["time_s"]), "fault", str(event.get("spec", "fault"))))
-    for failure in summary.get("failures") or []:
-        out.append(Mark(float(failure["time_s"]), "lost", f"{failure.get('device')} lost"))
-    for change in summary.get("plan_changes") or []:
-        out.append(Mark(float(change["time_s"]), "plan", f"plan epoch {change.get('epoch')}"))
+    out = [Mark(event.time_s, "fault", event.spec) for event in summary.injected]
+    out += [Mark(failure.time_s, "lost", f"{failure.device} lost") for failure in summary.failures]
+    out += [Mark(c.time_s, "plan", f"plan epoch {c.epoch}") for c in summary.plan_changes]
     return sorted(out, key=lambda m: m.time_s)
 
 
@@ -292,17 +284,16 @@ def compare_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = run.summary
-        latency = s.get("latency_ms") or {}
         rows.append(
             {
                 "run": run.folder.name,
-                "model": s.get("model"),
-                "batch_size": s.get("batch_size"),
-                "devices": len(s.get("devices") or []),
-                "throughput_ips": s.get("throughput_ips"),
-                "latency_p50_ms": latency.get("p50"),
-                "latency_p95_ms": latency.get("p95"),
-                "accuracy": s.get("accuracy"),
+                "model": s.model,
+                "batch_size": s.batch_size,
+                "devices": len(s.device_rows),
+                "throughput_ips": s.throughput_ips,
+                "latency_p50_ms": s.latency_ms.p50,
+                "latency_p95_ms": s.latency_ms.p95,
+                "accuracy": s.accuracy,
             }
         )
     return rows
@@ -347,8 +338,7 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
     """One self-contained page: the PNGs embedded as base64 data URIs (the page can be mailed
     alone), each also named so a reader can find the file beside it."""
     s = run.summary
-    latency = s.get("latency_ms") or {}
-    title = f"edgesplit run {run.folder.name}: {s.get('model')} on {s.get('dataset')}"
+    title = f"edgesplit run {run.folder.name}: {s.model} on {s.dataset}"
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -356,14 +346,14 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
         f"</head><body><h1>{html.escape(title)}</h1>",
         "<p>"
         + html.escape(
-            f"{s.get('images')} images, batch {s.get('batch_size')}, "
-            f"throughput {s.get('throughput_ips', 0):.1f} images/s, latency p50 "
-            f"{latency.get('p50') or 0:.1f} ms / p95 {latency.get('p95') or 0:.1f} ms, "
-            f"accuracy {s.get('accuracy')}, failures {len(s.get('failures') or [])}"
+            f"{s.images} images, batch {s.batch_size}, "
+            f"throughput {s.throughput_ips or 0:.1f} images/s, latency p50 "
+            f"{s.latency_ms.p50 or 0:.1f} ms / p95 {s.latency_ms.p95 or 0:.1f} ms, "
+            f"accuracy {s.accuracy}, failures {len(s.failures)}"
         )
         + "</p>",
     ]
-    if s.get("complete") is False:
+    if not s.complete:
         parts.append(f"<p><b>{html.escape(completion_line(run.folder, s))}</b></p>")
     if len(data["runs"]) > 1:
         parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
@@ -437,16 +427,17 @@ def export(
 # --- runs that did not finish ---------------------------------------------------------------
 
 
-def completion_line(folder: Path, summary: Mapping[str, Any] | None) -> str:
+def completion_line(folder: Path, summary: RunSummary | None) -> str:
     """How much of the run in ``folder`` completed, and how to finish it; "" for a complete
     run. Without a summary (the coordinator was killed) the count comes from results.jsonl."""
     from edgesplit.metrics import resultlog
 
-    if summary is not None and summary.get("complete", True):
+    total: int | None
+    if summary is not None and summary.complete:
         return ""
     if summary is not None:
-        done, total = summary.get("completed_images"), summary.get("images")
-        why = summary.get("error") or "stopped early"
+        done, total = summary.completed_images, summary.images
+        why = summary.error or "stopped early"
     else:
         done, why = resultlog.completed_images(folder), "the coordinator stopped without a summary"
         total = _configured_images(folder)

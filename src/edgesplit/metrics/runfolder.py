@@ -1,13 +1,14 @@
 """The run folder: every number of a run, as files that tools and people read.
 
-``summary.json`` (the keys documented in docs/USAGE.md), ``devices.csv`` (the per-device table),
-``requests.csv`` (one row per micro-batch per hop, the coordinator's upload as stage -1),
-``samples.csv`` (each device's sampler time series), ``predictions.csv`` (per image: prediction,
-label), ``plan.json`` (stages with device and unit range, and every unit), and ``cluster.yaml``
-(the cluster as used), and ``events.jsonl`` (device state changes, plan changes and injected
-faults, one JSON object a line, by ``time_s`` since the run started). ``manifest.json``
-(:mod:`edgesplit.metrics.manifest`) and ``results.jsonl`` (:mod:`edgesplit.metrics.resultlog`)
-are written from the run's start, so even a killed run leaves them.
+``summary.json`` (a :class:`~edgesplit.metrics.runsummary.RunSummary`; its schema is
+docs/summary.schema.json), ``devices.csv`` (the per-device table), ``requests.csv`` (one row
+per micro-batch per hop, the coordinator's upload as stage -1), ``samples.csv`` (each device's
+sampler time series), ``predictions.csv`` (per image: prediction, label), ``plan.json`` (stages
+with device and unit range, and every unit), and ``cluster.yaml`` (the cluster as used), and
+``events.jsonl`` (device state changes, plan changes and injected faults, one JSON object a
+line, by ``time_s`` since the run started). ``manifest.json`` (:mod:`edgesplit.metrics.manifest`)
+and ``results.jsonl`` (:mod:`edgesplit.metrics.resultlog`) are written from the run's start, so
+even a killed run leaves them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 from edgesplit.config import ClusterSpec, dump_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.graph import Unit
-from edgesplit.metrics.summary import DeviceRow
+from edgesplit.metrics import runsummary
+from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 from edgesplit.runtime.records import RunRecord
 
 FILES = (
@@ -95,7 +97,7 @@ def _write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[
 def write(
     folder: Path | None,
     *,
-    summary: dict[str, Any],
+    summary: RunSummary,
     rows: Sequence[DeviceRow],
     record: RunRecord,
     spec: ClusterSpec,
@@ -105,9 +107,9 @@ def write(
     events: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the run folder (created if needed) and return its path."""
-    folder = Path(folder) if folder is not None else default_folder(str(summary["model"]))
+    folder = Path(folder) if folder is not None else default_folder(summary.model)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    runsummary.write(folder, summary)
     device_dicts = [r.to_dict() for r in rows]
     columns = list(device_dicts[0]) if device_dicts else ["name"]
     _write_csv(folder / "devices.csv", device_dicts, columns)
@@ -137,8 +139,8 @@ def write(
         ),
         ["index", "prediction", "label"],
     )
-    plan = dict(summary["plan"])
-    plan["partition"] = summary["partition"]
+    plan = summary.plan.model_dump(mode="json")
+    plan["partition"] = summary.partition
     plan["units"] = [u.to_dict() for u in units]
     (folder / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     dump_cluster(spec, folder / "cluster.yaml")

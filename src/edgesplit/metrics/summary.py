@@ -21,11 +21,36 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from edgesplit.faults import relative
+from edgesplit.metrics import energy
+from edgesplit.metrics.runsummary import (
+    Adaptive,
+    ChangedStage,
+    DeviceRow,
+    EnergySummary,
+    Failure,
+    Injection,
+    Int8Gate,
+    LatencyMs,
+    PlanChange,
+    PlanStage,
+    PrecisionChoice,
+    Predicted,
+    RunPlan,
+    RunSummary,
+)
 from edgesplit.runtime.records import HopRecord, RunRecord
+
+M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:
+    from edgesplit.config import ClusterSpec
+    from edgesplit.runconfig import RunConfig
 
 
 @dataclass(frozen=True)
@@ -38,52 +63,6 @@ class StageInfo:
     first_layer: str
     last_layer: str
     params: int
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    name: str
-    stage: int
-    units: tuple[int, int]
-    layers: str
-    params: int
-    images: int
-    throughput_ips: float
-    capacity_ips: float | None
-    compute_ms_per_batch: float | None
-    compute_ms_per_image: float | None
-    queue_ms: float | None
-    net_latency_ms: float | None
-    bytes_sent: int
-    cpu_percent: float | None
-    system_cpu_percent: float | None
-    cpu_freq_mhz: float | None
-    memory_percent: float | None
-    rss_mb: float | None
-    temperature_c: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "stage": self.stage,
-            "units": list(self.units),
-            "layers": self.layers,
-            "params": self.params,
-            "images": self.images,
-            "throughput_ips": self.throughput_ips,
-            "capacity_ips": self.capacity_ips,
-            "compute_ms_per_batch": self.compute_ms_per_batch,
-            "compute_ms_per_image": self.compute_ms_per_image,
-            "queue_ms": self.queue_ms,
-            "net_latency_ms": self.net_latency_ms,
-            "bytes_sent": self.bytes_sent,
-            "cpu_percent": self.cpu_percent,
-            "system_cpu_percent": self.system_cpu_percent,
-            "cpu_freq_mhz": self.cpu_freq_mhz,
-            "memory_percent": self.memory_percent,
-            "rss_mb": self.rss_mb,
-            "temperature_c": self.temperature_c,
-        }
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -171,23 +150,28 @@ def device_rows(
     return rows
 
 
-def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
-    return {
-        "p50": percentile(latencies_ms, 50),
-        "p95": percentile(latencies_ms, 95),
-        "mean": statistics.fmean(latencies_ms) if latencies_ms else None,
-    }
+def latency_summary(latencies_ms: Sequence[float]) -> LatencyMs:
+    return LatencyMs(
+        p50=percentile(latencies_ms, 50),
+        p95=percentile(latencies_ms, 95),
+        mean=statistics.fmean(latencies_ms) if latencies_ms else None,
+    )
 
 
-def fault_summary(record: RunRecord) -> dict[str, object]:
-    """summary.json's fault keys; ``time_s`` is seconds since the run started."""
-    return {
-        "failures": [_timed(f.to_dict(), record.started) for f in record.failures],
-        "replayed": record.replayed,
-        "duplicates": record.duplicates,
-        "plan_changes": [_timed(p.to_dict(), record.started) for p in record.plan_changes],
-        "errors": record.errors[:100],
-    }
+def fault_summary(record: RunRecord) -> tuple[list[Failure], list[PlanChange]]:
+    """summary.json's device losses and plan changes; ``time_s`` is seconds since the run
+    started."""
+    failures = [Failure(**_timed(f.to_dict(), record.started)) for f in record.failures]
+    changes = [
+        PlanChange(
+            time_s=round(p.t - record.started, 3),
+            epoch=p.epoch,
+            reason=p.reason,
+            stages=[ChangedStage(device=d, units=(a, b)) for d, a, b in p.stages],
+        )
+        for p in record.plan_changes
+    ]
+    return failures, changes
 
 
 def run_events(record: RunRecord, injected: list[dict[str, Any]]) -> list[dict[str, object]]:
@@ -207,3 +191,133 @@ def _timed(fields: dict[str, Any], started: float) -> dict[str, Any]:
     """``fields`` with its coordinator-clock ``t`` as ``time_s`` since ``started``."""
     t = fields.pop("t")
     return {"time_s": round(t - started, 3), **fields}
+
+
+# --- the run summary (summary.json) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a finished (or stopped) run knows: the input of :func:`summarise`.
+
+    ``predictions`` holds one class per image of the run (``images`` of them), -1 where no
+    result arrived; ``labels`` the dataset's labels for the same images (None without labels).
+    ``ran_images`` were computed by this run (a resumed run's earlier ones are
+    ``resumed_images``). ``injected`` are the fault injector's events, ``t`` on the coordinator
+    clock."""
+
+    config: RunConfig
+    dataset: str
+    weights: str
+    checkpoint_accuracy: float | None
+    input_size: int
+    window: int
+    engine: str | None
+    precision: str
+    images: int
+    predictions: Sequence[int]
+    labels: Sequence[int] | None
+    ran_images: int
+    record: RunRecord
+    stages: Sequence[StageInfo]
+    epoch: int
+    spec: ClusterSpec
+    params_total: int
+    partition: str
+    resumed_images: int = 0
+    predicted: Mapping[str, Any] | None = None
+    injected: Sequence[dict[str, Any]] = ()
+    adaptive: Mapping[str, Any] | None = None
+    precision_choice: Mapping[str, Any] | None = None
+    int8_gate: Mapping[str, Any] | None = None
+    cpu_kinds: Mapping[str, str] = field(default_factory=dict)
+    notes: Sequence[str] = ()
+    error: str | None = None
+    """Why the run stopped early."""
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int] | None) -> float | None:
+    """Correct over completed (prediction >= 0) images; None without labels or results."""
+    if labels is None:
+        return None
+    done = [(p, label) for p, label in zip(predictions, labels, strict=False) if p >= 0]
+    return sum(p == label for p, label in done) / len(done) if done else None
+
+
+def summarise(facts: RunFacts) -> RunSummary:
+    """The run's ``summary.json`` from what it measured: a pure function (no clock, no file, no
+    process). The accuracy of an incomplete run is over the images that completed, and says
+    so in a note."""
+    record, config = facts.record, facts.config
+    completed = sum(1 for p in facts.predictions if p >= 0)
+    notes = list(facts.notes)
+    score = accuracy(facts.predictions, facts.labels)
+    if score is not None and completed < facts.images:
+        notes.append(f"accuracy over the {completed} of {facts.images} images that completed")
+    rows = device_rows(facts.stages, record.hops, record.samples, record.started, record.finished)
+    latencies = list(request_latencies_ms(record.hops, record.uploads).values())
+    energies = energy.device_energy(
+        facts.spec, rows, record.samples, record.started, record.finished, facts.images
+    )
+    spent = EnergySummary.model_validate(
+        energy.energy_summary(energies, facts.images, record.started, record.finished)
+    )
+    failures, changes = fault_summary(record)
+    return RunSummary(
+        model=config.model,
+        dataset=facts.dataset,
+        weights=facts.weights,
+        checkpoint_accuracy=facts.checkpoint_accuracy,
+        input_size=facts.input_size,
+        batch_size=config.batch_size,
+        window=facts.window,
+        engine=facts.engine,
+        precision=facts.precision,
+        wire=config.wire,
+        images=facts.images,
+        completed_images=completed,
+        complete=completed == facts.images,
+        resumed_images=facts.resumed_images,
+        wall_s=record.wall_s,
+        throughput_ips=facts.ran_images / record.wall_s if record.wall_s > 0 else None,
+        latency_ms=latency_summary(latencies),
+        accuracy=score,
+        params_total=facts.params_total,
+        partition=facts.partition,
+        partition_method=config.partition or "auto",
+        predicted=_optional(Predicted, facts.predicted),
+        energy=spent,
+        energy_j_per_image=spent.energy_j_per_image,
+        plan=RunPlan(
+            epoch=facts.epoch,
+            stages=[
+                PlanStage(
+                    device=s.device,
+                    units=(s.start, s.end),
+                    first_layer=s.first_layer,
+                    last_layer=s.last_layer,
+                    params=s.params,
+                )
+                for s in facts.stages
+            ],
+        ),
+        device_rows=rows,
+        clock_offsets_ms=record.clock_offsets_ms,
+        rtt_ms=record.rtt_ms,
+        failures=failures,
+        replayed=record.replayed,
+        duplicates=record.duplicates,
+        plan_changes=changes,
+        errors=record.errors[:100],
+        injected=[Injection(**e) for e in relative(list(facts.injected), record.started)],
+        adaptive=_optional(Adaptive, facts.adaptive),
+        precision_choice=_optional(PrecisionChoice, facts.precision_choice),
+        int8_gate=_optional(Int8Gate, facts.int8_gate),
+        cpu_kinds=dict(facts.cpu_kinds),
+        notes=notes,
+        error=facts.error,
+    )
+
+
+def _optional(model: type[M], value: Mapping[str, Any] | None) -> M | None:
+    return None if value is None else model.model_validate(dict(value))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rich.table import Table
 
-from edgesplit.metrics.summary import DeviceRow
+from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 
 
 def _f(value: float | None, digits: int = 1, suffix: str = "") -> str:
@@ -18,16 +17,15 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def device_table(summary: Mapping[str, Any], rows: Sequence[DeviceRow]) -> Table:
-    latency = summary.get("latency_ms") or {}
-    accuracy = summary.get("accuracy")
+def device_table(summary: RunSummary, rows: Sequence[DeviceRow]) -> Table:
+    latency, accuracy = summary.latency_ms, summary.accuracy
     title = (
-        f"{summary['model']} on {summary['dataset']}: {summary['images']} images, "
-        f"batch {summary['batch_size']}, {_f(summary.get('throughput_ips'))} images/s, "
-        f"end-to-end {_f(summary.get('wall_s'), 2)} s, latency p50 {_f(latency.get('p50'))} ms "
-        f"p95 {_f(latency.get('p95'))} ms, accuracy "
+        f"{summary.model} on {summary.dataset}: {summary.images} images, "
+        f"batch {summary.batch_size}, {_f(summary.throughput_ips)} images/s, "
+        f"end-to-end {_f(summary.wall_s, 2)} s, latency p50 {_f(latency.p50)} ms "
+        f"p95 {_f(latency.p95)} ms, accuracy "
         f"{'n/a (no labels)' if accuracy is None else f'{accuracy:.4f}'}, "
-        f"params {_params(int(summary['params_total']))}"
+        f"params {_params(summary.params_total)}"
     )
     table = Table(title=title, title_justify="left")
     columns = [
