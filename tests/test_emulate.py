@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -312,3 +313,38 @@ def test_cluster_table_lists_every_device() -> None:
     lines = cluster_table(spec).splitlines()
     assert lines[0].split() == ["device", "address", "cpus", "threads", "mechanism", "pid"]
     assert lines[1].split() == ["pi1", "127.0.0.1:5000", "0.5", "1", "cgroup-v1", "42"]
+
+
+def test_a_hog_started_by_a_thread_that_ends_keeps_running(stub_cmd: WorkerCommand) -> None:
+    """The fault injector starts hogs from its own thread, which ends after its last injection:
+    a stress that was the run's last injection must not end with that thread (the parent-death
+    signal, tied to the forking thread, killed it at once)."""
+    import threading
+
+    with EmulatedCluster.start([EmulatedDevice("pi1", 0.5)], worker_cmd=stub_cmd) as cluster:
+        started: list[int] = []
+        thread = threading.Thread(target=lambda: started.append(cluster.start_hog("pi1")))
+        thread.start()
+        thread.join(60)
+        assert started and psutil.pid_exists(started[0])
+        assert psutil.Process(started[0]).status() != psutil.STATUS_ZOMBIE
+        assert cluster.stop_hogs("pi1") == 1
+
+
+def test_a_hog_ends_when_the_process_that_started_it_dies() -> None:
+    from edgesplit.emulate import HOG_PROGRAM
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, os, time\n"
+         f"hog = subprocess.Popen([sys.executable, '-c', {HOG_PROGRAM!r}, str(os.getpid())])\n"
+         "print(hog.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    hog = int(parent.stdout.readline())
+    assert psutil.pid_exists(hog)
+    parent.kill()
+    parent.wait()
+    assert wait_gone([hog]) == []

@@ -256,16 +256,33 @@ def affinity_sets(devices: Sequence[EmulatedDevice], host_cpus: Sequence[int]) -
     return sets
 
 
+HOG_PROGRAM = (
+    "import os, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "while os.getppid() == parent:\n"
+    "    for _ in range(200_000):\n"
+    "        pass\n"
+)
+"""A CPU hog that ends when the process that started it is gone (it checks every few ms).
+Hogs are started by whichever thread fires a stress (the fault injector's, which ends after
+its last injection), so the parent-death signal, which Linux ties to the forking thread,
+killed a hog at once when the stress was the run's last injection."""
+
+
 def _child_setup(
-    parent_pid: int, procs_file: Path | None, cpu_set: set[int] | None
+    parent_pid: int, procs_file: Path | None, cpu_set: set[int] | None, death_signal: bool = True
 ) -> Callable[[], None]:
     """The function the child runs between fork and exec. Everything it needs is bound here:
-    loading libraries after fork can deadlock in a threaded parent."""
+    loading libraries after fork can deadlock in a threaded parent.
+
+    ``death_signal``: SIGKILL the child when its parent dies. Linux sends it when the parent
+    *thread* that forked it ends, so only children forked by a thread that lives as long as
+    the process may ask for it (see :data:`HOG_PROGRAM` for the others)."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
     procs = str(procs_file) if procs_file is not None else None
 
     def setup() -> None:
-        if prctl is not None:
+        if prctl is not None and death_signal:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent_pid:  # the parent died before prctl took effect
                 os._exit(1)
@@ -539,7 +556,7 @@ class EmulatedCluster:
                 set_cgroup_quota(self.mechanism, hog_cgroup, cpus * STRESS_SHARE)
                 set_cgroup_quota(self.mechanism, worker.cgroup, cpus * (1 - STRESS_SHARE))
             procs = worker.hog_cgroup / "cgroup.procs"
-        argv = [sys.executable, "-c", "while True: pass"]
+        argv = [sys.executable, "-c", HOG_PROGRAM, str(os.getpid())]
         try:
             hog = subprocess.Popen(
                 argv,
@@ -547,7 +564,7 @@ class EmulatedCluster:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), procs, worker.cpu_set),
+                preexec_fn=_child_setup(os.getpid(), procs, worker.cpu_set, death_signal=False),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise WorkerError(f"cannot start a CPU hog on {name}: {exc}") from exc
