@@ -72,7 +72,7 @@ def decode(blob: bytes, index: int, channels: int, limits: ImageLimits) -> torch
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
         raise RequestError(f"{where} cannot be decoded: {exc}", status=415) from None
-    array = np.asarray(converted, dtype=np.uint8)
+    array = np.array(converted, dtype=np.uint8)  # a writable copy
     array = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
 
