@@ -195,4 +195,7 @@ def serve_command(
             uvicorn.Config(create_app(session), log_level="warning", timeout_graceful_shutdown=5)
         )
         click.echo(f"serving on http://{bound_host}:{bound_port}/ (Ctrl-C stops)", err=True)
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn stopped on Ctrl-C, then raised it again
+            say("stopping: answering what is in flight, then stopping the cluster")
