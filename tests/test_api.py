@@ -29,6 +29,7 @@ PUBLIC = {
     "plan",
     "profile",
     "run",
+    "serve",
     "simulate",
     "split",
     "sweep",

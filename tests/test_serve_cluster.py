@@ -347,3 +347,27 @@ def test_a_worker_killed_under_poisson_load_costs_no_request(
         assert classify(s.url, payloads[:1]).status_code == 200
     finally:
         s.stop()
+
+
+def test_edgesplit_serve_in_process_classifies_on_a_running_cluster(
+    fashion: data.ImageSet, tmp_path: Path
+) -> None:
+    import edgesplit
+
+    boot = tmp_path / "boot.png"
+    boot.write_bytes(encode_png(fashion.images[0]))
+    with (
+        edgesplit.EmulatedCluster(cpus=[0.5, 0.5]) as cluster,
+        edgesplit.serve(cluster=cluster, partition="equal", max_batch=8) as server,
+    ):
+        got = server.classify([boot, encode_png(fashion.images[1])], top_k=2)
+        assert [r["class"] for r in got] == ["Ankle boot", "Pullover"]
+        assert len(got[0]["top"]) == 2
+        described = server.cluster()
+        assert [d["name"] for d in described["devices"]] == ["pi1", "pi2"]
+        assert described["served_requests"] == 1
+        with pytest.raises(edgesplit.EdgesplitError, match="image 0 is not an image"):
+            server.classify([b"not an image"])
+        url = server.url
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/v1/cluster", timeout=5)
