@@ -16,6 +16,7 @@ Every refusal is JSON ``{"error": ..., "request_id": ...}`` with a 4xx/5xx statu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -249,7 +250,9 @@ def create_app(session: Session) -> FastAPI:
                 if not done.done():
                     done.set_result(job)
 
-            loop.call_soon_threadsafe(resolve)
+            # RuntimeError: the server stopped meanwhile, and nobody waits for this answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(resolve)
 
         job = session.submit(x, deadline, on_done)
         try:
