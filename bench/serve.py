@@ -4,10 +4,12 @@
 Each cluster is a real ``edgesplit serve`` process (MobileNetV2 at 224, onnxruntime fp32,
 emulated devices at 0.5 CPU each, links shaped to gigabit as ``serve`` does by default) loaded
 by :mod:`edgesplit.serve.loadgen` in this process with one Fashion-MNIST test image per request
-(PNG; the server resizes it to 224). For each cluster the offered QPS climbs in steps until two
-levels in a row miss the bound; the best level is the highest one with p99 <= the bound and no
-failed request. Then, on 3 devices at about half their best QPS, one worker (the middle stage)
-is SIGKILLed 20 s into a 60 s run: failed requests and p99 before, around and after.
+(PNG; the server resizes it to 224). Both servers stay up; the offered QPS climbs in steps,
+the two measured in turn at each level (so both see the same background load), each until it
+missed the bound at two levels in a row; its best level is the highest one with p99 <= the bound
+and no failed request. Then, on 3 devices at about half their best QPS, one worker (the
+middle stage) is SIGKILLed 20 s into a 60 s run: failed requests and p99 before, around and
+after.
 
     .venv/bin/python bench/serve.py            # ~15 min
     .venv/bin/python bench/serve.py --quick    # smoke run (writes serve-quick.json)
@@ -83,22 +85,33 @@ class Server:
                 self.proc.wait(10)
 
 
+def measure(server: Server, payloads: list[bytes], qps: float, duration_s: float) -> loadgen.Point:
+    spec = loadgen.LoadSpec(server.url, "poisson", (qps,), duration_s, timeout_s=60.0)
+    (point,) = loadgen.sweep(spec, payloads)
+    return point
+
+
+def meets(point: loadgen.Point) -> bool:
+    return point.failed == 0 and point.p99_ms is not None and point.p99_ms <= P99_MS
+
+
 def climb(
-    server: Server, payloads: list[bytes], levels: list[float], duration_s: float
-) -> list[loadgen.Point]:
-    """One point per level, stopping after two misses in a row."""
-    points: list[loadgen.Point] = []
-    misses = 0
-    for qps in levels:
-        spec = loadgen.LoadSpec(server.url, "poisson", (qps,), duration_s, timeout_s=60.0)
-        (point,) = loadgen.sweep(spec, payloads)
-        points.append(point)
-        print("  " + loadgen.point_line(point), flush=True)
-        met = point.failed == 0 and point.p99_ms is not None and point.p99_ms <= P99_MS
-        misses = 0 if met else misses + 1
-        if misses >= 2:
+    servers: dict[str, Server], payloads: list[bytes], levels: list[float], duration_s: float
+) -> dict[str, list[loadgen.Point]]:
+    """Every server at each level in turn (alternating which goes first, so both see the same
+    background load), each until it missed the bound at two levels in a row."""
+    points: dict[str, list[loadgen.Point]] = {name: [] for name in servers}
+    misses = dict.fromkeys(servers, 0)
+    for i, qps in enumerate(levels):
+        names = [n for n in servers if misses[n] < 2]
+        if not names:
             break
-        time.sleep(2.0)  # the last point's backlog drains
+        for name in names if i % 2 == 0 else names[::-1]:
+            point = measure(servers[name], payloads, qps, duration_s)
+            points[name].append(point)
+            print(f"  {name}: " + loadgen.point_line(point), flush=True)
+            misses[name] = 0 if meets(point) else misses[name] + 1
+            time.sleep(2.0)  # the last point's backlog drains
     return points
 
 
@@ -178,32 +191,32 @@ def main() -> None:
         "machine": facts,
         "clusters": {},
     }  # fmt: skip
-    ladders = {
-        1: [5.0 * i for i in range(1, 31)],
-        3: [10.0 * i for i in range(1, 31)],
-    }
-    series: dict[str, list[loadgen.Point]] = {}
-    for devices in (1, 3):
-        print(f"{devices} device(s): starting edgesplit serve", flush=True)
-        server = Server(devices, args, cache)
-        try:
-            plan = server.cluster()["plan"]
-            print(f"  plan: {plan['stages']}", flush=True)
-            points = climb(server, payloads, ladders[devices], duration)
-            series[f"{devices} device{'s' if devices > 1 else ''}"] = points
-            best = loadgen.best_qps(points, P99_MS)
-            result["clusters"][str(devices)] = {
-                "plan": plan,
-                "best_qps": best,
+    levels = [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    levels += [100.0, 120.0, 140.0, 160.0, 180.0, 200.0]
+    servers: dict[str, Server] = {}
+    try:
+        for devices in (1, 3):
+            name = f"{devices} device{'s' if devices > 1 else ''}"
+            print(f"{name}: starting edgesplit serve", flush=True)
+            servers[name] = Server(devices, args, cache)
+            print(f"  plan: {servers[name].cluster()['plan']['stages']}", flush=True)
+        series = climb(servers, payloads, levels, duration)
+        for name, points in series.items():
+            result["clusters"][name.split()[0]] = {
+                "plan": servers[name].cluster()["plan"],
+                "best_qps": loadgen.best_qps(points, P99_MS),
                 "points": [p.to_dict() for p in points],
             }
-            if devices == 3 and best:
-                print("3 devices: killing pi2 20 s into a 60 s run", flush=True)
-                result["kill"] = kill_run(
-                    server, payloads, round(best / 2), 20.0 if args.quick else 60.0,
-                    8.0 if args.quick else 20.0,
-                )  # fmt: skip
-        finally:
+        best = result["clusters"]["3"]["best_qps"]
+        servers.pop("1 device").stop()  # the kill run has the host to itself
+        if best:
+            print("3 devices: killing pi2 20 s into a 60 s run", flush=True)
+            result["kill"] = kill_run(
+                servers["3 devices"], payloads, round(best / 2), 20.0 if args.quick else 60.0,
+                8.0 if args.quick else 20.0,
+            )  # fmt: skip
+    finally:
+        for server in servers.values():
             server.stop()
     best1 = result["clusters"]["1"]["best_qps"]
     best3 = result["clusters"]["3"]["best_qps"]
