@@ -101,8 +101,10 @@ def loadgen_command(
     plot_file: Path | None,
     samples: bool,
 ) -> None:
-    """Send requests to an edgesplit server at one or more load levels; print a table of
-    p50/p99 latency against load and the highest load that meets --p99-ms."""
+    """Load an edgesplit server (Poisson or N clients); latency vs load.
+
+    Sends requests at one or more load levels; prints a table of p50/p99 latency against load
+    and the highest load that meets --p99-ms."""
     from edgesplit.serve import loadgen
 
     levels = loadgen.parse_levels(qps if mode == "poisson" else clients)

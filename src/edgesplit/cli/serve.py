@@ -141,8 +141,10 @@ def serve_command(
     max_images: int,
     heartbeat_deadline: float,
 ) -> None:
-    """Serve a model over HTTP: POST /v1/classify, GET /v1/cluster, /metrics, and a live page
-    at /. Starts an emulated cluster unless --cluster is given; Ctrl-C stops it."""
+    """Serve a model over HTTP from a warm pipeline (dynamic batching).
+
+    POST /v1/classify, GET /v1/cluster, /metrics, and a live page at /. Starts an emulated
+    cluster unless --cluster is given; Ctrl-C stops it."""
     import torch
     import uvicorn
 
