@@ -38,6 +38,8 @@ from edgesplit.serve.images import encode_png
 
 P99_MS = 250.0
 START_TIMEOUT_S = 900.0
+LOADAVG: dict[str, list[float]] = {}
+"""The host's 1-minute load average after each point, per cluster (2 cores here)."""
 
 
 class Server:
@@ -109,7 +111,9 @@ def climb(
         for name in names if i % 2 == 0 else names[::-1]:
             point = measure(servers[name], payloads, qps, duration_s)
             points[name].append(point)
-            print(f"  {name}: " + loadgen.point_line(point), flush=True)
+            load = os.getloadavg()[0]
+            LOADAVG.setdefault(name, []).append(load)
+            print(f"  {name}: {loadgen.point_line(point)} (load average {load:.1f})", flush=True)
             misses[name] = 0 if meets(point) else misses[name] + 1
             time.sleep(2.0)  # the last point's backlog drains
     return points
@@ -196,16 +200,17 @@ def main() -> None:
     servers: dict[str, Server] = {}
     try:
         for devices in (1, 3):
-            name = f"{devices} device{'s' if devices > 1 else ''}"
-            print(f"{name}: starting edgesplit serve", flush=True)
-            servers[name] = Server(devices, args, cache)
-            print(f"  plan: {servers[name].cluster()['plan']['stages']}", flush=True)
+            label = f"{devices} device{'s' if devices > 1 else ''}"
+            print(f"{label}: starting edgesplit serve", flush=True)
+            servers[label] = Server(devices, args, cache)
+            print(f"  plan: {servers[label].cluster()['plan']['stages']}", flush=True)
         series = climb(servers, payloads, levels, duration)
-        for name, points in series.items():
-            result["clusters"][name.split()[0]] = {
-                "plan": servers[name].cluster()["plan"],
+        for label, points in series.items():
+            result["clusters"][label.split()[0]] = {
+                "plan": servers[label].cluster()["plan"],
                 "best_qps": loadgen.best_qps(points, P99_MS),
                 "points": [p.to_dict() for p in points],
+                "loadavg_after_each_point": LOADAVG.get(label, []),
             }
         best = result["clusters"]["3"]["best_qps"]
         servers.pop("1 device").stop()  # the kill run has the host to itself
