@@ -123,7 +123,7 @@ def loadgen_command(
     if best is None:
         click.echo(f"no level met p99 <= {p99_ms:g} ms with no failed request")
     else:
-        click.echo(f"highest load meeting p99 <= {p99_ms:g} ms: {best:g} requests/s")
+        click.echo(f"highest load meeting p99 <= {p99_ms:g} ms: {round(best, 1):g} requests/s")
     if plot_file is not None:
         loadgen.plot({"": points}, plot_file, p99_ms, title=f"{server.get('model')} at {url}")
         click.echo(f"plot: {plot_file}")

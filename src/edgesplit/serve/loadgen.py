@@ -274,8 +274,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _clients(p: Point) -> str:
+    return f"{p.clients} client{'' if p.clients == 1 else 's'}"
+
+
 def point_line(p: Point) -> str:
-    load = f"{p.offered_qps:g} qps offered" if p.offered_qps is not None else f"{p.clients} clients"
+    load = f"{p.offered_qps:g} qps offered" if p.offered_qps is not None else _clients(p)
     return (
         f"{load}: {p.achieved_qps:.1f} qps done, {p.ok}/{p.sent} ok, p50 {_ms(p.p50_ms)} ms, "
         f"p99 {_ms(p.p99_ms)} ms"
@@ -287,7 +291,7 @@ def table(points: Sequence[Point]) -> str:
     head = ("load", "achieved qps", "img/s", "ok", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms")
     rows = [
         (
-            f"{p.offered_qps:g} qps" if p.offered_qps is not None else f"{p.clients} clients",
+            f"{p.offered_qps:g} qps" if p.offered_qps is not None else _clients(p),
             f"{p.achieved_qps:.1f}",
             f"{p.images_per_s:.1f}",
             str(p.ok),
@@ -330,7 +334,8 @@ def plot(
         ax.axhline(
             p99_ms, color="grey", linewidth=1, linestyle=":", label=f"p99 bound {p99_ms:g} ms"
         )
-    ax.set_xlabel("offered load (requests/s)")
+    closed = all(p.offered_qps is None for points in series.values() for p in points)
+    ax.set_xlabel(f"{'achieved' if closed else 'offered'} load (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title(title or "latency against offered load")
     ax.grid(True, alpha=0.3)
