@@ -183,6 +183,8 @@ def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_keeps_serv
         (httpx.post(url, content=huge.getvalue(), timeout=60), 413, "pixels; at most"),
         (classify(server.url, [good], top_k="x"), 400, "top_k must be an integer"),
         (classify(server.url, [good, b"GIF89a..."]), 415, "image 1 is not an image"),
+        (classify(server.url, [good], deadline_ms="0.001"), 504, "deadline passed"),
+        (classify(server.url, [good], deadline_ms="soon"), 400, "deadline_ms must be a number"),
     ]
     for response, status, words in cases:
         assert response.status_code == status, response.text
@@ -371,3 +373,18 @@ def test_edgesplit_serve_in_process_classifies_on_a_running_cluster(
         url = server.url
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/v1/cluster", timeout=5)
+
+
+def test_adaptive_serving_runs_the_controller(tmp_path: Path, fashion: data.ImageSet) -> None:
+    s = start_server(tmp_path, "--devices", "2", "--adaptive", "--max-batch", str(BATCH))
+    try:
+        blobs = [encode_png(image) for image in fashion.images[:32]]
+        for _ in range(4):
+            assert classify(s.url, blobs).status_code == 200
+        described = s.cluster()
+        assert described["status"] == "serving"
+        assert isinstance(described["adaptive"], str) and described["adaptive"]
+        assert described["served_images"] == 128
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0, s.stderr
