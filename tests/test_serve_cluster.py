@@ -184,6 +184,7 @@ def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_keeps_serv
         (classify(server.url, [good], top_k="x"), 400, "top_k must be an integer"),
         (classify(server.url, [good, b"GIF89a..."]), 415, "image 1 is not an image"),
         (classify(server.url, [good], deadline_ms="0.001"), 504, "deadline passed"),
+        (classify(server.url, [good, bytes(9 << 20)]), 413, "image 1 is 9437184 bytes"),
         (classify(server.url, [good], deadline_ms="soon"), 400, "deadline_ms must be a number"),
     ]
     for response, status, words in cases:

@@ -126,6 +126,12 @@ async def _uploads(request: Request, session: Session) -> list[bytes]:
                 f"{limits.max_images} per request",
                 413,
             ) from None
+        if "maximum size" in detail:
+            raise RequestError(
+                f"a form field passes {limits.max_image_bytes} bytes; at most "
+                f"{limits.max_image_bytes} bytes are accepted per part",
+                413,
+            ) from None
         raise RequestError(f"malformed multipart body: {detail}", 400) from None
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
@@ -134,7 +140,23 @@ async def _uploads(request: Request, session: Session) -> list[bytes]:
                 f"the request holds {len(files)} images; at most {limits.max_images} per request",
                 413,
             )
-        return [await f.read() for f in files]
+        blobs, total = [], 0
+        for index, f in enumerate(files):  # a chunked body has no Content-Length to check
+            if f.size is not None and f.size > limits.max_image_bytes:
+                raise RequestError(
+                    f"image {index} is {f.size} bytes; at most {limits.max_image_bytes} bytes "
+                    "are accepted",
+                    413,
+                )
+            blobs.append(await f.read())
+            total += len(blobs[-1])
+            if total > limits.max_request_bytes:
+                raise RequestError(
+                    f"the images pass {limits.max_request_bytes} bytes in all; at most "
+                    f"{limits.max_request_bytes} are accepted",
+                    413,
+                )
+        return blobs
     finally:
         await form.close()
 
