@@ -65,7 +65,7 @@ def test_a_full_queue_refuses_with_429_and_retry_after() -> None:
     b.submit(job(1, 1))
     b.submit(job(2, 1))
     with pytest.raises(RequestError) as caught:
-        b.submit(job(3, 1), retry_after_s=3.0)
+        b.submit(job(3, 1), retry_after_s=lambda: 3.0)
     assert caught.value.status == 429 and caught.value.retry_after_s == 3.0
     assert "queue is full (2 requests waiting)" in str(caught.value)
     assert b.refused == 1

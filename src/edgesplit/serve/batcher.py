@@ -129,18 +129,22 @@ class Batcher:
         self.refused = 0
         self.expired = 0
 
-    def submit(self, job: Job, retry_after_s: float = 1.0) -> None:
-        """Queue ``job``; :class:`RequestError` 429 when ``max_queue`` jobs already wait."""
+    def submit(self, job: Job, retry_after_s: Callable[[], float] = lambda: 1.0) -> None:
+        """Queue ``job``; :class:`RequestError` 429 when ``max_queue`` jobs already wait, with
+        ``retry_after_s()`` (asked only then) as its Retry-After."""
         with self._lock:
-            if len(self._jobs) >= self.policy.max_queue:
+            full = len(self._jobs) >= self.policy.max_queue
+            if full:
                 self.refused += 1
-                raise RequestError(
-                    f"the queue is full ({self.policy.max_queue} requests waiting); retry later",
-                    status=429,
-                    retry_after_s=retry_after_s,
-                )
-            self._jobs.append(job)
-            self.changed.notify_all()
+            else:
+                self._jobs.append(job)
+                self.changed.notify_all()
+        if full:
+            raise RequestError(
+                f"the queue is full ({self.policy.max_queue} requests waiting); retry later",
+                status=429,
+                retry_after_s=retry_after_s(),
+            )
 
     def queued(self) -> tuple[int, int]:
         """(requests, images) waiting to be sent."""

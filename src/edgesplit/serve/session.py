@@ -331,7 +331,7 @@ class Session:
             self._jobs += 1
             job_id = self._jobs
         job = Job(job_id, x, now, deadline, on_done)
-        self.batcher.submit(job, retry_after_s=self.retry_after_s())
+        self.batcher.submit(job, retry_after_s=self.retry_after_s)
         return job
 
     def retry_after_s(self) -> float:
@@ -343,6 +343,8 @@ class Session:
     def record(self, job: Job, finished: float) -> None:
         """Count a request answered with its results."""
         with self._lock:
+            while self._recent and self._recent[0][0] <= finished - LATENCY_WINDOW_S:
+                self._recent.popleft()  # older than any window asked for
             self._recent.append((finished, job.images, finished - job.received))
             self.served += 1
             self.images_served += job.images
