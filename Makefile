@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test lint setup data proto bench check-arm clean help
+.PHONY: run test lint setup data browser proto bench check-arm clean help
 
 help:
 	@echo "make run    - set up and run the default job (emulated 3-device cluster)"
@@ -52,8 +52,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup
+test: setup browser
 	@bash scripts/test-tiers.sh
+
+# The serve page test (tests/test_serve_cluster.py) loads the page in Debian's headless chromium;
+# without it (and without root to install it) that one test skips and says why.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium with apt-get (the serve page test)"; \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+	  echo "NOTE: chromium could not be installed; the serve page test will skip"; \
+	else \
+	  echo "NOTE: chromium not found; the serve page test will skip (apt-get install chromium)"; \
+	fi
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -30,6 +30,7 @@ PUBLIC = {
     "plan",
     "profile",
     "run",
+    "serve",
     "simulate",
     "split",
     "sweep",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from edgesplit.errors import EdgesplitError
 
 if TYPE_CHECKING:
-    from edgesplit._api import plan, profile, run, simulate, split, sweep
+    from edgesplit._api import plan, profile, run, serve, simulate, split, sweep
     from edgesplit._cluster import Cluster, EmulatedCluster
     from edgesplit._data import Plan, Profile, Simulation, Split
     from edgesplit._results import RunPlots, RunResult
@@ -47,6 +47,7 @@ __all__ = [
     "plan",
     "profile",
     "run",
+    "serve",
     "simulate",
     "split",
     "sweep",
@@ -65,6 +66,7 @@ _LAZY = {
     "plan": "edgesplit._api",
     "profile": "edgesplit._api",
     "run": "edgesplit._api",
+    "serve": "edgesplit._api",
     "simulate": "edgesplit._api",
     "split": "edgesplit._api",
     "sweep": "edgesplit._api",
@@ -86,9 +88,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``edgesplit.simulate`` the public function: importing the internal package
-    ``edgesplit.simulate`` would otherwise set the attribute to that module (code imports
-    from the package by its full name, which goes through ``sys.modules``)."""
+    """Keeps ``edgesplit.simulate`` (and ``edgesplit.serve``) the public function: importing
+    the internal package would otherwise set the attribute to that module (code imports from
+    the package by its full name, which goes through ``sys.modules``)."""
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in _LAZY and isinstance(value, types.ModuleType):

@@ -1,5 +1,5 @@
-"""The public functions: split, profile, plan, run, simulate and sweep. Each builds the internal
-config objects (:class:`~edgesplit.runconfig.RunConfig`, :class:`~edgesplit.profiler.
+"""The public functions: split, profile, plan, run, simulate, sweep and serve. Each builds the
+internal config objects (:class:`~edgesplit.runconfig.RunConfig`, :class:`~edgesplit.profiler.
 ProfileSettings`, ...) from a few named arguments and wraps what comes back."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from edgesplit.config import ClusterSpec
+    from edgesplit.serve.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -364,3 +365,57 @@ def _print_progress(done: int, total: int, row: dict[str, Any]) -> None:
 
 def _phase(text: str) -> None:
     log.info("%s", text)
+
+
+def serve(
+    model: str = DEFAULT_MODEL,
+    cluster: Cluster | None = None,
+    partition: str = "auto",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 64,
+    dataset: str = "fashion-mnist",
+    input_size: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    random_weights: bool = False,
+    objective: str = "throughput",
+    adaptive: bool = False,
+    engine: str | None = None,
+) -> Server:
+    """Serve ``model`` over HTTP from this process (as ``edgesplit serve``) and return the
+    running server: ``.url``, ``.classify(images)``, ``.cluster()``; ``with`` (or
+    ``.close()``) stops it. ``port=0`` takes a free port. Without a cluster an emulated one of
+    three devices at half a core runs until the server stops.
+
+    Example::
+
+        >>> with edgesplit.serve("mobilenet_v2", partition="equal") as server:
+        ...     print(server.url)
+        ...     server.classify(["boot.png"], top_k=2)
+        http://127.0.0.1:41234
+        [{'label': 9, 'class': 'Ankle boot', 'top': [...]}]
+    """
+    from edgesplit.runconfig import RunConfig
+    from edgesplit.serve.batcher import BatchPolicy
+    from edgesplit.serve.server import Server
+    from edgesplit.serve.session import ServeConfig
+
+    config = ServeConfig(
+        run=RunConfig(
+            model=model,
+            dataset=dataset,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            random_weights=random_weights,
+            input_size=input_size,
+            partition=partition,
+            objective=objective,
+            batch_size=max_batch,
+            engine=engine,
+            adaptive=adaptive,
+        ),
+        policy=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue),
+    )
+    return Server(config, cluster.spec if cluster is not None else None, host, port)

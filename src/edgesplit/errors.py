@@ -54,3 +54,13 @@ class WorkerError(EdgesplitError):
 
 class RunError(EdgesplitError):
     """A distributed run could not complete."""
+
+
+class RequestError(EdgesplitError):
+    """A request to ``edgesplit serve`` cannot be served; ``status`` is the HTTP status it gets
+    (400/413/415/422 for bad input, 429 for a full queue, 503/504 when the pipeline cannot)."""
+
+    def __init__(self, message: str, status: int = 400, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s

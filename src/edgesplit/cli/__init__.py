@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "report",
         "Write an HTML report with plots (or export its tables) from a run folder.",
     ),
+    "serve": ("serve", "Serve a model over HTTP from a warm pipeline (dynamic batching)."),
+    "loadgen": ("loadgen", "Load an edgesplit server (Poisson or N clients); latency vs load."),
 }
 """Command name -> (module under edgesplit.cli, one-line summary shown by ``edgesplit --help``)."""
 

@@ -628,7 +628,7 @@ class Coordinator:
 
     def run(
         self,
-        batches: Iterable[tuple[int, torch.Tensor]],
+        batches: Iterable[tuple[int, torch.Tensor] | None],
         window: int = 4,
         on_result: Callable[[int, torch.Tensor], None] | None = None,
         stall_timeout_s: float = 30.0,
@@ -636,6 +636,7 @@ class Coordinator:
         replan: Replan | None = None,
         on_live: LiveCallback | None = None,
         observer: LiveObserver | None = None,
+        keep_outputs: bool = True,
     ) -> RunRecord:
         """Stream ``(request_id, input batch)`` through the installed plan with at most
         ``window`` micro-batches in flight; see :class:`~edgesplit.runtime.runner.Run`.
@@ -644,9 +645,19 @@ class Coordinator:
         usable devices changes (a device is LOST, or re-admitted after probation); without it a
         lost device that holds a stage ends the run with :class:`RunAborted`.
         ``on_live(snapshot)`` gets the live view after every result and heartbeat, and
-        ``observer(event)`` every live event (e.g. the adaptive controller)."""
+        ``observer(event)`` every live event (e.g. the adaptive controller).
+        ``batches`` may be a feed (yields None while it has nothing; ``keep_outputs=False``
+        for a long-lived one): see :mod:`edgesplit.runtime.runner`."""
         run = Run(
-            self, window, on_result, stall_timeout_s, status_interval_s, replan, on_live, observer
+            self,
+            window,
+            on_result,
+            stall_timeout_s,
+            status_interval_s,
+            replan,
+            on_live,
+            observer,
+            keep_outputs,
         )
         return run.execute(batches)
 

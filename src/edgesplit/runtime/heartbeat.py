@@ -46,6 +46,8 @@ class Collected:
 
     samples: dict[str, list[dict[str, float | int | str | None]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    limit: int | None = None
+    """Keep only the newest ``limit`` samples per device (a long-lived serving session)."""
 
 
 class Heartbeats:
@@ -113,7 +115,10 @@ class Heartbeats:
         if got:
             self.since[name] = max(float(s["t"] or 0.0) for s in got)
             with self._lock:
-                self.collected.samples.setdefault(name, []).extend(got)
+                kept = self.collected.samples.setdefault(name, [])
+                kept.extend(got)
+                if self.collected.limit is not None:
+                    del kept[: -self.collected.limit]
         if self.live is not None:
             self.live.push(self._status_seen(name, reply, got, t_recv, after.state.value))
         self._drop_stale(name, reply)

@@ -11,6 +11,12 @@ missed past the deadline, or a failed send that our own probe confirms), after w
 ``replan(usable devices)`` gives the plan and every unfinished request sent under a plan that
 uses a lost device is replayed; and a lost device re-admitted after probation. An old epoch is
 dropped on the workers once none of its requests is unfinished.
+
+A run's input is finite (a dataset) or a *feed* (``edgesplit serve``): an iterable that may
+yield ``None`` for "nothing to send yet" and puts a :class:`Wake` on ``coordinator.events``
+when it has something; the loop then waits for events without counting the quiet as a stall.
+A feed ends when its iterator does. With ``keep_outputs=False`` (a long-lived feed) results go
+to ``on_result`` only and the record keeps none of them, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ CONFIRM_TIMEOUT_S = 1.0
 """How long a device named in a failed send gets to answer our own probe."""
 UPLOAD_POLL_S = 0.02
 """While an upload RPC runs, the loop looks at it this often between events."""
+
+KEPT_SAMPLES = 600
+"""Heartbeat samples kept per device when a run keeps no outputs (a serving session)."""
 
 Replan = Callable[[list[str]], list[tuple[str, int, int]]]
 """Given the usable devices (cluster order), the stages ``(device, start, end)`` to run on."""
@@ -95,7 +104,14 @@ class FailureEvent:
     arrival: float
 
 
-Event = ResultEvent | FailureEvent | HealthEvent
+@dataclass(frozen=True)
+class Wake:
+    """A feed has input ready (or its batching wait ran out): look at it now."""
+
+
+Event = ResultEvent | FailureEvent | HealthEvent | Wake
+Item = tuple[int, torch.Tensor] | None
+"""What a run's input yields: ``(request_id, batch)``, or None from a feed with nothing yet."""
 
 
 @dataclass
@@ -144,6 +160,7 @@ class Run:
         replan: Replan | None = None,
         on_live: LiveCallback | None = None,
         observer: LiveObserver | None = None,
+        keep_outputs: bool = True,
     ) -> None:
         if window < 1:
             raise RunError(f"window must be >= 1, got {window}")
@@ -173,6 +190,7 @@ class Run:
         self.on_live = on_live
         self.observer = observer
         self.live: LiveFeed | None = None
+        self.keep_outputs = keep_outputs
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -369,6 +387,8 @@ class Run:
     # --- receiving -----------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, Wake):
+            return
         if isinstance(event, HealthEvent):
             self.reconcile()
         elif isinstance(event, FailureEvent):
@@ -398,18 +418,18 @@ class Run:
         if pending is None:
             self.duplicates += 1
             return
-        self.outputs[batch.request_id] = tensor
-        self.raw.append(
-            _Raw(
-                request_id=batch.request_id,
-                epoch=batch.plan_epoch,
-                hops=list(batch.hops),
-                arrival=arrival,
-                send_start=pending.send_start,
-                bytes_out=pending.bytes_out,
-                batch_size=int(pending.x.shape[0]) if pending.x.dim() else 1,
-            )
+        raw = _Raw(
+            request_id=batch.request_id,
+            epoch=batch.plan_epoch,
+            hops=list(batch.hops),
+            arrival=arrival,
+            send_start=pending.send_start,
+            bytes_out=pending.bytes_out,
+            batch_size=int(pending.x.shape[0]) if pending.x.dim() else 1,
         )
+        if self.keep_outputs:
+            self.outputs[batch.request_id] = tensor
+            self.raw.append(raw)
         for failure in self.failures:
             ended = (
                 failure.recovery_epoch is not None and batch.plan_epoch >= failure.recovery_epoch
@@ -417,7 +437,7 @@ class Run:
             if failure.recovery_s is None and ended:
                 failure.recovery_s = arrival - failure.t
         if self.live is not None:
-            raw, offsets = self.raw[-1], dict(self.c.clock_offsets_ms)
+            offsets = dict(self.c.clock_offsets_ms)
             hops = hop_records(raw.request_id, raw.epoch, raw.hops, arrival, offsets)
             self.live.push(ResultSeen.from_records(arrival, raw.send_start, raw.batch_size, hops))
         if self.on_result is not None:
@@ -432,7 +452,7 @@ class Run:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def execute(self, batches: Iterable[tuple[int, torch.Tensor]]) -> RunRecord:
+    def execute(self, batches: Iterable[Item]) -> RunRecord:
         """Run to the end; :class:`RunAborted` (with the partial record) if it cannot finish."""
         events = self.c.events
         while not events.empty():  # leftovers of an earlier run are not ours
@@ -452,6 +472,8 @@ class Run:
             self.live = LiveFeed(self.on_live, started, stages, observer=self.observer)
         beats = Heartbeats(self.c, events.put, self.status_interval_s, since, self.live).start()
         self.collected = beats.collected
+        if not self.keep_outputs:
+            self.collected.limit = KEPT_SAMPLES
         failed: RunError | None = None
         interrupted: KeyboardInterrupt | SystemExit | None = None
         try:
@@ -478,17 +500,20 @@ class Run:
             raise RunAborted(str(failed), record) from None
         return record
 
-    def _loop(self, it: Iterable[tuple[int, torch.Tensor]], events: queue.Queue[Event]) -> None:
+    def _loop(self, it: Iterable[Item], events: queue.Queue[Event]) -> None:
         source = iter(it)
         exhausted = False
         stalls = 0
         while True:
             while not exhausted and len(self.pending) < self.window:
                 try:
-                    request_id, x = next(source)
+                    item = next(source)
                 except StopIteration:
                     exhausted = True
                     break
+                if item is None:
+                    break  # a feed with nothing yet; it puts a Wake on the events when it has
+                request_id, x = item
                 if request_id in self.pending or request_id in self.outputs:
                     raise RunError(f"request id {request_id} was given twice; ids must be unique")
                 self.pending[request_id] = Pending(x=x)
@@ -503,8 +528,10 @@ class Run:
             try:
                 event = events.get(timeout=UPLOAD_POLL_S if uploading else self.stall_timeout_s)
             except queue.Empty:
-                if uploading:
-                    continue  # an upload still running is not a stall; its RPC has a timeout
+                if uploading or not self.pending:
+                    # An upload still running is not a stall (its RPC has a timeout), nor is a
+                    # feed with nothing to send.
+                    continue
                 stalls += 1
                 if stalls > MAX_STALLS:
                     raise RunError(
@@ -513,7 +540,7 @@ class Run:
                     ) from None
                 self.stalled()
                 continue
-            if not isinstance(event, HealthEvent):
+            if isinstance(event, (ResultEvent, FailureEvent)):
                 stalls = 0
             self.handle(event)
 
