@@ -307,14 +307,9 @@ def build_runner(
         raise ModelError(f"onnxruntime cannot load units [{start}, {end}): {first[:300]}") from exc
 
 
-def make_epoch(
-    model: LoadedModel,
-    request: pb.InstallPlanRequest,
-    threads: int = 1,
-    default_engine: str | None = None,
-) -> Epoch:
-    """Validate an InstallPlan request against ``model`` and build its stage with ``threads``
-    intra-op threads (the request's engine, else ``default_engine``, else onnxruntime)."""
+def check_install(model: LoadedModel, request: pb.InstallPlanRequest) -> None:
+    """Every number and name of an InstallPlan request against ``model`` and
+    :mod:`~edgesplit.runtime.limits` (cheap: nothing is built)."""
     n = model.num_units
     limits.check_int("plan epoch", request.epoch, 1, limits.MAX_EPOCH)
     limits.check_int("stage", request.stage, 0, limits.MAX_STAGE)
@@ -334,6 +329,19 @@ def make_epoch(
         wire.check_wire(request.wire or wire.DEFAULT_WIRE)
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
+    limits.check_text("engine", request.engine, 32)
+    limits.check_text("precision", request.precision, 32)
+
+
+def make_epoch(
+    model: LoadedModel,
+    request: pb.InstallPlanRequest,
+    threads: int = 1,
+    default_engine: str | None = None,
+) -> Epoch:
+    """Validate an InstallPlan request against ``model`` and build its stage with ``threads``
+    intra-op threads (the request's engine, else ``default_engine``, else onnxruntime)."""
+    check_install(model, request)
     spec = _engine_spec(request, default_engine)
     images = calibration(model, request)
     if spec.precision == "int8" and images is None:
@@ -343,6 +351,7 @@ def make_epoch(
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     out_wire = request.wire or wire.DEFAULT_WIRE
+    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
     return Epoch(
         epoch=request.epoch,
         stage=request.stage,

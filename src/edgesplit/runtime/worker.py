@@ -56,6 +56,7 @@ from edgesplit.runtime.stages import (
     Epoch,
     LoadedModel,
     build_bytes,
+    check_install,
     make_epoch,
     model_key,
     open_model,
@@ -341,6 +342,7 @@ class Worker:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
+        check_install(model, request)  # before anything is reserved or built
         held = self.budget.reserve(
             build_bytes(model) + 2 * len(request.calibration.data), "building a stage"
         )
