@@ -269,6 +269,9 @@ def test_row3_a_stalled_link_fills_the_budget_not_the_memory(
     wait_for(lambda: set(accepted) <= sink.accounted(), "every accepted micro-batch")
     assert set(sink.results) == set(accepted)  # delivered, not only reported
     wait_for(lambda: budget.reserved_bytes == 0, "the budget to be given back")
+    status = s.Status(pb.StatusRequest(), timeout=10)
+    assert status.memory_budget_bytes == 128 * MB and status.memory_reserved_bytes == 0
+    assert status.rss_bytes > 0
     s.DropEpoch(pb.DropEpochRequest(epoch=3), timeout=10)
 
 

@@ -45,7 +45,7 @@ from edgesplit.engines.ort_session import release_memory
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.metrics.power import PowerSettings, choose_source, source_name
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
-from edgesplit.runtime import PROTOCOL_VERSION, codec, limits, profiling, wire
+from edgesplit.runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, codec, limits, profiling, wire
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.budget import Budget, Reservation, default_budget_bytes
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
@@ -98,6 +98,8 @@ MAX_REPORT_CHANNELS = 8
 """Coordinators a worker keeps a failure-report channel open to (the oldest is closed)."""
 MAX_FAILURE_CHARS = 500
 """Characters of one failure message kept for Status."""
+OUTPUT_HEADROOM_BYTES = 1 << 20
+"""Room left in a message for the hop timings around an output tensor."""
 PROFILE_WAIT_S = 5.0
 """How long a Profile waits for the one running before it answers RESOURCE_EXHAUSTED."""
 
@@ -493,6 +495,15 @@ class Worker:
             )
         if shape[0] < 1:
             raise Refused(INVALID, f"stage {epoch.stage} expects a batch of at least 1, got 0")
+        out_bytes = shape[0] * epoch.out_bytes_per_sample
+        if out_bytes > MAX_MESSAGE_BYTES - OUTPUT_HEADROOM_BYTES:
+            # It could never be sent on: refuse now rather than compute it and report later.
+            raise Refused(
+                INVALID,
+                f"stage {epoch.stage}'s output for {shape[0]} samples would be {out_bytes} "
+                f"bytes, over the {MAX_MESSAGE_BYTES}-byte message limit; use smaller "
+                "micro-batches",
+            )
         if self._jobs.qsize() >= self.config.max_queue:
             raise Refused(
                 EXHAUSTED,
