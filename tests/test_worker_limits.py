@@ -287,6 +287,17 @@ def test_row4_a_huge_fp16_batch_is_refused_before_it_is_decoded(
     stub(worker).DropEpoch(pb.DropEpochRequest(epoch=4), timeout=10)
 
 
+def test_a_batch_whose_output_could_never_be_sent_is_refused_at_once(
+    worker: RunningWorker, sink: Sink
+) -> None:
+    install(worker, sink, epoch=5, start_unit=0, end=1)  # 3 x 32 x 32 in, 64 x 7 x 7 out
+    x = np.zeros((5400, 3, SIZE, SIZE), np.float16)  # 32 MiB in, 68 MB out
+    code, details = code_of(stub(worker).Forward, batch(1, 5, x), timeout=60)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the 67108864-byte message limit" in details
+    stub(worker).DropEpoch(pb.DropEpochRequest(epoch=5), timeout=10)
+
+
 def test_the_budget_counts_bytes_and_gives_them_back() -> None:
     budget = Budget(100 * MB, count_process=False)
     held = budget.reserve(60 * MB, "a")
