@@ -460,7 +460,6 @@ class Bench:
         """Systematic, random and mutated Forward messages, from 4 threads at once."""
         valid = pb.MicroBatch(plan_epoch=self.epoch)
         codec.encode(self.valid_x(1), out=valid.tensor)
-        valid_bytes = valid.SerializeToString()
         raw = self.raw.unary_unary("/edgesplit.v1.Worker/Forward")
         dtypes = [*codec.ITEMSIZE, "", "float", "x" * 300, "complex64", "object"]
         counts: Counter[str] = Counter()
@@ -486,12 +485,18 @@ class Bench:
                 return code
             if kind == 1:  # random bytes
                 payload = rng.randbytes(rng.randrange(0, 2048))
-            else:  # a valid message with bytes flipped, cut or repeated
-                data = bytearray(valid_bytes)
+            else:  # a valid message (its own request id) with bytes flipped, or cut short
+                mutated = pb.MicroBatch()
+                mutated.CopyFrom(valid)
+                mutated.request_id = self.new_id()
+                data = bytearray(mutated.SerializeToString())
                 for _ in range(rng.randrange(1, 8)):
                     data[rng.randrange(len(data))] = rng.randrange(256)
                 payload = bytes(data[: rng.randrange(len(data) + 1)]) if kind == 3 else bytes(data)
-            return self.call(raw, payload, timeout=60)
+            code = self.call(raw, payload, timeout=60)
+            if code == "OK":  # the id the worker parsed: what must arrive or be reported
+                self.ledger.accept(pb.MicroBatch.FromString(payload).request_id)
+            return code
 
         def worker(seed: int, n: int) -> None:
             rng = random.Random(seed)
