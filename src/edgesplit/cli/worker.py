@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -166,6 +167,13 @@ def _serve_metrics(running: RunningWorker, name: str, port: int, addr: str) -> N
     help=f"Seconds before --power-command is killed (default {COMMAND_TIMEOUT_S:g}).",
 )
 @click.option(
+    "--max-memory-mb",
+    type=click.IntRange(min=64),
+    default=None,
+    help="Memory budget of this worker in MB: work that would pass it is refused with "
+    "RESOURCE_EXHAUSTED (retried by the coordinator). Default: half the device's RAM.",
+)
+@click.option(
     "--power-sensors/--no-power-sensors",
     default=True,
     show_default=True,
@@ -189,6 +197,7 @@ def worker(
     power_command: str | None,
     power_channels: tuple[str, ...],
     power_timeout: float | None,
+    max_memory_mb: int | None,
     power_sensors: bool,
 ) -> None:
     """Serve this device's stages of a split model until SIGTERM or SIGINT."""
@@ -206,6 +215,7 @@ def worker(
         power=_power_settings(
             cluster_file, name, power_command, power_channels, power_timeout, power_sensors
         ),
+        max_memory_bytes=max_memory_mb * 2**20 if max_memory_mb is not None else None,
     )
     stop = threading.Event()
 
@@ -225,4 +235,22 @@ def worker(
         while not stop.wait(0.5):
             pass
     finally:
-        running.stop()
+        running.stop(grace_s=STOP_GRACE_S)
+    if stop.is_set():
+        _exit_now(name)
+
+
+STOP_GRACE_S = 0.7
+"""Grace for calls in progress at SIGTERM; the whole stop takes under 2 s (issue #18)."""
+
+
+def _exit_now(name: str) -> None:
+    """After a signal and the bounded stop, exit without waiting for threads: Python would
+    otherwise join gRPC's handler threads at exit, and one inside a long engine call (a
+    Profile) held a worker for a minute. A worker must stop within 2 s of SIGTERM whatever it
+    is doing (issue #18); everything it owns was closed by the stop."""
+    log.info("[%s] stopped", name)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,45 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "authorization"
 _PREFIX = "Bearer "
+REJECT_LOG_INTERVAL_S = 60.0
+"""Rejected calls are logged once per peer per interval, with how many there were."""
+MAX_LOGGED_PEERS = 1024
+"""Peers the rejection log remembers (the oldest are forgotten first)."""
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.5:41234`` -> ``ipv4:10.0.0.5``: one entry per host, not per connection."""
+    return peer.rpartition(":")[0] or peer
+
+
+class RejectLog:
+    """One WARNING line per peer per :data:`REJECT_LOG_INTERVAL_S` for calls refused for
+    their token, counting the ones not logged (a flood of bad calls must not flood the log)."""
+
+    def __init__(self, interval_s: float = REJECT_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._peers: dict[str, tuple[float, int]] = {}
+        """peer -> (when its last line was logged, calls since then)."""
+
+    def rejected(self, peer: str, method: str) -> bool:
+        """Count a rejected call from ``peer``; True when it was logged."""
+        host = _peer_host(peer)[:100]
+        now = time.monotonic()
+        with self._lock:
+            logged_at, count = self._peers.pop(host, (-float("inf"), 0))
+            count += 1
+            due = now - logged_at >= self.interval_s
+            self._peers[host] = (now, 0) if due else (logged_at, count)
+            while len(self._peers) > MAX_LOGGED_PEERS:
+                self._peers.pop(next(iter(self._peers)))
+        if due:
+            log.warning(
+                "rejected %d call(s) from %s with a bad or missing token (last: %s); "
+                "at most one line per %.0f s per peer",
+                count, host, method[:100], self.interval_s,
+            )  # fmt: skip
+        return due
 
 
 class TokenServerInterceptor(grpc.ServerInterceptor):
@@ -32,8 +73,11 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
         self._tokens = [t.encode() for t in tokens if t]
         if not self._tokens:
             raise ConfigError("token auth needs at least one non-empty token")
+        self.rejects = RejectLog()
 
+    def _deny(self, method: str) -> grpc.RpcMethodHandler:
         def deny(_request: object, context: grpc.ServicerContext) -> None:
+            self.rejects.rejected(context.peer(), method)
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"missing or wrong token: expected '{TOKEN_HEADER}: {_PREFIX}<token>' metadata "
@@ -41,7 +85,7 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
             )
 
         # No deserializer: a rejected request's bytes are never parsed.
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
 
     def _accepts(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
@@ -65,8 +109,7 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         if self._accepts(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
-        log.warning("rejected call to %s: bad or missing token", handler_call_details.method)
-        return self._deny
+        return self._deny(handler_call_details.method)
 
 
 class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):

@@ -92,6 +92,11 @@ def encode(tensor: torch.Tensor | np.ndarray, out: pb.Tensor | None = None) -> p
     return msg
 
 
+def _cut(text: str, limit: int = 40) -> str:
+    """A caller's string for an error message: at most ``limit`` characters of it."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def check(msg: pb.Tensor, max_elements: int, expect_dtype: str | None = None) -> tuple[int, ...]:
     """The message's shape after checking dtype, shape and byte count; :class:`CodecError`.
 
@@ -101,19 +106,24 @@ def check(msg: pb.Tensor, max_elements: int, expect_dtype: str | None = None) ->
     itemsize = ITEMSIZE.get(msg.dtype)
     if itemsize is None:
         raise CodecError(
-            f"unsupported tensor dtype {msg.dtype!r}; expected one of {', '.join(sorted(ITEMSIZE))}"
+            f"unsupported tensor dtype {_cut(msg.dtype)}; "
+            f"expected one of {', '.join(sorted(ITEMSIZE))}"
         )
     if expect_dtype is not None and msg.dtype != expect_dtype:
         raise CodecError(f"expected a {expect_dtype} tensor, got {msg.dtype}")
+    if len(msg.shape) > MAX_DIMS:
+        raise CodecError(f"tensor has {len(msg.shape)} dimensions; at most {MAX_DIMS} are allowed")
     shape = tuple(int(d) for d in msg.shape)
-    if len(shape) > MAX_DIMS:
-        raise CodecError(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
     if any(d < 0 for d in shape):
         raise CodecError(f"tensor shape {list(shape)} has a negative dimension")
+    # Every dimension is bounded too: [0, 2**40, 2**40] holds no elements, but numpy and the
+    # engines overflow on its extents (issue #18, row 6).
     numel = math.prod(shape)
-    if numel > max_elements:
+    extent = math.prod(max(d, 1) for d in shape)
+    if numel > max_elements or extent > max_elements:
         raise CodecError(
-            f"tensor shape {list(shape)} has {numel} elements; at most {max_elements} are allowed"
+            f"tensor shape {list(shape)} spans {extent} elements; at most {max_elements} "
+            "are allowed (counting empty dimensions as 1)"
         )
     expected_bytes = numel * itemsize
     if len(msg.data) != expected_bytes:

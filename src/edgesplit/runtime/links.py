@@ -4,7 +4,9 @@ A micro-batch leaves through the :class:`LinkSender` of its next hop. The sender
 emulated link (latency + bytes * 8 / bandwidth, see :func:`link_delay_s`) while holding the
 link, so a link carries one message at a time like a real NIC does, and the compute thread
 never waits for the network. A failed send becomes a recorded failure and a report to the
-coordinator, never an exception that stops the worker.
+coordinator, never an exception that stops the worker: whatever goes wrong with one message
+(a refused call, an oversize message, a bug) is reported for that message and the sender goes
+on with the next (issue #18, row 1: a sender that died silently dropped every later message).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -33,6 +35,10 @@ BUSY_RETRY_S = 0.05
 
 class OversizeError(EdgesplitError):
     """A message would exceed the gRPC size limit."""
+
+
+class SendStopped(EdgesplitError):
+    """The sender was closed while a message waited for its link."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class Outgoing:
     to_coordinator: bool
     coordinator: str
     """The coordinator's address, where failures are reported."""
+    on_done: Callable[[], None] | None = field(default=None, compare=False)
+    """Called once the message is sent or reported failed (gives its memory back)."""
 
 
 FailureSink = Callable[[pb.FailureReport, str], None]
@@ -84,20 +92,38 @@ class LinkSender:
         self._on_failure = on_failure
         self._queue: queue.Queue[Outgoing | None] = queue.Queue()
         self._channel: grpc.Channel | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"send-{address}", daemon=True)
         self._thread.start()
 
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def put(self, item: Outgoing) -> None:
         self._queue.put(item)
 
     def close(self, timeout_s: float = 2.0) -> None:
+        """Stop sending (an emulated link delay in progress is cut short) and close the
+        channel; messages still queued are dropped (the worker is going away)."""
+        self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout_s)
         if self._channel is not None:
             self._channel.close()
+
+    def drain(self) -> list[Outgoing]:
+        """Take every message still queued (used when the sender's thread is gone)."""
+        items: list[Outgoing] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
 
     def _call(self, item: Outgoing) -> None:
         size = item.batch.ByteSize()
@@ -126,35 +152,51 @@ class LinkSender:
             except grpc.RpcError as exc:
                 # A full queue downstream is backpressure, not a failure: wait our turn.
                 busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                if not busy or time.monotonic() > deadline:
+                if not busy or time.monotonic() > deadline or self._stop.is_set():
                     raise
-                time.sleep(BUSY_RETRY_S)
+                self._stop.wait(BUSY_RETRY_S)
 
     def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             item = self._queue.get()
             if item is None:
                 return
-            hop = item.batch.hops[-1]
-            hop.send_start = time.time()
-            delay = link_delay_s(item.shape, hop.bytes_out)
-            if delay > 0:
-                time.sleep(delay)
-            hop.send_end = time.time()
             try:
-                self._call(item)
-            except (grpc.RpcError, OversizeError) as exc:
+                self._send(item)
+            except Exception as exc:  # never let one message stop the link (see module doc)
                 why = describe_rpc_error(exc) if isinstance(exc, grpc.RpcError) else str(exc)
-                message = (
-                    f"[{self._device}] sending request {item.batch.request_id} "
-                    f"(epoch {item.batch.plan_epoch}) to {self.address} failed: {why}"
-                )
-                log.warning("%s", message)
-                report = pb.FailureReport(
-                    device=self._device,
-                    plan_epoch=item.batch.plan_epoch,
-                    request_id=item.batch.request_id,
-                    next_hop=self.address,
-                    message=message,
-                )
-                self._on_failure(report, item.coordinator)
+                if not isinstance(exc, (grpc.RpcError, EdgesplitError)):
+                    why = f"{type(exc).__name__}: {why}"
+                    log.exception("[%s] sender to %s failed", self._device, self.address)
+                self.report(item, why)
+            finally:
+                if item.on_done is not None:
+                    item.on_done()
+
+    def _send(self, item: Outgoing) -> None:
+        hop = item.batch.hops[-1]
+        hop.send_start = time.time()
+        delay = link_delay_s(item.shape, hop.bytes_out)
+        if delay > 0 and self._stop.wait(delay):
+            raise SendStopped("the sender closed before the emulated link delay ended")
+        hop.send_end = time.time()
+        self._call(item)
+
+    def report(self, item: Outgoing, why: str) -> None:
+        """Report ``item`` as not delivered to the coordinator (never raises)."""
+        message = (
+            f"[{self._device}] sending request {item.batch.request_id} "
+            f"(epoch {item.batch.plan_epoch}) to {self.address} failed: {why}"
+        )
+        log.warning("%s", message)
+        report = pb.FailureReport(
+            device=self._device,
+            plan_epoch=item.batch.plan_epoch,
+            request_id=item.batch.request_id,
+            next_hop=self.address,
+            message=message,
+        )
+        try:
+            self._on_failure(report, item.coordinator)
+        except Exception:  # the report is best effort; the loop must go on
+            log.exception("[%s] cannot report a failed send", self._device)

@@ -38,11 +38,19 @@ import psutil
 from edgesplit import engines
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError
+from edgesplit.runtime import limits
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
-from edgesplit.runtime.stages import LoadedModel, StageRunner, build_runner, calibration
-from edgesplit.runtime.transport import Refused, open_channel
+from edgesplit.runtime.stages import (
+    LoadedModel,
+    StageRunner,
+    build_bytes,
+    build_runner,
+    calibration,
+    work_bytes,
+)
+from edgesplit.runtime.transport import Call, Refused, open_channel
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_PROFILE_BATCH = 256
@@ -158,13 +166,14 @@ def profile_units(
     threads: int,
     default_engine: str | None = None,
     int8: LoadedModel | None = None,
+    call: Call | None = None,
 ) -> pb.ProfileReply:
     """Time each unit of ``model`` for one micro-batch of ``request.batch_size`` on the
     requested engine and precision (int8: cut from ``int8`` when given, scaled to the whole
     quantized model, see the module doc). With ``request.stages``: :func:`profile_stages`."""
     _check_request(request)
     if request.stages:
-        return profile_stages(model, request, threads, default_engine, int8)
+        return profile_stages(model, request, threads, default_engine, int8, call)
     precision, images = _precision(model, request, int8)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
@@ -175,6 +184,8 @@ def profile_units(
     cpu: list[list[float]] = [[] for _ in stages]
     x0 = np.zeros((request.batch_size, *model.units.input_shape), dtype=np.float32)
     for rep in range(request.warmup + request.repeats):
+        if call is not None:
+            call.check()  # the caller gave up: stop timing
         x = x0
         for i, stage in enumerate(stages):
             c0, t0 = time.process_time(), time.perf_counter()
@@ -234,12 +245,21 @@ def _precision(
 
 
 def _check_request(request: pb.ProfileRequest) -> None:
-    if not 1 <= request.batch_size <= MAX_PROFILE_BATCH:
-        raise Refused(INVALID, f"batch_size must be in [1, {MAX_PROFILE_BATCH}]")
-    if not 1 <= request.repeats <= MAX_REPEATS or not 0 <= request.warmup <= MAX_REPEATS:
-        raise Refused(
-            INVALID, f"repeats must be in [1, {MAX_REPEATS}], warmup in [0, {MAX_REPEATS}]"
-        )
+    limits.check_int("batch_size", request.batch_size, 1, MAX_PROFILE_BATCH)
+    limits.check_int("repeats", request.repeats, 1, MAX_REPEATS)
+    limits.check_int("warmup", request.warmup, 0, MAX_REPEATS)
+    limits.check_text("engine", request.engine, 32)
+    limits.check_text("precision", request.precision, 32)
+    limits.check_int("stages", len(request.stages), 0, MAX_STAGES)
+
+
+def profile_bytes(model: LoadedModel, request: pb.ProfileRequest) -> int:
+    """Estimated memory a Profile request needs (checked against the worker's budget before
+    anything is built): one micro-batch's working memory through the whole model, the units'
+    stages built from the model file, and the calibration images."""
+    _check_request(request)
+    activations = request.batch_size * work_bytes(model.units, 0, model.num_units)
+    return activations + build_bytes(model) + len(request.calibration.data) * 2
 
 
 def profile_stages(
@@ -248,6 +268,7 @@ def profile_stages(
     threads: int,
     default_engine: str | None = None,
     int8: LoadedModel | None = None,
+    call: Call | None = None,
 ) -> pb.ProfileReply:
     """Time each of ``request.stages`` as one stage, built the way a run builds it (same
     engine, precision, threads and compiled-stage cache), on one micro-batch of zeros of its
@@ -275,6 +296,8 @@ def profile_stages(
         cut_from = int8 if int8 is not None and precision == "int8" else None
         proto = (cut_from or model).proto()
         for span in request.stages:
+            if call is not None:
+                call.check()
             executor = build_runner(
                 model, span.start, span.end, spec, threads, images, proto=proto, int8_model=cut_from
             )
@@ -316,21 +339,48 @@ def _time_runs(
 
 
 def time_transfers(
-    stub: pb_grpc.WorkerStub, sizes: Sequence[int], repeats: int, shape: LinkShape
+    stub: pb_grpc.WorkerStub,
+    sizes: Sequence[int],
+    repeats: int,
+    shape: LinkShape,
+    call: Call | None = None,
 ) -> list[float]:
     """Median ms of ``repeats`` Probe calls per payload size, each after the emulated link delay
-    a run's sender applies. Raises ``grpc.RpcError`` when a call fails."""
+    a run's sender applies. Raises ``grpc.RpcError`` when a call fails, and :class:`Refused`
+    when ``call`` (the ProbeLink being answered) ends first: its deadline bounds every wait."""
+    call = call or Call()
     medians = []
     for size in sizes:
         payload = pb.ProbeRequest(payload=bytes(size))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            time.sleep(link_delay_s(shape, size))
-            stub.Probe(payload, timeout=PROBE_TIMEOUT_S)
+            call.wait(link_delay_s(shape, size))
+            stub.Probe(payload, timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S)))
             times.append((time.perf_counter() - t0) * 1000.0)
         medians.append(statistics.median(times))
     return medians
+
+
+def check_probe(request: pb.ProbeLinkRequest) -> LinkShape:
+    """Validate a ProbeLink request's numbers (see :mod:`~edgesplit.runtime.limits`); the link
+    shape it names."""
+    limits.check_address("address", request.address)
+    limits.check_text("token", request.token, limits.MAX_TOKEN_CHARS)
+    limits.check_int("number of sizes", len(request.sizes), 1, limits.MAX_PROBE_SIZES)
+    for size in request.sizes:
+        limits.check_int("each size", size, 0, MAX_PROBE_BYTES)
+    limits.check_int("repeats", request.repeats, 1, MAX_REPEATS)
+    total = sum(request.sizes) * request.repeats
+    if total > limits.MAX_PROBE_TOTAL_BYTES:
+        raise Refused(
+            INVALID,
+            f"sum(sizes) x repeats must be at most {limits.MAX_PROBE_TOTAL_BYTES} bytes, "
+            f"got {total}",
+        )
+    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+    limits.check_link(request.latency_ms, bandwidth)
+    return LinkShape(bandwidth_mbps=bandwidth, latency_ms=request.latency_ms)
 
 
 def probe_link(
@@ -338,28 +388,24 @@ def probe_link(
     token: str | None,
     tls: TlsSpec | None,
     shape_for: Callable[[str, LinkShape], LinkShape] | None = None,
+    call: Call | None = None,
 ) -> pb.ProbeLinkReply:
     """Time Probe calls of each size to ``request.address`` (median of ``repeats``).
     ``shape_for(address, requested)`` gives the emulated shaping in force towards the address
-    (a SetLink change wins over the shaping the request names)."""
-    if not request.address or ":" not in request.address:
-        raise Refused(INVALID, f"address must be HOST:PORT, got {request.address!r}")
-    if not request.sizes or any(not 0 <= s <= MAX_PROBE_BYTES for s in request.sizes):
-        raise Refused(INVALID, f"sizes must be 1 or more values in [0, {MAX_PROBE_BYTES}]")
-    if not 1 <= request.repeats <= MAX_REPEATS:
-        raise Refused(INVALID, f"repeats must be in [1, {MAX_REPEATS}]")
-    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
-    if bandwidth is not None and not bandwidth > 0:
-        raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {bandwidth}")
-    shape = LinkShape(bandwidth_mbps=bandwidth, latency_ms=max(0.0, request.latency_ms))
+    (a SetLink change wins over the shaping the request names). ``call``'s deadline and
+    cancellation end the probe early (DEADLINE_EXCEEDED / CANCELLED)."""
+    shape = check_probe(request)
+    call = call or Call()
     if shape_for is not None:
         shape = shape_for(request.address, shape)
     channel = open_channel(request.address, request.token or token, tls)
     try:
         stub = pb_grpc.WorkerStub(channel)
-        stub.Probe(pb.ProbeRequest(), timeout=PROBE_TIMEOUT_S)  # connect before timing
-        medians = time_transfers(stub, request.sizes, request.repeats, shape)
+        # connect before timing
+        stub.Probe(pb.ProbeRequest(), timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S)))
+        medians = time_transfers(stub, request.sizes, request.repeats, shape, call)
     except grpc.RpcError as exc:
+        call.check()  # a probe cut short by its own deadline says so
         raise Refused(
             grpc.StatusCode.UNAVAILABLE, f"probing {request.address} failed: {exc.code()}"
         ) from None

@@ -16,6 +16,7 @@ the gRPC status and a message naming what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,18 +31,27 @@ from edgesplit import engines
 from edgesplit.engines import onnx_units
 from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
 from edgesplit.errors import EdgesplitError, ModelError
-from edgesplit.runtime import codec, wire
+from edgesplit.runtime import codec, limits, wire
 from edgesplit.runtime.links import LinkShape
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import Refused
-from edgesplit.runtime.weights import cache_root, check_sha256
+from edgesplit.runtime.weights import cache_root, check_sha256, trim_lru
 
 log = logging.getLogger(__name__)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+MAX_CACHED_STAGES = 64
+MAX_CACHED_STAGE_BYTES = 1 << 30
+"""The int8 stage cache keeps at most this many files and bytes (least recently used leave)."""
 PREFIX_BATCH = 64
 """Calibration images per prefix run (bounded memory)."""
+WORK_FACTOR = 4
+"""A stage's working memory per sample, as a multiple of its largest unit's input plus output
+(layers inside a unit may expand, e.g. MobileNetV2's x6; the engine keeps a few alive)."""
+BUILD_FACTOR = 4
+"""Memory to build a stage or a model's reference, as a multiple of the model file's size
+(the file, its parsed protobuf, the cut copy and the session's own weights)."""
 
 
 class StageRunner(Protocol):
@@ -102,6 +112,35 @@ class Epoch:
     coordinator: str
     next_token: str | None
     shape: LinkShape
+    work_bytes_per_sample: int = 0
+    """Estimated working memory of one sample through this stage (see :func:`work_bytes`)."""
+    out_bytes_per_sample: int = 0
+    """Bytes of one sample's output on the wire."""
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= max(int(d), 1)
+    return n
+
+
+def work_bytes(units: onnx_units.ModelUnits, start: int, end: int) -> int:
+    """Estimated working memory (bytes, float32) of one sample through units ``[start, end)``:
+    :data:`WORK_FACTOR` times its largest unit's input plus output."""
+    largest = max(
+        _numel(units.in_shape(i)) + _numel(units.out_shapes[i]) for i in range(start, end)
+    )
+    return 4 * WORK_FACTOR * largest
+
+
+def build_bytes(model: LoadedModel) -> int:
+    """Estimated memory to build a stage or reference of ``model`` (:data:`BUILD_FACTOR`)."""
+    try:
+        size = model.path.stat().st_size
+    except OSError:
+        size = 0
+    return BUILD_FACTOR * size
 
 
 def _check_range(what: str, value: int, low: int, high: int) -> None:
@@ -119,8 +158,9 @@ def model_key(request: pb.LoadModelRequest) -> ModelKey:
     _check_range("num_classes", request.num_classes, 0, 100_000)
     _check_range("in_channels", request.in_channels, 0, 64)
     _check_range("input_size", request.input_size, 0, 4096)
+    limits.check_text("model", request.model, limits.MAX_NAME_CHARS)
     return ModelKey(
-        request.model[:200], model_sha, weights_sha,
+        request.model, model_sha, weights_sha,
         request.num_classes, request.in_channels, request.input_size,
     )  # fmt: skip
 
@@ -155,6 +195,8 @@ def open_int8(model: LoadedModel, sha256: str, path: Path | None) -> LoadedModel
 
 
 def _engine_spec(request: Any, default_engine: str | None) -> engines.EngineSpec:
+    limits.check_text("engine", request.engine, 32)
+    limits.check_text("precision", request.precision, 32)
     try:
         engine, _ = engines.resolve_engine(request.engine or default_engine)
         return engines.EngineSpec(engine, request.precision or "fp32")
@@ -229,6 +271,7 @@ def stage_model(
         raise ModelError("int8 stages need calibration images; none were given")
     path = _int8_path(model, start, end, calibrated_on, kind)
     if (data := read_cached(path)) is not None:
+        _touch(path)
         return data, path
     if stage_inputs is None:
         assert images is not None
@@ -238,7 +281,13 @@ def stage_model(
             stage_inputs = run_batched(prefix, stage_inputs)
     data = quantize.quantize_stage(fp32, stage_inputs, model.units.tensor_before(start), kind)
     write_cached(path, data)
+    trim_lru(path.parent, "*.onnx", MAX_CACHED_STAGES, MAX_CACHED_STAGE_BYTES)
     return data, path
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):  # the LRU order is a hint
+        path.touch()
 
 
 def _array_id(a: np.ndarray) -> str:
@@ -285,6 +334,32 @@ def build_runner(
         raise ModelError(f"onnxruntime cannot load units [{start}, {end}): {first[:300]}") from exc
 
 
+def check_install(model: LoadedModel, request: pb.InstallPlanRequest) -> None:
+    """Every number and name of an InstallPlan request against ``model`` and
+    :mod:`~edgesplit.runtime.limits` (cheap: nothing is built)."""
+    n = model.num_units
+    limits.check_int("plan epoch", request.epoch, 1, limits.MAX_EPOCH)
+    limits.check_int("stage", request.stage, 0, limits.MAX_STAGE)
+    if not 0 <= request.start < request.end <= n:
+        raise Refused(
+            INVALID,
+            f"unit range [{request.start}, {request.end}) must satisfy "
+            f"0 <= start < end <= {n} for {model.key.model}",
+        )
+    limits.check_address("next_hop", request.next_hop, allow_coordinator=True)
+    limits.check_address("coordinator", request.coordinator)
+    limits.check_text("next_token", request.next_token, limits.MAX_TOKEN_CHARS)
+    bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
+    limits.check_link(request.latency_ms, bandwidth)
+    limits.check_text("wire", request.wire, 32)
+    try:
+        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
+    except EdgesplitError as exc:
+        raise Refused(INVALID, str(exc)) from None
+    limits.check_text("engine", request.engine, 32)
+    limits.check_text("precision", request.precision, 32)
+
+
 def make_epoch(
     model: LoadedModel,
     request: pb.InstallPlanRequest,
@@ -295,25 +370,7 @@ def make_epoch(
     """Validate an InstallPlan request against ``model`` and build its stage with ``threads``
     intra-op threads (the request's engine, else ``default_engine``, else onnxruntime); an int8
     stage is cut from ``int8_model`` (see :func:`open_int8`) when given."""
-    n = model.num_units
-    if request.epoch < 1:
-        raise Refused(INVALID, f"plan epoch must be >= 1, got {request.epoch}")
-    if not 0 <= request.start < request.end <= n:
-        raise Refused(
-            INVALID,
-            f"unit range [{request.start}, {request.end}) must satisfy "
-            f"0 <= start < end <= {n} for {model.key.model}",
-        )
-    if not request.next_hop or not request.coordinator:
-        raise Refused(INVALID, "InstallPlan needs next_hop and coordinator addresses")
-    if request.HasField("bandwidth_mbps") and not request.bandwidth_mbps > 0:
-        raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
-    if not request.latency_ms >= 0:
-        raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
-    try:
-        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
-    except EdgesplitError as exc:
-        raise Refused(INVALID, str(exc)) from None
+    check_install(model, request)
     spec = _engine_spec(request, default_engine)
     images = calibration(model, request) if int8_model is None else None
     if spec.precision == "int8" and images is None and int8_model is None:
@@ -326,6 +383,7 @@ def make_epoch(
         )
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
+    out_wire = request.wire or wire.DEFAULT_WIRE
     bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
     return Epoch(
         epoch=request.epoch,
@@ -333,10 +391,13 @@ def make_epoch(
         start=request.start,
         end=request.end,
         executor=executor,
-        wire=request.wire or wire.DEFAULT_WIRE,
+        wire=out_wire,
         in_shape=model.units.in_shape(request.start),
         next_hop=request.next_hop,
         coordinator=request.coordinator,
         next_token=request.next_token or None,
         shape=LinkShape(bandwidth_mbps=bandwidth, latency_ms=request.latency_ms),
+        work_bytes_per_sample=work_bytes(model.units, request.start, request.end),
+        out_bytes_per_sample=wire.wire_bytes_per_element(out_wire)
+        * _numel(model.units.out_shapes[request.end - 1]),
     )

@@ -9,6 +9,8 @@ handler receives raw bytes and parses them itself, so a garbage payload gets an
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any, TypeVar
@@ -55,12 +57,54 @@ class Refused(EdgesplitError):
         self.code = code
 
 
+class Call:
+    """A running call as its handler sees it: the caller's deadline, and whether the caller
+    still wants the answer. Handlers that wait or loop use :meth:`wait` and :meth:`check` so a
+    cancelled call, a passed deadline or a stopping server ends them (issue #18, row 2)."""
+
+    def __init__(self, context: grpc.ServicerContext | None = None) -> None:
+        self._ended = threading.Event()
+        remaining = context.time_remaining() if context is not None else None
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        if context is not None and not context.add_callback(self._ended.set):
+            self._ended.set()  # the call has ended already
+
+    def remaining_s(self) -> float | None:
+        """Seconds until the caller's deadline (None: it gave none)."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def timeout_s(self, cap_s: float) -> float:
+        """A timeout for work done for this call: ``cap_s`` or what is left of the deadline."""
+        remaining = self.remaining_s()
+        return cap_s if remaining is None else max(0.0, min(cap_s, remaining))
+
+    def check(self) -> None:
+        """Raise :class:`Refused` when the call was cancelled or its deadline passed."""
+        if self._ended.is_set():
+            raise Refused(grpc.StatusCode.CANCELLED, "the call was cancelled")
+        remaining = self.remaining_s()
+        if remaining is not None and remaining <= 0:
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless the call ends first (then raise like :meth:`check`)."""
+        self.check()
+        self._ended.wait(self.timeout_s(seconds))
+        self.check()
+
+
 Handler = tuple[type[Message], Callable[[Any], Message]]
 """(request message class, implementation taking the parsed request)."""
+CallHandler = tuple[type[Message], Callable[[Any, Call], Message]]
+"""(request message class, implementation taking the parsed request and its :class:`Call`)."""
 
 
 def _unary(
-    service: str, method: str, request_cls: type[Message], impl: Callable[[Any], Message]
+    service: str,
+    method: str,
+    request_cls: type[Message],
+    impl: Callable[..., Message],
+    with_call: bool = False,
 ) -> grpc.RpcMethodHandler:
     def handle(raw: bytes, context: grpc.ServicerContext) -> bytes:
         try:
@@ -70,6 +114,9 @@ def _unary(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method} expects a serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
             )
+        if with_call:
+            call = Call(context)
+            return _answer(service, method, context, lambda: impl(request, call))
         return _answer(service, method, context, lambda: impl(request))
 
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -113,11 +160,17 @@ def _stream_unary(
 
 
 def service_handler(
-    service: str, methods: Mapping[str, Handler], streams: Mapping[str, Handler] | None = None
+    service: str,
+    methods: Mapping[str, Handler],
+    streams: Mapping[str, Handler] | None = None,
+    calls: Mapping[str, CallHandler] | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``): unary
-    ``methods`` and client-streaming ``streams`` (their implementations take an iterator)."""
+    ``methods``, client-streaming ``streams`` (their implementations take an iterator) and unary
+    ``calls`` whose implementations also take the :class:`Call` (deadline, cancellation)."""
     handlers = {name: _unary(service, name, cls, impl) for name, (cls, impl) in methods.items()}
+    for name, (cls, call_impl) in (calls or {}).items():
+        handlers[name] = _unary(service, name, cls, call_impl, with_call=True)
     for name, (cls, impl) in (streams or {}).items():
         handlers[name] = _stream_unary(service, name, cls, impl)
     return grpc.method_handlers_generic_handler(service, handlers)

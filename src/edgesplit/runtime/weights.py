@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # workers without torch import this module for the cache path
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "EDGESPLIT_CACHE_DIR"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_CACHED_WEIGHTS = 4
+"""Weight files the cache keeps; the least recently used leave first (issue #18, row 5)."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
@@ -40,8 +42,10 @@ def cache_dir() -> Path:
 
 def check_sha256(digest: str) -> str:
     """``digest`` if it is 64 lowercase hex digits; it names a file, so nothing else passes."""
-    if not _SHA256.match(digest):
-        raise ModelError(f"weights sha256 must be 64 lowercase hex digits, got {digest[:80]!r}")
+    # fullmatch: "$" would also accept a trailing newline, which is not part of a file name.
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        shown = repr(digest[:72]) + ("..." if len(digest) > 72 else "")
+        raise ModelError(f"sha256 must be 64 lowercase hex digits, got {shown}")
     return digest
 
 
@@ -63,10 +67,31 @@ def from_bytes(data: bytes) -> dict[str, torch.Tensor]:
         raise ModelError(f"weights are not a valid safetensors blob: {exc}") from exc
 
 
+def trim_lru(directory: Path, pattern: str, max_files: int, max_bytes: int | None = None) -> None:
+    """Remove the least recently used (oldest mtime) files matching ``pattern`` in
+    ``directory`` until at most ``max_files`` (and ``max_bytes``) remain. Readers refresh a
+    file's mtime when they use it. Failures are logged: a cache only costs a rebuild."""
+    try:
+        stats = sorted(
+            ((p.stat().st_mtime, p.stat().st_size, p) for p in directory.glob(pattern)),
+            reverse=True,
+        )
+    except OSError as exc:
+        log.warning("cannot list the cache %s: %s", directory, exc)
+        return
+    used = 0
+    for i, (_, size, path) in enumerate(stats):
+        used += size
+        if i >= max_files or (max_bytes is not None and used > max_bytes and i > 0):
+            path.unlink(missing_ok=True)
+            log.info("cache %s full: removed %s", directory.name, path.name)
+
+
 def cached(sha256: str) -> bytes | None:
-    """The cached safetensors bytes for ``sha256``, if present."""
+    """The cached safetensors bytes for ``sha256``, if present (its use time refreshed)."""
     path = cache_dir() / f"{check_sha256(sha256)}.safetensors"
     try:
+        os.utime(path)
         return path.read_bytes()
     except FileNotFoundError:
         return None
@@ -88,4 +113,5 @@ def store(sha256: str, data: bytes) -> Path | None:
     except OSError as exc:
         log.warning("cannot cache weights in %s: %s", directory, exc)
         return None
+    trim_lru(directory, "*.safetensors", MAX_CACHED_WEIGHTS)
     return path

@@ -13,6 +13,12 @@ Three kinds of threads overlap so a stage is never idle waiting for the network:
   included).
 
 Bad input never takes the worker down: every refusal is a gRPC status naming what was expected.
+Nothing a caller sends can wedge or exhaust it either (issue #18): every number is checked
+against :mod:`~edgesplit.runtime.limits`; accepted work is held against the worker's memory
+budget (:mod:`~edgesplit.runtime.budget`, RESOURCE_EXHAUSTED past it); epochs, senders, link
+overrides and report channels are bounded; a micro-batch that was accepted is delivered or
+reported to the coordinator as a failure, never dropped in silence; long handlers honour
+their caller's deadline.
 """
 
 from __future__ import annotations
@@ -39,20 +45,26 @@ from edgesplit.engines.ort_session import release_memory
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.metrics.power import PowerSettings, choose_source, source_name
 from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
-from edgesplit.runtime import PROTOCOL_VERSION, codec, profiling, wire
+from edgesplit.runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, codec, limits, profiling, wire
 from edgesplit.runtime import samples as sample_codec
+from edgesplit.runtime.budget import Budget, Reservation, default_budget_bytes
 from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.model_store import ModelStore
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.stages import (
+    BUILD_FACTOR,
     Epoch,
     LoadedModel,
+    build_bytes,
+    check_install,
     make_epoch,
     model_key,
     open_int8,
     open_model,
+    work_bytes,
 )
 from edgesplit.runtime.transport import (
+    Call,
     Refused,
     bind,
     describe_rpc_error,
@@ -82,6 +94,15 @@ log = logging.getLogger(__name__)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+MAX_REPORT_CHANNELS = 8
+"""Coordinators a worker keeps a failure-report channel open to (the oldest is closed)."""
+MAX_FAILURE_CHARS = 500
+"""Characters of one failure message kept for Status."""
+OUTPUT_HEADROOM_BYTES = 1 << 20
+"""Room left in a message for the hop timings around an output tensor."""
+PROFILE_WAIT_S = 5.0
+"""How long a Profile waits for the one running before it answers RESOURCE_EXHAUSTED."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,12 @@ class WorkerConfig:
     """Where received models are kept; None: the user cache's ``models/``."""
     power: PowerSettings = field(default_factory=PowerSettings)
     """Where this device's power is read (see :mod:`edgesplit.metrics.power`)."""
+    max_memory_bytes: int | None = None
+    """The worker's memory budget (see :mod:`~edgesplit.runtime.budget`); None: half the
+    device's RAM."""
+    memory_counts_process: bool = True
+    """Whether the budget counts the process's RSS; False for workers that share a process
+    (in-process tests), where only their reservations are theirs."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,15 @@ class Job:
     x: np.ndarray
     epoch: Epoch
     received: float
+    work: Reservation | None = None
+    """The decoded input and the stage's working memory; released once computed."""
+    output: Reservation | None = None
+    """The output's bytes; released once it is sent or reported."""
+
+    def release(self) -> None:
+        for held in (self.work, self.output):
+            if held is not None:
+                held.release()
 
 
 class Worker:
@@ -125,13 +161,21 @@ class Worker:
         self.threads = config.threads or _default_threads()
         self._epochs: dict[int, Epoch] = {}
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self.budget = Budget(
+            config.max_memory_bytes or default_budget_bytes(), config.memory_counts_process
+        )
+        self._probes = threading.BoundedSemaphore(limits.MAX_CONCURRENT_PROBES)
         self._senders: dict[str, LinkSender] = {}
         self._failures: collections.deque[str] = collections.deque(maxlen=50)
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
         self._processed = 0
+        self.refused_for_memory = 0
+        """Forwards answered RESOURCE_EXHAUSTED by the memory budget since start."""
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
         self._sampler = _start_sampler(config.name, config.sample_interval_s, config.power)
-        self._report_channels: dict[str, grpc.Channel] = {}
+        self._report_channels: collections.OrderedDict[str, grpc.Channel] = (
+            collections.OrderedDict()
+        )
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
         self.on_computed: Callable[[int, int, float, int], None] | None = None
@@ -150,12 +194,14 @@ class Worker:
                 "InstallPlan": (pb.InstallPlanRequest, self.install_plan),
                 "Forward": (pb.MicroBatch, self.forward),
                 "DropEpoch": (pb.DropEpochRequest, self.drop_epoch),
-                "Profile": (pb.ProfileRequest, self.profile),
                 "Probe": (pb.ProbeRequest, lambda request: pb.Ack()),
-                "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
                 "SetLink": (pb.SetLinkRequest, self.set_link),
             },
             streams={"PutModel": (pb.ModelChunk, self.put_model)},
+            calls={
+                "Profile": (pb.ProfileRequest, self.profile),
+                "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
+            },
         )
 
     def status(self, request: pb.StatusRequest) -> pb.StatusReply:
@@ -202,6 +248,9 @@ class Worker:
             cpu_model=cpu.cpu_model(),
             onnxruntime_version=cpu.package_version("onnxruntime"),
             cpu_count=os.cpu_count() or 0,
+            memory_budget_bytes=self.budget.limit_bytes,
+            memory_reserved_bytes=self.budget.reserved_bytes,
+            rss_bytes=self.budget.rss_bytes(),
         )
 
     def load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelReply:
@@ -217,14 +266,22 @@ class Worker:
         path = self.store.find(key.model_sha256)
         if path is None:
             return pb.LoadModelReply(need_model=True)
-        loaded = open_model(key, path)
-        if self._wants_torch(request):
-            data = request.weights or (cached(key.weights_sha256) if key.weights_sha256 else None)
-            if not data:
-                return pb.LoadModelReply(need_weights=True)
-            loaded = self._with_torch(loaded, data)
-            if request.weights:
-                store(key.weights_sha256, request.weights)
+        held = self._reserve_file(path, "parsing the model")
+        try:
+            loaded = open_model(key, path)
+            if self._wants_torch(request):
+                _check_reference_shape(loaded)
+                data = request.weights or (
+                    cached(key.weights_sha256) if key.weights_sha256 else None
+                )
+                if not data:
+                    return pb.LoadModelReply(need_weights=True)
+                loaded = self._with_torch(loaded, data)
+                if request.weights:
+                    store(key.weights_sha256, request.weights)
+        finally:
+            held.release()
+            release_memory()
         with self._lock:
             if self._model is None or self._model.key != key:
                 self._epochs.clear()  # epochs index units of the previous model
@@ -240,6 +297,11 @@ class Worker:
         key = loaded.key
         if not key.weights_sha256:
             raise Refused(INVALID, "the torch engine needs weights_sha256 and a zoo model name")
+        _check_reference_shape(loaded)
+        held = self.budget.reserve(
+            len(weights) * BUILD_FACTOR + work_bytes(loaded.units, 0, loaded.num_units),
+            "building the torch reference",
+        )
         try:
             from edgesplit.runtime import torch_reference
         except ImportError as exc:
@@ -253,6 +315,8 @@ class Worker:
             )  # fmt: skip
         except EdgesplitError as exc:
             raise Refused(INVALID, str(exc)) from None
+        finally:
+            held.release()
         if ug.num_units != loaded.num_units:
             raise Refused(
                 INVALID,
@@ -270,20 +334,40 @@ class Worker:
             raise Refused(INVALID, str(exc)) from None
         return pb.PutModelReply(stored_bytes=path.stat().st_size)
 
+    def _reserve_file(self, path: os.PathLike[str], what: str) -> Reservation:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        return self.budget.reserve(BUILD_FACTOR * size, what)
+
     def install_plan(self, request: pb.InstallPlanRequest) -> pb.Ack:
         with self._lock:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before InstallPlan")
+        check_install(model, request)  # before anything is reserved or built
         int8 = self._int8_model(model, request.int8_model_sha256)
+        held = self.budget.reserve(
+            build_bytes(model) + 2 * len(request.calibration.data), "building a stage"
+        )
         try:
             epoch = make_epoch(model, request, self.threads, self.config.engine, int8)
         finally:
+            held.release()
             release_memory()  # the parsed whole model and the cut copies are gone now
         with self._lock:
             if self._model is not model:
                 raise Refused(PRECONDITION, "the model changed while installing the plan")
             self._epochs[epoch.epoch] = epoch
+            evicted = self._evict_epochs()
+        if evicted:
+            log.warning(
+                "[%s] more than %d epochs installed: dropped the oldest %s",
+                self.config.name, limits.MAX_EPOCHS, evicted,
+            )  # fmt: skip
+        self._prune_senders()
+        self.budget.refresh_fixed(force=True)  # the new stage's session is part of it now
         log.info(
             "[%s] epoch %d: stage %d units [%d, %d) on %s %s -> %s (%s wire)",
             self.config.name, epoch.epoch, epoch.stage, epoch.start, epoch.end,
@@ -301,44 +385,86 @@ class Worker:
             raise Refused(INVALID, f"int8_model_sha256: {exc}") from None
         return open_int8(model, digest, self.store.find(digest))
 
-    def profile(self, request: pb.ProfileRequest) -> pb.ProfileReply:
+    def profile(self, request: pb.ProfileRequest, call: Call | None = None) -> pb.ProfileReply:
+        call = call or Call()
         with self._lock:
             model = self._model
         if model is None:
             raise Refused(PRECONDITION, "no model loaded; call LoadModel before Profile")
         if self._jobs.qsize():
             raise Refused(PRECONDITION, "a run is active on this worker; profile when it is idle")
-        with self._profile_lock:  # one profile at a time, or they would time each other
+        # Checked before anything is allocated: batch 256 of a large input once asked for 48 GiB.
+        held = self.budget.reserve(profiling.profile_bytes(model, request), "this profile")
+        try:
+            # One profile at a time, or they would time each other.
+            if not self._profile_lock.acquire(timeout=call.timeout_s(PROFILE_WAIT_S)):
+                raise Refused(EXHAUSTED, "another profile is running on this worker; retry later")
             try:
                 int8 = self._int8_model(model, request.int8_model_sha256)
                 return profiling.profile_units(
-                    model, request, self.threads, self.config.engine, int8
+                    model, request, self.threads, self.config.engine, int8, call
                 )
             finally:
+                self._profile_lock.release()
                 release_memory()  # a session per unit was built and dropped
+        finally:
+            held.release()
 
-    def probe_link(self, request: pb.ProbeLinkRequest) -> pb.ProbeLinkReply:
-        return profiling.probe_link(
-            request, self.config.token, self.config.tls, shape_for=self._link_shape
-        )
+    def probe_link(
+        self, request: pb.ProbeLinkRequest, call: Call | None = None
+    ) -> pb.ProbeLinkReply:
+        profiling.check_probe(request)
+        if not self._probes.acquire(blocking=False):
+            raise Refused(
+                EXHAUSTED,
+                f"{limits.MAX_CONCURRENT_PROBES} link probes are running on this worker; "
+                "retry later",
+            )
+        try:
+            return profiling.probe_link(
+                request, self.config.token, self.config.tls, self._link_shape, call
+            )
+        finally:
+            self._probes.release()
 
     def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
         # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.
         with self._lock:
-            self._epochs.pop(request.epoch, None)
+            dropped = self._epochs.pop(request.epoch, None)
+        if dropped is not None:
+            del dropped
+            self._prune_senders()
+            release_memory()  # the stage's session and arena go back to the OS
+            self.budget.refresh_fixed(force=True)
         return pb.Ack()
 
+    def _evict_epochs(self) -> list[int]:
+        """Drop the oldest epochs past :data:`limits.MAX_EPOCHS` (call with the lock held).
+        Their queued work still completes; a later Forward for them is refused, which the
+        sender reports, so nothing is lost in silence."""
+        evicted = []
+        while len(self._epochs) > limits.MAX_EPOCHS:
+            oldest = min(self._epochs)
+            del self._epochs[oldest]
+            evicted.append(oldest)
+        return evicted
+
     def set_link(self, request: pb.SetLinkRequest) -> pb.Ack:
-        if not request.to:
-            raise Refused(INVALID, 'SetLink needs "to": a next hop\'s host:port or "coordinator"')
-        if request.HasField("bandwidth_mbps") and not request.bandwidth_mbps > 0:
-            raise Refused(INVALID, f"bandwidth_mbps must be > 0, got {request.bandwidth_mbps}")
-        if request.HasField("latency_ms") and not request.latency_ms >= 0:
-            raise Refused(INVALID, f"latency_ms must be >= 0, got {request.latency_ms}")
+        limits.check_address("to", request.to, allow_coordinator=True)
+        limits.check_link(
+            request.latency_ms if request.HasField("latency_ms") else None,
+            request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None,
+        )
         with self._lock:
             if request.clear:
                 self._link_overrides.pop(request.to, None)
             else:
+                known = request.to in self._link_overrides
+                if not known and len(self._link_overrides) >= limits.MAX_LINK_OVERRIDES:
+                    raise Refused(
+                        EXHAUSTED,
+                        f"{limits.MAX_LINK_OVERRIDES} link overrides are set; clear some first",
+                    )
                 self._link_overrides[request.to] = request
         log.info("[%s] link to %s: %s", self.config.name, request.to, str(request).split())
         return pb.Ack()
@@ -372,25 +498,75 @@ class Worker:
         if not request.HasField("tensor"):
             raise Refused(INVALID, "Forward needs a tensor")
         try:
-            x = wire.decode_activation_array(request.tensor, max_elements=self.config.max_elements)
+            shape = codec.check(request.tensor, max_elements=self.config.max_elements)
         except codec.CodecError as exc:
             raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
-        if x.ndim != len(epoch.in_shape) + 1 or tuple(x.shape[1:]) != epoch.in_shape:
+        if len(shape) != len(epoch.in_shape) + 1 or tuple(shape[1:]) != epoch.in_shape:
             raise Refused(
                 INVALID,
                 f"stage {epoch.stage} (units [{epoch.start}, {epoch.end})) expects input "
-                f"[N, {', '.join(map(str, epoch.in_shape))}], got {list(x.shape)}",
+                f"[N, {', '.join(map(str, epoch.in_shape))}], got {list(shape)}",
             )
-        if x.shape[0] < 1:
+        if shape[0] < 1:
             raise Refused(INVALID, f"stage {epoch.stage} expects a batch of at least 1, got 0")
+        out_bytes = shape[0] * epoch.out_bytes_per_sample
+        if out_bytes > MAX_MESSAGE_BYTES - OUTPUT_HEADROOM_BYTES:
+            # It could never be sent on: refuse now rather than compute it and report later.
+            raise Refused(
+                INVALID,
+                f"stage {epoch.stage}'s output for {shape[0]} samples would be {out_bytes} "
+                f"bytes, over the {MAX_MESSAGE_BYTES}-byte message limit; use smaller "
+                "micro-batches",
+            )
         if self._jobs.qsize() >= self.config.max_queue:
             raise Refused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                EXHAUSTED,
                 f"{self._jobs.qsize()} micro-batches queued; at most {self.config.max_queue}",
             )
-        request.ClearField("tensor")  # the decoded copy is all we need
-        self._jobs.put(Job(batch=request, x=x, epoch=epoch, received=received))
+        job = self._admit(request, shape, epoch, received)
+        self._ensure_compute()
+        self._jobs.put(job)
         return pb.Ack()
+
+    def _admit(
+        self, request: pb.MicroBatch, shape: tuple[int, ...], epoch: Epoch, received: float
+    ) -> Job:
+        """Reserve a micro-batch's memory (decoded input, the stage's work, its output), then
+        decode it: RESOURCE_EXHAUSTED before anything is allocated when it does not fit."""
+        n = shape[0]
+        numel = 1
+        for d in shape:
+            numel *= d
+        try:
+            work = self.budget.reserve(4 * numel + n * epoch.work_bytes_per_sample, "a micro-batch")
+            try:
+                output = self.budget.reserve(n * epoch.out_bytes_per_sample, "its output")
+            except Refused:
+                work.release()
+                raise
+        except Refused:
+            with self._lock:
+                self.refused_for_memory += 1
+            raise
+        try:
+            x = wire.decode_activation_array(request.tensor, max_elements=self.config.max_elements)
+        except codec.CodecError as exc:
+            work.release()
+            output.release()
+            raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
+        request.ClearField("tensor")  # the decoded copy is all we need
+        return Job(request, x, epoch, received, work, output)
+
+    def _ensure_compute(self) -> None:
+        """Restart the compute thread if it ever died (it catches every error per batch, so
+        this is a last line of defence: a dead thread would drop every batch it was given)."""
+        with self._lock:
+            if self._compute.is_alive():
+                return
+            log.error("[%s] the compute thread had stopped; restarting it", self.config.name)
+            self._failures.append(f"[{self.config.name}] compute thread restarted")
+            self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
+            self._compute.start()
 
     # --- compute and send ----------------------------------------------------------------------
 
@@ -402,12 +578,13 @@ class Worker:
             try:
                 self._run(job)
             except Exception as exc:  # one bad batch must not stop the pipeline
+                job.release()
                 log.exception("[%s] request %s failed", self.config.name, job.batch.request_id)
                 self._fail(
                     job.batch.request_id,
                     job.epoch,
                     f"[{self.config.name}] stage {job.epoch.stage} failed on request "
-                    f"{job.batch.request_id}: {type(exc).__name__}: {exc}",
+                    f"{job.batch.request_id}: {type(exc).__name__}: {str(exc)[:200]}",
                 )
 
     def _run(self, job: Job) -> None:
@@ -415,6 +592,8 @@ class Worker:
         compute_start = time.time()
         y = epoch.executor.run(job.x)
         compute_end = time.time()
+        if job.work is not None:
+            job.work.release()  # the input and the stage's working memory are done with
         out = pb.MicroBatch(request_id=job.batch.request_id, plan_epoch=job.batch.plan_epoch)
         out.hops.extend(job.batch.hops)
         wire.encode_activation(y, epoch.wire, out=out.tensor)
@@ -437,15 +616,42 @@ class Worker:
         address = epoch.coordinator if to_coordinator else epoch.next_hop
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
         shape = self._link_shape(COORDINATOR_HOP if to_coordinator else address, epoch.shape)
-        self._sender(address, token).put(Outgoing(out, shape, to_coordinator, epoch.coordinator))
+        on_done = job.output.release if job.output is not None else None
+        item = Outgoing(out, shape, to_coordinator, epoch.coordinator, on_done)
+        self._sender(address, token).put(item)
 
     def _sender(self, address: str, token: str | None) -> LinkSender:
+        """The sender to ``address``; a sender whose thread died is replaced, and what it
+        still held is reported as not delivered."""
+        dead = None
         with self._lock:
             sender = self._senders.get(address)
+            if sender is not None and not sender.alive():
+                dead, sender = sender, None
             if sender is None:
                 sender = LinkSender(self.config.name, address, token, self.config.tls, self._report)
                 self._senders[address] = sender
-            return sender
+        if dead is not None:
+            log.error("[%s] the sender to %s had stopped; restarted", self.config.name, address)
+            for item in dead.drain():
+                dead.report(item, "the sender thread had stopped")
+                if item.on_done is not None:
+                    item.on_done()
+        return sender
+
+    def _prune_senders(self) -> None:
+        """Close the senders no installed epoch sends through and that hold nothing (a next
+        hop of a dropped epoch keeps no thread; issue #18, row 5). With at most
+        :data:`limits.MAX_EPOCHS` epochs, senders are bounded by that plus those still
+        sending."""
+        with self._lock:
+            used = set()
+            for e in self._epochs.values():
+                used.add(e.coordinator if e.next_hop == COORDINATOR_HOP else e.next_hop)
+            idle = [a for a, s in self._senders.items() if a not in used and not s.depth()]
+            closing = [self._senders.pop(a) for a in idle]
+        for sender in closing:
+            sender.close(timeout_s=0.5)
 
     def _fail(self, request_id: int, epoch: Epoch, message: str) -> None:
         report = pb.FailureReport(
@@ -455,16 +661,26 @@ class Worker:
             next_hop=epoch.next_hop,
             message=message,
         )
-        self._report(report, epoch.coordinator)
+        try:
+            self._report(report, epoch.coordinator)
+        except Exception:  # reporting is best effort; the compute loop must go on
+            log.exception("[%s] cannot report a failure", self.config.name)
 
     def _report(self, report: pb.FailureReport, coordinator: str) -> None:
         """Record a failure and tell the coordinator, best effort (it may be the one down)."""
+        stale = None
         with self._lock:
-            self._failures.append(report.message)
+            self._failures.append(report.message[:MAX_FAILURE_CHARS])
             channel = self._report_channels.get(coordinator)
             if channel is None:
                 channel = open_channel(coordinator, self.config.token, self.config.tls)
                 self._report_channels[coordinator] = channel
+                if len(self._report_channels) > MAX_REPORT_CHANNELS:
+                    _, stale = self._report_channels.popitem(last=False)
+            else:
+                self._report_channels.move_to_end(coordinator)
+        if stale is not None:
+            stale.close()
         call = channel.unary_unary(
             "/edgesplit.v1.Coordinator/ReportFailure",
             request_serializer=pb.FailureReport.SerializeToString,
@@ -493,20 +709,36 @@ class Worker:
             self._samples.extend(sample_codec.to_proto(s) for s in self._sampler.drain())
         return [s for s in self._samples if s.t > since_t]
 
-    def close(self) -> None:
-        """Stop the compute thread, the senders and the sampler (the server is stopped first)."""
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the compute thread, the senders and the sampler (the server is stopped first)
+        within about ``timeout_s``: a stage still computing is left to its daemon thread."""
+        deadline = time.monotonic() + timeout_s
         self._jobs.put(None)
-        self._compute.join(5.0)
+        self._compute.join(timeout_s / 2)
         with self._lock:
             senders = list(self._senders.values())
             self._senders.clear()
             channels = list(self._report_channels.values())
         for sender in senders:
-            sender.close()
+            sender.close(timeout_s=max(0.05, (deadline - time.monotonic()) / 2))
         for channel in channels:
             channel.close()
         if self._sampler is not None:
             self._sampler.stop()
+
+
+def _check_reference_shape(loaded: LoadedModel) -> None:
+    """The torch reference is traced at ``[in_channels, input_size, input_size]``: that must be
+    the ONNX model's own input (a 100-byte LoadModel naming input_size 4096 once built a
+    3.4 GB trace; issue #18, row 7)."""
+    key = loaded.key
+    expected = (key.in_channels, key.input_size, key.input_size)
+    if loaded.units.input_shape != expected:
+        raise Refused(
+            INVALID,
+            f"in_channels and input_size must match the model's input "
+            f"{list(loaded.units.input_shape)}, got {list(expected)}",
+        )
 
 
 def _start_sampler(name: str, interval_s: float, settings: PowerSettings) -> DeviceSampler | None:
@@ -532,9 +764,11 @@ class RunningWorker:
         self.address = f"{host}:{port}"
         self.port = port
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        self.server.stop(grace_s).wait(grace_s + 1.0)
-        self.worker.close()
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Stop serving (calls in progress get ``grace_s``, then are cancelled, which ends the
+        handlers that wait) and the worker's threads: about ``2 * grace_s`` in all."""
+        self.server.stop(grace_s).wait(grace_s + 0.2)
+        self.worker.close(timeout_s=grace_s)
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -115,7 +115,7 @@ class EpochInfo(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., stage: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., next_hop: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received", "stored_models")
+    __slots__ = ("name", "protocol_version", "edgesplit_version", "torch_version", "grpc_version", "protobuf_version", "python_version", "clock", "model", "weights_sha256", "num_units", "epochs", "queue_depth", "send_queue_depth", "processed", "samples", "failures", "threads", "cpu_kind", "cpu_model", "onnxruntime_version", "cpu_count", "model_sha256", "model_bytes_received", "stored_models", "memory_budget_bytes", "memory_reserved_bytes", "rss_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EDGESPLIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,9 @@ class StatusReply(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     STORED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol_version: int
     edgesplit_version: str
@@ -166,7 +169,10 @@ class StatusReply(_message.Message):
     model_sha256: str
     model_bytes_received: int
     stored_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ..., stored_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    memory_budget_bytes: int
+    memory_reserved_bytes: int
+    rss_bytes: int
+    def __init__(self, name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., edgesplit_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., grpc_version: _Optional[str] = ..., protobuf_version: _Optional[str] = ..., python_version: _Optional[str] = ..., clock: _Optional[float] = ..., model: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., num_units: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., send_queue_depth: _Optional[int] = ..., processed: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DeviceSample, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., threads: _Optional[int] = ..., cpu_kind: _Optional[str] = ..., cpu_model: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes_received: _Optional[int] = ..., stored_models: _Optional[_Iterable[str]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_reserved_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "num_classes", "in_channels", "input_size", "weights_sha256", "weights", "model_sha256", "torch_reference")
