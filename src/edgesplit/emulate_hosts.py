@@ -211,11 +211,14 @@ def teardown_commands(layout: HostLayout) -> list[list[str]]:
 # --- what this host can do -------------------------------------------------------------------
 
 
-def unavailable_reason() -> str | None:
-    """Why namespaced hosts cannot be built here, or None when they can."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+def unavailable_reason(euid: int | None = None, path: str | None = None) -> str | None:
+    """Why namespaced hosts cannot be built here (as user ``euid``, finding programs on
+    ``path``; default: ours), or None when they can."""
+    if euid is None:
+        euid = os.geteuid() if hasattr(os, "geteuid") else -1
+    if euid != 0:
         return "emulated hosts need root (network namespaces, veth pairs and tc qdiscs)"
-    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool, path=path) is None]
     if missing:
         return f"emulated hosts need {' and '.join(missing)} (iproute2); not found on PATH"
     return None
