@@ -44,7 +44,7 @@ def test_names_fit_the_kernel_limit_for_the_largest_pid_and_cluster() -> None:
 def test_layout_refuses_bad_input() -> None:
     with pytest.raises(ConfigError, match="es<pid>x<k>"):
         HostLayout("edgesplit", 7, DEVICES)
-    with pytest.raises(ConfigError, match="1..254"):
+    with pytest.raises(ConfigError, match=r"1\.\.254"):
         HostLayout("es1x0", 255, DEVICES)
     with pytest.raises(ConfigError, match="no emulated host 'pi9'"):
         layout().netns("pi9")
