@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from edgesplit.config import LinkSpec, load_cluster
 from edgesplit.emulate import EmulatedCluster, uniform_devices
 from edgesplit.emulate_hosts import leftovers, run_ip, unavailable_reason
 from edgesplit.faults import Injector, parse_injection
+from edgesplit.job import run_job
+from edgesplit.runconfig import RunConfig
 
 REASON = unavailable_reason()
 pytestmark = [
@@ -122,3 +125,67 @@ def _wait_state(pid: int, ok: Callable[[str], bool], timeout_s: float = 10.0) ->
         if ok(state) or time.monotonic() > deadline:
             return ok(state)
         time.sleep(0.02)
+
+
+NFT_DIR = Path(__file__).resolve().parent.parent / "deploy" / "nftables"
+
+
+def nft_rules(name: str, subnet: str, table: str) -> str:
+    """The shipped ruleset ``name`` for ``subnet``, its table renamed to ``table``."""
+    text = (NFT_DIR / name).read_text()
+    old_table = next(w for line in text.splitlines() if line.startswith("table inet ")
+                     for w in line.split()[2:3])  # fmt: skip
+    text = text.replace(f"table inet {old_table} ", f"table inet {table} ")
+    return text.replace("define edgesplit_lan = 192.168.1.0/24", f"define edgesplit_lan = {subnet}")
+
+
+def predictions(folder: Path) -> list[str]:
+    lines = (folder / "predictions.csv").read_text().splitlines()
+    return [line.split(",")[1] for line in lines[1:]]
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not found: make hosts-tools")
+def test_default_job_through_the_documented_firewall_matches_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules of docs/SETUP.md "Ports and firewall" (deploy/nftables) inside every host's
+    namespace and, for traffic from the cluster's subnet, on the coordinator; the default job
+    (10,000 Fashion-MNIST images) through them gives the loopback run's predictions."""
+    monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path / "cache"))
+    loop = run_job(RunConfig(network="loopback", out=tmp_path / "loopback"))
+    assert loop.summary["images"] == 10_000
+    with EmulatedCluster.start(uniform_devices(3), LinkSpec(bandwidth_mbps=940, latency_ms=0.2),
+                               hosts=True) as cluster:  # fmt: skip
+        assert cluster.network is not None
+        layout = cluster.network.layout
+        subnet = f"{layout.coordinator_ip.rsplit('.', 1)[0]}.0/24"
+        table = f"edgesplit_{layout.tag}"
+        for name in layout.devices:
+            rules = tmp_path / f"{name}.nft"
+            rules.write_text(nft_rules("edgesplit-worker.nft", subnet, "edgesplit_worker"))
+            run_ip(["ip", "netns", "exec", layout.netns(name), "nft", "-f", str(rules)])
+        rules = tmp_path / "coordinator.nft"
+        rules.write_text(nft_rules("edgesplit-coordinator.nft", subnet, table))
+        run_ip(["nft", "-f", str(rules)])
+        try:
+            # The rules are in force: a port the firewall does not open gets no answer at all.
+            blocked = _connect(layout.ip("pi1"), 50053)
+            assert blocked == "no answer", blocked
+            assert _connect(layout.ip("pi1"), 50051) == "connected"
+            hosted = run_job(RunConfig(out=tmp_path / "hosts"), cluster.spec)
+        finally:
+            run_ip(["nft", "delete", "table", "inet", table])
+    assert hosted.summary["images"] == 10_000
+    assert predictions(hosted.folder) == predictions(loop.folder)
+
+
+def _connect(host: str, port: int) -> str:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=3.0):
+            return "connected"
+    except TimeoutError:
+        return "no answer"
+    except OSError as exc:
+        return f"refused: {exc}"
