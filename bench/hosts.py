@@ -54,10 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def probe_case(rate_mbps: float, devices: int, cpus: float, hosts: bool = True) -> dict[str, Any]:
     link = LinkSpec(bandwidth_mbps=rate_mbps, latency_ms=LATENCY_MS)
-    with EmulatedCluster.start(uniform_devices(devices, cpus), link, hosts=hosts) as cluster:
-        with Coordinator(cluster.spec) as coordinator:
-            coordinator.check()
-            links = probe_links(coordinator, ProfileSettings(), lambda text: None)
+    with (
+        EmulatedCluster.start(uniform_devices(devices, cpus), link, hosts=hosts) as cluster,
+        Coordinator(cluster.spec) as coordinator,
+    ):
+        coordinator.check()
+        links = probe_links(coordinator, ProfileSettings(), lambda text: None)
     rows = []
     for k in links:
         ratio = k.bandwidth_mbps / rate_mbps if k.bandwidth_mbps else None
@@ -81,22 +83,24 @@ def run_case(args: argparse.Namespace, name: str, config: RunConfig) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGESPLIT_CACHE_DIR"] = str(Path(tmp) / "cache")
         with EmulatedCluster.start(devices, link, hosts=True) as cluster:
-            outcome = run_job(config.__class__(**{**vars(config), "out": Path(tmp) / "run"}),
-                              cluster.spec)  # fmt: skip
+            outcome = run_job(
+                config.__class__(**{**vars(config), "out": Path(tmp) / "run"}), cluster.spec
+            )
     summary = outcome.summary
     predicted = summary["predicted"]["throughput_ips"]
     measured = summary["throughput_ips"]
     return {
         "case": name,
         "images": summary["images"],
-        "partition": summary["plan"].get("partition") if isinstance(summary["plan"], dict)
+        "partition": summary["plan"].get("partition")
+        if isinstance(summary["plan"], dict)
         else None,
         "predicted_ips": predicted,
         "measured_ips": measured,
         "measured_over_predicted": measured / predicted,
         "within_target": abs(measured / predicted - 1) <= TARGET_SHARE,
         "notes": outcome.notes,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
                 for p in probes
                 for r in p["links"]
-            ],  # fmt: skip
+            ],
         )
     )
     runs = []
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['measured_over_predicted']:.3f}",
                     ]
                     for r in runs
-                ],  # fmt: skip
+                ],
             )
         )
     path = common.write_result(
