@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,7 @@ def run_case(args: argparse.Namespace, name: str, config: RunConfig) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGESPLIT_CACHE_DIR"] = str(Path(tmp) / "cache")
         with EmulatedCluster.start(devices, link, hosts=True) as cluster:
-            outcome = run_job(
-                config.__class__(**{**vars(config), "out": Path(tmp) / "run"}), cluster.spec
-            )
+            outcome = run_job(replace(config, out=Path(tmp) / "run"), cluster.spec)
     summary = outcome.summary
     predicted = summary["predicted"]["throughput_ips"]
     measured = summary["throughput_ips"]
