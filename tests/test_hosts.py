@@ -174,3 +174,14 @@ def test_hosts_without_ip_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert "--hosts: emulated hosts need" in last and "runs on loopback" in last, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "c").exists()  # refused before anything started
+
+
+def test_setup_shows_the_shipped_firewall_rules() -> None:
+    """docs/SETUP.md "Ports and firewall" prints deploy/nftables/*.nft as they are (minus the
+    comment header), so the rules the firewall test loads are the documented ones."""
+    root = Path(__file__).resolve().parent.parent
+    setup = (root / "docs" / "SETUP.md").read_text()
+    for name in ("edgesplit-worker.nft", "edgesplit-coordinator.nft"):
+        text = (root / "deploy" / "nftables" / name).read_text()
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
+        assert f"```\n{body}\n```" in setup, name
