@@ -10,7 +10,10 @@ namespaced hosts against the planner's prediction. Needs root and iproute2.
    100 Mbit/s per link (0.5 CPU per device, auto plan from a fresh profile): measured
    throughput against the planner's predicted throughput, for the default job (MobileNetV2,
    Fashion-MNIST at 32 px) and for MobileNetV2 at 224 px (synthetic images, batch 8), where the
-   100 Mbit/s links, not the CPUs, set the pace.
+   100 Mbit/s links, not the CPUs, set the pace. Each case also on loopback (links shaped in
+   the send path) as the baseline, and, on hosts, the bytes the kernel sent from the
+   coordinator to the devices over the whole job (model shipping, probes, heartbeats and
+   uploads) against the uploads' payload.
 
     .venv/bin/python bench/hosts.py            # ~3 min on an idle 2-core machine
     .venv/bin/python bench/hosts.py --quick    # the link probes only
@@ -19,6 +22,7 @@ namespaced hosts against the planner's prediction. Needs root and iproute2.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import tempfile
@@ -30,7 +34,7 @@ import _common as common
 
 from edgesplit.config import LinkSpec
 from edgesplit.emulate import EmulatedCluster, uniform_devices
-from edgesplit.emulate_hosts import unavailable_reason
+from edgesplit.emulate_hosts import run_ip, unavailable_reason
 from edgesplit.job import run_job
 from edgesplit.profiler import ProfileSettings, probe_links
 from edgesplit.runconfig import RunConfig
@@ -78,19 +82,43 @@ def probe_case(rate_mbps: float, devices: int, cpus: float, hosts: bool = True) 
     return {"rate_mbps": rate_mbps, "cpus": cpus, "network": network, "links": rows}
 
 
-def run_case(args: argparse.Namespace, name: str, config: RunConfig) -> dict[str, Any]:
+def uploaded_bytes(cluster: EmulatedCluster) -> int | None:
+    """Bytes the kernel sent from the coordinator to the devices (their HTB class 1:2)."""
+    if cluster.network is None:
+        return None
+    layout, total = cluster.network.layout, 0
+    for name in layout.devices:
+        cmd = ["tc", "-s", "class", "show", "dev", layout.host_veth(name), "classid", "1:2"]
+        words = run_ip(cmd).stdout.split()
+        total += int(words[words.index("Sent") + 1])
+    return total
+
+
+def run_case(
+    args: argparse.Namespace, name: str, config: RunConfig, hosts: bool = True
+) -> dict[str, Any]:
     link = LinkSpec(bandwidth_mbps=args.run_mbps, latency_ms=LATENCY_MS)
     devices = uniform_devices(args.devices, args.cpus)
+    network = "hosts" if hosts else "loopback"
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGESPLIT_CACHE_DIR"] = str(Path(tmp) / "cache")
-        with EmulatedCluster.start(devices, link, hosts=True) as cluster:
-            outcome = run_job(replace(config, out=Path(tmp) / "run"), cluster.spec)
+        with EmulatedCluster.start(devices, link, hosts=hosts) as cluster:
+            before = uploaded_bytes(cluster)
+            outcome = run_job(replace(config, out=Path(tmp) / "run", network=network), cluster.spec)
+            after = uploaded_bytes(cluster)
+            with (Path(tmp) / "run" / "requests.csv").open() as fh:
+                uploads = [r for r in csv.DictReader(fh) if r["stage"] == "-1"]
     summary = outcome.summary
     predicted = summary["predicted"]["throughput_ips"]
     measured = summary["throughput_ips"]
     return {
         "case": name,
+        "network": network,
         "images": summary["images"],
+        "upload_payload_bytes": sum(int(r["bytes_out"] or 0) for r in uploads),
+        "coordinator_sent_bytes": after - before
+        if after is not None and before is not None
+        else None,
         "partition": summary["plan"].get("partition")
         if isinstance(summary["plan"], dict)
         else None,
@@ -132,24 +160,37 @@ def main(argv: list[str] | None = None) -> None:
     )
     runs = []
     if not args.quick:
-        runs.append(run_case(args, "default job (MobileNetV2, Fashion-MNIST 32 px)", RunConfig()))
-        runs.append(
-            run_case(
-                args,
+        cases = [
+            ("default job (MobileNetV2, Fashion-MNIST 32 px)", RunConfig()),
+            (
                 "MobileNetV2 224 px, synthetic, batch 8",
                 RunConfig(dataset="synthetic", input_size=224, batch_size=8, limit=args.images),
-            )
-        )
+            ),
+        ]
+        # The same runs on loopback (links shaped in the send path): the baseline.
+        runs = [run_case(args, name, c, hosts) for name, c in cases for hosts in (True, False)]
         print(
             common.table(
-                ["case", "images", "predicted img/s", "measured img/s", "measured/predicted"],
+                [
+                    "case",
+                    "network",
+                    "images",
+                    "predicted img/s",
+                    "measured img/s",
+                    "measured/predicted",
+                    "coord->device wire bytes / upload payload",
+                ],
                 [
                     [
                         r["case"],
+                        r["network"],
                         r["images"],
                         f"{r['predicted_ips']:.1f}",
                         f"{r['measured_ips']:.1f}",
                         f"{r['measured_over_predicted']:.3f}",
+                        f"{r['coordinator_sent_bytes'] / r['upload_payload_bytes']:.2f}"
+                        if r["coordinator_sent_bytes"]
+                        else "-",
                     ]
                     for r in runs
                 ],
