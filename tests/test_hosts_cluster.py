@@ -189,3 +189,18 @@ def _connect(host: str, port: int) -> str:
         return "no answer"
     except OSError as exc:
         return f"refused: {exc}"
+
+
+def test_run_without_a_cluster_uses_emulated_hosts_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path / "cache"))
+    outcome = run_job(
+        RunConfig(limit=64, partition="equal", result_port=50099, out=tmp_path / "run")
+    )
+    assert any(n.startswith("emulated hosts: each device in its own network namespace")
+               for n in outcome.notes), outcome.notes  # fmt: skip
+    written = load_cluster(tmp_path / "run" / "cluster.yaml")
+    assert written.bandwidth_shaping == "network" and written.result_port == 50099
+    assert written.coordinator_host.startswith("10.231.")
+    assert ours(os.getpid()) == []
