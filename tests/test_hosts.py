@@ -161,17 +161,26 @@ def test_hosts_need_root_and_iproute2(tmp_path: Path) -> None:
     assert "need ip and tc (iproute2)" in (unavailable_reason(euid=0, path=str(tmp_path)) or "")
 
 
-def test_hosts_without_ip_fails_with_a_clear_message(tmp_path: Path) -> None:
-    """``emulate --hosts`` where ``ip`` cannot be found (as root, else for want of root)."""
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["emulate", "-n", "1", "--hosts", "--folder", "c"],
+        ["run", "--network", "hosts", "--limit", "8", "--out", "c"],
+    ],
+)
+def test_hosts_without_ip_fails_with_a_clear_message(tmp_path: Path, args: list[str]) -> None:
+    """``emulate --hosts`` and ``run --network hosts`` where ``ip`` cannot be found (as root;
+    else for want of root): one line, before anything starts."""
     done = subprocess.run(
-        [sys.executable, "-m", "edgesplit", "emulate", "-n", "1", "--hosts",
-         "--folder", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PATH": str(tmp_path)},
+        [sys.executable, "-m", "edgesplit", *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PATH": str(tmp_path), "EDGESPLIT_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert "--hosts: emulated hosts need" in last and "runs on loopback" in last, done.stderr
+    option = "--hosts" if args[0] == "emulate" else "--network hosts"
+    assert f"{option}: emulated hosts need" in last, done.stderr
+    assert f"without {option} the cluster runs on loopback" in last
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "c").exists()  # refused before anything started
 

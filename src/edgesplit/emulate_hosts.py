@@ -224,10 +224,11 @@ def unavailable_reason(euid: int | None = None, path: str | None = None) -> str 
     return None
 
 
-def check_available() -> None:
+def check_available(option: str = "--hosts") -> None:
+    """ConfigError, naming ``option``, when namespaced hosts cannot be built here."""
     reason = unavailable_reason()
     if reason is not None:
-        raise ConfigError(f"--hosts: {reason}; without --hosts the cluster runs on loopback")
+        raise ConfigError(f"{option}: {reason}; without {option} the cluster runs on loopback")
 
 
 # --- running the commands -----------------------------------------------------------------

@@ -163,7 +163,7 @@ def emulation_mode(network: str) -> tuple[bool, str]:
         "bandwidth shaped by the kernel (tc htb), latency added in the send path"
     )
     if network == "hosts":
-        check_available()
+        check_available("--network hosts")
         return True, hosts_note
     if network == "loopback":
         return False, "emulated on loopback (--network loopback): links shaped in the send path"
@@ -239,6 +239,8 @@ def run_job(
 
     phase = on_phase or (lambda text: log.info("%s", text))
     injections = injections_for(config, cluster)  # a bad spec fails before anything starts
+    if cluster is None:
+        emulation_mode(config.network)  # so does --network hosts where it cannot work
     notes: list[str] = []
     phase(f"loading dataset {config.dataset}")
     if config.dataset == "synthetic":
