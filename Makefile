@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test lint setup data browser proto bench check-arm clean help
+.PHONY: run test lint setup data browser hosts-tools proto bench check-arm clean help
 
 help:
 	@echo "make run    - set up and run the default job (emulated 3-device cluster)"
@@ -27,7 +27,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data hosts-tools
 
 # The real Fashion-MNIST test set comes from Debian's dataset-fashion-mnist package.
 data:
@@ -42,6 +42,19 @@ data:
 	else \
 	  echo "NOTE: $(DATA_DIR) not found and apt-get is not usable here."; \
 	  echo "      Install Debian/Ubuntu's dataset-fashion-mnist, or pass --data-dir / --download."; \
+	fi
+
+# Emulated hosts (run/emulate --network hosts, issue #24) need iproute2; the firewall test
+# needs nftables. Installed as root with apt-get; elsewhere those tests skip and say why.
+hosts-tools:
+	@if command -v ip >/dev/null && command -v tc >/dev/null && command -v nft >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing iproute2 and nftables with apt-get"; \
+	  (apt-get install -y -q iproute2 nftables >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q iproute2 nftables >/dev/null)); \
+	else \
+	  echo "NOTE: ip, tc or nft missing: emulated hosts (--network hosts) and their firewall"; \
+	  echo "      test need root with iproute2 and nftables; loopback emulation works without."; \
 	fi
 
 run: setup

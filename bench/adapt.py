@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 15 s after, stress only")
     p.add_argument("--name", default="adapt", help="results file bench/results/NAME.json")
     p.add_argument("--keep", type=Path, default=None, help="keep the run folders in this folder")
+    p.add_argument("--network", choices=["loopback", "hosts"], default="loopback",
+                   help="emulated devices on loopback (links shaped in the send path), or as "
+                   "namespaced hosts with kernel-shaped links (root; #24) (loopback)")  # fmt: skip
+    p.add_argument("--cases", default="stress,link", help="cases to run (stress,link)")
+    p.add_argument("--all-links", action="store_true",
+                   help="the link case drops every device-to-device link, not only the one "
+                   "with the largest tensor of the first plan")  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.after = 15.0
@@ -98,6 +105,7 @@ def config(args: argparse.Namespace, out: Path, images: int, **extra: Any) -> Ru
         objective="throughput",
         out=out,
         heartbeat_deadline_s=HEARTBEAT_DEADLINE_S,
+        network=args.network,
         **extra,
     )
 
@@ -274,7 +282,10 @@ def stressed_best(args: argparse.Namespace, tmp: Path, device: str, images: int)
     out = tmp / "stress-best"
     devices = uniform_devices(args.devices, cpus=args.cpus)
     link = LinkSpec(bandwidth_mbps=940.0, latency_ms=0.2)
-    with fresh_profile_cache(tmp / "cache"), EmulatedCluster.start(devices, link) as cluster:
+    with (
+        fresh_profile_cache(tmp / "cache"),
+        EmulatedCluster.start(devices, link, hosts=args.network == "hosts") as cluster,
+    ):
         for _ in range(args.hogs):
             cluster.start_hog(device)
         run_job(config(args, out, images, reprofile=True), cluster.spec)
@@ -282,13 +293,13 @@ def stressed_best(args: argparse.Namespace, tmp: Path, device: str, images: int)
 
 
 def degraded_best(
-    args: argparse.Namespace, tmp: Path, ends: tuple[str, str], images: int
+    args: argparse.Namespace, tmp: Path, pairs: list[tuple[str, str]], images: int
 ) -> dict[str, Any]:
     out = tmp / "link-best"
     devices = uniform_devices(args.devices, cpus=args.cpus)
     link = LinkSpec(bandwidth_mbps=940.0, latency_ms=0.2)
-    slow = PairLink(between=ends, bandwidth_mbps=args.link_mbps, latency_ms=0.2)
-    with EmulatedCluster.start(devices, link, [slow]) as cluster:
+    slow = [PairLink(between=ends, bandwidth_mbps=args.link_mbps, latency_ms=0.2) for ends in pairs]
+    with EmulatedCluster.start(devices, link, slow, hosts=args.network == "hosts") as cluster:
         run_job(config(args, out, images), cluster.spec)
     return measure(out)
 
@@ -355,29 +366,41 @@ def main(argv: list[str] | None = None) -> int:
         results["calibration"] = cal
         print(f"plan {plan}; {cal['steady_ips']:.1f} img/s; {images} images per run", flush=True)
         stress = tuple([f"{stressed}:stress@{args.at:g}s"] * args.hogs)
-        results["stress"] = case(
-            args,
-            tmp,
-            "stress",
-            stress,
-            images,
-            profile,
-            plan,
-            lambda: stressed_best(args, tmp, stressed, images),
+        cases = args.cases.split(",")
+        results["stress"] = (
+            None
+            if "stress" not in cases
+            else case(
+                args,
+                tmp,
+                "stress",
+                stress,
+                images,
+                profile,
+                plan,
+                lambda: stressed_best(args, tmp, stressed, images),
+            )
         )
-        print_case("stress", results["stress"], args.at)
-        if not args.quick and cal["links"]:
+        if results["stress"] is not None:
+            print_case("stress", results["stress"], args.at)
+        if not args.quick and cal["links"] and "link" in cases:
             a, b, _ = max(cal["links"], key=lambda k: k[2])
-            spec = f"link:{a}-{b}:bandwidth={args.link_mbps:g}mbps@{args.at:g}s"
+            pairs = [(a, b)]
+            if args.all_links:
+                names = [d.name for d in uniform_devices(args.devices)]
+                pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
+            specs = tuple(
+                f"link:{x}-{y}:bandwidth={args.link_mbps:g}mbps@{args.at:g}s" for x, y in pairs
+            )
             results["link"] = case(
                 args,
                 tmp,
                 "link",
-                (spec,),
+                specs,
                 images,
                 profile,
                 plan,
-                lambda: degraded_best(args, tmp, (a, b), images),
+                lambda: degraded_best(args, tmp, pairs, images),
             )
             print_case("link", results["link"], args.at)
     facts["loadavg_at_end"] = list(os.getloadavg())

@@ -80,6 +80,20 @@ def every_summary_matches_the_schema(tmp_path_factory: pytest.TempPathFactory) -
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_emulated_hosts_left() -> Iterator[None]:
+    """After the session: no network namespace, veth or bridge of an emulated-hosts cluster
+    (issue #24) that this session built or whose builder is gone; their qdiscs go with them."""
+    import os
+
+    from edgesplit.emulate_hosts import leftovers, stale
+
+    yield
+    mine = f"es{os.getpid()}x"
+    left = sorted({*stale(), *(i for i in leftovers() if i.split(" ", 1)[1].startswith(mine))})
+    assert not left, "emulated hosts left behind: " + ", ".join(left)
+
+
 @functools.cache
 def traced(name: str, input_size: int = 224) -> tuple[torch.nn.Module, graph.UnitGraph]:
     """A zoo model with seeded random weights and its UnitGraph, cached across tests."""

@@ -6,6 +6,9 @@ A cluster file is YAML::
     default_link: {bandwidth_mbps: 940, latency_ms: 0.2}
     links:                                      # per-pair overrides; "coordinator" is a name too
       - {between: [pi1, pi2], bandwidth_mbps: 100, latency_ms: 1.0}
+    coordinator_host: 192.168.1.10              # where workers send results (default 127.0.0.1)
+    result_port: 50052                          # its result service's port (default: any free)
+    bandwidth_shaping: network                  # the network limits bandwidth (default: sender)
     devices:
       - name: pi1
         address: 192.168.1.11:50051
@@ -137,6 +140,14 @@ class ClusterSpec(Strict):
     """The coordinator's own certificate; workers use theirs from their device entry."""
     coordinator_host: str = "127.0.0.1"
     """The address workers use to reach the coordinator's result service."""
+    result_port: int | None = Field(None, ge=1, le=65535)
+    """The port of the coordinator's result service on ``coordinator_host``, for a firewall
+    to let through (see SETUP "Ports and firewall"); None: a free port the kernel picks."""
+    bandwidth_shaping: Literal["sender", "network"] = "sender"
+    """Who limits a link's bandwidth: ``sender`` (our send path waits bytes * 8 / bandwidth,
+    the emulated cluster on loopback) or ``network`` (the network itself: real devices, or
+    kernel-shaped links between network namespaces); the links' bandwidth then informs the
+    planner only. Latency is added in the send path either way (see :meth:`sender_link`)."""
 
     @model_validator(mode="after")
     def _names(self) -> ClusterSpec:
@@ -172,6 +183,15 @@ class ClusterSpec(Strict):
                     bandwidth_mbps=link.bandwidth_mbps, latency_ms=link.latency_ms, wire=link.wire
                 )
         return self.default_link
+
+    def sender_link(self, a: str, b: str) -> LinkSpec:
+        """What our send path applies from ``a`` to ``b``: the link, without its bandwidth when
+        the network shapes it (``bandwidth_shaping="network"``; the kernel here has no netem,
+        so latency stays ours)."""
+        link = self.link(a, b)
+        if self.bandwidth_shaping == "network":
+            return LinkSpec(latency_ms=link.latency_ms, wire=link.wire)
+        return link
 
     def token_for(self, name: str) -> str:
         """The token for device ``name``: its own, else the cluster's, else $EDGESPLIT_TOKEN."""

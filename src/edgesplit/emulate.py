@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import psutil
 
@@ -46,6 +46,9 @@ from edgesplit.config import (
 )
 from edgesplit.errors import ConfigError, WorkerError
 
+if TYPE_CHECKING:
+    from edgesplit.emulate_hosts import HostNetwork
+
 log = logging.getLogger(__name__)
 
 Mechanism = Literal["cgroup-v1", "cgroup-v2", "affinity", "none"]
@@ -56,6 +59,7 @@ STRESS_SHARE = 0.75
 MIN_CPUS = 0.01
 """The kernel refuses CFS quotas below 1 ms per period."""
 PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
 _CGROUP_NAME = re.compile(r"^edgesplit-(\d+)-")
 
 
@@ -270,18 +274,27 @@ killed a hog at once when the stress was the run's last injection."""
 
 
 def _child_setup(
-    parent_pid: int, procs_file: Path | None, cpu_set: set[int] | None, death_signal: bool = True
+    parent_pid: int,
+    procs_file: Path | None,
+    cpu_set: set[int] | None,
+    netns_fd: int | None = None,
+    death_signal: bool = True,
 ) -> Callable[[], None]:
     """The function the child runs between fork and exec. Everything it needs is bound here:
-    loading libraries after fork can deadlock in a threaded parent.
+    loading libraries after fork can deadlock in a threaded parent. ``netns_fd``: an open
+    ``/run/netns/NAME``, the network namespace the child enters (an emulated host).
 
     ``death_signal``: SIGKILL the child when its parent dies. Linux sends it when the parent
     *thread* that forked it ends, so only children forked by a thread that lives as long as
     the process may ask for it (see :data:`HOG_PROGRAM` for the others)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+    prctl = libc.prctl if libc is not None else None
+    setns = libc.setns if libc is not None and netns_fd is not None else None
     procs = str(procs_file) if procs_file is not None else None
 
     def setup() -> None:
+        if setns is not None and setns(netns_fd, CLONE_NEWNET) != 0:
+            os._exit(126)
         if prctl is not None and death_signal:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -322,6 +335,8 @@ class EmulatedCluster:
     token_file: Path
     default_link: LinkSpec
     links: tuple[PairLink, ...]
+    network: HostNetwork | None = None
+    """Namespaced hosts with kernel-shaped links (``hosts=True``); None: all on loopback."""
     _workers: dict[str, _Worker] = field(default_factory=dict)
     _own_folder: bool = False
     _closed: bool = False
@@ -339,8 +354,12 @@ class EmulatedCluster:
         mechanism: Mechanism | Literal["auto"] = "auto",
         ready_timeout_s: float = 60.0,
         cgroup_root: Path = CGROUP_ROOT,
+        hosts: bool = False,
     ) -> EmulatedCluster:
         """Start one worker per device and wait until every one has written its ready file.
+
+        ``hosts``: each device in its own network namespace with its own address, links shaped
+        by the kernel (:mod:`edgesplit.emulate_hosts`); ConfigError when this host cannot.
 
         Raises WorkerError (with the tail of the worker's log) when a worker exits or is not
         ready within ``ready_timeout_s``; everything started so far is stopped first.
@@ -372,6 +391,10 @@ class EmulatedCluster:
         cluster._own_folder = own
         atexit.register(cluster.close)
         try:
+            if hosts:
+                from edgesplit.emulate_hosts import HostNetwork
+
+                cluster.network = HostNetwork.create(names, cluster.default_link, links)
             cpu_sets = affinity_sets(devices, _host_cpus())
             for i, device in enumerate(devices):
                 port = base_port + i if base_port else 0
@@ -380,7 +403,9 @@ class EmulatedCluster:
         except BaseException:
             cluster.close()
             raise
-        log.info("emulated cluster up: %s (%s) in %s", ", ".join(names), mechanism, folder)
+        where = "namespaced hosts" if hosts else "loopback"
+        log.info("emulated cluster up: %s (%s, %s) in %s", ", ".join(names), mechanism, where,
+                 folder)  # fmt: skip
         return cluster
 
     def _spawn(
@@ -391,9 +416,14 @@ class EmulatedCluster:
         cpu_set: set[int],
         cgroup_root: Path,
     ) -> None:
+        host = self.network.address(device.name) if self.network else "127.0.0.1"
+        if self.network is not None and not port:
+            from edgesplit.emulate_hosts import WORKER_PORT
+
+            port = WORKER_PORT  # each host has its own address: the port a Pi uses
         launch = WorkerLaunch(
             name=device.name,
-            listen=f"127.0.0.1:{port}",
+            listen=f"{host}:{port}",
             token_file=self.token_file,
             threads=device.worker_threads,
             ready_file=self.folder / f"{device.name}.ready",
@@ -408,7 +438,10 @@ class EmulatedCluster:
         procs = cgroup / "cgroup.procs" if cgroup is not None else None
         log_path = self.folder / f"{device.name}.log"
         argv = list(worker_cmd(launch))
+        netns_fd = None
         try:
+            if self.network is not None:
+                netns_fd = os.open(self.network.netns_path(device.name), os.O_RDONLY)
             with open(log_path, "wb") as log_fh:
                 process = subprocess.Popen(
                     argv,
@@ -416,12 +449,15 @@ class EmulatedCluster:
                     stdout=log_fh,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: killpg reaches grandchildren
-                    preexec_fn=_child_setup(os.getpid(), procs, affinity),
+                    preexec_fn=_child_setup(os.getpid(), procs, affinity, netns_fd),
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             if cgroup is not None:
                 remove_cgroup(cgroup)
             raise WorkerError(f"cannot start worker {device.name} ({argv[0]}): {exc}") from exc
+        finally:
+            if netns_fd is not None:
+                os.close(netns_fd)
         self._workers[device.name] = _Worker(device, launch, log_path, process, cgroup, affinity)
         log.debug("[%s] started pid %d: %s", device.name, process.pid, shlex.join(argv))
 
@@ -473,11 +509,23 @@ class EmulatedCluster:
                     f"worker {w.device.name} wrote {w.address!r} to {w.launch.ready_file}; "
                     f"expected HOST:PORT ({exc})"
                 ) from None
+        if self.network is None:
+            return ClusterSpec(
+                devices=devices,
+                default_link=self.default_link,
+                links=list(self.links),
+                token_file=self.token_file,
+            )
+        from edgesplit.emulate_hosts import RESULT_PORT
+
         return ClusterSpec(
             devices=devices,
             default_link=self.default_link,
             links=list(self.links),
             token_file=self.token_file,
+            coordinator_host=self.network.coordinator_host,
+            result_port=RESULT_PORT,
+            bandwidth_shaping="network",
         )
 
     def write_spec(self, path: Path) -> Path:
@@ -627,8 +675,12 @@ class EmulatedCluster:
                 self._signal(worker, signal.SIGTERM)
                 self._signal(worker, signal.SIGCONT)
         deadline = time.monotonic() + grace_s
-        for worker in self._workers.values():
-            self._stop(worker, max(deadline - time.monotonic(), 0.01) if grace_s > 0 else 0.0)
+        try:
+            for worker in self._workers.values():
+                self._stop(worker, max(deadline - time.monotonic(), 0.01) if grace_s > 0 else 0.0)
+        finally:
+            if self.network is not None:
+                self.network.close()
         if self._own_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -14,6 +14,10 @@ the worker's ``SetLink`` RPC on both ends (authenticated with the cluster token)
 changes under the coordinator's feet, as a real one would: the cluster file and the planner's
 view stay as they were. Links to the coordinator cannot be injected (its upload side is shaped
 in the coordinator process, which the emulator does not reach).
+
+On namespaced hosts (``--hosts``, :mod:`edgesplit.emulate_hosts`) the kernel shapes bandwidth:
+a bandwidth change is a ``tc class change`` of the link's HTB classes, both directions, and only
+a latency change goes to the workers' ``SetLink``.
 """
 
 from __future__ import annotations
@@ -238,6 +242,20 @@ class Injector:
             self._set_link(injection, ending)
 
     def _set_link(self, injection: Injection, ending: bool) -> None:
+        network = self.cluster.network
+        if network is None:
+            self._set_sender_link(injection, ending, injection.bandwidth_mbps)
+            return
+        if ending or injection.bandwidth_mbps is not None:
+            a, b = injection.devices
+            network.set_bandwidth(a, b, None if ending else injection.bandwidth_mbps)
+        if ending or injection.latency_ms is not None:
+            self._set_sender_link(injection, ending, None)
+
+    def _set_sender_link(
+        self, injection: Injection, ending: bool, bandwidth_mbps: float | None
+    ) -> None:
+        """The workers' SetLink on both ends: the shaping their send path applies."""
         from edgesplit.runtime.proto import edgesplit_pb2 as pb
         from edgesplit.runtime.proto.edgesplit_pb2_grpc import WorkerStub
         from edgesplit.runtime.transport import describe_rpc_error, open_channel
@@ -247,8 +265,8 @@ class Injector:
         a, b = (spec.device(name) for name in injection.devices)
         for sender, receiver in ((a, b), (b, a)):
             request = pb.SetLinkRequest(to=receiver.address, clear=ending)
-            if not ending and injection.bandwidth_mbps is not None:
-                request.bandwidth_mbps = injection.bandwidth_mbps
+            if not ending and bandwidth_mbps is not None:
+                request.bandwidth_mbps = bandwidth_mbps
             if not ending and injection.latency_ms is not None:
                 request.latency_ms = injection.latency_ms
             channel = open_channel(sender.address, token, spec.tls)

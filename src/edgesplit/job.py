@@ -120,9 +120,11 @@ def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel
 def cluster_for(
     config: RunConfig, cluster: ClusterSpec | None
 ) -> Iterator[tuple[ClusterSpec, EmulatedCluster | None]]:
-    """The given cluster, or an emulated one that lives for the ``with`` block."""
+    """The given cluster, or an emulated one that lives for the ``with`` block (namespaced
+    hosts or loopback, see :func:`emulation_mode`). ``config.result_port`` overrides the
+    cluster's."""
     if cluster is not None:
-        yield cluster, None
+        yield with_result_port(cluster, config.result_port), None
         return
     from edgesplit.emulate import EmulatedCluster, EmulatedDevice, uniform_devices
 
@@ -132,8 +134,36 @@ def cluster_for(
         devices = [
             EmulatedDevice(f"pi{i}", cpus) for i, cpus in enumerate(config.cpus_each, start=1)
         ]
-    with EmulatedCluster.start(devices, default_link=link) as emulated:
-        yield emulated.spec, emulated
+    hosts, _ = emulation_mode(config.network)
+    with EmulatedCluster.start(devices, default_link=link, hosts=hosts) as emulated:
+        yield with_result_port(emulated.spec, config.result_port), emulated
+
+
+def with_result_port(cluster: ClusterSpec, port: int | None) -> ClusterSpec:
+    return cluster if port is None else cluster.model_copy(update={"result_port": port})
+
+
+def emulation_mode(network: str) -> tuple[bool, str]:
+    """Whether an emulated cluster runs as namespaced hosts, and a note that says which mode
+    it is and why. ``network``: ``hosts`` (ConfigError when this machine cannot), ``loopback``,
+    or ``auto`` (hosts when root with iproute2, else loopback)."""
+    from edgesplit.emulate_hosts import check_available, unavailable_reason
+
+    if network not in ("auto", "hosts", "loopback"):
+        raise ConfigError(f"network must be auto, hosts or loopback, got {network!r}")
+    hosts_note = (
+        "emulated hosts: each device in its own network namespace with its own address, "
+        "bandwidth shaped by the kernel (tc htb), latency added in the send path"
+    )
+    if network == "hosts":
+        check_available("--network hosts")
+        return True, hosts_note
+    if network == "loopback":
+        return False, "emulated on loopback (--network loopback): links shaped in the send path"
+    reason = unavailable_reason()
+    if reason is None:
+        return True, hosts_note
+    return False, f"emulated on loopback, links shaped in the send path ({reason})"
 
 
 def injections_for(config: RunConfig, cluster: ClusterSpec | None) -> list[Injection]:
@@ -202,6 +232,8 @@ def run_job(
 
     phase = on_phase or (lambda text: log.info("%s", text))
     injections = injections_for(config, cluster)  # a bad spec fails before anything starts
+    if cluster is None:
+        emulation_mode(config.network)  # so does --network hosts where it cannot work
     notes: list[str] = []
     phase(f"loading dataset {config.dataset}")
     if config.dataset == "synthetic":
@@ -254,6 +286,8 @@ def run_job(
     with contextlib.ExitStack() as stack:
         phase("starting the cluster" if cluster is None else "connecting to the cluster")
         spec, emulated = stack.enter_context(cluster_for(config, cluster))
+        if emulated is not None:
+            notes.append(emulation_mode(config.network)[1])
         policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
         coordinator = stack.enter_context(Coordinator(spec, health_policy=policy))
         coordinator.check()

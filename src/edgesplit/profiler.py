@@ -847,7 +847,7 @@ def probe_links(
     out = []
     say(f"probing {len(names) * (len(names) + 1) // 2} links")
     for name in names:
-        link = spec.link(COORDINATOR, name)
+        link = spec.sender_link(COORDINATOR, name)
         shape = LinkShape(link.bandwidth_mbps, link.latency_ms)
         try:
             medians = time_transfers(
@@ -858,7 +858,7 @@ def probe_links(
         out.append(_link(COORDINATOR, name, settings.probe_sizes, tuple(medians)))
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            link = spec.link(a, b)
+            link = spec.sender_link(a, b)
             request = pb.ProbeLinkRequest(
                 address=spec.device(b).address,
                 token=spec.token_for(b),

@@ -53,6 +53,13 @@ class RunConfig:
     bandwidth_mbps: float | None = 940.0
     """Emulated links (None = unshaped); 940 Mbit/s is Gigabit Ethernet's goodput."""
     latency_ms: float = 0.2
+    network: str = "auto"
+    """How an emulated cluster is networked: ``hosts`` (a network namespace per device, links
+    shaped by the kernel), ``loopback`` (links shaped in the send path), or ``auto`` (hosts
+    when root with iproute2, else loopback; the run's notes say which)."""
+    result_port: int | None = None
+    """The coordinator's result service port (overrides the cluster file's ``result_port``);
+    None: the cluster's, else a free port."""
     data_dir: Path | None = None
     out: Path | None = None
     seed: int = 0

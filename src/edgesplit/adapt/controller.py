@@ -220,7 +220,7 @@ class Controller:
         from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
         spec = self.c.cluster
-        link = spec.link(a, b)
+        link = spec.sender_link(a, b)
         request = pb.ProbeLinkRequest(
             address=spec.device(b).address,
             token=spec.token_for(b),

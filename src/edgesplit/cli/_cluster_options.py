@@ -26,7 +26,7 @@ def parse_cpus(text: str) -> tuple[float, tuple[float, ...] | None]:
 
 
 def emulation_options(f: F) -> F:
-    """--cluster, --devices, --cpus, --bandwidth-mbps, --latency-ms."""
+    """--cluster, --devices, --cpus, --bandwidth-mbps, --latency-ms, --network."""
     options = [
         click.option(
             "--cluster",
@@ -63,6 +63,15 @@ def emulation_options(f: F) -> F:
             show_default=True,
             type=click.FloatRange(min=0),
             help="Emulated one-way link latency in ms.",
+        ),
+        click.option(
+            "--network",
+            type=click.Choice(["auto", "hosts", "loopback"]),
+            default="auto",
+            show_default=True,
+            help="Emulated cluster's network: hosts (each device in its own network namespace "
+            "with its own address, bandwidth shaped by the kernel; needs root and iproute2), "
+            "loopback (bandwidth shaped in the send path), or auto (hosts when possible).",
         ),
     ]
     for option in reversed(options):

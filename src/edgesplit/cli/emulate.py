@@ -123,6 +123,13 @@ def _overrides(devices: list[EmulatedDevice], items: tuple[str, ...]) -> list[Em
               help="Run this instead of 'python -m edgesplit worker'; placeholders {name} "
               "{listen} {token_file} {threads} {ready_file}.")  # fmt: skip
 @click.option(
+    "--hosts",
+    is_flag=True,
+    help="Each device in its own network namespace with its own address on a bridge (the "
+    "coordinator on the bridge's address), link bandwidth shaped by the kernel (tc htb), "
+    "workers on port 50051 and the result service on 50052. Needs root and iproute2.",
+)
+@click.option(
     "--inject",
     multiple=True,
     metavar="SPEC",
@@ -143,6 +150,7 @@ def emulate(
     mechanism: str,
     ready_timeout: float,
     worker_command: str | None,
+    hosts: bool,
     inject: tuple[str, ...],
 ) -> None:
     """Start an emulated cluster of N real worker processes on this machine; Ctrl-C stops it."""
@@ -152,6 +160,10 @@ def emulate(
         raise ConfigError(f"--latency-ms must be >= 0, got {latency_ms}")
     link = LinkSpec(bandwidth_mbps=bandwidth_mbps if bandwidth_mbps > 0 else None,
                     latency_ms=latency_ms)  # fmt: skip
+    if hosts:
+        from edgesplit.emulate_hosts import check_available
+
+        check_available()  # before anything starts
     worker_cmd = template_worker_cmd(worker_command) if worker_command else default_worker_cmd
     with exit_on_sigterm():
         cluster = EmulatedCluster.start(
@@ -162,10 +174,12 @@ def emulate(
             base_port=base_port,
             mechanism=mechanism,  # type: ignore[arg-type]  # click.Choice checked it
             ready_timeout_s=ready_timeout,
+            hosts=hosts,
         )
         with cluster:
             path = cluster.write_spec(out if out is not None else cluster.folder / "cluster.yaml")
             click.echo(cluster_table(cluster.spec))
+            click.echo(_mode(cluster))
             click.echo(f"cluster file: {path}\nlogs: {cluster.folder}\nCtrl-C to stop.")
             injector = None
             if injections:
@@ -175,6 +189,18 @@ def emulate(
             finally:
                 if injector is not None:
                     injector.stop()
+
+
+def _mode(cluster: EmulatedCluster) -> str:
+    if cluster.network is None:
+        return "network: loopback (bandwidth and latency added in the send path)"
+    spec = cluster.spec
+    return (
+        f"network: emulated hosts, one network namespace each (ip netns: "
+        f"{cluster.network.layout.tag}-NAME), coordinator_host {spec.coordinator_host}, "
+        f"result_port {spec.result_port}; bandwidth shaped by the kernel (tc htb), latency "
+        "added in the send path (no netem here)"
+    )
 
 
 def _recorder(folder: Path) -> Callable[[dict[str, Any]], None]:

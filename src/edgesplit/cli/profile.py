@@ -88,6 +88,7 @@ def profile_command(
     cpus: str,
     bandwidth_mbps: float,
     latency_ms: float,
+    network: str,
     model_name: str,
     dataset: str,
     input_size: int | None,
@@ -120,6 +121,7 @@ def profile_command(
         cpus_each=cpus_each,
         bandwidth_mbps=bandwidth_mbps or None,
         latency_ms=latency_ms,
+        network=network,
     )
     settings = ProfileSettings(
         batch_size=batch_size,

@@ -243,6 +243,14 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="Seconds without a heartbeat before a device is lost and the run re-plans around it.",
 )
 @click.option(
+    "--result-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Port of the coordinator's result service (overrides the cluster file's "
+    "result_port; default: the cluster file's, else a free port). Open it in the "
+    "coordinator's firewall (docs/SETUP.md, Ports and firewall).",
+)
+@click.option(
     "--no-dashboard",
     is_flag=True,
     help="No live per-device dashboard (the table on a terminal, the periodic lines in a "
@@ -254,6 +262,7 @@ def run_command(
     cpus: str,
     bandwidth_mbps: float | None,
     latency_ms: float,
+    network: str,
     model_name: str,
     dataset: str,
     checkpoint: Path | None,
@@ -283,6 +292,7 @@ def run_command(
     metrics_port: int | None,
     inject: tuple[str, ...],
     heartbeat_deadline: float,
+    result_port: int | None,
     no_dashboard: bool,
     resume: Path | None,
     from_run: Path | None,
@@ -316,6 +326,8 @@ def run_command(
         cpus_each=cpus_each,
         bandwidth_mbps=bandwidth_mbps or None,
         latency_ms=latency_ms,
+        network=network,
+        result_port=result_port,
         data_dir=data_dir,
         out=out,
         inject=inject,
@@ -374,7 +386,7 @@ def run_command(
 
 
 _NOT_CONFIG = {"cluster_file", "out", "as_json", "with_report", "metrics_port", "no_dashboard",
-               "resume", "from_run"}  # fmt: skip
+               "resume", "from_run", "result_port"}  # fmt: skip
 """Options that do not change what a run computes: allowed with --resume and --from."""
 
 

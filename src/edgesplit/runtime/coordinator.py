@@ -25,7 +25,7 @@ from edgesplit import __version__
 from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
 from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
-from edgesplit.errors import PlanError, WorkerError
+from edgesplit.errors import ConfigError, EdgesplitError, PlanError, WorkerError
 from edgesplit.metrics.live import LiveCallback, LiveObserver
 from edgesplit.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
@@ -401,7 +401,7 @@ class Coordinator:
                 },
             )
             server = make_server([handler], tokens)
-            port = bind(server, f"{self.cluster.coordinator_host}:0", self.cluster.tls)
+            port = bind_result_port(server, self.cluster)
             server.start()
             self._server = server
             self._address = f"{self.cluster.coordinator_host}:{port}"
@@ -489,7 +489,7 @@ class Coordinator:
         stage = plan[index]
         last = index + 1 == len(plan)
         next_name = COORDINATOR if last else plan[index + 1].device
-        link = self.cluster.link(stage.device, next_name)
+        link = self.cluster.sender_link(stage.device, next_name)
         request = pb.InstallPlanRequest(
             epoch=epoch,
             stage=index,
@@ -712,3 +712,21 @@ def _validate_plan(plan: tuple[Stage, ...], num_units: int, devices: set[str]) -
     repeated = sorted({d for d in used if used.count(d) > 1})
     if repeated:
         raise PlanError(f"a device can run one stage per epoch; repeated: {repeated}")
+
+
+def bind_result_port(server: grpc.Server, cluster: ClusterSpec) -> int:
+    """Bind the result service to ``coordinator_host:result_port`` (a free port when the
+    cluster file names none) and return the port. A taken or unreachable configured port is a
+    ConfigError that names the cluster file's fields."""
+    port = cluster.result_port or 0
+    address = f"{cluster.coordinator_host}:{port}"
+    try:
+        return bind(server, address, cluster.tls)
+    except EdgesplitError as exc:
+        if not port:
+            raise
+        raise ConfigError(
+            f"the coordinator's result service cannot listen on {address} (coordinator_host "
+            f"and result_port of the cluster file, or --result-port): {exc}; expected a free "
+            "port on an address of this machine"
+        ) from None

@@ -209,7 +209,7 @@ class Run:
         pending = self.pending[request_id]
         epoch, plan = self.c.current()
         first = plan[0].device
-        link = self.c.cluster.link(COORDINATOR, first)
+        link = self.c.cluster.sender_link(COORDINATOR, first)
         batch = pb.MicroBatch(request_id=request_id, plan_epoch=epoch)
         codec.encode(pending.x, out=batch.tensor)
         if batch.ByteSize() > MAX_MESSAGE_BYTES:
