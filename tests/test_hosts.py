@@ -194,3 +194,19 @@ def test_setup_shows_the_shipped_firewall_rules() -> None:
         text = (root / "deploy" / "nftables" / name).read_text()
         body = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
         assert f"```\n{body}\n```" in setup, name
+
+
+def test_a_machine_that_refuses_namespaces_even_to_root_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a container without CAP_SYS_ADMIN root cannot make a namespace: `run`'s auto mode
+    must fall back to loopback, so the probe has to say why instead of passing."""
+    from edgesplit.emulate_hosts import namespace_probe
+
+    fake = tmp_path / "ip"
+    refusal = "mount --make-shared /run/netns failed: Operation not permitted"
+    fake.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    reason = namespace_probe.__wrapped__()
+    assert reason is not None and "Operation not permitted" in reason and "ip netns add" in reason

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import itertools
 import logging
@@ -221,6 +222,33 @@ def unavailable_reason(euid: int | None = None, path: str | None = None) -> str 
     missing = [tool for tool in ("ip", "tc") if shutil.which(tool, path=path) is None]
     if missing:
         return f"emulated hosts need {' and '.join(missing)} (iproute2); not found on PATH"
+    if path is None:
+        return namespace_probe()
+    return None
+
+
+@functools.cache
+def namespace_probe() -> str | None:
+    """Why this machine refuses a network namespace or a veth pair even to root (a container
+    without CAP_SYS_ADMIN / CAP_NET_ADMIN, a kernel without veth), or None when both can be
+    made. Tried once per process; what it makes is deleted at once."""
+    tag = f"es{os.getpid()}x0"
+    steps = [
+        (["ip", "netns", "add", f"{tag}probe"], ["ip", "netns", "del", f"{tag}probe"]),
+        (
+            ["ip", "link", "add", f"{tag}pa", "type", "veth", "peer", "name", f"{tag}pb"],
+            ["ip", "link", "del", f"{tag}pa"],
+        ),
+    ]
+    for make, undo in steps:
+        try:
+            done = subprocess.run(make, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"`{' '.join(make[:3])}` failed here: {exc}"
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
+            return f"this machine refuses `{' '.join(make[:3])}` even to root: {first[:200]}"
+        subprocess.run(undo, capture_output=True, timeout=30, check=False)
     return None
 
 
