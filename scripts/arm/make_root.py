@@ -62,7 +62,7 @@ WHEELS = (
     "protobuf>=7.35.1",
     "psutil>=5.9",
     "pyyaml>=6.0",
-    "pydantic>=2.5",
+    "pydantic>=2.7",
     "click>=8.1",
     "prometheus-client>=0.17",  # `edgesplit worker --metrics-port`
     # onnxruntime 1.17.3's quantization tools (a worker quantizes its own int8 stages) use
