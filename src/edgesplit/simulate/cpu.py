@@ -10,10 +10,14 @@ a job is an amount of full-speed CPU work in ms. While it runs, the process prog
   ``work / share``, a lone job on an idle device runs at full speed until the budget is spent
   (:meth:`~edgesplit.planner.DeviceCost.under_quota`).
 - **Shared host** (``cores`` not None): the runnable processes of a host share its cores
-  fairly (processor sharing), each at ``min(1, cores / runnable)``. A process runs one thread
+  fairly (processor sharing), each at ``min(1, cores / runnable)``, as CFS shares them between
+  its entities: an emulated device is one cgroup, one entity however many of its threads run;
+  the coordinator's loop and its upload RPC are threads of their own. A process runs one thread
   at a time (the worker's compute thread, the coordinator's loop); the CPU its other threads
-  spend is in its ``rate``, which drains its quota, not in its demand for a core. Without a
-  shared host each process is alone on its own.
+  spend (a worker's gRPC and sender threads) is in its ``rate``, which drains its quota, not
+  in its demand for a core. A ``background`` of other processes' runnable threads (measured
+  while a run ran: how many were runnable, on average) counts among the runnable, all along.
+  Without a shared host each process is alone on its own.
 
 Only :func:`settle` changes a host's processes; it returns, per process, when it next needs
 attention (its job ends, its budget runs out, or its period refills it). The owner gives a job
@@ -104,6 +108,8 @@ class Host:
 
     cores: float | None
     procs: list[Proc] = field(default_factory=list)
+    background: float = 0.0
+    """Other processes' runnable threads, all along (0: none); each asks for a core."""
 
     def add(self, proc: Proc) -> Proc:
         proc.host = self
@@ -121,7 +127,7 @@ def settle(proc: Proc, now: float) -> list[tuple[float, Proc]]:
     cores = None if host is None else host.cores
     share = 1.0
     if host is not None and cores is not None:
-        demand = sum(1 for p in group if p.runnable)
+        demand = host.background + sum(1 for p in group if p.runnable)
         share = 1.0 if demand <= cores else cores / demand
     out = []
     for p in group:

@@ -3,11 +3,15 @@
 It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated time (ms):
 
 - **Coordinator**: keeps at most ``window`` micro-batches unfinished; for a new one it prepares
-  it (``prepare_ms`` of CPU, plus its side of the upload's hand-off CPU) and uploads it to the
-  current plan's first stage, blocked while the upload is on the wire (the declared default
-  link's time, as ``Run.send`` sleeps it; the input arrives after the link's fitted time,
-  which includes the RPC, and the next upload waits for that), then takes the next. Replays
-  go first and need no preparation.
+  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.job.preparation_ms` times it)
+  and uploads it to the current plan's first stage the way ``Run.send`` does: the request's
+  latency starts, the coordinator sleeps the declared link's time (the emulated wire), waits
+  for the previous upload's RPC to finish, then starts this one's and takes the next request
+  while it runs. The RPC lasts the rest of the link's fitted time (the probes timed wire and
+  RPC together) and at least until its CPU is spent (the coordinator's side of the hand-off,
+  in gRPC's threads on the coordinator's host); the input reaches the first stage at its
+  end. So the next wire sleep overlaps this RPC, as in the runtime. Replays go first and need
+  no preparation.
 - **Devices**: one compute thread each (a FIFO of jobs, :mod:`.cpu` for CPU quotas and a shared
   host) and a sender: the output goes out on the device's link, one message at a time,
   while the next job computes. A stage's CPU work is the planner's sustained stage time (times
@@ -56,7 +60,7 @@ MEDIUM = "(medium)"
 DEFAULT_CONFIG = SimConfig()
 
 # Event kinds, in the heap as (t, seq, kind, payload).
-CPU, SENT, FAULT, DETECT, TICK, UPLOADED = range(6)
+CPU, SENT, FAULT, DETECT, TICK, RPC_TIMER = range(6)
 
 
 @dataclass
@@ -130,7 +134,7 @@ class _Sim:
         self.now = 0.0
         self.events = 0
         shared = self.p.host_cpus
-        host = Host(shared) if shared is not None else None
+        host = Host(shared, background=spec.background_threads) if shared is not None else None
         self.devices: dict[str, _Device] = {}
         for d in self.p.devices:
             phase = float(self.rng.uniform(0.0, d.period_ms)) if d.quota_ms is not None else 0.0
@@ -139,8 +143,15 @@ class _Sim:
             self.devices[d.name] = _Device(d.name, proc, sigma=spec.spread.get(d.name, 0.0))
         self.coord = Proc(COORDINATOR)
         (host or Host(None)).add(self.coord)
-        self.coord_state = "idle"  # idle | preparing | uploading
+        self.coord_rpc = Proc(f"{COORDINATOR} rpc")
+        """The upload RPC's CPU on the coordinator (gRPC's threads, beside the loop)."""
+        (host or Host(None)).add(self.coord_rpc)
+        self.coord_state = "idle"  # idle | preparing | sleeping (on the wire) | settling
         self.coord_request: int | None = None
+        self.rpc: _Message | None = None
+        """The upload whose RPC runs; ``rpc_parts`` of it (its time, its CPU) are not done."""
+        self.rpc_parts = 0
+        self._settling: _Message | None = None
         self.links: dict[str, _Link] = {}
         self.link_override: dict[frozenset[str], LinkCost] = {}
         self._link_cache: dict[tuple[str, str], LinkCost] = {}
@@ -251,9 +262,7 @@ class _Sim:
             self.next_new += 1
             self.pending[rid] = _Pending(first_send=math.nan)
             self.coord_state, self.coord_request = "preparing", rid
-            first = self.p.device(self.plans[-1][0][0])
-            hop_cpu = first.hop_cpu_ms_per_mb / 1e6 * self.p.input_bytes
-            self.coord.work_ms = self.p.prepare_ms + hop_cpu
+            self.coord.work_ms = self.p.prepare_ms
             if self.coord.work_ms <= 0:
                 self.coord.work_ms = 0.0
                 self._upload(rid)
@@ -267,10 +276,49 @@ class _Sim:
             pending.first_send = self.now
         pending.epoch = self.epoch
         pending.attempts += 1
-        self.coord_state, self.coord_request = "uploading", rid
+        self.coord_state, self.coord_request = "sleeping", rid
         first = self.plans[-1][0][0]
         msg = _Message(rid, self.epoch, 0, self.p.input_bytes, COORDINATOR, first)
-        self._send(msg)
+        self._send(msg)  # the wire sleep: on the coordinator's link (or the shared medium)
+
+    def _wired(self, msg: _Message) -> None:
+        """The upload's wire sleep ended: its RPC starts once the previous one finished."""
+        if self.rpc is not None:
+            self.coord_state = "settling"
+            self._settling = msg
+            return
+        self._start_rpc(msg)
+
+    def _start_rpc(self, msg: _Message) -> None:
+        link = self._link(COORDINATOR, msg.dst)
+        fitted = link.transfer_ms(msg.nbytes)
+        rpc_ms = max(0.0, fitted - self._wire_ms(link, msg.nbytes))
+        first = self.p.device(msg.dst)
+        cpu_ms = first.hop_cpu_ms_per_mb / 1e6 * msg.nbytes
+        self.rpc, self.rpc_parts = msg, 1
+        self._push(self.now + rpc_ms, RPC_TIMER, msg)
+        if cpu_ms > 0:
+            self.rpc_parts += 1
+            self.coord_rpc.work_ms, self.coord_rpc.active = cpu_ms, True
+            self._settle(self.coord_rpc)
+        self.coord_state, self.coord_request = "idle", None
+        self._pump()
+
+    def _rpc_part_done(self) -> None:
+        self.rpc_parts -= 1
+        if self.rpc_parts > 0 or self.rpc is None:
+            return
+        msg, self.rpc = self.rpc, None
+        self._deliver(msg)
+        if self.coord_state == "settling":
+            waiting, self._settling = self._settling, None
+            if waiting is not None:
+                self._start_rpc(waiting)
+        self._pump()
+
+    def _wire_ms(self, link: LinkCost, nbytes: int) -> float:
+        """What ``Run.send`` sleeps: the declared link's time (at most the fitted one)."""
+        return min(link.transfer_ms(nbytes), self.p.default_link.transfer_ms(nbytes))
 
     def _result(self, msg: _Message) -> None:
         pending = self.pending.pop(msg.request_id, None)
@@ -305,14 +353,12 @@ class _Sim:
             return
         msg = link.queue.popleft()
         link.busy = True
-        ms = self._link(msg.src, msg.dst).transfer_ms(msg.nbytes)
-        self._push(self.now + ms, SENT, (key, msg))
+        cost = self._link(msg.src, msg.dst)
         if msg.src == COORDINATOR:
-            # Run.send: the coordinator sleeps the link's (declared) wire time, then leaves the
-            # RPC running and prepares the next; the fitted time (the RPC's own cost too) is
-            # when the input arrives, and the next upload waits for it.
-            wire = min(ms, self.p.default_link.transfer_ms(msg.nbytes))
-            self._push(self.now + wire, UPLOADED, msg.request_id)
+            ms = self._wire_ms(cost, msg.nbytes)  # then the RPC, off the link: _wired
+        else:
+            ms = cost.transfer_ms(msg.nbytes)  # a sender holds its link for wire and RPC
+        self._push(self.now + ms, SENT, (key, msg))
 
     def _sent(self, key: str, msg: _Message) -> None:
         link = self.links[key]
@@ -322,14 +368,11 @@ class _Sim:
             return  # it died while sending: the message never left
         if msg.dst == COORDINATOR:
             self._result(msg)
+        elif msg.src == COORDINATOR:
+            self._wired(msg)
         else:
             self._deliver(msg)
         self._pump()
-
-    def _uploaded(self, request_id: int) -> None:
-        if self.coord_state == "uploading" and self.coord_request == request_id:
-            self.coord_state, self.coord_request = "idle", None
-            self._pump()
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -365,6 +408,10 @@ class _Sim:
             self._settle(proc)
             return
         proc.active = False
+        if proc is self.coord_rpc:
+            self._settle(proc)
+            self._rpc_part_done()
+            return
         if proc is self.coord:
             self._settle(proc)
             if self.coord_state == "preparing" and self.coord_request is not None:
@@ -509,7 +556,7 @@ class _Sim:
             FAULT: lambda p: self._fault(*p),
             DETECT: self._detect,
             TICK: lambda _: self._tick(),
-            UPLOADED: self._uploaded,
+            RPC_TIMER: lambda _: self._rpc_part_done(),
         }
         limit = self.config.max_events
         while self.heap and (self.pending or self.next_new < self.total):

@@ -38,12 +38,20 @@ class SimSpec:
     Ethernet: what a device sends to all of its next hops goes out one message at a time, as
     the runtime's sender does).
 
-    ``profile`` is needed for the adaptive policy (:mod:`edgesplit.adapt`), which plans on it."""
+    ``profile`` is needed for the adaptive policy (:mod:`edgesplit.adapt`), which plans on it.
+
+    ``background_threads``: on a shared host (``problem.host_cpus``), how many threads of other
+    processes are runnable, on average, all along (as measured while a run ran; see
+    :mod:`.cpu`). What slows a pipeline on a loaded host is their number, not the cores they
+    end up with: measured on 2 cores with 3.3 of them runnable on average, a first stage of 1
+    CPU that had work nearly all along got 0.37 of a core, while the others' CPU came to 1.1
+    cores."""
 
     problem: Problem
     spread: Mapping[str, float] = field(default_factory=dict)
     shared_medium: bool = False
     profile: Profile | None = None
+    background_threads: float = 0.0
 
     def __post_init__(self) -> None:
         names = set(self.problem.device_names)
@@ -52,6 +60,15 @@ class SimSpec:
                 raise ConfigError(f"spread given for unknown device {name!r}")
             if not (math.isfinite(sigma) and sigma >= 0):
                 raise ConfigError(f"spread of {name!r} must be a number >= 0, got {sigma!r}")
+        if not (math.isfinite(self.background_threads) and self.background_threads >= 0):
+            raise ConfigError(
+                f"background_threads must be a number >= 0, got {self.background_threads!r}"
+            )
+        if self.background_threads > 0 and self.problem.host_cpus is None:
+            raise ConfigError(
+                "background_threads needs a shared host (the problem's host_cpus); the devices "
+                "of this cluster have hosts of their own"
+            )
 
 
 def spread_of(profile: Profile) -> dict[str, float]:
