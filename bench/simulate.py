@@ -224,6 +224,7 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
         "stages": [[s["device"], *s["units"]] for s in summary["plan"]["stages"]],
         "window": summary["window"],
         "images": summary["images"],
+        "batch_size": args.batch_size,
         "measured_steady_ips": measured["steady_ips"],
         "measured_p50_ms": summary["latency_ms"]["p50"],
         "measured_latency_ms": summary["latency_ms"],
@@ -264,22 +265,6 @@ def compare(folder: Path) -> dict[str, Any]:
     sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in plain)
     sim_p50 = statistics.median(r.latency_ms["p50"] for r in plain)
     run_ips, run_p50 = run["measured_steady_ips"], run["measured_p50_ms"]
-    # A diagnostic of the simulator's own dynamics (window, coordinator, queues, links): the
-    # same simulation with each stage's compute time as the run measured it (median per
-    # micro-batch, plus the hand-offs' CPU under a quota as the profile measured it) instead of
-    # the profile's. What is left is what the simulator adds or misses.
-    given = None
-    if run.get("run_devices"):
-        measured_ms = {d["name"]: d["compute_ms_per_batch"] for d in run["run_devices"]}
-        spec = dataclasses.replace(cluster.spec, problem=with_stage_times(
-            cluster.problem, profile, stages, measured_ms))  # fmt: skip
-        got = sims(spec)
-        given = {
-            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
-            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
-        }
-        given["throughput_error"] = (given["steady_ips"] - run_ips) / run_ips
-        given["p50_error"] = (given["p50_ms"] - run_p50) / run_p50
     predicted = run["predicted"] or {}
     return {
         **{k: v for k, v in run.items() if k not in ("predicted", "run_devices")},
@@ -294,7 +279,7 @@ def compare(folder: Path) -> dict[str, Any]:
         "planner_throughput_error": (
             (predicted["throughput_ips"] - run_ips) / run_ips if predicted else None
         ),
-        "with_run_stage_times": given,
+        "cpu_ms_per_batch": cpu_per_batch(run, cluster.problem, profile),
         "sim_device_utilisation": {d.name: d.utilisation for d in plain[0].devices},
         "run_devices": run.get("run_devices"),
         "prepare_ms": profile.prepare_ms,
@@ -307,27 +292,27 @@ def _own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def with_stage_times(
-    problem: Problem, profile: Any, stages: tuple[tuple[str, int, int], ...],
-    compute_ms: dict[str, float],
-) -> Problem:  # fmt: skip
-    """``problem`` with each stage's sustained time set to ``compute_ms`` of its device (plus
-    what receiving and sending cost under a CPU quota, as in the profile's stage costs)."""
+def cpu_per_batch(run: dict[str, Any], problem: Problem, profile: Any) -> dict[str, Any]:
+    """Per stage, the CPU its worker spent per micro-batch in the run (its process CPU % over
+    the run, times the steady period) and what the simulator gives it (the stage's CPU and
+    both hand-offs): where the cost model is off, independent of the host's load."""
     cuts = boundary_bytes(profile)
-    devices = []
-    for d in problem.devices:
-        for name, start, end in stages:
-            if name == d.name and compute_ms.get(name):
-                hop = d.hop_cpu_ms_per_mb / 1e6 * (cuts[start] + cuts[end])
-                share = d.quota_ms / d.period_ms if d.quota_ms is not None else None
-                sustained = compute_ms[name] + (hop / share if share else 0.0)
-                burst = d.stage_cpu_ms(start, end)
-                others = tuple(m for m in d.measured_stages if (m[0], m[1]) != (start, end))
-                d = dataclasses.replace(
-                    d, measured_stages=(*others, (start, end, sustained, burst))
-                )
-        devices.append(d)
-    return dataclasses.replace(problem, devices=tuple(devices))
+    period_ms = 1000.0 * _batch(run) / run["measured_steady_ips"]
+    out = {}
+    for d in run.get("run_devices") or []:
+        if d.get("cpu_percent") is None:
+            continue
+        start, end = d["units"]
+        cost = problem.device(d["name"])
+        model = cost.stage_cpu_ms(start, end) + cost.hop_cpu_ms_per_mb / 1e6 * (
+            cuts[start] + cuts[end]
+        )
+        out[d["name"]] = {"run": d["cpu_percent"] / 100.0 * period_ms, "model": model}
+    return out
+
+
+def _batch(run: dict[str, Any]) -> int:
+    return int(run.get("batch_size") or 8)
 
 
 def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -510,6 +495,17 @@ def _others(row: dict[str, Any]) -> float:
     return float(row["other_processes_cores"] if steady is None else steady)
 
 
+def _cpu_text(row: dict[str, Any]) -> str:
+    items = row["cpu_ms_per_batch"].items()
+    return ", ".join(f"{k} {v['run']:.0f}/{v['model']:.0f}" for k, v in items)
+
+
+def _threads(row: dict[str, Any]) -> str:
+    """Other processes' runnable threads (the simulator's background), if measured."""
+    n = row.get("other_runnable_threads")
+    return "-" if n is None else f"{n:.1f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
@@ -547,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["machine"]["loadavg_at_end"] = list(os.getloadavg())
         print(f"\n{'cluster':<12} {'run img/s':>9} {'sim img/s':>9} {'err':>7} {'run p50':>8} "
               f"{'sim p50':>8} {'err':>7} {'planner':>8} {'err':>7} {'others':>6} "
-              f"{'given: img/s err':>16} {'p50 err':>8}")  # fmt: skip
+              f"{'threads':>7}  cpu/batch run vs model")  # fmt: skip
         for r in rows:
             print(
                 f"{r['cluster']:<12} {r['measured_steady_ips']:>9.1f} "
@@ -555,8 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['measured_p50_ms']:>8.0f} {r['simulated_p50_ms']:>8.0f} "
                 f"{r['p50_error']:>+7.1%} {r['planner_ips']:>8.1f} "
                 f"{_pct(r['planner_throughput_error']):>7} {_others(r):>6.2f} "
-                f"{_pct((r['with_run_stage_times'] or {}).get('throughput_error')):>16} "
-                f"{_pct((r['with_run_stage_times'] or {}).get('p50_error')):>8}"
+                f"{_threads(r):>7}  " + _cpu_text(r)
             )
         payload["targets"] = {"throughput": TARGET_THROUGHPUT, "p50": TARGET_LATENCY}
     if args.validate or args.speed:
