@@ -247,9 +247,11 @@ def compare(folder: Path) -> dict[str, Any]:
     cluster = cluster_from(profile, precision=run["precision"])
     if cluster.problem.host_cpus is not None:  # what other processes used during the run
         background = run.get("other_runnable_threads") or 0.0  # older runs: not measured
-        cluster = dataclasses.replace(
-            cluster, spec=dataclasses.replace(cluster.spec, background_threads=background)
+        used = run.get("other_processes_steady_cores")
+        spec = dataclasses.replace(
+            cluster.spec, background_threads=background, background_cores=used
         )
+        cluster = dataclasses.replace(cluster, spec=spec)
     stages = tuple((d, a, b) for d, a, b in run["stages"])
 
     def sims(spec: SimSpec) -> list[Any]:

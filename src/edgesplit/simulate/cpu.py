@@ -15,9 +15,11 @@ amount of full-speed CPU work in ms. While it runs, the thread progresses at ``s
   *entities*: an emulated device's cgroup is one entity however many of its threads run
   (its ``entity``), a thread outside a cgroup (the coordinator's) is one, and so is each of a
   ``background`` of other processes' runnable threads (measured while a run ran: how many
-  were runnable, on average). An entity with ``k`` runnable threads gets up to ``k`` cores;
-  the cores are shared by water-filling (every entity gets the same, unless it needs less),
-  and its threads split what it gets. Without a shared host every thread has a core.
+  were runnable, on average, and the cores they used, which caps what each takes: many of
+  them are other emulated devices under a quota). An entity with ``k`` runnable threads gets
+  up to ``k`` cores; the cores are shared by water-filling (every entity gets the same, unless
+  it needs less), and its threads split what it gets. Without a shared host every thread has
+  a core.
 
 Only :func:`settle` changes a host's threads; it returns, per thread, when it next needs
 attention (its job ends, its budget runs out, or its period refills it). The owner gives a job
@@ -120,6 +122,8 @@ class Host:
     procs: list[Proc] = field(default_factory=list)
     background: float = 0.0
     """Other processes' runnable threads, all along (0: none); each is an entity."""
+    background_cap: float = 1.0
+    """The cores each of them takes at most."""
 
     def add(self, proc: Proc) -> Proc:
         proc.host = self
@@ -127,18 +131,21 @@ class Host:
         return proc
 
 
-def water_level(demands: Sequence[int], background: float, cores: float) -> float:
-    """The level ``L`` with ``sum(min(d, L)) + background * min(1, L) == cores``: what each
-    entity gets when entities of ``demands`` threads (and ``background`` ones of one) share
-    ``cores`` fairly; ``inf`` when every demand fits."""
-    if sum(demands) + background <= cores:
+def water_level(
+    demands: Sequence[int], background: float, cores: float, background_cap: float = 1.0
+) -> float:
+    """The level ``L`` with ``sum(min(d, L)) + background * min(cap, L) == cores``: what
+    each entity gets when entities of ``demands`` threads (and ``background`` ones that take
+    at most ``background_cap``) share ``cores`` fairly; ``inf`` when every demand fits."""
+    cap = background_cap
+    if sum(demands) + background * cap <= cores:
         return math.inf
 
     def given(level: float) -> float:
-        return sum(min(d, level) for d in demands) + background * min(1.0, level)
+        return sum(min(d, level) for d in demands) + background * min(cap, level)
 
     lo = 0.0
-    for hi in sorted({*demands, 1.0}):
+    for hi in sorted({*demands, cap}):
         at_hi = given(hi)
         if at_hi >= cores:  # given() is linear between breakpoints
             at_lo = given(lo)
@@ -180,7 +187,7 @@ def settle(proc: Proc, now: float) -> list[tuple[float, Proc]]:
         if p.runnable:
             key = p.entity or p.name
             runnable[key] = runnable.get(key, 0) + 1
-    level = water_level(list(runnable.values()), host.background, host.cores)
+    level = water_level(list(runnable.values()), host.background, host.cores, host.background_cap)
     drain: dict[int, float] = {}
     for p in group:
         if p.runnable:

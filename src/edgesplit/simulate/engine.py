@@ -154,7 +154,11 @@ class _Sim:
         self.now = 0.0
         self.events = 0
         shared = self.p.host_cpus
-        host = Host(shared, background=spec.background_threads) if shared is not None else None
+        host = None
+        if shared is not None:
+            threads, cores = spec.background_threads, spec.background_cores
+            cap = 1.0 if cores is None or threads <= 0 else min(1.0, cores / threads)
+            host = Host(shared, background=threads, background_cap=cap)
         self.devices: dict[str, _Device] = {}
         for d in self.p.devices:
             quota = None
