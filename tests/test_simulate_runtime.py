@@ -5,6 +5,7 @@ cost per MB on one host. Pure: no processes, no sockets."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -14,6 +15,7 @@ from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
 from edgesplit.profiler import DeviceProfile, Profile, UnitProfile
 from edgesplit.simulate import SimConfig, SimSpec, cluster_from, simulate
 from edgesplit.simulate.build import one_host_hop
+from edgesplit.simulate.cpu import Host, Proc, settle, water_level
 
 INPUT_BYTES = 100_000
 DECLARED = LinkCost(80.0, 0.0)
@@ -109,3 +111,40 @@ def test_devices_on_one_host_hand_off_at_the_median_of_their_measured_costs() ->
     # devices with hosts of their own keep what each measured
     apart = dataclasses.replace(profile, host_cpus=None)
     assert [d.hop_cpu_ms_per_mb for d in one_host_hop(apart).devices] == [1.66, 3.11, 3.15]
+
+
+# --- CPU: threads, quotas and CFS entities (simulate/cpu.py) -----------------------------------
+
+
+def test_water_level_shares_cores_fairly_between_entities() -> None:
+    assert water_level([1, 1], 0.0, 1.0) == pytest.approx(0.5)
+    assert water_level([2], 0.0, 2.0) == math.inf  # every demand fits
+    # an entity of two threads and one of one on two cores: a core each
+    assert water_level([2, 1], 0.0, 2.0) == pytest.approx(1.0)
+    # two other processes' threads that take at most 0.25 each leave 0.5 of one core
+    assert water_level([1], 2.0, 1.0, background_cap=0.25) == pytest.approx(0.5)
+    assert water_level([1], 2.0, 1.0) == pytest.approx(1 / 3)
+
+
+def test_a_device_s_threads_are_one_entity_on_a_shared_host() -> None:
+    host = Host(1.0)
+    a1, a2 = (host.add(Proc(n, entity="A")) for n in ("a compute", "a rx"))
+    b = host.add(Proc("coordinator"))
+    for p in (a1, a2, b):
+        p.work_ms, p.active = 10.0, True
+    settle(b, 0.0)
+    assert (a1.speed, a2.speed, b.speed) == pytest.approx((0.25, 0.25, 0.5))
+
+
+def test_a_device_s_threads_share_its_quota() -> None:
+    # 10 ms of compute and 10 ms of receiving per micro-batch on half a core: 40 ms each
+    d0 = DeviceCost("d0", (20.0,), burst_unit_ms=(10.0,), quota_ms=50.0,
+                    hop_cpu_ms_per_mb=100.0)  # fmt: skip
+    p = dataclasses.replace(upload_problem(fitted_mbps=None, prepare_ms=0.0),  # type: ignore[arg-type]
+                            devices=(d0,), default_link=LinkCost(None, 0.0), links=())  # fmt: skip
+    ips, _ = run(p, window=4, images=4000)
+    assert ips == pytest.approx(4 * 1000.0 / 40.0, rel=0.02)
+    # without the hand-off's CPU the compute alone sustains 20 ms
+    no_hop = dataclasses.replace(d0, hop_cpu_ms_per_mb=0.0)
+    alone, _ = run(dataclasses.replace(p, devices=(no_hop,)), window=4, images=4000)
+    assert alone == pytest.approx(4 * 1000.0 / 20.0, rel=0.02)
