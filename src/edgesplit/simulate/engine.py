@@ -8,9 +8,9 @@ It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated ti
   latency starts, the coordinator sleeps the declared link's time (the emulated wire), waits
   for the previous upload's RPC to finish, then starts this one's and takes the next request
   while it runs. The RPC lasts the rest of the link's fitted time (the probes timed wire and
-  RPC together) and at least until its CPU is spent (the coordinator's side of the hand-off,
-  in gRPC's threads on the coordinator's host); the input reaches the first stage at its
-  end. So the next wire sleep overlaps this RPC, as in the runtime. Replays go first and need
+  RPC together) and at least until both sides' CPU is spent (the coordinator's side of the
+  hand-off in gRPC's threads, beside its loop; the first stage's in its receiving thread);
+  the input reaches the first stage at its end. So the next wire sleep overlaps this RPC, as in the runtime. Replays go first and need
   no preparation.
 - **Devices**: three threads each (:mod:`.cpu` for CPU quotas and a shared host): the compute
   thread (a FIFO of jobs), the gRPC thread that receives and decodes an input, the sender
