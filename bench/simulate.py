@@ -112,6 +112,7 @@ class LoadSampler:
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.samples: list[tuple[float, float, float]] = []  # (time.time(), host, ours)
+        self.coordinator: list[tuple[float, float]] = []  # (time.time(), this process's CPU)
         self.runnable: list[tuple[float, int]] = []  # (time.time(), others' runnable threads)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="load-sampler", daemon=True)
@@ -126,6 +127,8 @@ class LoadSampler:
 
     def _sample(self) -> None:
         me = psutil.Process()
+        mine = me.cpu_times()
+        self.coordinator.append((time.time(), mine.user + mine.system))
         ours, ours_running = 0.0, 0
         for p in (me, *me.children(recursive=True)):
             with contextlib.suppress(psutil.Error, OSError):
@@ -142,6 +145,15 @@ class LoadSampler:
             if self._stop.wait(self.interval_s):
                 self._sample()
                 return
+
+    def coordinator_cores(self, start: float, end: float) -> float | None:
+        """Cores this process (the coordinator, and this sampler) used in the window."""
+        before = [s for s in self.coordinator if s[0] <= start]
+        after = [s for s in self.coordinator if s[0] >= end]
+        if not before or not after:
+            return None
+        (t0, cpu0), (t1, cpu1) = before[-1], after[0]
+        return (cpu1 - cpu0) / (t1 - t0)
 
     def others_runnable(self, start: float, end: float) -> float | None:
         """Other processes' runnable threads between ``start`` and ``end``, on average."""
@@ -233,6 +245,7 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
         "other_processes_cores": others_cores,
         "other_processes_steady_cores": load.others_cores(*window),
         "other_runnable_threads": load.others_runnable(*window),
+        "coordinator_cores": load.coordinator_cores(*window),
         "loadavg_after": list(os.getloadavg()),
         "run_s": run_s,
     }
@@ -310,6 +323,10 @@ def cpu_per_batch(run: dict[str, Any], problem: Problem, profile: Any) -> dict[s
             cuts[start] + cuts[end]
         )
         out[d["name"]] = {"run": d["cpu_percent"] / 100.0 * period_ms, "model": model}
+    if run.get("coordinator_cores") is not None:  # its loop, its RPCs, results, heartbeats
+        first = problem.device(run["stages"][0][0])
+        model = problem.prepare_ms + first.hop_cpu_ms_per_mb / 1e6 * problem.input_bytes
+        out["coordinator"] = {"run": run["coordinator_cores"] * period_ms, "model": model}
     return out
 
 
