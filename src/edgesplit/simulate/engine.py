@@ -10,8 +10,8 @@ It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated ti
   while it runs. The RPC lasts the rest of the link's fitted time (the probes timed wire and
   RPC together) and at least until both sides' CPU is spent (the coordinator's side of the
   hand-off in gRPC's threads, beside its loop; the first stage's in its receiving thread);
-  the input reaches the first stage at its end. So the next wire sleep overlaps this RPC, as in the runtime. Replays go first and need
-  no preparation.
+  the input reaches the first stage at its end. So the next wire sleep overlaps this RPC, as
+  in the runtime. Replays go first and need no preparation.
 - **Devices**: three threads each (:mod:`.cpu` for CPU quotas and a shared host): the compute
   thread (a FIFO of jobs), the gRPC thread that receives and decodes an input, the sender
   that encodes and sends an output, one message at a time, while the next job computes. A
