@@ -23,18 +23,21 @@ Three parts, each selectable:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 import _common as common
+import psutil
 
 from edgesplit.config import LinkSpec
 from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
@@ -51,6 +54,9 @@ RUNS_SUFFIX = "-runs"
 """bench/results/NAME-runs/CLUSTER/ keeps each validation run's profile.json and run.json
 (plan, window, what was measured), so the simulation can be compared again
 (``--resimulate``) without measuring again."""
+KEPT_FILES = ("profile.json", "requests.csv", "samples.csv")
+"""What each kept run keeps of its run folder: the profile the simulation runs on, and the
+per-request hop records and device samples that show where the run's time went."""
 TARGET_THROUGHPUT = 0.10
 TARGET_LATENCY = 0.15
 
@@ -88,6 +94,101 @@ def run_summary(folder: Path, batch_size: int) -> dict[str, Any]:
     return {"summary": summary, "steady_ips": steady}
 
 
+def steady_window(folder: Path) -> tuple[float, float]:
+    """First and last result arrival of a run (coordinator clock, seconds)."""
+    with (folder / "requests.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    last_stage = max(int(r["stage"]) for r in rows)
+    arrivals = [float(r["end"]) for r in rows if int(r["stage"]) == last_stage]
+    return min(arrivals), max(arrivals)
+
+
+class LoadSampler:
+    """Samples, every ``interval_s``, the host's busy CPU and ours (this process and its
+    children, the emulated workers), and how many threads are runnable on the host and how
+    many of them are ours, so that what other processes did can be taken over the run's steady
+    window only (the job's whole time includes profiling and start-up)."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float, float]] = []  # (time.time(), host, ours)
+        self.coordinator: list[tuple[float, float]] = []  # (time.time(), this process's CPU)
+        self.runnable: list[tuple[float, int]] = []  # (time.time(), others' runnable threads)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="load-sampler", daemon=True)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        mine = me.cpu_times()
+        self.coordinator.append((time.time(), mine.user + mine.system))
+        ours, ours_running = 0.0, 0
+        for p in (me, *me.children(recursive=True)):
+            with contextlib.suppress(psutil.Error, OSError):
+                t = p.cpu_times()
+                ours += t.user + t.system
+                ours_running += _running_threads(p.pid)
+        now = time.time()
+        self.samples.append((now, common.host_busy_s(), ours))
+        self.runnable.append((now, max(0, _procs_running() - ours_running)))
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval_s):
+                self._sample()
+                return
+
+    def coordinator_cores(self, start: float, end: float) -> float | None:
+        """Cores this process (the coordinator, and this sampler) used in the window."""
+        before = [s for s in self.coordinator if s[0] <= start]
+        after = [s for s in self.coordinator if s[0] >= end]
+        if not before or not after:
+            return None
+        (t0, cpu0), (t1, cpu1) = before[-1], after[0]
+        return (cpu1 - cpu0) / (t1 - t0)
+
+    def others_runnable(self, start: float, end: float) -> float | None:
+        """Other processes' runnable threads between ``start`` and ``end``, on average."""
+        inside = [n for t, n in self.runnable if start <= t <= end]
+        return statistics.fmean(inside) if inside else None
+
+    def others_cores(self, start: float, end: float) -> float | None:
+        """Cores other processes used between ``start`` and ``end`` (the samples around)."""
+        before = [s for s in self.samples if s[0] <= start]
+        after = [s for s in self.samples if s[0] >= end]
+        if not before or not after:
+            return None
+        (t0, host0, ours0), (t1, host1, ours1) = before[-1], after[0]
+        # A worker that exited between samples takes its CPU out of ``ours``: never below 0.
+        return max(0.0, (host1 - host0) - max(ours1 - ours0, 0.0)) / (t1 - t0)
+
+
+def _procs_running() -> int:
+    """Threads runnable on the host now (``procs_running`` of /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("procs_running "):
+            return int(line.split()[1])
+    return 0
+
+
+def _running_threads(pid: int) -> int:
+    """Threads of ``pid`` in state R now."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            n += stat[stat.rindex(")") + 2] == "R"
+    return n
+
+
 def runs_dir(args: argparse.Namespace) -> Path:
     return common.RESULTS_DIR / f"{args.name}{RUNS_SUFFIX}"
 
@@ -114,15 +215,18 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
         out=tmp / name,
     )
     t0, own0, host0 = time.perf_counter(), _own_cpu_s(), common.host_busy_s()
-    outcome = run_job(config)
+    with LoadSampler() as load:
+        outcome = run_job(config)
     run_s = time.perf_counter() - t0
     # The workers are children that were waited for: their CPU is in os.times() by now.
     others_cores = max(0.0, common.host_busy_s() - host0 - (_own_cpu_s() - own0)) / run_s
     measured = run_summary(outcome.folder, args.batch_size)
+    window = steady_window(outcome.folder)
     summary = measured["summary"]
     keep = runs_dir(args) / name
     keep.mkdir(parents=True, exist_ok=True)
-    (keep / "profile.json").write_text((outcome.folder / "profile.json").read_text())
+    for kept in KEPT_FILES:
+        (keep / kept).write_text((outcome.folder / kept).read_text())
     run = {
         "cluster": name,
         "cpus": list(cpus),
@@ -132,12 +236,16 @@ def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...],
         "stages": [[s["device"], *s["units"]] for s in summary["plan"]["stages"]],
         "window": summary["window"],
         "images": summary["images"],
+        "batch_size": args.batch_size,
         "measured_steady_ips": measured["steady_ips"],
         "measured_p50_ms": summary["latency_ms"]["p50"],
         "measured_latency_ms": summary["latency_ms"],
         "predicted": summary["predicted"],
         "run_devices": summary.get("devices"),
         "other_processes_cores": others_cores,
+        "other_processes_steady_cores": load.others_cores(*window),
+        "other_runnable_threads": load.others_runnable(*window),
+        "coordinator_cores": load.coordinator_cores(*window),
         "loadavg_after": list(os.getloadavg()),
         "run_s": run_s,
     }
@@ -150,6 +258,13 @@ def compare(folder: Path) -> dict[str, Any]:
     run = json.loads((folder / "run.json").read_text())
     profile = load_profile(folder / "profile.json")
     cluster = cluster_from(profile, precision=run["precision"])
+    if cluster.problem.host_cpus is not None:  # what other processes used during the run
+        background = run.get("other_runnable_threads") or 0.0  # older runs: not measured
+        used = run.get("other_processes_steady_cores")
+        spec = dataclasses.replace(
+            cluster.spec, background_threads=background, background_cores=used
+        )
+        cluster = dataclasses.replace(cluster, spec=spec)
     stages = tuple((d, a, b) for d, a, b in run["stages"])
 
     def sims(spec: SimSpec) -> list[Any]:
@@ -165,22 +280,6 @@ def compare(folder: Path) -> dict[str, Any]:
     sim_ips = statistics.median(r.steady_ips or r.throughput_ips for r in plain)
     sim_p50 = statistics.median(r.latency_ms["p50"] for r in plain)
     run_ips, run_p50 = run["measured_steady_ips"], run["measured_p50_ms"]
-    # A diagnostic of the simulator's own dynamics (window, coordinator, queues, links): the
-    # same simulation with each stage's compute time as the run measured it (median per
-    # micro-batch, plus the hand-offs' CPU under a quota as the profile measured it) instead of
-    # the profile's. What is left is what the simulator adds or misses.
-    given = None
-    if run.get("run_devices"):
-        measured_ms = {d["name"]: d["compute_ms_per_batch"] for d in run["run_devices"]}
-        spec = dataclasses.replace(cluster.spec, problem=with_stage_times(
-            cluster.problem, profile, stages, measured_ms))  # fmt: skip
-        got = sims(spec)
-        given = {
-            "steady_ips": statistics.median(r.steady_ips or r.throughput_ips for r in got),
-            "p50_ms": statistics.median(r.latency_ms["p50"] for r in got),
-        }
-        given["throughput_error"] = (given["steady_ips"] - run_ips) / run_ips
-        given["p50_error"] = (given["p50_ms"] - run_p50) / run_p50
     predicted = run["predicted"] or {}
     return {
         **{k: v for k, v in run.items() if k not in ("predicted", "run_devices")},
@@ -195,7 +294,7 @@ def compare(folder: Path) -> dict[str, Any]:
         "planner_throughput_error": (
             (predicted["throughput_ips"] - run_ips) / run_ips if predicted else None
         ),
-        "with_run_stage_times": given,
+        "cpu_ms_per_batch": cpu_per_batch(run, cluster.problem, profile),
         "sim_device_utilisation": {d.name: d.utilisation for d in plain[0].devices},
         "run_devices": run.get("run_devices"),
         "prepare_ms": profile.prepare_ms,
@@ -208,27 +307,31 @@ def _own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def with_stage_times(
-    problem: Problem, profile: Any, stages: tuple[tuple[str, int, int], ...],
-    compute_ms: dict[str, float],
-) -> Problem:  # fmt: skip
-    """``problem`` with each stage's sustained time set to ``compute_ms`` of its device (plus
-    what receiving and sending cost under a CPU quota, as in the profile's stage costs)."""
+def cpu_per_batch(run: dict[str, Any], problem: Problem, profile: Any) -> dict[str, Any]:
+    """Per stage, the CPU its worker spent per micro-batch in the run (its process CPU % over
+    the run, times the steady period) and what the simulator gives it (the stage's CPU and
+    both hand-offs): where the cost model is off, independent of the host's load."""
     cuts = boundary_bytes(profile)
-    devices = []
-    for d in problem.devices:
-        for name, start, end in stages:
-            if name == d.name and compute_ms.get(name):
-                hop = d.hop_cpu_ms_per_mb / 1e6 * (cuts[start] + cuts[end])
-                share = d.quota_ms / d.period_ms if d.quota_ms is not None else None
-                sustained = compute_ms[name] + (hop / share if share else 0.0)
-                burst = d.stage_cpu_ms(start, end)
-                others = tuple(m for m in d.measured_stages if (m[0], m[1]) != (start, end))
-                d = dataclasses.replace(
-                    d, measured_stages=(*others, (start, end, sustained, burst))
-                )
-        devices.append(d)
-    return dataclasses.replace(problem, devices=tuple(devices))
+    period_ms = 1000.0 * _batch(run) / run["measured_steady_ips"]
+    out = {}
+    for d in run.get("run_devices") or []:
+        if d.get("cpu_percent") is None:
+            continue
+        start, end = d["units"]
+        cost = problem.device(d["name"])
+        model = cost.stage_cpu_ms(start, end) + cost.hop_cpu_ms_per_mb / 1e6 * (
+            cuts[start] + cuts[end]
+        )
+        out[d["name"]] = {"run": d["cpu_percent"] / 100.0 * period_ms, "model": model}
+    if run.get("coordinator_cores") is not None:  # its loop, its RPCs, results, heartbeats
+        first = problem.device(run["stages"][0][0])
+        model = problem.prepare_ms + first.hop_cpu_ms_per_mb / 1e6 * problem.input_bytes
+        out["coordinator"] = {"run": run["coordinator_cores"] * period_ms, "model": model}
+    return out
+
+
+def _batch(run: dict[str, Any]) -> int:
+    return int(run.get("batch_size") or 8)
 
 
 def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -254,7 +357,7 @@ def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"simulated {row['simulated_steady_ips']:.1f} img/s "
                 f"({row['throughput_error']:+.1%}) p50 {row['simulated_p50_ms']:.0f} ms "
                 f"({row['p50_error']:+.1%}); planner {row['planner_ips']:.1f} img/s; other "
-                f"processes used {row['other_processes_cores']:.2f} cores",
+                f"processes used {_others(row):.2f} cores",
                 flush=True,
             )
     return out
@@ -405,6 +508,23 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _others(row: dict[str, Any]) -> float:
+    """Cores other processes used during the run's steady window (or its whole job)."""
+    steady = row.get("other_processes_steady_cores")
+    return float(row["other_processes_cores"] if steady is None else steady)
+
+
+def _cpu_text(row: dict[str, Any]) -> str:
+    items = row["cpu_ms_per_batch"].items()
+    return ", ".join(f"{k} {v['run']:.0f}/{v['model']:.0f}" for k, v in items)
+
+
+def _threads(row: dict[str, Any]) -> str:
+    """Other processes' runnable threads (the simulator's background), if measured."""
+    n = row.get("other_runnable_threads")
+    return "-" if n is None else f"{n:.1f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
@@ -442,16 +562,15 @@ def main(argv: list[str] | None = None) -> int:
         payload["machine"]["loadavg_at_end"] = list(os.getloadavg())
         print(f"\n{'cluster':<12} {'run img/s':>9} {'sim img/s':>9} {'err':>7} {'run p50':>8} "
               f"{'sim p50':>8} {'err':>7} {'planner':>8} {'err':>7} {'others':>6} "
-              f"{'given: img/s err':>16} {'p50 err':>8}")  # fmt: skip
+              f"{'threads':>7}  cpu/batch run vs model")  # fmt: skip
         for r in rows:
             print(
                 f"{r['cluster']:<12} {r['measured_steady_ips']:>9.1f} "
                 f"{r['simulated_steady_ips']:>9.1f} {r['throughput_error']:>+7.1%} "
                 f"{r['measured_p50_ms']:>8.0f} {r['simulated_p50_ms']:>8.0f} "
                 f"{r['p50_error']:>+7.1%} {r['planner_ips']:>8.1f} "
-                f"{_pct(r['planner_throughput_error']):>7} {r['other_processes_cores']:>6.2f} "
-                f"{_pct((r['with_run_stage_times'] or {}).get('throughput_error')):>16} "
-                f"{_pct((r['with_run_stage_times'] or {}).get('p50_error')):>8}"
+                f"{_pct(r['planner_throughput_error']):>7} {_others(r):>6.2f} "
+                f"{_threads(r):>7}  " + _cpu_text(r)
             )
         payload["targets"] = {"throughput": TARGET_THROUGHPUT, "p50": TARGET_LATENCY}
     if args.validate or args.speed:

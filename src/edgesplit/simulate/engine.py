@@ -3,18 +3,28 @@
 It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated time (ms):
 
 - **Coordinator**: keeps at most ``window`` micro-batches unfinished; for a new one it prepares
-  it (``prepare_ms`` of CPU, plus its side of the upload's hand-off CPU) and uploads it to the
-  current plan's first stage, blocked while the upload is on the wire (the declared default
-  link's time, as ``Run.send`` sleeps it; the input arrives after the link's fitted time,
-  which includes the RPC, and the next upload waits for that), then takes the next. Replays
-  go first and need no preparation.
-- **Devices**: one compute thread each (a FIFO of jobs, :mod:`.cpu` for CPU quotas and a shared
-  host) and a sender: the output goes out on the device's link, one message at a time,
-  while the next job computes. A stage's CPU work is the planner's sustained stage time (times
-  the CPU share under a quota, so a busy device sustains exactly the planner's time), times a
-  random factor of the device's spread.
-- **Links**: a transfer holds its sender's link (or the one shared medium) for
-  ``latency + bytes * 8 / bandwidth``, the runtime's emulated link and the planner's cost.
+  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.job.preparation_ms` times it)
+  and uploads it to the current plan's first stage the way ``Run.send`` does: the request's
+  latency starts, the coordinator sleeps the declared link's time (the emulated wire), waits
+  for the previous upload's RPC to finish, then starts this one's and takes the next request
+  while it runs. The RPC lasts the rest of the link's fitted time (the probes timed wire and
+  RPC together) and at least until both sides' CPU is spent (the coordinator's side of the
+  hand-off in gRPC's threads, beside its loop; the first stage's in its receiving thread);
+  the input reaches the first stage at its end. So the next wire sleep overlaps this RPC, as
+  in the runtime. Replays go first and need no preparation.
+- **Devices**: three threads each (:mod:`.cpu` for CPU quotas and a shared host): the compute
+  thread (a FIFO of jobs), the gRPC thread that receives and decodes an input, the sender
+  that encodes and sends an output, one message at a time, while the next job computes. A
+  stage's work is, under a CPU quota, its full-speed CPU time (the profile's CPU
+  measurement: the quota and the host's sharing are simulated, so a profile taken on a loaded
+  host does not count the load twice), else the planner's sustained time; times a random
+  factor of the device's spread.
+- **Links**: a transfer holds its sender's link (or the one shared medium) for the declared
+  link's time (the wire: ``latency + bytes * 8 / bandwidth``, what the runtime's sender
+  sleeps), then for its RPC: the rest of the link's fitted time (probes time wire and RPC
+  together), and at least until both sides' hand-off CPU is spent (``hop_cpu_ms_per_mb`` of the
+  sender in its sender thread, of the receiver in its gRPC thread, from their quotas). The
+  input reaches the next stage at the RPC's end, as a worker queues a job once decoded.
 - **Faults** (``--inject`` specs): ``kill`` drops the device, its queue and what it was
   sending; the coordinator takes it for LOST after the heartbeat deadline or shortly after a
   send to it fails, installs ``replan(usable)`` as a new epoch and replays every unfinished
@@ -41,7 +51,7 @@ from edgesplit.errors import ConfigError, RunError
 from edgesplit.faults import Injection
 from edgesplit.planner import LinkCost
 from edgesplit.simulate.adaptive import AdaptiveLoop
-from edgesplit.simulate.cpu import Host, Proc, settle
+from edgesplit.simulate.cpu import Host, Proc, Quota, settle
 from edgesplit.simulate.result import (
     DeviceUsage,
     Loss,
@@ -56,7 +66,17 @@ MEDIUM = "(medium)"
 DEFAULT_CONFIG = SimConfig()
 
 # Event kinds, in the heap as (t, seq, kind, payload).
-CPU, SENT, FAULT, DETECT, TICK, UPLOADED = range(6)
+CPU, SENT, FAULT, DETECT, TICK, RPC_TIMER = range(6)
+
+
+@dataclass(eq=False)
+class _Rpc:
+    """A message's RPC: done when its ``parts`` (its time, each side's CPU) are."""
+
+    msg: _Message
+    link_key: str | None
+    """The link it holds (None: an upload, which the coordinator's loop waits for instead)."""
+    parts: int = 0
 
 
 @dataclass
@@ -81,6 +101,10 @@ class _Message:
 class _Device:
     name: str
     proc: Proc
+    rx: Proc
+    """The gRPC thread that receives (parses and decodes) an input."""
+    tx: Proc
+    """The sender thread (encodes and sends an output)."""
     jobs: deque[_Message] = field(default_factory=deque)
     current: _Message | None = None
     started: float = 0.0
@@ -130,17 +154,36 @@ class _Sim:
         self.now = 0.0
         self.events = 0
         shared = self.p.host_cpus
-        host = Host(shared) if shared is not None else None
+        host = None
+        if shared is not None:
+            threads, cores = spec.background_threads, spec.background_cores
+            cap = 1.0 if cores is None or threads <= 0 else min(1.0, cores / threads)
+            host = Host(shared, background=threads, background_cap=cap)
         self.devices: dict[str, _Device] = {}
         for d in self.p.devices:
-            phase = float(self.rng.uniform(0.0, d.period_ms)) if d.quota_ms is not None else 0.0
-            proc = Proc(d.name, d.quota_ms, d.period_ms, phase)
-            (host or Host(None)).add(proc)
-            self.devices[d.name] = _Device(d.name, proc, sigma=spec.spread.get(d.name, 0.0))
-        self.coord = Proc(COORDINATOR)
-        (host or Host(None)).add(self.coord)
-        self.coord_state = "idle"  # idle | preparing | uploading
+            quota = None
+            if d.quota_ms is not None:
+                phase = float(self.rng.uniform(0.0, d.period_ms))
+                quota = Quota(d.quota_ms, d.period_ms, phase)
+            own = host or Host(None)  # a device's threads settle together (one quota)
+            compute, rx, tx = (
+                own.add(Proc(f"{d.name} {t}", quota, d.name)) for t in ("compute", "rx", "tx")
+            )
+            sigma = spec.spread.get(d.name, 0.0)
+            self.devices[d.name] = _Device(d.name, compute, rx, tx, sigma=sigma)
+        coordinator = host or Host(None)
+        self.coord = coordinator.add(Proc(COORDINATOR))
+        self.coord_rpc = coordinator.add(Proc(f"{COORDINATOR} rpc"))
+        """The upload RPC's CPU on the coordinator (gRPC's threads, beside the loop)."""
+        self.io_jobs: dict[Proc, deque[tuple[float, _Rpc]]] = {}
+        self.io_current: dict[Proc, _Rpc] = {}
+        self.owner = {t: d for d in self.devices.values() for t in (d.proc, d.rx, d.tx)}
+        self.hop_per_byte = {d.name: d.hop_cpu_ms_per_mb / 1e6 for d in self.p.devices}
+        self.coord_state = "idle"  # idle | preparing | sleeping (on the wire) | settling
         self.coord_request: int | None = None
+        self.rpc: _Rpc | None = None
+        """The upload whose RPC runs."""
+        self._settling: _Message | None = None
         self.links: dict[str, _Link] = {}
         self.link_override: dict[frozenset[str], LinkCost] = {}
         self._link_cache: dict[tuple[str, str], LinkCost] = {}
@@ -157,7 +200,7 @@ class _Sim:
         self.replayed = 0
         self.lost: dict[str, _LostState] = {}
         self.usable = [d.name for d in self.p.devices]
-        self._stage_cost: dict[tuple[str, int, int], tuple[float, float]] = {}
+        self._stage_cost: dict[tuple[str, int, int], float] = {}
         self.adaptive: AdaptiveLoop | None = None
         if config.adaptive is not None:
             if spec.profile is None:
@@ -214,27 +257,23 @@ class _Sim:
     def epoch(self) -> int:
         return len(self.plans) - 1
 
-    def _work_ms(self, device: str, start: int, end: int) -> tuple[float, float]:
-        """A stage job's full-speed time and the CPU it spends per ms of it, such that a job
-        alone runs the planner's full-speed time and a busy device sustains its time.
-
-        Without a quota both are the planner's sustained time (rate 1). Under a quota of
-        ``share`` cores the job is the full-speed CPU time ``b`` (:meth:`stage_cpu_ms`) and
-        spends ``sustained * share / b`` of quota per ms (the hand-offs' CPU in the worker's
-        other threads, and whatever else made the measured stage slower than ``b / share``)."""
+    def _work_ms(self, device: str, start: int, end: int) -> float:
+        """A stage job's full-speed work: under a quota its CPU time (:meth:`stage_cpu_ms`;
+        the hand-offs are the other threads' jobs), else the planner's sustained time."""
         key = (device, start, end)
         got = self._stage_cost.get(key)
         if got is None:
             d = self.p.device(device)
-            sustained = d.stage_ms(start, end)
-            if d.quota_ms is None:
-                got = (sustained, 1.0)
-            else:
-                burst = d.stage_cpu_ms(start, end)
-                spent = sustained * d.quota_ms / d.period_ms
-                got = (burst, max(1.0, spent / burst)) if burst > 0 else (spent, 1.0)
+            got = d.stage_cpu_ms(start, end) if d.quota_ms is not None else d.stage_ms(start, end)
             self._stage_cost[key] = got
         return got
+
+    def _hop_cpu_ms(self, endpoint: str, nbytes: int) -> float:
+        """One side of a hand-off of ``nbytes`` at ``endpoint`` (a device, or the coordinator,
+        whose side of an upload costs what the first stage's does)."""
+        if endpoint == COORDINATOR:
+            return 0.0
+        return self.hop_per_byte[endpoint] * nbytes
 
     # --- coordinator -----------------------------------------------------------------------
 
@@ -251,9 +290,7 @@ class _Sim:
             self.next_new += 1
             self.pending[rid] = _Pending(first_send=math.nan)
             self.coord_state, self.coord_request = "preparing", rid
-            first = self.p.device(self.plans[-1][0][0])
-            hop_cpu = first.hop_cpu_ms_per_mb / 1e6 * self.p.input_bytes
-            self.coord.work_ms = self.p.prepare_ms + hop_cpu
+            self.coord.work_ms = self.p.prepare_ms
             if self.coord.work_ms <= 0:
                 self.coord.work_ms = 0.0
                 self._upload(rid)
@@ -267,10 +304,38 @@ class _Sim:
             pending.first_send = self.now
         pending.epoch = self.epoch
         pending.attempts += 1
-        self.coord_state, self.coord_request = "uploading", rid
+        self.coord_state, self.coord_request = "sleeping", rid
         first = self.plans[-1][0][0]
         msg = _Message(rid, self.epoch, 0, self.p.input_bytes, COORDINATOR, first)
-        self._send(msg)
+        self._send(msg)  # the wire sleep: on the coordinator's link (or the shared medium)
+
+    def _wired(self, msg: _Message) -> None:
+        """The upload's wire sleep ended: its RPC starts once the previous one finished."""
+        if self.rpc is not None:
+            self.coord_state = "settling"
+            self._settling = msg
+            return
+        self._start_rpc(msg)
+
+    def _start_rpc(self, msg: _Message) -> None:
+        self.rpc = _Rpc(msg, None)
+        self.coord_state, self.coord_request = "idle", None
+        self._rpc(self.rpc)
+        self._pump()
+
+    def _uploaded(self, rpc: _Rpc) -> None:
+        if self.rpc is rpc:
+            self.rpc = None
+        self._deliver(rpc.msg)
+        if self.coord_state == "settling":
+            waiting, self._settling = self._settling, None
+            if waiting is not None:
+                self._start_rpc(waiting)
+        self._pump()
+
+    def _wire_ms(self, link: LinkCost, nbytes: int) -> float:
+        """What ``Run.send`` sleeps: the declared link's time (at most the fitted one)."""
+        return min(link.transfer_ms(nbytes), self.p.default_link.transfer_ms(nbytes))
 
     def _result(self, msg: _Message) -> None:
         pending = self.pending.pop(msg.request_id, None)
@@ -305,18 +370,70 @@ class _Sim:
             return
         msg = link.queue.popleft()
         link.busy = True
-        ms = self._link(msg.src, msg.dst).transfer_ms(msg.nbytes)
-        self._push(self.now + ms, SENT, (key, msg))
-        if msg.src == COORDINATOR:
-            # Run.send: the coordinator sleeps the link's (declared) wire time, then leaves the
-            # RPC running and prepares the next; the fitted time (the RPC's own cost too) is
-            # when the input arrives, and the next upload waits for it.
-            wire = min(ms, self.p.default_link.transfer_ms(msg.nbytes))
-            self._push(self.now + wire, UPLOADED, msg.request_id)
+        wire = self._wire_ms(self._link(msg.src, msg.dst), msg.nbytes)
+        self._push(self.now + wire, SENT, (key, msg))
 
     def _sent(self, key: str, msg: _Message) -> None:
-        link = self.links[key]
-        self._next_transfer(key, link)
+        """The wire sleep ended: an upload's RPC waits for the previous one (and the link is
+        free again); a device's sender holds its link through the RPC."""
+        if msg.src == COORDINATOR:
+            self._next_transfer(key, self.links[key])
+            self._wired(msg)
+            return
+        self._rpc(_Rpc(msg, key))
+
+    def _rpc(self, rpc: _Rpc) -> None:
+        """Start an RPC: the rest of the link's fitted time, and both sides' CPU."""
+        msg = rpc.msg
+        link = self._link(msg.src, msg.dst)
+        rpc.parts = 1  # until its parts are given
+        rpc_ms = link.transfer_ms(msg.nbytes) - self._wire_ms(link, msg.nbytes)
+        if rpc_ms > 0:
+            rpc.parts += 1
+            self._push(self.now + rpc_ms, RPC_TIMER, rpc)
+        if msg.src == COORDINATOR:
+            sender = self.coord_rpc
+            side = self._hop_cpu_ms(msg.dst, msg.nbytes)
+        else:
+            sender = self.devices[msg.src].tx
+            side = self._hop_cpu_ms(msg.src, msg.nbytes)
+        self._io(sender, side, rpc)
+        if msg.dst != COORDINATOR:
+            receiver = self.devices[msg.dst]
+            if receiver.alive:
+                self._io(receiver.rx, self._hop_cpu_ms(msg.dst, msg.nbytes), rpc)
+        self._part_done(rpc)  # all given: done now if none takes time
+
+    def _io(self, proc: Proc, cpu_ms: float, rpc: _Rpc) -> None:
+        """A hand-off's CPU as a job of ``proc`` (one at a time, in order)."""
+        device = self.owner.get(proc)
+        if cpu_ms <= 0 or (device is not None and not device.alive):
+            return
+        if device is not None:
+            cpu_ms *= device.slow
+        rpc.parts += 1
+        self.io_jobs.setdefault(proc, deque()).append((cpu_ms, rpc))
+        if proc not in self.io_current:
+            self._next_io(proc)
+
+    def _next_io(self, proc: Proc) -> None:
+        queue = self.io_jobs.get(proc)
+        if not queue:
+            return
+        cpu_ms, rpc = queue.popleft()
+        self.io_current[proc] = rpc
+        proc.work_ms, proc.active = cpu_ms, True
+        self._settle(proc)
+
+    def _part_done(self, rpc: _Rpc) -> None:
+        rpc.parts -= 1
+        if rpc.parts > 0:
+            return
+        msg = rpc.msg
+        if rpc.link_key is None:
+            self._uploaded(rpc)
+            return
+        self._next_transfer(rpc.link_key, self.links[rpc.link_key])
         src = self.devices.get(msg.src)
         if src is not None and not src.alive:
             return  # it died while sending: the message never left
@@ -325,11 +442,6 @@ class _Sim:
         else:
             self._deliver(msg)
         self._pump()
-
-    def _uploaded(self, request_id: int) -> None:
-        if self.coord_state == "uploading" and self.coord_request == request_id:
-            self.coord_state, self.coord_request = "idle", None
-            self._pump()
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -347,13 +459,12 @@ class _Sim:
             return
         msg = device.jobs.popleft()
         name, start, end = self.plans[msg.epoch][msg.stage]
-        work, rate = self._work_ms(name, start, end)
-        work *= device.slow
+        work = self._work_ms(name, start, end) * device.slow
         if device.sigma > 0:
             s = device.sigma
             work *= math.exp(s * self._normal() - s * s / 2)
         device.current, device.started = msg, self.now
-        device.proc.work_ms, device.proc.rate = work, rate
+        device.proc.work_ms = work
         device.proc.active = True
         self._settle(device.proc)
 
@@ -365,12 +476,18 @@ class _Sim:
             self._settle(proc)
             return
         proc.active = False
+        rpc = self.io_current.pop(proc, None)
+        if rpc is not None:
+            self._settle(proc)
+            self._next_io(proc)
+            self._part_done(rpc)
+            return
         if proc is self.coord:
             self._settle(proc)
             if self.coord_state == "preparing" and self.coord_request is not None:
                 self._upload(self.coord_request)
             return
-        device = self.devices[proc.name]
+        device = self.owner[proc]
         msg = device.current
         device.current = None
         self._settle(proc)
@@ -417,8 +534,8 @@ class _Sim:
         if injection.action == "kill":
             self._die(device, self.now)
         elif injection.action == "pause":
-            device.proc.advance(self.now)
-            device.proc.paused = not ending
+            for thread in (device.proc, device.rx, device.tx):
+                thread.paused = not ending
             self._settle(device.proc)
             long = (
                 injection.duration_s is None or injection.duration_s * 1000 >= self.config.detect_ms
@@ -428,8 +545,9 @@ class _Sim:
         elif injection.action == "stress":
             factor = 1.0 / self.config.stress_factor if ending else self.config.stress_factor
             device.slow *= factor
-            device.proc.advance(self.now)
-            device.proc.work_ms *= factor
+            self._settle(device.proc)  # brings the device's threads up to now
+            for thread in (device.proc, device.rx, device.tx):
+                thread.work_ms *= factor
             self._settle(device.proc)
 
     def _die(self, device: _Device, t: float, lost_after: float | None = None) -> None:
@@ -438,14 +556,22 @@ class _Sim:
         device.alive = False
         device.jobs.clear()
         device.current = None
-        device.proc.work_ms = 0.0
-        device.proc.active = False
+        cut = []  # its hand-offs: an RPC it was part of ends (and fails) without it
+        for thread in (device.proc, device.rx, device.tx):
+            thread.work_ms = 0.0
+            thread.active = False
+            cut += [rpc for _, rpc in self.io_jobs.pop(thread, ())]
+            current = self.io_current.pop(thread, None)
+            if current is not None:
+                cut.append(current)
         self._settle(device.proc)
         link = self.links.get(device.name)
         if link is not None:
             link.queue.clear()
         self.lost[device.name] = _LostState(device.name, t, refuses=lost_after is None)
         self._push(t + (lost_after or self.config.detect_ms), DETECT, device.name)
+        for rpc in cut:
+            self._part_done(rpc)
 
     def _failed_send(self, name: str) -> None:
         """A send to a dead device failed: the coordinator's probe confirms the loss soon."""
@@ -509,7 +635,7 @@ class _Sim:
             FAULT: lambda p: self._fault(*p),
             DETECT: self._detect,
             TICK: lambda _: self._tick(),
-            UPLOADED: self._uploaded,
+            RPC_TIMER: self._part_done,
         }
         limit = self.config.max_events
         while self.heap and (self.pending or self.next_new < self.total):
@@ -527,7 +653,10 @@ class _Sim:
         return self._result_of()
 
     def _result_of(self) -> SimResult:
-        usage = {name: DeviceUsage(d.proc.cpu_ms, d.busy_ms) for name, d in self.devices.items()}
+        usage = {
+            name: DeviceUsage(d.proc.cpu_ms + d.rx.cpu_ms + d.tx.cpu_ms, d.busy_ms)
+            for name, d in self.devices.items()
+        }
         losses = tuple(
             Loss(
                 x.device,

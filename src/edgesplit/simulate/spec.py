@@ -38,12 +38,21 @@ class SimSpec:
     Ethernet: what a device sends to all of its next hops goes out one message at a time, as
     the runtime's sender does).
 
-    ``profile`` is needed for the adaptive policy (:mod:`edgesplit.adapt`), which plans on it."""
+    ``profile`` is needed for the adaptive policy (:mod:`edgesplit.adapt`), which plans on it.
+
+    ``background_threads``: on a shared host (``problem.host_cpus``), how many threads of other
+    processes are runnable, on average, all along, and ``background_cores`` the cores they use
+    together (None: each takes a core if it can), both as measured while a run ran (see
+    :mod:`.cpu`): their number sets how the host's cores are shared, their CPU caps what each
+    takes (measured on 2 cores: 3.3 of them runnable on average used 1.1 cores; a first stage
+    of 1 CPU that had work nearly all along got 0.37 of a core)."""
 
     problem: Problem
     spread: Mapping[str, float] = field(default_factory=dict)
     shared_medium: bool = False
     profile: Profile | None = None
+    background_threads: float = 0.0
+    background_cores: float | None = None
 
     def __post_init__(self) -> None:
         names = set(self.problem.device_names)
@@ -52,6 +61,18 @@ class SimSpec:
                 raise ConfigError(f"spread given for unknown device {name!r}")
             if not (math.isfinite(sigma) and sigma >= 0):
                 raise ConfigError(f"spread of {name!r} must be a number >= 0, got {sigma!r}")
+        if not (math.isfinite(self.background_threads) and self.background_threads >= 0):
+            raise ConfigError(
+                f"background_threads must be a number >= 0, got {self.background_threads!r}"
+            )
+        cores = self.background_cores
+        if cores is not None and not (math.isfinite(cores) and cores >= 0):
+            raise ConfigError(f"background_cores must be a number >= 0, got {cores!r}")
+        if self.background_threads > 0 and self.problem.host_cpus is None:
+            raise ConfigError(
+                "background_threads needs a shared host (the problem's host_cpus); the devices "
+                "of this cluster have hosts of their own"
+            )
 
 
 def spread_of(profile: Profile) -> dict[str, float]:
