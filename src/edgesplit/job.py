@@ -87,6 +87,8 @@ class RunOutcome:
     summary: dict[str, object]
     rows: list[DeviceRow]
     notes: list[str] = field(default_factory=list)
+    layer_counts: dict[str, int] = field(default_factory=dict)
+    """Graph nodes (layers) of each device's stage in the final plan."""
 
 
 def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
@@ -103,11 +105,23 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
             raise ModelError(
                 f"checkpoint {path} was trained on {info.dataset}, the run uses {dataset.name}"
             )
-        size = config.input_size or info.input_size
+        size = checked_input_size(config.input_size, info.input_size, path)
         return ResolvedModel(model, config.model, size, classes, str(path), info.test_accuracy)
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+
+
+def checked_input_size(asked: int | None, trained: int, path: Path | str) -> int:
+    """The checkpoint's input size; another one asked for is refused (issue #20): a model run
+    at a size it was not trained at classifies at chance, and nothing else would say so."""
+    if asked is None or asked == trained:
+        return trained
+    raise ConfigError(
+        f"--input-size {asked}: the checkpoint {path} was trained at {trained} px, and at "
+        f"another size it classifies at chance; leave --input-size out (or pass {trained}), or "
+        f"pass --random-weights to measure speed at {asked} px"
+    )
 
 
 def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel:
@@ -389,8 +403,22 @@ def run_job(
         accuracy = float((predictions == dataset.labels[:total]).sum()) / completed
         if completed < total:
             notes.append(f"accuracy over the {completed} of {total} images that completed")
+    not_fired = injector.not_fired() if injector else []
+    for f in not_fired:
+        notes.append(
+            f"injection {f['spec']} ({f['action']} due at {f['at_s']:g} s) did not fire: the run "
+            f"ended after {record.wall_s:.1f} s; run more images (--limit) or inject earlier"
+        )
     stages = stage_infos(ug, ranges, names)
-    rows = device_rows(stages, record.hops, record.samples, record.started, record.finished)
+    # The table and devices.csv show the plan the run ended with (issue #20); summary.json's
+    # "plan" stays the first one, "final_plan" is the last when it changed.
+    final = record.plan_changes[-1].stages if record.plan_changes else tuple(initial)
+    changed = final != tuple(initial)
+    final_stages = stage_infos(ug, tuple((a, b) for _, a, b in final), [d for d, _, _ in final])
+    layer_counts = {
+        d: sum(len(ug.units[i].nodes) for i in range(a, b)) for d, a, b in final
+    }  # fmt: skip
+    rows = device_rows(final_stages, record.hops, record.samples, record.started, record.finished)
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     total_params = ug.total_params
     energies = device_energy(spec, rows, record.samples, record.started, record.finished, total)
@@ -435,11 +463,27 @@ def run_job(
                 for s in stages
             ],
         },
+        "final_plan": (
+            {
+                "epoch": record.plan_changes[-1].epoch,
+                "stages": [
+                    {
+                        "device": s.device,
+                        "units": [s.start, s.end],
+                        "layers": layer_counts[s.device],
+                    }
+                    for s in final_stages
+                ],
+            }
+            if changed
+            else None
+        ),
         "devices": [row.to_dict() for row in rows],
         "clock_offsets_ms": record.clock_offsets_ms,
         "rtt_ms": record.rtt_ms,
         **fault_summary(record),
         "injected": relative(injector.events, record.started) if injector else [],
+        "not_fired": not_fired,
         "adaptive": controller.summary() if controller else None,
         "precision_choice": choice.to_dict() if choice else None,
         "int8_gate": gate.last.to_dict() if gate is not None and gate.last else None,
@@ -489,7 +533,7 @@ def run_job(
         raise aborted.interruption
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
-    return RunOutcome(folder, summary, rows, notes)
+    return RunOutcome(folder, summary, rows, notes, layer_counts)
 
 
 def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:

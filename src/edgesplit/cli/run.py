@@ -154,6 +154,12 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="Look for the dataset here first.",
 )
 @click.option(
+    "--download",
+    is_flag=True,
+    help="Download the dataset (mnist, fashion-mnist, cifar10, cifar100) into "
+    "~/.cache/edgesplit/datasets if it is not found (nothing is downloaded without it).",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
@@ -248,6 +254,12 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="No live per-device dashboard (the table on a terminal, the periodic lines in a "
     "log); the progress bar or lines stay.",
 )
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Also print each device's first and last layer, time per image, system CPU %, CPU "
+    "MHz, memory % and temperature (wider than 120 columns; devices.csv has them all).",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -272,6 +284,7 @@ def run_command(
     limit: int | None,
     window: int | None,
     data_dir: Path | None,
+    download: bool,
     out: Path | None,
     as_json: bool,
     with_report: bool,
@@ -284,6 +297,7 @@ def run_command(
     inject: tuple[str, ...],
     heartbeat_deadline: float,
     no_dashboard: bool,
+    wide: bool,
     resume: Path | None,
     from_run: Path | None,
 ) -> None:
@@ -330,6 +344,8 @@ def run_command(
     )
     if resume is not None or from_run is not None:
         config, cluster = _config_of_earlier_run(resume, from_run, out, cluster)
+    if download:
+        fetch_dataset(config.dataset, config.data_dir, int8=config.precision != "fp32")
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)
     dashboard: TerminalDashboard | PlainDashboard
@@ -360,7 +376,11 @@ def run_command(
     else:
         # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
         out_console = Console(width=None if sys.stdout.isatty() else 1000)
-        out_console.print(device_table(outcome.summary, outcome.rows))
+        out_console.print(
+            device_table(outcome.summary, outcome.rows, outcome.layer_counts, wide=wide)
+        )
+        for line in history_lines(outcome.summary):
+            out_console.print(line, markup=False, highlight=False)
         for note in outcome.notes:
             out_console.print(f"note: {note}")
         for line in _prediction_lines(outcome.summary):
@@ -374,7 +394,7 @@ def run_command(
 
 
 _NOT_CONFIG = {"cluster_file", "out", "as_json", "with_report", "metrics_port", "no_dashboard",
-               "resume", "from_run"}  # fmt: skip
+               "resume", "from_run", "wide", "download"}  # fmt: skip
 """Options that do not change what a run computes: allowed with --resume and --from."""
 
 
@@ -430,3 +450,54 @@ def _prediction_lines(summary: dict[str, object]) -> list[str]:
         error = (measured - predicted["throughput_ips"]) / predicted["throughput_ips"]
         lines.append(f"measured {measured:.1f} img/s ({error:+.0%} against the prediction)")
     return lines
+
+
+def _stages(stages: object) -> str:
+    if not isinstance(stages, list):
+        return "?"
+    return ", ".join(f"{s['device']} [{s['units'][0]}, {s['units'][1]})" for s in stages)
+
+
+def history_lines(summary: dict[str, object]) -> list[str]:
+    """What happened during the run (issue #20): the plan history when the plan changed, every
+    lost device with its replays and recovery, the adaptive controller's switches."""
+    lines: list[str] = []
+    changes = summary.get("plan_changes")
+    changes = changes if isinstance(changes, list) else []
+    if summary.get("final_plan") is not None and changes:
+        lines.append(f"plan history ({len(changes)} plans; the table shows the last):")
+        lines += [
+            f"  {c['time_s']:7.1f} s  epoch {c['epoch']}: {_stages(c['stages'])} ({c['reason']})"
+            for c in changes
+        ]
+    failures = summary.get("failures")
+    for f in failures if isinstance(failures, list) else []:
+        recovery = f.get("recovery_s")
+        lines.append(
+            f"lost {f['device']} at {f['time_s']:.1f} s ({f['reason']}): {f['replayed']} "
+            f"micro-batches replayed, "
+            + ("no result after it" if recovery is None else f"recovered in {recovery:.1f} s")
+        )
+    if summary.get("replayed") or summary.get("duplicates"):
+        lines.append(
+            f"replayed {summary.get('replayed', 0)} micro-batches in all, "
+            f"{summary.get('duplicates', 0)} duplicate results dropped"
+        )
+    adaptive = summary.get("adaptive")
+    if isinstance(adaptive, dict):
+        lines.append(
+            f"adaptive: {adaptive.get('switches', 0)} switches in {adaptive.get('decisions', 0)} "
+            f"decisions; last: {adaptive.get('last') or '-'}"
+        )
+    return lines
+
+
+def fetch_dataset(dataset: str, data_dir: Path | None, int8: bool) -> None:
+    """``--download``: fetch the test split (and the training split, which int8 calibration
+    draws from) into the user cache unless found; the run then finds it there."""
+    from edgesplit import data
+
+    if dataset in data.DATASETS:
+        data.load(dataset, "test", data_dir=data_dir, download=True)
+        if int8:
+            data.load(dataset, "train", data_dir=data_dir, download=True)
