@@ -172,9 +172,11 @@ def _download_failed(info: DatasetInfo, created: Path | None, exc: Exception) ->
     the download made (issue #20)."""
     if created is not None:
         shutil.rmtree(created, ignore_errors=True)
+    cause = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    cause = cause if len(cause) <= 200 else cause[:197] + "..."
     return DataError(
-        f"could not download {info.name} (offline, or the network or the server is "
-        f"unreachable: {exc}); put the files in --data-dir instead: {layout(info)}"
+        f"could not download {info.name}: offline, or the network or the server is "
+        f"unreachable ({cause}); put the files in --data-dir instead: {layout(info)}"
     )
 
 

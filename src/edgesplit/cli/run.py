@@ -12,20 +12,19 @@ import click
 from rich.console import Console
 
 from edgesplit import models
-from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
 from edgesplit.config import ClusterSpec, load_cluster
-from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
-from edgesplit.job import RunConfig, run_job
-from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
-from edgesplit.metrics.energy import comparison as energy_comparison
-from edgesplit.metrics.live import LiveCallback, LiveSnapshot
-from edgesplit.metrics.table import device_table
 
 if TYPE_CHECKING:
+    from edgesplit.metrics.live import LiveCallback, LiveSnapshot
     from edgesplit.metrics.prometheus import RunMetrics
+    from edgesplit.runconfig import RunConfig
+
+DATASETS_HELP = "cifar10, cifar100, fashion-mnist, mnist, imagefolder:PATH, synthetic"
+"""``edgesplit.data.known_datasets()``, written out: importing it takes torch, and ``run --help``
+should take a moment, not seconds (issue #20; a test keeps the two equal)."""
 
 
 def _on_live(show: LiveCallback | None, metrics: RunMetrics | None) -> LiveCallback | None:
@@ -67,7 +66,7 @@ def _serve_metrics(port: int) -> RunMetrics:
     "--dataset",
     default="fashion-mnist",
     show_default=True,
-    help=f"Test set to classify: one of {', '.join(known_datasets())}. 'synthetic' "
+    help=f"Test set to classify: one of {DATASETS_HELP}. 'synthetic' "
     "is random images without labels (timing only).",
 )
 @click.option(
@@ -307,7 +306,12 @@ def run_command(
     Fashion-MNIST test set on an emulated 3-device cluster, with the partition the planner
     chooses from a profile of the devices and links (cached after the first run).
     """
+    from edgesplit.adapt import AdaptPolicy
     from edgesplit.emulate import exit_on_sigterm
+    from edgesplit.job import RunConfig, run_job
+    from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+    from edgesplit.metrics.energy import comparison as energy_comparison
+    from edgesplit.metrics.table import device_table
 
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
     cpus_value, cpus_each = parse_cpus(cpus)
@@ -464,8 +468,10 @@ def history_lines(summary: dict[str, object]) -> list[str]:
     lines: list[str] = []
     changes = summary.get("plan_changes")
     changes = changes if isinstance(changes, list) else []
-    if summary.get("final_plan") is not None and changes:
-        lines.append(f"plan history ({len(changes)} plans; the table shows the last):")
+    first = summary.get("plan")
+    if summary.get("final_plan") is not None and changes and isinstance(first, dict):
+        lines.append(f"plan history ({len(changes) + 1} plans; the table shows the last):")
+        lines.append(f"  {0.0:7.1f} s  epoch {first['epoch']}: {_stages(first['stages'])} (first)")
         lines += [
             f"  {c['time_s']:7.1f} s  epoch {c['epoch']}: {_stages(c['stages'])} ({c['reason']})"
             for c in changes

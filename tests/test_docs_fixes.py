@@ -1,0 +1,166 @@
+"""Issue #20's fixes that need no cluster: the table's width, the input-size check, injections
+that never fired, dataset messages, the light ``run --help``, package-data checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edgesplit import checkpoints, data
+from edgesplit.errors import ConfigError, DataError
+from edgesplit.faults import Injector, parse_injections
+from edgesplit.job import checked_input_size
+from edgesplit.metrics.summary import DeviceRow
+from edgesplit.metrics.table import device_table
+
+
+def _rows(names: list[str]) -> list[DeviceRow]:
+    return [
+        DeviceRow(
+            name=name,
+            stage=i,
+            units=(10 * i, 10 * i + 11),
+            layers="features_10_conv_0_0 .. features_16_conv_3",
+            params=1_543_210,
+            images=10_000,
+            throughput_ips=2405.123456,
+            capacity_ips=12345.6789,
+            compute_ms_per_batch=123.456,
+            compute_ms_per_image=15.432,
+            queue_ms=1234.56,
+            net_latency_ms=123.456,
+            bytes_sent=10,
+            cpu_percent=100.0,
+            system_cpu_percent=190.0,
+            cpu_freq_mhz=2450.0,
+            memory_percent=85.5,
+            rss_mb=1234.0,
+            temperature_c=None,
+        )  # fmt: skip
+        for i, name in enumerate(names)
+    ]
+
+
+SUMMARY = {
+    "model": "mobilenet_v3_small", "dataset": "fashion-mnist", "images": 10000,
+    "batch_size": 16, "throughput_ips": 2405.1, "wall_s": 4.16, "accuracy": 0.9054,
+    "latency_ms": {"p50": 10.2, "p95": 20.4}, "params_total": 1_543_210,
+}  # fmt: skip
+
+
+def _render(width: int, wide: bool = False) -> str:
+    console = Console(width=width, file=io.StringIO())
+    rows = _rows(["pi1", "pi2", "pi3", "pi4"])
+    console.print(device_table(SUMMARY, rows, {r.name: 57 for r in rows}, wide=wide))
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize("width", [120, 1000])
+def test_default_table_fits_120_columns_with_nothing_cut(width: int) -> None:
+    # 1000: what `run` prints into a pipe or a log (the table at its natural width).
+    text = _render(width)
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 120, text
+    assert "…" not in text
+    for number in ("2405.1", "12345.7", "123.46", "1234.56", "1234", "1.54M", "[30, 41)"):
+        assert number in text, (number, text)
+    assert "Layers" in text and " 57 " in text  # the layer count per device
+
+
+def test_default_table_fits_a_120_column_terminal_given_by_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=None)
+    assert console.width == 120
+    rows = _rows(["pi1", "pi2", "pi3"])
+    console.print(device_table(SUMMARY, rows, {r.name: 5 for r in rows}))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 120
+    assert "…" not in text
+
+
+def test_wide_table_adds_layer_names_and_the_sampler_columns() -> None:
+    narrow, wide = _render(1000), _render(1000, wide=True)
+    for extra in ("features_10_conv_0_0 .. features_16_conv_3", "MHz", "Temp", "2450"):
+        assert extra in wide and extra not in narrow
+
+
+def test_an_input_size_the_checkpoint_was_not_trained_at_is_refused() -> None:
+    path = Path("ck.safetensors")
+    assert checked_input_size(None, 32, path) == 32
+    assert checked_input_size(32, 32, path) == 32
+    with pytest.raises(ConfigError, match=r"--input-size 224: .* trained at 32 px.*chance"):
+        checked_input_size(224, 32, path)
+
+
+class _Cluster:
+    """The injector's view of an emulated cluster: only what these injections call."""
+
+    def __init__(self) -> None:
+        self.killed: list[str] = []
+
+    def kill(self, name: str) -> None:
+        self.killed.append(name)
+
+
+def test_injections_not_yet_due_when_the_run_ends_are_reported_as_not_fired() -> None:
+    cluster = _Cluster()
+    specs = ["pi1:kill@0s", "pi2:pause@300s+5s"]
+    injector = Injector(cluster, parse_injections(specs, ["pi1", "pi2"]))  # type: ignore[arg-type]
+    injector.start()
+    deadline = time.monotonic() + 30
+    while not injector.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    injector.stop()
+    assert cluster.killed == ["pi1"]
+    assert [e["spec"] for e in injector.events] == ["pi1:kill@0s"]
+    assert injector.not_fired() == [
+        {"spec": "pi2:pause@300s+5s", "action": "pause", "at_s": 300.0},
+        {"spec": "pi2:pause@300s+5s", "action": "end pause", "at_s": 305.0},
+    ]
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "fashion-mnist"])
+def test_missing_dataset_says_which_files_data_dir_needs(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DataError) as info:
+        data._load_mnist(data.DATASETS[name], False, [tmp_path], False) if "mnist" in name else (
+            data._load_cifar(data.DATASETS[name], False, [tmp_path], False)
+        )
+    message = str(info.value)
+    assert "--download" in message and "--data-dir DIR with" in message
+    assert ("t10k-images-idx3-ubyte" if "mnist" in name else "cifar-") in message
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "train"])
+def test_every_command_whose_messages_promise_download_has_it(command: str) -> None:
+    from click.testing import CliRunner
+
+    from edgesplit.cli import main
+
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "--download" in result.output
+
+
+def test_run_help_lists_the_known_datasets_without_importing_torch() -> None:
+    code = (
+        "import sys, edgesplit.cli.run as r; print(r.DATASETS_HELP); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [", ".join(data.known_datasets()), "False"]
+
+
+def test_shipped_checkpoints_are_package_data() -> None:
+    package = Path(checkpoints.__file__).parent
+    assert (package / "_shipped" / "MANIFEST.json").is_file()
+    manifest = json.loads((checkpoints.SHIPPED_DIR / "MANIFEST.json").read_text())
+    assert checkpoints.shipped("mobilenet_v2").is_file()
+    assert manifest
