@@ -43,7 +43,7 @@ def _rows(names: list[str]) -> list[DeviceRow]:
             memory_percent=85.5,
             rss_mb=1234.0,
             temperature_c=None,
-        )  # fmt: skip
+        )
         for i, name in enumerate(names)
     ]
 
