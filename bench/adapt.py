@@ -167,15 +167,15 @@ def steady(per_s: list[float]) -> float | None:
 @contextlib.contextmanager
 def fresh_profile_cache(tmp: Path) -> Iterator[None]:
     """Profile the changed devices without touching the user's cached (unchanged) profiles."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp)
+    old = os.environ.get("EDGESPLIT_CACHE_DIR")
+    os.environ["EDGESPLIT_CACHE_DIR"] = str(tmp)
     try:
         yield
     finally:
         if old is None:
-            del os.environ["XDG_CACHE_HOME"]
+            del os.environ["EDGESPLIT_CACHE_DIR"]
         else:
-            os.environ["XDG_CACHE_HOME"] = old
+            os.environ["EDGESPLIT_CACHE_DIR"] = old
 
 
 @contextlib.contextmanager

@@ -164,3 +164,27 @@ def test_shipped_checkpoints_are_package_data() -> None:
     manifest = json.loads((checkpoints.SHIPPED_DIR / "MANIFEST.json").read_text())
     assert checkpoints.shipped("mobilenet_v2").is_file()
     assert manifest
+
+
+def test_doctor_version_fix_pins_no_local_build_tag() -> None:
+    from edgesplit.doctor import version_fix
+
+    fix = version_fix("pi1", ("0.1.0", "2.14.1+cu130"), torch_differs=True)
+    assert "+cu130" not in fix and "torch==2.14.1" in fix and "whl/cpu" in fix
+    assert version_fix("pi1", ("0.1.0", "2.14.1"), torch_differs=False) == (
+        "pip install edgesplit==0.1.0 on pi1"
+    )
+
+
+def test_certs_for_the_coordinator_print_the_cluster_file_entry(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgesplit.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["certs", "init", str(tmp_path)]).exit_code == 0
+    coordinator = runner.invoke(main, ["certs", "issue", str(tmp_path), "coordinator"])
+    assert coordinator.exit_code == 0
+    assert "tls: {ca:" in coordinator.output and "--tls-cert" not in coordinator.output
+    worker = runner.invoke(main, ["certs", "issue", str(tmp_path), "pi1"])
+    assert "--tls-cert" in worker.output
