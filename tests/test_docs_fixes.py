@@ -188,3 +188,33 @@ def test_certs_for_the_coordinator_print_the_cluster_file_entry(tmp_path: Path) 
     assert "tls: {ca:" in coordinator.output and "--tls-cert" not in coordinator.output
     worker = runner.invoke(main, ["certs", "issue", str(tmp_path), "pi1"])
     assert "--tls-cert" in worker.output
+
+
+def test_report_rounds_numbers_and_prints_half_open_units() -> None:
+    from edgesplit.metrics.report import _cell_text, device_tables, energy_section, plan_section
+
+    assert _cell_text("1520.0551007217202") == "1520.1"
+    assert _cell_text("0.12345678") == "0.123" and _cell_text("6960") == "6960"
+    assert _cell_text("features_0_0 .. add_3") == "features_0_0 .. add_3"
+    row = {
+        "name": "pi1", "units": "[0, 21]", "params": "6960", "throughput_ips": "47.11332878",
+        "capacity_ips": "", "compute_ms_per_batch": "69.6356", "cpu_freq_mhz": "2596.138",
+        "layers": "a .. b",
+    }  # fmt: skip
+    pipeline, sensors = device_tables([row])
+    assert pipeline[0]["units [start, end)"] == "[0, 21)"
+    assert "CPU MHz" in sensors[0] and "CPU MHz" not in pipeline[0]  # two tables fit a page
+    summary = {
+        "predicted": {"objective": "throughput", "precision": "fp32", "throughput_ips": 100.0,
+                      "energy_j_per_image": 0.2,
+                      "stages": [{"device": "pi1", "units": [0, 21], "compute_ms": 50.0}]},
+        "throughput_ips": 80.0,
+        "plan": {"epoch": 1, "stages": [{"device": "pi1", "units": [0, 21]}]},
+        "plan_changes": [{"time_s": 3.8, "epoch": 2, "reason": "lost pi2",
+                          "stages": [{"device": "pi1", "units": [0, 21]}]}],
+        "energy": {"energy_j_per_image": 0.25, "metered": [], "devices": {}},
+    }  # fmt: skip
+    plan = plan_section(summary, [row])
+    assert "predicted 100 img/s, measured 80 img/s (-20% against it)" in plan
+    assert "69.64" in plan and "Plan history" in plan and "lost pi2" in plan
+    assert "0.250 J/image" in energy_section(summary) and "0.200 J/image" in energy_section(summary)
