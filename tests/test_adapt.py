@@ -572,3 +572,20 @@ def test_a_switch_back_to_the_plan_just_left_holds_longer_and_backs_off() -> Non
     assert "back to the plan left last" in d.reason
     assert d.hold.backoff == 2.0
     assert d.hold.left == BALANCED
+
+
+def test_the_first_plan_runs_the_minimum_interval_before_it_is_judged() -> None:
+    policy = AdaptPolicy(hold_s=1.0, min_interval_s=10.0)
+    state = factors(pi2=4.0)
+    hold, switched = Hold(started=100.0), []
+    for tick in range(40):
+        now = 100.0 + tick * 0.5
+        d = decide(state, PROFILE, BALANCED, REQUEST, policy, now, hold)
+        hold = d.hold
+        if now < 110.0:
+            assert not d.switch and d.reason.startswith("settling"), d.reason
+        if d.switch:
+            switched.append(now)
+            break
+    assert switched == [110.0 + policy.hold_s]
+    assert hold.started == 100.0

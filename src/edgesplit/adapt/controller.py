@@ -272,6 +272,8 @@ class Controller:
                 log.exception("adaptive controller tick failed")
 
     def start(self) -> Controller:
+        with self._lock:
+            self._hold = dataclasses.replace(self._hold, started=self.clock())
         self._thread.start()
         return self
 

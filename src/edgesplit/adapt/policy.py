@@ -93,6 +93,9 @@ class Hold:
     did not deliver and after each reversal, back to 1 after one that delivered."""
     left: Stages = ()
     """The plan the last switch left: going back to it is a reversal."""
+    started: float | None = None
+    """When the run's first plan started: it runs ``min_interval_s`` before it is judged, as
+    a plan switched to does (a run's first seconds are its noisiest; issue #20)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,10 @@ def decide(
     lost = sorted({d for d, _, _ in current} - set(names))
     if lost:
         return no(f"waiting: the current plan uses {', '.join(lost)}, which is not usable")
+    if hold.last_switch is None and hold.started is not None:
+        ran = now - hold.started
+        if ran < policy.min_interval_s:
+            return no(f"settling: the first plan ran {ran:.1f} s of {policy.min_interval_s:g} s")
     young = [d for d, _, _ in current if state.device(d).observations < policy.min_observations]
     if young:
         return no(f"observing: too few results yet from {', '.join(young)}")
@@ -313,5 +320,6 @@ def decide(
             judged=False,
             backoff=min(hold.backoff * 2, MAX_BACKOFF) if reversal else hold.backoff,
             left=current,
+            started=hold.started,
         ),
     )
