@@ -355,6 +355,8 @@ def run_job(
             nonlocal done
             done += int(output.shape[0])
             results.append(starts[request_id], output.argmax(1).tolist())
+            if done >= total and controller is not None:
+                controller.halt()  # a switch now would change no image, only the record
             if on_progress is not None:
                 on_progress(done, total, time.perf_counter() - t0)
 
@@ -484,7 +486,7 @@ def run_job(
         **fault_summary(record),
         "injected": relative(injector.events, record.started) if injector else [],
         "not_fired": not_fired,
-        "adaptive": controller.summary() if controller else None,
+        "adaptive": controller.summary(until=record.finished) if controller else None,
         "precision_choice": choice.to_dict() if choice else None,
         "int8_gate": gate.last.to_dict() if gate is not None and gate.last else None,
         "cpu_kinds": {name: info.cpu_kind for name, info in coordinator.device_infos.items()},
@@ -524,7 +526,7 @@ def run_job(
     if chosen is not None:
         (folder / "plan.txt").write_text(chosen.table() + "\n")
     if controller is not None:
-        controller.write_plans(folder, record.started)
+        controller.write_plans(folder, record.started, until=record.finished)
     if isinstance(aborted, RunInterrupted):
         log.warning(
             "interrupted after %d of %d images; the run folder %s has them (resume with "
