@@ -218,3 +218,29 @@ def test_report_rounds_numbers_and_prints_half_open_units() -> None:
     assert "predicted 100 img/s, measured 80 img/s (-20% against it)" in plan
     assert "69.64" in plan and "Plan history" in plan and "lost pi2" in plan
     assert "0.250 J/image" in energy_section(summary) and "0.200 J/image" in energy_section(summary)
+
+
+def test_a_partition_may_name_the_device_of_each_stage() -> None:
+    from edgesplit.errors import PartitionError
+    from edgesplit.partition import split_devices
+
+    assert split_devices("0-12,12-") == ("0-12,12-", None)
+    assert split_devices("pi2:0-12, pi1:12-") == ("0-12,12-", ["pi2", "pi1"])
+    with pytest.raises(PartitionError, match="some stages only"):
+        split_devices("pi2:0-12,12-")
+    with pytest.raises(PartitionError, match="pi2 two stages"):
+        split_devices("pi2:0-12,pi2:12-")
+
+
+def test_named_partition_devices_are_checked_against_the_cluster() -> None:
+    from edgesplit.config import ClusterSpec
+    from edgesplit.job import partition_devices
+
+    spec = ClusterSpec.model_validate(
+        {"devices": [{"name": n, "address": f"127.0.0.1:{5000 + i}"} for i, n in
+                     enumerate(["pi1", "pi2", "pi3"])]}
+    )  # fmt: skip
+    assert partition_devices("0-5,5-", spec, 2) == ["pi1", "pi2"]
+    assert partition_devices("pi3:0-5,pi1:5-", spec, 2) == ["pi3", "pi1"]
+    with pytest.raises(ConfigError, match="names pi9"):
+        partition_devices("pi9:0-5,pi1:5-", spec, 2)

@@ -112,6 +112,24 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
 
 
+def partition_devices(partition: str | None, spec: ClusterSpec, stages: int) -> list[str]:
+    """The devices of a fixed partition's stages: those it names (``pi2:0-12,pi1:12-``), else
+    the cluster's first ``stages`` devices in cluster order."""
+    from edgesplit.partition import split_devices
+
+    _, named = split_devices(partition or "")
+    if named is None:
+        return [d.name for d in spec.devices[:stages]]
+    known = [d.name for d in spec.devices]
+    unknown = [d for d in named if d not in known]
+    if unknown:
+        raise ConfigError(
+            f"--partition {partition!r} names {', '.join(unknown)}; the cluster's devices are "
+            f"{', '.join(known)}"
+        )
+    return named
+
+
 def checked_input_size(asked: int | None, trained: int, path: Path | str) -> int:
     """The checkpoint's input size; another one asked for is refused (issue #20): a model run
     at a size it was not trained at classifies at chance, and nothing else would say so."""
@@ -319,7 +337,7 @@ def run_job(
             names = [s.device for s in chosen.stages]
             ranges = tuple((s.start, s.end) for s in chosen.stages)
         else:
-            names = [d.name for d in spec.devices[: len(ranges)]]
+            names = partition_devices(config.partition, spec, len(ranges))
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
         if gate is not None and config.precision == "int8":
             phase("measuring the int8 accuracy drop on the plan's devices")
