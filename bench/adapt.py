@@ -23,8 +23,14 @@ rolling mean reaches 85 % of the best static plan's steady throughput), and adap
 throughput from 15 s after the change to the end. Targets: recovery <= 15 s; adaptive >= 1.5x
 static after the change.
 
+The **documented** case (issue #20) is README's and USAGE's adaptive example as written: the
+run plans from its own profile, ``pi2:stress@10s`` whatever pi2 holds, ``--limit 3000``. It
+reports the adaptive run's plan switches (target <= 2) and its throughput from 15 s after the
+stress to the end against the best static plan for the stressed cluster (target >= 0.85).
+
     .venv/bin/python bench/adapt.py            # ~8 min on an idle 2-core machine
     .venv/bin/python bench/adapt.py --quick    # smoke run: shorter runs, stress case only
+    .venv/bin/python bench/adapt.py --documented-only   # the documented example only
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ from edgesplit.profiler import Profile, load_profile, to_problem
 TARGET_RECOVERY_S = 15.0
 TARGET_RECOVERED_SHARE = 0.85
 TARGET_VS_STATIC = 1.5
+TARGET_DOCUMENTED_SWITCHES = 2
+TARGET_DOCUMENTED_VS_BEST = 0.85
+DOCUMENTED_IMAGES = 3000
+"""``--limit`` of the documented example."""
 SETTLE_S = 15.0
 """After the change, the window compared between static and adaptive starts this late."""
 ROLLING_BINS = 3
@@ -72,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hogs", type=int, default=1, help="CPU hogs in the stressed device (1)")
     p.add_argument("--link-mbps", type=float, default=50.0, help="degraded link (50 Mbit/s)")
     p.add_argument("--quick", action="store_true", help="smoke run: 15 s after, stress only")
+    p.add_argument(
+        "--documented-only",
+        action="store_true",
+        help="only the documented example (README, USAGE) against the best static plan",
+    )
     p.add_argument("--name", default="adapt", help="results file bench/results/NAME.json")
     p.add_argument("--keep", type=Path, default=None, help="keep the run folders in this folder")
     p.add_argument("--network", choices=["loopback", "hosts"], default="loopback",
@@ -82,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the link case drops every device-to-device link, not only the one "
                    "with the largest tensor of the first plan")  # fmt: skip
     args = p.parse_args(argv)
+    if args.documented_only and args.name == "adapt":
+        args.name = "adapt-documented"
     if args.quick:
         args.after = 15.0
         if args.name == "adapt":
@@ -175,15 +192,15 @@ def steady(per_s: list[float]) -> float | None:
 @contextlib.contextmanager
 def fresh_profile_cache(tmp: Path) -> Iterator[None]:
     """Profile the changed devices without touching the user's cached (unchanged) profiles."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp)
+    old = os.environ.get("EDGESPLIT_CACHE_DIR")
+    os.environ["EDGESPLIT_CACHE_DIR"] = str(tmp)
     try:
         yield
     finally:
         if old is None:
-            del os.environ["XDG_CACHE_HOME"]
+            del os.environ["EDGESPLIT_CACHE_DIR"]
         else:
-            os.environ["XDG_CACHE_HOME"] = old
+            os.environ["EDGESPLIT_CACHE_DIR"] = old
 
 
 @contextlib.contextmanager
@@ -304,6 +321,45 @@ def degraded_best(
     return measure(out)
 
 
+def documented(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The documented adaptive example, as written, and the best static plan under its stress."""
+    out = tmp / "documented-adaptive"
+    print(f"  documented: adaptive run ({DOCUMENTED_IMAGES} images)", flush=True)
+    inject = (f"pi2:stress@{args.at:g}s",)
+    run_job(config(args, out, DOCUMENTED_IMAGES, inject=inject, adaptive=True))
+    adaptive = measure(out)
+    print("  documented: best static plan with pi2 stressed from the start", flush=True)
+    best = stressed_best(args, tmp, "pi2", DOCUMENTED_IMAGES)
+    best_ips = steady(best["bins_ips"])
+    after = mean_ips(adaptive["bins_ips"], args.at + SETTLE_S)
+    switches = (adaptive["adaptive"] or {}).get("switches")
+    return {
+        "inject": list(inject),
+        "adaptive": adaptive,
+        "best_static": best,
+        "switches": switches,
+        "adaptive_after_ips": after,
+        "best_static_steady_ips": best_ips,
+        "adaptive_after_vs_best_static": after / best_ips if after and best_ips else None,
+        "targets": {
+            "switches_at_most": TARGET_DOCUMENTED_SWITCHES,
+            "after_vs_best_static_at_least": TARGET_DOCUMENTED_VS_BEST,
+        },
+    }
+
+
+def print_documented(r: dict[str, Any]) -> None:
+    print(f"\ndocumented example: {', '.join(r['inject'])}, {DOCUMENTED_IMAGES} images")
+    for c in r["adaptive"]["plan_changes"]:
+        print(f"  switch at {c['time_s']:.1f} s: {c['reason']}")
+    print(
+        f"switches {r['switches']} (target <= {TARGET_DOCUMENTED_SWITCHES}); from "
+        f"{SETTLE_S:g} s after the stress: adaptive {_f(r['adaptive_after_ips'])} img/s, best "
+        f"static for the stressed cluster {_f(r['best_static_steady_ips'])} img/s, ratio "
+        f"{_f(r['adaptive_after_vs_best_static'])} (target >= {TARGET_DOCUMENTED_VS_BEST})"
+    )
+
+
 def print_case(name: str, r: dict[str, Any], at: float) -> None:
     print(f"\n{name}: {', '.join(r['inject'])}")
     width = max(len(r[m]["bins_ips"]) for m in ("static", "adaptive"))
@@ -355,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with exit_on_sigterm(), TemporaryDirectory(prefix="edgesplit-bench-") as tmp_name:
         tmp = args.keep or Path(tmp_name)
+        results["documented"] = documented(args, tmp)
+        print_documented(results["documented"])
+        if args.documented_only:
+            return _write(args, facts, results)
         print("calibrating (plan, steady throughput)", flush=True)
         cal = calibrate(args, tmp)
         images = int(cal["steady_ips"] * (args.at + args.after) / args.batch_size) * args.batch_size
@@ -403,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: degraded_best(args, tmp, pairs, images),
             )
             print_case("link", results["link"], args.at)
+    return _write(args, facts, results)
+
+
+def _write(args: argparse.Namespace, facts: dict[str, Any], results: dict[str, Any]) -> int:
     facts["loadavg_at_end"] = list(os.getloadavg())
     out = {
         "benchmark": "adapt",

@@ -13,6 +13,7 @@ import pytest
 from edgesplit.adapt import (
     AdaptPolicy,
     AdaptState,
+    Decision,
     DeviceEstimate,
     Hold,
     ResultArrived,
@@ -465,3 +466,126 @@ def test_a_device_seen_faster_than_profiled_stays_at_its_profile() -> None:
     for i in range(30):
         state = observe(state, seen("pi1", 15.0, t=i * 0.5), PROFILE)  # profiled 30 ms
     assert state.device("pi1").speed_factor == 1.0
+
+
+# --- no flapping (issue #20) -----------------------------------------------------------------
+
+
+def on_stage(device: str, start_: int, end: int, factor: float, t: float, epoch: int) -> StageSeen:
+    """``device`` ran units ``[start_, end)`` ``factor`` times slower than profiled."""
+    return StageSeen(
+        t=t, device=device, epoch=epoch, start=start_, end=end, batch_size=8,
+        compute_ms=UNIT_MS * (end - start_) * factor, transfer_ms=0.3, bytes_out=OUT_BYTES,
+        next_device=COORDINATOR,
+    )  # fmt: skip
+
+
+def test_a_still_stressed_device_on_a_light_stage_keeps_its_slow_factor() -> None:
+    state = start(PROFILE)
+    for i in range(12):  # pi2 holds 3 units and is 4x slower (a CPU hog)
+        state = observe(state, on_stage("pi2", 3, 6, 4.0, i * 0.5, epoch=1), PROFILE)
+    assert state.device("pi2").speed_factor == pytest.approx(4.0)
+    for i in range(40):  # given one unit, it bursts at full speed: no evidence it got faster
+        state = observe(state, on_stage("pi2", 5, 6, 1.0, 6 + i * 0.5, epoch=2), PROFILE)
+    assert state.device("pi2").speed_factor == pytest.approx(4.0)
+    # On a comparable stage (2 units >= half of 3) the hog's end shows.
+    for i in range(12):
+        state = observe(state, on_stage("pi2", 4, 6, 1.0, 30 + i * 0.5, epoch=3), PROFILE)
+    assert state.device("pi2").speed_factor == pytest.approx(1.0)
+    assert state.device("pi2").slow is None
+
+
+def test_a_heavier_slowdown_raises_the_slow_evidence() -> None:
+    state = start(PROFILE)
+    for i in range(12):
+        state = observe(state, on_stage("pi2", 3, 6, 2.0, i * 0.5, epoch=1), PROFILE)
+    for i in range(12):
+        state = observe(state, on_stage("pi2", 3, 6, 5.0, 6 + i * 0.5, epoch=1), PROFILE)
+    assert state.device("pi2").speed_factor == pytest.approx(5.0)
+    assert state.device("pi2").slow == pytest.approx((5.0, 30.0))
+
+
+def uneven_profile(units: int, unit_ms: dict[str, float]) -> Profile:
+    """PROFILE with ``units`` units and per-device unit times."""
+    devices = tuple(
+        dataclasses.replace(d, unit_ms=(unit_ms[d.name],) * units, unit_spread_ms=(0.0,) * units)
+        for d in PROFILE.devices
+    )
+    unit = PROFILE.units[0]
+    return dataclasses.replace(
+        PROFILE,
+        units=tuple(dataclasses.replace(unit, index=i) for i in range(units)),
+        devices=devices,
+    )
+
+
+def test_a_stressed_device_that_bursts_on_light_stages_does_not_flap() -> None:
+    """The documented example's flapping, in the pure core: pi2 (the fast device, profiled
+    twice as fast as the others) is 4x slower whenever it holds a heavy stage and looks as
+    profiled on a light one (a CPU quota's bursts). Without the slow evidence the controller
+    went back and forth every minimum interval; now it switches once."""
+    prof = uneven_profile(12, {"pi1": 20.0, "pi2": 10.0, "pi3": 20.0})
+    policy = AdaptPolicy(hold_s=3.0, min_interval_s=10.0)
+    state, hold, epoch, switches = start(prof), Hold(), 1, []
+    current: tuple[tuple[str, int, int], ...] = (("pi1", 0, 3), ("pi2", 3, 9), ("pi3", 9, 12))
+    for tick in range(240):  # 120 s, results every 0.5 s, a decision every 0.5 s
+        now = tick * 0.5
+        for device, a, b in current:
+            factor = 4.0 if device == "pi2" and b - a >= 3 else 1.0
+            seen_ = StageSeen(
+                t=now, device=device, epoch=epoch, start=a, end=b, batch_size=8,
+                compute_ms=prof.device(device).unit_ms[0] * (b - a) * factor, transfer_ms=0.3,
+                bytes_out=OUT_BYTES, next_device=COORDINATOR,
+            )  # fmt: skip
+            state = observe(state, seen_, prof)
+        d = decide(state, prof, current, REQUEST, policy, now, hold)
+        hold = d.hold
+        if d.switch:
+            assert d.best is not None
+            switches.append((now, d.best))
+            current, epoch = d.best, epoch + 1
+    assert len(switches) == 1, switches
+    assert 0 < sum(b - a for n, a, b in current if n == "pi2") < 3  # a light stage, kept
+    assert state.device("pi2").speed_factor == pytest.approx(4.0)
+
+
+def test_a_switch_back_to_the_plan_just_left_holds_longer_and_backs_off() -> None:
+    policy = AdaptPolicy(hold_s=1.0, min_interval_s=2.0)
+    state = factors(pi2=4.0)
+    best = decide(state, PROFILE, BALANCED, REQUEST, policy, 0.0).best
+    assert best is not None and best != BALANCED
+
+    def first_switch(left: tuple[tuple[str, int, int], ...]) -> tuple[float, Decision]:
+        hold = Hold(last_switch=0.0, stages=BALANCED, left=left)
+        for tick in range(40):
+            now = 5.0 + tick * 0.5
+            d = decide(state, PROFILE, BALANCED, REQUEST, policy, now, hold)
+            hold = d.hold
+            if d.switch:
+                return now, d
+        raise AssertionError("no switch")
+
+    now, d = first_switch(left=())
+    assert now == 5.0 + policy.hold_s and d.hold.backoff == 1.0
+    now, d = first_switch(left=best)  # the last switch left `best`: going back is a reversal
+    assert now == 5.0 + 3 * policy.hold_s
+    assert "back to the plan left last" in d.reason
+    assert d.hold.backoff == 2.0
+    assert d.hold.left == BALANCED
+
+
+def test_the_first_plan_runs_the_minimum_interval_before_it_is_judged() -> None:
+    policy = AdaptPolicy(hold_s=1.0, min_interval_s=10.0)
+    state = factors(pi2=4.0)
+    hold, switched = Hold(started=100.0), []
+    for tick in range(40):
+        now = 100.0 + tick * 0.5
+        d = decide(state, PROFILE, BALANCED, REQUEST, policy, now, hold)
+        hold = d.hold
+        if now < 110.0:
+            assert not d.switch and d.reason.startswith("settling"), d.reason
+        if d.switch:
+            switched.append(now)
+            break
+    assert switched == [110.0 + policy.hold_s]
+    assert hold.started == 100.0

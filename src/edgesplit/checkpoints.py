@@ -22,8 +22,9 @@ from torch import nn
 from edgesplit import models
 from edgesplit.errors import ModelError
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
-"""The checkpoints shipped in the repository (present in a source checkout)."""
+SHIPPED_DIR = (Path(__file__).parent / "_shipped").resolve()
+"""The shipped checkpoints: package data (``src/edgesplit/_shipped`` links to the repository's
+``checkpoints/``; a wheel carries the files), so any install finds them (issue #20)."""
 
 
 @dataclass(frozen=True)

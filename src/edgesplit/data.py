@@ -133,12 +133,65 @@ def preprocess(
     return x.contiguous()
 
 
+def layout(info: DatasetInfo) -> str:
+    """The files a folder must hold for ``info`` (said in every "not found" message)."""
+    if info.name in ("mnist", "fashion-mnist"):
+        cls_name = "FashionMNIST" if info.name == "fashion-mnist" else "MNIST"
+        files = ", ".join(f"{f}[.gz]" for f in _MNIST_FILES)
+        return (
+            f"DIR or DIR/{info.name} holding the four IDX files ({files}), or torchvision's "
+            f"DIR/{cls_name}/raw/ with the same files"
+        )
+    folder = "cifar-100-python" if info.name == "cifar100" else "cifar-10-batches-py"
+    return (
+        f"DIR/{folder}/ or DIR/{info.name}/{folder}/ as unpacked from the 'python version' "
+        f"archive of www.cs.toronto.edu/~kriz/cifar.html"
+    )
+
+
 def _missing(info: DatasetInfo, looked: list[Path]) -> DataError:
     where = ", ".join(str(p) for p in looked)
-    ways = "pass --download to fetch it, or put the files in --data-dir"
+    ways = f"pass --download to fetch it, or --data-dir DIR with {layout(info)}"
     if info.debian_package:
         ways = f"install it with `apt-get install {info.debian_package}`, or {ways}"
     return DataError(f"dataset {info.name} not found; looked in: {where}. To get it: {ways}")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _download_failed(info: DatasetInfo, created: Path | None, exc: Exception) -> DataError:
+    """A failed download, said as such (not as a corrupt file), leaving no folder behind that
+    the download made (issue #20)."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    cause = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    cause = cause if len(cause) <= 200 else cause[:197] + "..."
+    return DataError(
+        f"could not download {info.name}: offline, or the network or the server is "
+        f"unreachable ({cause}); put the files in --data-dir instead: {layout(info)}"
+    )
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether a torchvision download failed on the network (torchvision raises URLError, or
+    a RuntimeError "Error downloading ..." after trying every mirror)."""
+    import urllib.error
+
+    while exc is not None:
+        if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            return True
+        if "download" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def _mnist_root(info: DatasetInfo, dirs: list[Path]) -> Path | None:
@@ -195,9 +248,12 @@ def _load_mnist(info: DatasetInfo, train: bool, dirs: list[Path], download: bool
         if not download:
             raise _missing(info, dirs)
         root = user_cache_dir() / info.name
+    created = _first_missing(root) if download else None
     try:
         ds = cls(str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, ValueError, ... on bad files
+        if download and _is_network_error(exc):
+            raise _download_failed(info, created, exc) from exc
         raise DataError(f"dataset {info.name} at {root} is corrupt or unreadable: {exc}") from exc
     images = ds.data.unsqueeze(1)
     return ImageSet(info.name, images, ds.targets.to(torch.int64), info)
@@ -241,9 +297,12 @@ def _load_cifar(info: DatasetInfo, train: bool, dirs: list[Path], download: bool
         if not download:
             raise _missing(info, dirs)
         root = user_cache_dir() / info.name
+    created = _first_missing(root) if download else None
     try:
         ds = cls(str(root), train=train, download=download)
     except Exception as exc:  # unpickling or reshaping errors of a damaged file
+        if download and _is_network_error(exc):
+            raise _download_failed(info, created, exc) from exc
         raise DataError(f"dataset {info.name} at {root} is corrupt or unreadable: {exc}") from exc
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(info.name, images, torch.tensor(ds.targets, dtype=torch.int64), info)

@@ -344,7 +344,7 @@ def judge_device(
                 f"{name} versions",
                 "WARN",
                 f"{theirs}; here edgesplit {local_versions[0]}, torch {local_versions[1]}",
-                f"pip install edgesplit=={local_versions[0]} torch=={local_versions[1]} on {name}",
+                version_fix(name, local_versions, torch_differs),
             )
         )
     else:
@@ -462,3 +462,17 @@ def table(checks: Sequence[Check]) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in ("OK", "WARN", "FAIL")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
+
+
+def version_fix(name: str, here: tuple[str, str | None], torch_differs: bool) -> str:
+    """What to install on ``name`` to match this machine. A local build tag (``+cu130``,
+    ``+cpu``) names this machine's build, which a Pi cannot install (issue #20): only the public
+    version is pinned, from PyTorch's CPU index where torch is concerned."""
+    fix = f"pip install edgesplit=={here[0].split('+')[0]}"
+    if torch_differs and here[1]:
+        torch_public = here[1].split("+")[0]
+        fix += (
+            f" 'torch=={torch_public}' --index-url https://download.pytorch.org/whl/cpu "
+            f"--extra-index-url https://pypi.org/simple"
+        )
+    return f"{fix} on {name}"

@@ -174,6 +174,8 @@ class Injector:
         self._firings = sorted(firings, key=lambda f: (f.at_s, f.ending))
         self.events: list[dict[str, Any]] = []
         self.started: float | None = None
+        self._due = 0
+        """Firings the loop has reached (done, or failed with an ``error`` event)."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="inject", daemon=True)
@@ -195,6 +197,19 @@ class Injector:
             if self._stop.wait(max(self.started + firing.at_s - time.time(), 0.0)):
                 return
             self.fire(firing.injection, firing.ending)
+            self._due += 1
+
+    def not_fired(self) -> list[dict[str, Any]]:
+        """The firings still to come when the injector stopped (the run ended before they
+        were due; issue #20): ``spec``, ``action`` and ``at_s`` (since :meth:`start`)."""
+        return [
+            {
+                "spec": f.injection.spec,
+                "action": f"end {f.injection.action}" if f.ending else f.injection.action,
+                "at_s": f.at_s,
+            }
+            for f in self._firings[self._due :]
+        ]
 
     def fire(self, injection: Injection, ending: bool = False) -> dict[str, Any]:
         """Do one injection (or end it) now and record it. A link change runs on its own

@@ -80,6 +80,8 @@ class RunOutcome:
     summary: RunSummary
     rows: list[DeviceRow]
     notes: list[str] = field(default_factory=list)
+    layer_counts: dict[str, int] = field(default_factory=dict)
+    """Graph nodes (layers) of each device's stage in the final plan."""
 
 
 def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
@@ -96,11 +98,41 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
             raise ModelError(
                 f"checkpoint {path} was trained on {info.dataset}, the run uses {dataset.name}"
             )
-        size = config.input_size or info.input_size
+        size = checked_input_size(config.input_size, info.input_size, path)
         return ResolvedModel(model, config.model, size, classes, str(path), info.test_accuracy)
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
     return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+
+
+def partition_devices(partition: str | None, spec: ClusterSpec, stages: int) -> list[str]:
+    """The devices of a fixed partition's stages: those it names (``pi2:0-12,pi1:12-``), else
+    the cluster's first ``stages`` devices in cluster order."""
+    from edgesplit.partition import split_devices
+
+    _, named = split_devices(partition or "")
+    if named is None:
+        return [d.name for d in spec.devices[:stages]]
+    known = [d.name for d in spec.devices]
+    unknown = [d for d in named if d not in known]
+    if unknown:
+        raise ConfigError(
+            f"--partition {partition!r} names {', '.join(unknown)}; the cluster's devices are "
+            f"{', '.join(known)}"
+        )
+    return named
+
+
+def checked_input_size(asked: int | None, trained: int, path: Path | str) -> int:
+    """The checkpoint's input size; another one asked for is refused (issue #20): a model run
+    at a size it was not trained at classifies at chance, and nothing else would say so."""
+    if asked is None or asked == trained:
+        return trained
+    raise ConfigError(
+        f"--input-size {asked}: the checkpoint {path} was trained at {trained} px, and at "
+        f"another size it classifies at chance; leave --input-size out (or pass {trained}), or "
+        f"pass --random-weights to measure speed at {asked} px"
+    )
 
 
 def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel:
@@ -332,7 +364,7 @@ def run_job(
             names = [s.device for s in chosen.stages]
             ranges = tuple((s.start, s.end) for s in chosen.stages)
         else:
-            names = [d.name for d in spec.devices[: len(ranges)]]
+            names = partition_devices(config.partition, spec, len(ranges))
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
         if gate is not None and config.precision == "int8":
             phase("measuring the int8 accuracy drop on the plan's devices")
@@ -368,6 +400,8 @@ def run_job(
             nonlocal done
             done += int(output.shape[0])
             results.append(starts[request_id], output.argmax(1).tolist())
+            if done >= total and controller is not None:
+                controller.halt()  # a switch now would change no image, only the record
             if on_progress is not None:
                 on_progress(done, total, time.perf_counter() - t0)
 
@@ -408,7 +442,21 @@ def run_job(
     for request_id, output in record.outputs.items():
         start = starts[request_id]
         predictions[start : start + output.shape[0]] = output.argmax(1)
+    not_fired = injector.not_fired() if injector else []
+    for f in not_fired:
+        notes.append(
+            f"injection {f['spec']} ({f['action']} due at {f['at_s']:g} s) did not fire: the run "
+            f"ended after {record.wall_s:.1f} s; run more images (--limit) or inject earlier"
+        )
     stages = stage_infos(ug, ranges, names)
+    # The table and devices.csv show the plan the run ended with (issue #20); summary.json's
+    # "plan" stays the first one, "final_plan" is the last when it changed.
+    final = record.plan_changes[-1].stages if record.plan_changes else tuple(initial)
+    changed = final != tuple(initial)
+    final_stages = stage_infos(ug, tuple((a, b) for _, a, b in final), [d for d, _, _ in final])
+    layer_counts = {
+        d: sum(len(ug.units[i].nodes) for i in range(a, b)) for d, a, b in final
+    }  # fmt: skip
     summary = summarise(
         RunFacts(
             config=config,
@@ -434,12 +482,16 @@ def run_job(
                 autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
             ),
             injected=injector.events if injector else (),
-            adaptive=controller.summary() if controller else None,
+            adaptive=controller.summary(until=record.finished) if controller else None,
             precision_choice=choice.to_dict() if choice else None,
             int8_gate=gate.last.to_dict() if gate is not None and gate.last else None,
             cpu_kinds={name: info.cpu_kind for name, info in coordinator.device_infos.items()},
             notes=notes,
             error=str(aborted) if aborted is not None else None,
+            final_stages=final_stages if changed else None,
+            final_epoch=record.plan_changes[-1].epoch if changed else None,
+            layer_counts=layer_counts,
+            not_fired=not_fired,
         )
     )
     rows = summary.device_rows
@@ -475,7 +527,7 @@ def run_job(
     if chosen is not None:
         (folder / "plan.txt").write_text(chosen.table() + "\n")
     if controller is not None:
-        controller.write_plans(folder, record.started)
+        controller.write_plans(folder, record.started, until=record.finished)
     if isinstance(aborted, RunInterrupted):
         log.warning(
             "interrupted after %d of %d images; the run folder %s has them (resume with "
@@ -484,7 +536,7 @@ def run_job(
         raise aborted.interruption
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
-    return RunOutcome(folder, summary, rows, list(summary.notes))
+    return RunOutcome(folder, summary, rows, list(summary.notes), layer_counts)
 
 
 def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:

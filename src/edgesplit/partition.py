@@ -23,6 +23,27 @@ def _parse_int(text: str, piece: str) -> int:
     return int(text)
 
 
+def split_devices(text: str) -> tuple[str, list[str] | None]:
+    """``"pi2:0-12,pi1:12-"`` -> ``("0-12,12-", ["pi2", "pi1"])``: a partition may name the
+    device of each stage (a plan's own order, which need not be the cluster's; issue #20).
+    Without names: ``(text, None)``."""
+    pieces = [p.strip() for p in text.split(",")]
+    named = [":" in p for p in pieces]
+    if not any(named):
+        return text, None
+    if not all(named):
+        raise PartitionError(
+            f"partition {text!r} names the device of some stages only; name every stage's "
+            'device ("pi2:0-12,pi1:12-") or none ("0-12,12-")'
+        )
+    pairs = [p.split(":", 1) for p in pieces]
+    devices = [d.strip() for d, _ in pairs]
+    twice = sorted({d for d in devices if devices.count(d) > 1})
+    if twice:
+        raise PartitionError(f"partition {text!r} gives {', '.join(twice)} two stages; one each")
+    return ",".join(r.strip() for _, r in pairs), devices
+
+
 def parse_partition(text: str, num_units: int) -> Ranges:
     """Parse and validate ``text`` against a model of ``num_units`` units."""
     if not text.strip():

@@ -535,9 +535,11 @@ def to_problem(
 
 
 def cache_dir() -> Path:
-    from edgesplit.data import user_cache_dir  # data imports torch; plan must not need it
+    """``<cache root>/profiles``: ``~/.cache/edgesplit/profiles`` as documented (it was below
+    ``datasets/`` by mistake; issue #20), ``$EDGESPLIT_CACHE_DIR/profiles`` when that is set."""
+    from edgesplit.runtime.weights import cache_root
 
-    return user_cache_dir() / "profiles"
+    return cache_root() / "profiles"
 
 
 def cache_key(

@@ -14,7 +14,7 @@ import torch
 from edgesplit import graph
 from edgesplit.errors import ConfigError
 from edgesplit.metrics.summary import StageInfo
-from edgesplit.partition import Ranges, balanced_ranges, parse_partition
+from edgesplit.partition import Ranges, balanced_ranges, parse_partition, split_devices
 from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS, RunConfig
 
 
@@ -66,7 +66,7 @@ def choose_ranges(
     if name == "equal":
         return equal_ranges(ug.num_units, stages)
     if name != "balanced":
-        ranges = parse_partition(name, ug.num_units)
+        ranges = parse_partition(split_devices(name)[0], ug.num_units)
         if len(ranges) > devices:
             raise ConfigError(
                 f"partition {config.partition!r} has {len(ranges)} stages but the cluster has "

@@ -174,6 +174,8 @@ class Controller:
                 self.state, self.profile, current, self.request, self.policy, now, self._hold,
                 self.c.usable_devices(),
             )  # fmt: skip
+        if d.switch and self._stop.is_set():
+            d = dataclasses.replace(d, switch=False, reason="the run is over")
         if d.switch and d.best is not None:
             try:
                 epoch = self.c.switch_plan(list(d.best), reason=f"adaptive: {d.reason}")
@@ -237,7 +239,7 @@ class Controller:
         kind = _kind(d)
         if self._recorded is not None:
             last_kind, last_t = self._recorded
-            if kind == last_kind and now - last_t < RECORD_EVERY_S:
+            if not d.switch and kind == last_kind and now - last_t < RECORD_EVERY_S:
                 return
         self._recorded = (kind, now)
         self.records.append(d.to_dict())
@@ -272,8 +274,14 @@ class Controller:
                 log.exception("adaptive controller tick failed")
 
     def start(self) -> Controller:
+        with self._lock:
+            self._hold = dataclasses.replace(self._hold, started=self.clock())
         self._thread.start()
         return self
+
+    def halt(self) -> None:
+        """No switch from now on (the run's last result is in); returns at once."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -282,22 +290,31 @@ class Controller:
 
     # --- the record ------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """summary.json's ``adaptive`` entry."""
+    def _until(self, until: float | None) -> list[dict[str, Any]]:
+        return [r for r in self.records if until is None or r["t"] <= until]
+
+    def summary(self, until: float | None = None) -> dict[str, Any]:
+        """summary.json's ``adaptive`` entry; ``until``: the run's end (a switch the controller
+        made between the last result and its stop changed no image and is not in the run's
+        record, so it is not counted)."""
+        switches = self.switches
+        if until is not None:
+            switches = sum(1 for r in self._until(until) if r["switch"])
         return {
             "decisions": self.decisions,
-            "switches": self.switches,
+            "switches": switches,
             "link_probes": self.probes,
             "policy": dataclasses.asdict(self.policy),
             "speed_factors": {k: round(v, 3) for k, v in self.state.speed_factors().items()},
             "last": self.last.reason if self.last else None,
         }
 
-    def write_plans(self, folder: Path, started: float) -> Path:
-        """``plans.jsonl``: the recorded decisions, ``time_s`` since ``started``."""
+    def write_plans(self, folder: Path, started: float, until: float | None = None) -> Path:
+        """``plans.jsonl``: the recorded decisions (up to ``until``), ``time_s`` since
+        ``started``."""
         path = Path(folder) / PLANS_FILE
         with open(path, "w") as f:
-            for record in self.records:
+            for record in self._until(until):
                 entry = {"time_s": round(record["t"] - started, 3), **record}
                 del entry["t"]
                 f.write(json.dumps(entry) + "\n")

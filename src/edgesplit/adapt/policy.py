@@ -10,7 +10,11 @@ current plan on the same problem, and switches only when
 - at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
   plans that each look better under the other's measurements cannot flap faster than that;
 - every device of the current plan has been observed ``policy.min_observations`` times
-  (a fresh plan is not judged on its warm-up).
+  (a fresh plan is not judged on its warm-up);
+- a switch back to the plan the last switch left (a *reversal*) holds
+  ``REVERSAL_FACTOR`` times longer, and after it the minimum interval doubles: two plans that
+  each look better under the other's measurements cannot flap (issue #20; the speed factors'
+  slow evidence, :mod:`edgesplit.adapt.state`, removes the usual cause).
 
 A switch is judged by its measured effect once the minimum interval has passed: if the
 measured throughput neither rose by half the threshold nor fell by the threshold, the minimum
@@ -86,7 +90,12 @@ class Hold:
     """Whether the last switch has been judged by its measured effect."""
     backoff: float = 1.0
     """Multiplies the minimum interval: doubled (up to ``MAX_BACKOFF``) after each switch that
-    did not deliver, back to 1 after one that did."""
+    did not deliver and after each reversal, back to 1 after one that delivered."""
+    left: Stages = ()
+    """The plan the last switch left: going back to it is a reversal."""
+    started: float | None = None
+    """When the run's first plan started: it runs ``min_interval_s`` before it is judged, as
+    a plan switched to does (a run's first seconds are its noisiest; issue #20)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,8 @@ class Decision:
 MEASURE_S = 5.0
 """Measured throughput before a switch, and when it is judged, is over this many seconds."""
 MAX_BACKOFF = 8.0
+REVERSAL_FACTOR = 3.0
+"""A switch back to the plan just left must hold this many times ``hold_s``."""
 
 
 def _judge(
@@ -238,6 +249,10 @@ def decide(
     lost = sorted({d for d, _, _ in current} - set(names))
     if lost:
         return no(f"waiting: the current plan uses {', '.join(lost)}, which is not usable")
+    if hold.last_switch is None and hold.started is not None:
+        ran = now - hold.started
+        if ran < policy.min_interval_s:
+            return no(f"settling: the first plan ran {ran:.1f} s of {policy.min_interval_s:g} s")
     young = [d for d, _, _ in current if state.device(d).observations < policy.min_observations]
     if young:
         return no(f"observing: too few results yet from {', '.join(young)}")
@@ -271,8 +286,11 @@ def decide(
         )
     since = hold.since if hold.since is not None else now
     hold = dataclasses.replace(hold, since=since)
-    if now - since < policy.hold_s:
-        return no(f"gain {gain:.0%} held {now - since:.1f} s of {policy.hold_s:g} s", hold=hold)
+    reversal = bool(hold.left) and best_stages == hold.left
+    hold_s = policy.hold_s * (REVERSAL_FACTOR if reversal else 1.0)
+    if now - since < hold_s:
+        back = " (back to the plan left last)" if reversal else ""
+        return no(f"gain {gain:.0%} held {now - since:.1f} s of {hold_s:g} s{back}", hold=hold)
     interval = policy.min_interval_s * hold.backoff
     if hold.last_switch is not None and now - hold.last_switch < interval:
         backed = " after switches that did not deliver" if hold.backoff > 1 else ""
@@ -290,7 +308,9 @@ def decide(
         switch=True,
         reason=(
             f"predicted +{gain:.0%} {request.objective} ({now_plan.prediction.throughput_ips:.1f}"
-            f" -> {best.prediction.throughput_ips:.1f} img/s)" + (f": {why}" if why else "")
+            f" -> {best.prediction.throughput_ips:.1f} img/s)"
+            + (f": {why}" if why else "")
+            + (" (back to the plan left last)" if reversal else "")
         ),
         hold=Hold(
             since=None,
@@ -298,6 +318,8 @@ def decide(
             stages=best_stages,
             before_ips=state.measured_ips(now - MEASURE_S, now),
             judged=False,
-            backoff=hold.backoff,
+            backoff=min(hold.backoff * 2, MAX_BACKOFF) if reversal else hold.backoff,
+            left=current,
+            started=hold.started,
         ),
     )

@@ -40,6 +40,12 @@ plans with (measured: factors of 0.5 on every unstressed device). Believing thos
 as fast made the controller predict +60 % for a switch that lost a third of the throughput. A
 device that really got faster than its profile is left as profiled."""
 DEFAULT_WINDOW_S = 3.0
+SLOW_FACTOR = 1.2
+"""A speed factor from this up is remembered as the device's *slow evidence* (see
+:attr:`DeviceEstimate.slow`)."""
+COMPARABLE_LOAD = 0.5
+"""Observations on a stage whose profiled time is at least this share of the one the slow
+evidence came from can overrule it (issue #20)."""
 MAX_SAMPLES = 64
 RESULTS_KEPT_S = 30.0
 MAX_RESULTS = 1024
@@ -121,11 +127,38 @@ class DeviceEstimate:
     temperature_c: float | None = None
     throttled: int | None = None
     memory_percent: float | None = None
+    loads: Samples = ()
+    """The profiled time (ms per profiled batch) of the stage each sample was measured on,
+    parallel to ``samples``."""
+    slow: tuple[float, float] | None = None
+    """``(speed factor, stage ms)``: the device was measured this slow on a stage of this
+    profiled time. A light stage cannot overrule it (issue #20): an emulated device (a CFS
+    quota) or any device with idle time runs a light stage in bursts at full speed, so a
+    device whose CPU hog never stopped looked as fast as profiled as soon as it was given
+    little work, was given much again, was slow again: the controller flapped every 10 s.
+    Only observations on a stage at least ``COMPARABLE_LOAD`` times as heavy clear it."""
 
     @property
     def speed_factor(self) -> float:
-        """1.0 until observed (the profile stands)."""
-        return _median(self.samples) if self.samples else 1.0
+        """1.0 until observed (the profile stands); never below the slow evidence unless
+        measured on a comparable stage."""
+        if self.slow is None:
+            return _median(self.samples) if self.samples else 1.0
+        comparable = self._comparable(self.slow[1])
+        if comparable:
+            return _median(comparable)
+        return max(_median(self.samples), self.slow[0]) if self.samples else self.slow[0]
+
+    def _comparable(self, load: float) -> Samples:
+        """The samples measured on a stage at least ``COMPARABLE_LOAD`` times ``load`` (all
+        of them when their loads are unknown)."""
+        if len(self.loads) != len(self.samples):
+            return self.samples
+        return tuple(
+            s
+            for s, (_, ms) in zip(self.samples, self.loads, strict=True)
+            if ms >= load * COMPARABLE_LOAD
+        )
 
 
 @dataclass(frozen=True)
@@ -228,19 +261,36 @@ def _observe_stage(
         low, high = FACTOR_RANGE
         ratio = min(max(seen.compute_ms / expected, low), high)
         d = state.device(seen.device)
+        load = expected * profile.batch_size / seen.batch_size
         d = dataclasses.replace(
             d,
             samples=_push(d.samples, seen.t, ratio, window_s),
+            loads=_push(d.loads, seen.t, load, window_s),
             observations=d.observations + 1,
             last_t=seen.t,
         )
-        state = _replace_device(state, d)
+        state = _replace_device(state, dataclasses.replace(d, slow=_slow_evidence(d)))
     # Links to the coordinator stay as profiled: their arrival time includes the coordinator's
     # own queueing (one busy Python process), which is not the network.
     if seen.bytes_out > 0 and seen.transfer_ms >= 0 and seen.next_device != COORDINATOR:
         link = LinkProbed(seen.t, seen.device, seen.next_device, seen.bytes_out, seen.transfer_ms)
         state = _observe_link(state, link, profile, window_s)
     return state
+
+
+def _slow_evidence(d: DeviceEstimate) -> tuple[float, float] | None:
+    """The device's slow evidence after its newest observation: set (or raised) when the
+    median factor of its window is at least ``SLOW_FACTOR``; replaced or cleared only by the
+    samples of its window measured on a stage comparable to the evidence's."""
+    floor = d.slow[1] * COMPARABLE_LOAD if d.slow is not None else 0.0
+    pairs = [(f, ms) for (_, f), (_, ms) in zip(d.samples, d.loads, strict=True) if ms >= floor]
+    if not pairs:
+        return d.slow
+    factor = statistics.median(f for f, _ in pairs)
+    if factor < SLOW_FACTOR:
+        return None
+    load = statistics.median(ms for _, ms in pairs)
+    return factor, max(load, d.slow[1]) if d.slow is not None else load
 
 
 def _observe_link(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,13 @@ import click
 
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
+
+# gRPC's fork handlers print "Other threads are currently calling into gRPC, skipping fork()
+# handlers" to the terminal whenever a process with live gRPC threads starts a subprocess (the
+# emulated workers, the CPU hogs). edgesplit never uses gRPC in a forked child (children exec),
+# so the handlers have nothing to do. Read by gRPC when it initialises: set before any command
+# module imports it (issue #20).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "split": (

@@ -67,4 +67,7 @@ def issue(directory: Path, name: str, hosts: tuple[str, ...], force: bool, days:
     click.echo(f"key:         {made.key} (0600)")
     click.echo(f"names:       {', '.join(made.hosts)}")
     ca = Path(directory) / certs.CA_CERT
-    click.echo(f"worker:      --tls-cert {made.cert} --tls-key {made.key} --tls-ca {ca}")
+    if name == "coordinator":  # the coordinator's files go into the cluster file, not flags
+        click.echo(f"cluster file: tls: {{ca: {ca}, cert: {made.cert}, key: {made.key}}}")
+    else:
+        click.echo(f"worker:      --tls-cert {made.cert} --tls-key {made.key} --tls-ca {ca}")

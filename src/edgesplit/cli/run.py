@@ -11,21 +11,20 @@ import click
 from rich.console import Console
 
 from edgesplit import models
-from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
 from edgesplit.config import ClusterSpec, load_cluster
-from edgesplit.data import known_datasets
 from edgesplit.errors import ConfigError
-from edgesplit.job import RunConfig, run_job
-from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
-from edgesplit.metrics.energy import comparison as energy_comparison
-from edgesplit.metrics.live import LiveCallback, LiveSnapshot
-from edgesplit.metrics.table import device_table
 
 if TYPE_CHECKING:
+    from edgesplit.metrics.live import LiveCallback, LiveSnapshot
     from edgesplit.metrics.prometheus import RunMetrics
     from edgesplit.metrics.runsummary import RunSummary
+    from edgesplit.runconfig import RunConfig
+
+DATASETS_HELP = "cifar10, cifar100, fashion-mnist, mnist, imagefolder:PATH, synthetic"
+"""``edgesplit.data.known_datasets()``, written out: importing it takes torch, and ``run --help``
+should take a moment, not seconds (issue #20; a test keeps the two equal)."""
 
 
 def _on_live(show: LiveCallback | None, metrics: RunMetrics | None) -> LiveCallback | None:
@@ -67,7 +66,7 @@ def _serve_metrics(port: int) -> RunMetrics:
     "--dataset",
     default="fashion-mnist",
     show_default=True,
-    help=f"Test set to classify: one of {', '.join(known_datasets())}. 'synthetic' "
+    help=f"Test set to classify: one of {DATASETS_HELP}. 'synthetic' "
     "is random images without labels (timing only).",
 )
 @click.option(
@@ -152,6 +151,12 @@ def _serve_metrics(port: int) -> RunMetrics:
     type=click.Path(path_type=Path),
     default=None,
     help="Look for the dataset here first.",
+)
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Download the dataset (mnist, fashion-mnist, cifar10, cifar100) into "
+    "~/.cache/edgesplit/datasets if it is not found (nothing is downloaded without it).",
 )
 @click.option(
     "--out",
@@ -256,6 +261,12 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="No live per-device dashboard (the table on a terminal, the periodic lines in a "
     "log); the progress bar or lines stay.",
 )
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Also print each device's first and last layer, time per image, system CPU %, CPU "
+    "MHz, memory % and temperature (wider than 120 columns; devices.csv has them all).",
+)
 def run_command(
     cluster_file: Path | None,
     devices: int,
@@ -281,6 +292,7 @@ def run_command(
     limit: int | None,
     window: int | None,
     data_dir: Path | None,
+    download: bool,
     out: Path | None,
     as_json: bool,
     with_report: bool,
@@ -294,6 +306,7 @@ def run_command(
     heartbeat_deadline: float,
     result_port: int | None,
     no_dashboard: bool,
+    wide: bool,
     resume: Path | None,
     from_run: Path | None,
 ) -> None:
@@ -303,7 +316,12 @@ def run_command(
     Fashion-MNIST test set on an emulated 3-device cluster, with the partition the planner
     chooses from a profile of the devices and links (cached after the first run).
     """
+    from edgesplit.adapt import AdaptPolicy
     from edgesplit.emulate import exit_on_sigterm
+    from edgesplit.job import RunConfig, run_job
+    from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+    from edgesplit.metrics.energy import comparison as energy_comparison
+    from edgesplit.metrics.table import device_table
 
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
     cpus_value, cpus_each = parse_cpus(cpus)
@@ -342,6 +360,8 @@ def run_command(
     )
     if resume is not None or from_run is not None:
         config, cluster = _config_of_earlier_run(resume, from_run, out, cluster)
+    if download:
+        fetch_dataset(config.dataset, config.data_dir, int8=config.precision != "fp32")
     metrics = _serve_metrics(metrics_port) if metrics_port else None
     console = Console(stderr=True)
     dashboard: TerminalDashboard | PlainDashboard
@@ -372,7 +392,11 @@ def run_command(
     else:
         # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
         out_console = Console(width=None if sys.stdout.isatty() else 1000)
-        out_console.print(device_table(outcome.summary, outcome.rows))
+        out_console.print(
+            device_table(outcome.summary, outcome.rows, outcome.layer_counts, wide=wide)
+        )
+        for line in history_lines(outcome.summary):
+            out_console.print(line, markup=False, highlight=False)
         for note in outcome.notes:
             out_console.print(f"note: {note}")
         for line in _prediction_lines(outcome.summary):
@@ -386,7 +410,7 @@ def run_command(
 
 
 _NOT_CONFIG = {"cluster_file", "out", "as_json", "with_report", "metrics_port", "no_dashboard",
-               "resume", "from_run", "result_port"}  # fmt: skip
+               "resume", "from_run", "result_port", "wide", "download"}  # fmt: skip
 """Options that do not change what a run computes: allowed with --resume and --from."""
 
 
@@ -442,3 +466,55 @@ def _prediction_lines(summary: RunSummary) -> list[str]:
         error = (measured - predicted.throughput_ips) / predicted.throughput_ips
         lines.append(f"measured {measured:.1f} img/s ({error:+.0%} against the prediction)")
     return lines
+
+
+def _stages(stages: list[tuple[str, tuple[int, int]]]) -> str:
+    return ", ".join(f"{device} [{units[0]}, {units[1]})" for device, units in stages)
+
+
+def history_lines(summary: RunSummary) -> list[str]:
+    """What happened during the run (issue #20): the plan history when the plan changed, every
+    lost device with its replays and recovery, the adaptive controller's switches."""
+    lines: list[str] = []
+    changes, first = summary.plan_changes, summary.plan
+    if summary.final_plan is not None and changes:
+        first_stages = _stages([(x.device, x.units) for x in first.stages])
+        lines.append(f"plan history ({len(changes) + 1} plans; the table shows the last):")
+        lines.append(f"  {0.0:7.1f} s  epoch {first.epoch}: {first_stages} (first)")
+        lines += [
+            f"  {c.time_s:7.1f} s  epoch {c.epoch}: "
+            f"{_stages([(x.device, x.units) for x in c.stages])} ({c.reason})"
+            for c in changes
+        ]
+    for f in summary.failures:
+        lines.append(
+            f"lost {f.device} at {f.time_s:.1f} s ({f.reason}): {f.replayed} "
+            f"micro-batches replayed, "
+            + (
+                "no result after it"
+                if f.recovery_s is None
+                else f"recovered in {f.recovery_s:.1f} s"
+            )
+        )
+    if summary.replayed or summary.duplicates:
+        lines.append(
+            f"replayed {summary.replayed} micro-batches in all, "
+            f"{summary.duplicates} duplicate results dropped"
+        )
+    if summary.adaptive is not None:
+        a = summary.adaptive
+        lines.append(
+            f"adaptive: {a.switches} switches in {a.decisions} decisions; last: {a.last or '-'}"
+        )
+    return lines
+
+
+def fetch_dataset(dataset: str, data_dir: Path | None, int8: bool) -> None:
+    """``--download``: fetch the test split (and the training split, which int8 calibration
+    draws from) into the user cache unless found; the run then finds it there."""
+    from edgesplit import data
+
+    if dataset in data.DATASETS:
+        data.load(dataset, "test", data_dir=data_dir, download=True)
+        if int8:
+            data.load(dataset, "train", data_dir=data_dir, download=True)

@@ -129,6 +129,14 @@ def train_command(
         epochs=epochs, batch_size=batch_size, max_lr=max_lr, seed=seed, input_size=input_size
     )
     out = out or checkpoints.SHIPPED_DIR / f"{model_name}-{dataset}-{input_size}.safetensors"
+    if out.suffix != ".safetensors":  # the sidecar and the manifest find checkpoints by it
+        out = out.with_name(out.name + ".safetensors")
+    if dataset.startswith("imagefolder:"):
+        click.echo(
+            "note: an image folder has no separate test split: the same images are the "
+            "training and the test set, so the test accuracy is a training accuracy",
+            err=True,
+        )
     started = time.perf_counter()
     with _progress() as bar:
         steps = (len(train_set) + batch_size - 1) // batch_size
@@ -207,6 +215,7 @@ def train_command(
     default=None,
     help="Look for the dataset here first.",
 )
+@click.option("--download", is_flag=True, help="Download the dataset if it is not found.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_command(
     model_name: str | None,
@@ -215,6 +224,7 @@ def eval_command(
     batch_size: int,
     limit: int | None,
     data_dir: Path | None,
+    download: bool,
     as_json: bool,
 ) -> None:
     """Single-device test accuracy of a checkpoint."""
@@ -226,7 +236,7 @@ def eval_command(
         )
     model, info = checkpoints.load(checkpoint, model_name=model_name)
     dataset = dataset or info.dataset
-    test_set = data.load(dataset, "test", data_dir=data_dir)
+    test_set = data.load(dataset, "test", data_dir=data_dir, download=download)
     if test_set.labels is None:
         raise click.UsageError(f"{dataset} has no labels")
     total = len(test_set) if limit is None else min(limit, len(test_set))

@@ -321,17 +321,153 @@ CAPTIONS = {
 }
 
 
+def _cell_text(v: Any) -> str:
+    """Numbers rounded for reading (CSV cells arrive as text); the files keep every digit."""
+    if isinstance(v, str):
+        try:
+            v = float(v) if v.strip() and not v.strip().isdigit() else int(v) if v.strip() else v
+        except ValueError:
+            return v
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v == int(v) and abs(v) < 1e9:
+            return str(int(v))
+        digits = 1 if abs(v) >= 100 else 2 if abs(v) >= 1 else 3
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
 def _html_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(no rows)</p>"
-
-    def cell(v: Any) -> str:
-        text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-        return f"<td>{html.escape(text)}</td>"
-
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(cell(v) for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell_text(v))}</td>" for v in r.values()) + "</tr>"
+        for r in rows
+    )
+    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _units(text: Any) -> str:
+    """A unit range as the CLI prints it, half-open: ``[0, 21)`` (``devices.csv`` holds the
+    JSON list ``[0, 21]``)."""
+    try:
+        a, b = json.loads(text) if isinstance(text, str) else text
+    except (ValueError, TypeError):
+        return str(text)
+    return f"[{a}, {b})"
+
+
+def device_tables(
+    devices: Sequence[dict[str, str]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``devices.csv`` as two tables that fit a page: the pipeline's numbers, then the
+    samplers' (the CLI's default and ``--wide`` columns)."""
+    pipeline, sensors = [], []
+    for d in devices:
+        pipeline.append(
+            {
+                "device": d.get("name"),
+                "units [start, end)": _units(d.get("units")),
+                "params": d.get("params"),
+                "throughput img/s": d.get("throughput_ips"),
+                "capacity img/s": d.get("capacity_ips"),
+                "net latency ms": d.get("net_latency_ms"),
+                "time/batch ms": d.get("compute_ms_per_batch"),
+                "queue ms": d.get("queue_ms"),
+            }
+        )
+        sensors.append(
+            {
+                "device": d.get("name"),
+                "layers": d.get("layers"),
+                "CPU % proc": d.get("cpu_percent"),
+                "CPU % system": d.get("system_cpu_percent"),
+                "CPU MHz": d.get("cpu_freq_mhz"),
+                "mem %": d.get("memory_percent"),
+                "RSS MB": d.get("rss_mb"),
+                "temp °C": d.get("temperature_c") or "n/a",
+            }
+        )
+    return pipeline, sensors
+
+
+def plan_section(s: RunSummary, devices: Sequence[dict[str, str]]) -> str:
+    """The plan: predicted against measured per stage and for the run, the plan history."""
+    parts = []
+    predicted = s.predicted
+    measured = {d.get("name"): d for d in devices}
+    if predicted is not None:
+        rows = []
+        for stage in predicted.stages:
+            m = measured.get(stage.device, {})
+            rows.append(
+                {
+                    "device": stage.device,
+                    "units [start, end)": _units(stage.units),
+                    "predicted compute ms": stage.compute_ms,
+                    "measured compute ms": m.get("compute_ms_per_batch"),
+                    "predicted transfer ms": stage.transfer_ms,
+                    "measured net latency ms": m.get("net_latency_ms"),
+                }
+            )
+        if s.plan_changes:
+            parts.append(
+                "<p>The plan changed during the run (history below): the prediction is the first "
+                "plan's, a device's measured times are over the whole run.</p>"
+            )
+        ips, got = predicted.throughput_ips, s.throughput_ips
+        error = f" ({(got - ips) / ips:+.0%} against it)" if ips and got else ""
+        parts.append(
+            "<p>"
+            + html.escape(
+                f"planned for {predicted.objective} ({predicted.precision}): "
+                f"predicted {_cell_text(ips)} img/s, measured {_cell_text(got)} img/s{error}"
+            )
+            + "</p>"
+            + _html_table(rows)
+        )
+    else:
+        parts.append(f"<p>partition {html.escape(s.partition)} (not planned)</p>")
+    if s.plan_changes:
+        first = _stage_text([(x.device, x.units) for x in s.plan.stages])
+        history = [{"time s": 0.0, "epoch": s.plan.epoch, "reason": "first plan", "stages": first}]
+        history += [
+            {
+                "time s": c.time_s,
+                "epoch": c.epoch,
+                "reason": c.reason,
+                "stages": _stage_text([(x.device, x.units) for x in c.stages]),
+            }
+            for c in s.plan_changes
+        ]
+        parts.append("<h3>Plan history</h3>" + _html_table(history))
+    if s.failures:
+        lost = [f.model_dump(mode="json") for f in s.failures]
+        parts.append("<h3>Lost devices</h3>" + _html_table(lost))
+    return "".join(parts)
+
+
+def _stage_text(stages: Sequence[tuple[str, tuple[int, int]]]) -> str:
+    return ", ".join(f"{device} {_units(units)}" for device, units in stages)
+
+
+def energy_section(s: RunSummary) -> str:
+    """Joules per image (measured where metered, else the power model) against the plan's."""
+    e = s.energy
+    if e is None:
+        return "<p>(no energy record)</p>"
+    planned = s.predicted.energy_j_per_image if s.predicted is not None else None
+    line = f"{_cell_text(e.energy_j_per_image)} J/image over the run"
+    line += f" ({'metered: ' + ', '.join(e.metered) if e.metered else 'power model'})"
+    if planned:
+        line += f"; the plan predicted {_cell_text(planned)} J/image"
+    return f"<p>{html.escape(line)}</p>" + _html_table(energy.device_rows(s))
 
 
 def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[str, Any]]]) -> str:
@@ -341,15 +477,18 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
     title = f"edgesplit run {run.folder.name}: {s.model} on {s.dataset}"
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}</style>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:75em}"
+        "table{border-collapse:collapse}.scroll{overflow-x:auto;max-width:100%}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:right}"
+        "img{max-width:100%}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
         "<p>"
         + html.escape(
             f"{s.images} images, batch {s.batch_size}, "
             f"throughput {s.throughput_ips or 0:.1f} images/s, latency p50 "
             f"{s.latency_ms.p50 or 0:.1f} ms / p95 {s.latency_ms.p95 or 0:.1f} ms, "
-            f"accuracy {s.accuracy}, failures {len(s.failures)}"
+            f"accuracy {'n/a' if s.accuracy is None else f'{s.accuracy:.4f}'}, "
+            f"failures {len(s.failures)}"
         )
         + "</p>",
     ]
@@ -357,12 +496,15 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
         parts.append(f"<p><b>{html.escape(completion_line(run.folder, s))}</b></p>")
     if len(data["runs"]) > 1:
         parts.append("<h2>Runs compared</h2>" + _html_table(data["runs"]))
-    parts.append("<h2>Per-device table (devices.csv)</h2>" + _html_table(data["devices"]))
+    pipeline, sensors = device_tables(data["devices"])
+    parts.append("<h2>Per device (devices.csv)</h2>" + _html_table(pipeline))
+    parts.append("<h3>Samplers and stage layers</h3>" + _html_table(sensors))
+    parts.append("<h2>Plan: predicted against measured</h2>" + plan_section(s, data["devices"]))
     metered = energy.comparison(s)
     if metered is not None:
         text = "<br>".join(html.escape(line) for line in metered.lines())
-        rows = _html_table(energy.device_rows(s))
-        parts.append(f"<h2>Energy: measured against predicted</h2><p>{text}</p>{rows}")
+        parts.append(f"<h2>Energy: measured against predicted</h2><p>{text}</p>")
+    parts.append("<h2>Energy</h2>" + energy_section(s))
     for name, path in pngs.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(

@@ -73,6 +73,23 @@ class RunPlan(_Frozen):
     stages: list[PlanStage]
 
 
+class FinalStage(_Frozen):
+    """One stage of the plan the run ended with: ``units`` half-open, ``layers`` the graph
+    nodes it runs."""
+
+    device: str
+    units: tuple[int, int]
+    layers: int
+
+
+class FinalPlan(_Frozen):
+    """The plan the run ended with, when a loss or an adaptive switch changed it (the table
+    and ``devices.csv`` show this one)."""
+
+    epoch: int
+    stages: list[FinalStage]
+
+
 class DeviceRow(_Frozen):
     """One row of the per-device table (``devices.csv``; the definitions are in
     :mod:`edgesplit.metrics.summary`). A sensor the device lacks is None."""
@@ -201,6 +218,14 @@ class Injection(_Frozen):
     error: str | None = None
 
 
+class NotFired(_Frozen):
+    """An injection the run ended before: due ``at_s`` seconds after the start."""
+
+    spec: str
+    action: str
+    at_s: float
+
+
 class Adaptive(_Frozen):
     """What the adaptive controller (``--adaptive``) did: decisions taken, plan switches, link
     probes, its policy, each device's last speed factor and its last decision's reason."""
@@ -303,6 +328,8 @@ class RunSummary(_Frozen):
     energy_j_per_image: float | None = None
     """``energy.energy_j_per_image``: all devices, the whole run."""
     plan: RunPlan
+    final_plan: FinalPlan | None = None
+    """The plan at the end when it differs from ``plan`` (None: the run kept its first plan)."""
     device_rows: list[DeviceRow] = Field(alias="devices")
     """The per-device table, one row per stage (``devices`` in the JSON)."""
     clock_offsets_ms: dict[str, float]
@@ -319,6 +346,8 @@ class RunSummary(_Frozen):
     errors: list[str] = Field(default_factory=list)
     """Failure reports and unanswered status calls (the first 100)."""
     injected: list[Injection] = Field(default_factory=list)
+    not_fired: list[NotFired] = Field(default_factory=list)
+    """Injections (or their ends) that were still to come when the run ended."""
     adaptive: Adaptive | None = None
     """None without ``--adaptive``."""
     precision_choice: PrecisionChoice | None = None

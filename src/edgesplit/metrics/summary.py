@@ -34,9 +34,12 @@ from edgesplit.metrics.runsummary import (
     DeviceRow,
     EnergySummary,
     Failure,
+    FinalPlan,
+    FinalStage,
     Injection,
     Int8Gate,
     LatencyMs,
+    NotFired,
     PlanChange,
     PlanStage,
     PrecisionChoice,
@@ -234,6 +237,13 @@ class RunFacts:
     notes: Sequence[str] = ()
     error: str | None = None
     """Why the run stopped early."""
+    final_stages: Sequence[StageInfo] | None = None
+    """The stages of the plan the run ended with when it differs from ``stages`` (the table's
+    rows follow it), installed as ``final_epoch``."""
+    final_epoch: int | None = None
+    layer_counts: Mapping[str, int] = field(default_factory=dict)
+    """Graph nodes per device in the final plan."""
+    not_fired: Sequence[Mapping[str, Any]] = ()
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int] | None) -> float | None:
@@ -254,7 +264,8 @@ def summarise(facts: RunFacts) -> RunSummary:
     score = accuracy(facts.predictions, facts.labels)
     if score is not None and completed < facts.images:
         notes.append(f"accuracy over the {completed} of {facts.images} images that completed")
-    rows = device_rows(facts.stages, record.hops, record.samples, record.started, record.finished)
+    final = facts.final_stages or facts.stages
+    rows = device_rows(final, record.hops, record.samples, record.started, record.finished)
     latencies = list(request_latencies_ms(record.hops, record.uploads).values())
     energies = energy.device_energy(
         facts.spec, rows, record.samples, record.started, record.finished, facts.images
@@ -301,6 +312,21 @@ def summarise(facts: RunFacts) -> RunSummary:
                 for s in facts.stages
             ],
         ),
+        final_plan=(
+            FinalPlan(
+                epoch=facts.final_epoch if facts.final_epoch is not None else facts.epoch,
+                stages=[
+                    FinalStage(
+                        device=s.device,
+                        units=(s.start, s.end),
+                        layers=facts.layer_counts.get(s.device, 0),
+                    )
+                    for s in facts.final_stages
+                ],
+            )
+            if facts.final_stages
+            else None
+        ),
         device_rows=rows,
         clock_offsets_ms=record.clock_offsets_ms,
         rtt_ms=record.rtt_ms,
@@ -310,6 +336,7 @@ def summarise(facts: RunFacts) -> RunSummary:
         plan_changes=changes,
         errors=record.errors[:100],
         injected=[Injection(**e) for e in relative(list(facts.injected), record.started)],
+        not_fired=[NotFired(**f) for f in facts.not_fired],
         adaptive=_optional(Adaptive, facts.adaptive),
         precision_choice=_optional(PrecisionChoice, facts.precision_choice),
         int8_gate=_optional(Int8Gate, facts.int8_gate),

@@ -29,10 +29,13 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
-    """``$EDGESPLIT_CACHE_DIR`` or ``~/.cache/edgesplit``: every cache lives below it. The only
-    place this package reads that variable."""
+    """``$EDGESPLIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgesplit`` (``~/.cache/edgesplit``):
+    every cache lives below it. The only place this package reads that variable."""
     root = os.environ.get(CACHE_ENV, "").strip()
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "edgesplit"
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgesplit"
 
 
 def cache_dir() -> Path:
