@@ -30,7 +30,7 @@ from edgesplit.adapt.controller import Controller
 from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, EdgesplitError, ModelError, RequestError
 from edgesplit.execution import execution_for
-from edgesplit.job import cluster_for, resolve_model
+from edgesplit.job import cluster_for, emulation_mode, resolve_model
 from edgesplit.metrics.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.metrics.summary import percentile
 from edgesplit.profiler import ProfileSettings
@@ -152,6 +152,8 @@ class Session:
         self.engine = str(execution.engine)
         self.phase("starting the cluster" if self.cluster is None else "connecting to the cluster")
         spec, self.emulated = self._stack.enter_context(cluster_for(config, self.cluster))
+        if self.emulated is not None:
+            self.notes.append(emulation_mode(config.network)[1])
         policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
         coordinator = self._stack.enter_context(Coordinator(spec, health_policy=policy))
         self.coordinator = coordinator
