@@ -109,19 +109,18 @@ def run_case(
             with (Path(tmp) / "run" / "requests.csv").open() as fh:
                 uploads = [r for r in csv.DictReader(fh) if r["stage"] == "-1"]
     summary = outcome.summary
-    predicted = summary["predicted"]["throughput_ips"]
-    measured = summary["throughput_ips"]
+    assert summary.predicted is not None and summary.throughput_ips is not None
+    predicted = summary.predicted.throughput_ips
+    measured = summary.throughput_ips
     return {
         "case": name,
         "network": network,
-        "images": summary["images"],
+        "images": summary.images,
         "upload_payload_bytes": sum(int(r["bytes_out"] or 0) for r in uploads),
         "coordinator_sent_bytes": after - before
         if after is not None and before is not None
         else None,
-        "partition": summary["plan"].get("partition")
-        if isinstance(summary["plan"], dict)
-        else None,
+        "partition": summary.partition,
         "predicted_ips": predicted,
         "measured_ips": measured,
         "measured_over_predicted": measured / predicted,

@@ -153,7 +153,7 @@ def test_default_job_through_the_documented_firewall_matches_loopback(
     (10,000 Fashion-MNIST images) through them gives the loopback run's predictions."""
     monkeypatch.setenv("EDGESPLIT_CACHE_DIR", str(tmp_path / "cache"))
     loop = run_job(RunConfig(network="loopback", out=tmp_path / "loopback"))
-    assert loop.summary["images"] == 10_000
+    assert loop.summary.images == 10_000
     with EmulatedCluster.start(uniform_devices(3), LinkSpec(bandwidth_mbps=940, latency_ms=0.2),
                                hosts=True) as cluster:  # fmt: skip
         assert cluster.network is not None
@@ -175,7 +175,7 @@ def test_default_job_through_the_documented_firewall_matches_loopback(
             hosted = run_job(RunConfig(out=tmp_path / "hosts"), cluster.spec)
         finally:
             run_ip(["nft", "delete", "table", "inet", table])
-    assert hosted.summary["images"] == 10_000
+    assert hosted.summary.images == 10_000
     assert predictions(hosted.folder) == predictions(loop.folder)
 
 
