@@ -19,6 +19,7 @@ from edgesplit.faults import Injector, parse_injections
 from edgesplit.job import checked_input_size
 from edgesplit.metrics.summary import DeviceRow
 from edgesplit.metrics.table import device_table
+from tests.summaries import a_summary, stage
 
 
 def _rows(names: list[str]) -> list[DeviceRow]:
@@ -48,11 +49,11 @@ def _rows(names: list[str]) -> list[DeviceRow]:
     ]
 
 
-SUMMARY = {
-    "model": "mobilenet_v3_small", "dataset": "fashion-mnist", "images": 10000,
-    "batch_size": 16, "throughput_ips": 2405.1, "wall_s": 4.16, "accuracy": 0.9054,
-    "latency_ms": {"p50": 10.2, "p95": 20.4}, "params_total": 1_543_210,
-}  # fmt: skip
+SUMMARY = a_summary(
+    model="mobilenet_v3_small", dataset="fashion-mnist", images=10000, batch_size=16,
+    throughput_ips=2405.1, wall_s=4.16, accuracy=0.9054,
+    latency_ms={"p50": 10.2, "p95": 20.4}, params_total=1_543_210,
+)  # fmt: skip
 
 
 def _render(width: int, wide: bool = False) -> str:
@@ -204,16 +205,20 @@ def test_report_rounds_numbers_and_prints_half_open_units() -> None:
     pipeline, sensors = device_tables([row])
     assert pipeline[0]["units [start, end)"] == "[0, 21)"
     assert "CPU MHz" in sensors[0] and "CPU MHz" not in pipeline[0]  # two tables fit a page
-    summary = {
-        "predicted": {"objective": "throughput", "precision": "fp32", "throughput_ips": 100.0,
-                      "energy_j_per_image": 0.2,
-                      "stages": [{"device": "pi1", "units": [0, 21], "compute_ms": 50.0}]},
-        "throughput_ips": 80.0,
-        "plan": {"epoch": 1, "stages": [{"device": "pi1", "units": [0, 21]}]},
-        "plan_changes": [{"time_s": 3.8, "epoch": 2, "reason": "lost pi2",
-                          "stages": [{"device": "pi1", "units": [0, 21]}]}],
-        "energy": {"energy_j_per_image": 0.25, "metered": [], "devices": {}},
-    }  # fmt: skip
+    predicted_stage = {"device": "pi1", "units": [0, 21], "compute_ms": 50.0, "latency_ms": 50.0,
+                       "transfer_ms": 1.0, "memory_bytes": 0, "energy_mj": 1.0}  # fmt: skip
+    summary = a_summary(
+        predicted={"objective": "throughput", "precision": "fp32", "throughput_ips": 100.0,
+                   "latency_ms": 60.0, "bottleneck_ms": 50.0, "energy_j_per_image": 0.2,
+                   "stages": [predicted_stage]},
+        throughput_ips=80.0,
+        plan={"epoch": 1, "stages": [stage("pi1", 0)]},
+        plan_changes=[{"time_s": 3.8, "epoch": 2, "reason": "lost pi2",
+                       "stages": [{"device": "pi1", "units": [0, 21]}]}],
+        energy={"window_t": [0.0, 1.0], "energy_j": 4.0, "energy_j_per_image": 0.25,
+                "model_energy_j": 4.0, "model_energy_j_per_image": 0.25, "metered": [],
+                "devices": {}},
+    )  # fmt: skip
     plan = plan_section(summary, [row])
     assert "predicted 100 img/s, measured 80 img/s (-20% against it)" in plan
     assert "69.64" in plan and "Plan history" in plan and "lost pi2" in plan
