@@ -11,9 +11,10 @@ document is rendered, explicit in its source):
 
 * ``<!-- docs-test: skip REASON -->``: the block cannot run here (a real Pi, root, hours); the
   test is reported as skipped with the reason;
-* ``<!-- docs-test: background -->``: the block's ``edgesplit emulate`` lines stay up (as the
-  text says, "until Ctrl-C") in the background once their ``--out`` file is written, for the
-  blocks after them; they are stopped when the document is done.
+* ``<!-- docs-test: background -->``: the block's ``edgesplit emulate`` and ``edgesplit serve``
+  lines stay up (as the text says, "until Ctrl-C") in the background once their ``--out`` file
+  is written (emulate) or their port answers (serve), for the lines and blocks after them; they
+  are stopped when the document is done. A line with ``--hosts`` needs root (skipped without).
 
 Commands may not hide in blocks that are not ``bash`` (checked below).
 """
@@ -157,6 +158,9 @@ class Workspace:
         return folder
 
     def start_background(self, line: str, cwd: Path) -> None:
+        if re.search(r"\bedgesplit serve\b", line):
+            self.start_server(line, cwd)
+            return
         out = re.search(r"--out\s+(\S+)", line)
         assert out, f"a background line needs --out FILE to wait for: {line}"
         ready = cwd / out.group(1)
@@ -174,6 +178,32 @@ class Workspace:
             assert time.monotonic() < deadline, f"{line!r}: no {ready} after {READY_TIMEOUT_S} s"
             time.sleep(0.2)
         time.sleep(1.0)  # the cluster file is written once every worker is up
+
+    def start_server(self, line: str, cwd: Path) -> None:
+        """``edgesplit serve``: up once its /v1/cluster answers on its --host/--port."""
+        import urllib.request
+
+        host = re.search(r"--host\s+(\S+)", line)
+        port = re.search(r"--port\s+(\d+)", line)
+        url = f"http://{host.group(1) if host else '127.0.0.1'}:{port.group(1) if port else 8000}"
+        proc = subprocess.Popen(
+            ["bash", "-c", line], cwd=cwd, env=self.env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.background.append(proc)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"{line!r} exited with {proc.returncode}:\n{err}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/cluster", timeout=5) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{line!r}: {url} not up in {READY_TIMEOUT_S} s"
+            time.sleep(0.5)
 
     def stop(self) -> None:
         for proc in self.background:
@@ -227,8 +257,10 @@ def test_documented_block_runs(block: Block, workspace: Workspace) -> None:
     cwd = workspace.folder(block.doc)
     pending: list[str] = []
     lines = logical_lines(block.text)
+    if block.marker == "background" and "--hosts" in block.text and os.geteuid() != 0:
+        pytest.skip(f"{block.id}: emulated hosts need root")
     for line in lines:
-        if block.marker == "background" and re.search(r"\bedgesplit emulate\b", line):
+        if block.marker == "background" and re.search(r"\bedgesplit (emulate|serve)\b", line):
             if pending:
                 run_script("\n".join(pending), cwd, workspace.env, block.id)
                 pending = []
