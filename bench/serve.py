@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import _common as common
-import httpx
 
 from edgesplit.metrics.summary import percentile
 from edgesplit.serve import loadgen
 from edgesplit.serve.images import encode_png
+from edgesplit.serve.process import ServeProcess
 
 P99_MS = 250.0
 START_TIMEOUT_S = 900.0
@@ -42,52 +39,21 @@ LOADAVG: dict[str, list[float]] = {}
 """The host's 1-minute load average after each point, per cluster (2 cores here)."""
 
 
-class Server:
-    def __init__(self, devices: int, args: argparse.Namespace, cache: Path) -> None:
-        argv = [
-            sys.executable, "-m", "edgesplit", "serve", "--port", "0",
-            "--model", "mobilenet_v2", "--input-size", "224", "--random-weights",
-            "--engine", "onnxruntime", "--devices", str(devices), "--cpus", "0.5",
-            "--partition", args.partition, "--max-batch", str(args.max_batch),
-            "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "256",
-            "--heartbeat-deadline", "1.0",
-        ]  # fmt: skip
-        env = {**os.environ, "EDGESPLIT_CACHE_DIR": str(cache)}
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.err: list[str] = []
-        assert self.proc.stderr is not None
-        stream = self.proc.stderr
-        threading.Thread(target=lambda: self.err.extend(stream), daemon=True).start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        self.url = ""
-        while not self.url:
-            found = re.search(r"serving on (http://\S+?)/? ", "".join(self.err))
-            if found:
-                self.url = found.group(1)
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"serve did not start:\n{''.join(self.err)}")
-            else:
-                time.sleep(0.2)
-
-    def cluster(self) -> dict[str, Any]:
-        answer: dict[str, Any] = httpx.get(f"{self.url}/v1/cluster", timeout=30).json()
-        return answer
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def start_server(devices: int, args: argparse.Namespace, cache: Path) -> ServeProcess:
+    argv = [
+        "--model", "mobilenet_v2", "--input-size", "224", "--random-weights",
+        "--engine", "onnxruntime", "--devices", str(devices), "--cpus", "0.5",
+        "--partition", args.partition, "--max-batch", str(args.max_batch),
+        "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "256",
+        "--heartbeat-deadline", "1.0",
+    ]  # fmt: skip
+    env = {"EDGESPLIT_CACHE_DIR": str(cache)}
+    return ServeProcess(argv, env=env, timeout_s=START_TIMEOUT_S)
 
 
-def measure(server: Server, payloads: list[bytes], qps: float, duration_s: float) -> loadgen.Point:
+def measure(
+    server: ServeProcess, payloads: list[bytes], qps: float, duration_s: float
+) -> loadgen.Point:
     spec = loadgen.LoadSpec(server.url, "poisson", (qps,), duration_s, timeout_s=60.0)
     (point,) = loadgen.sweep(spec, payloads)
     return point
@@ -98,7 +64,7 @@ def meets(point: loadgen.Point) -> bool:
 
 
 def climb(
-    servers: dict[str, Server], payloads: list[bytes], levels: list[float], duration_s: float
+    servers: dict[str, ServeProcess], payloads: list[bytes], levels: list[float], duration_s: float
 ) -> dict[str, list[loadgen.Point]]:
     """Every server at each level in turn (alternating which goes first, so both see the same
     background load), each until it missed the bound at two levels in a row."""
@@ -134,7 +100,7 @@ def window_p99(samples: list[loadgen.Sample], start: float, end: float) -> dict[
 
 
 def kill_run(
-    server: Server, payloads: list[bytes], qps: float, duration_s: float, kill_at_s: float
+    server: ServeProcess, payloads: list[bytes], qps: float, duration_s: float, kill_at_s: float
 ) -> dict[str, Any]:
     spec = loadgen.LoadSpec(server.url, "poisson", (qps,), duration_s, timeout_s=60.0)
     points: list[loadgen.Point] = []
@@ -197,12 +163,12 @@ def main() -> None:
     }  # fmt: skip
     levels = [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
     levels += [100.0, 120.0, 140.0, 160.0, 180.0, 200.0]
-    servers: dict[str, Server] = {}
+    servers: dict[str, ServeProcess] = {}
     try:
         for devices in (1, 3):
             label = f"{devices} device{'s' if devices > 1 else ''}"
             print(f"{label}: starting edgesplit serve", flush=True)
-            servers[label] = Server(devices, args, cache)
+            servers[label] = start_server(devices, args, cache)
             print(f"  plan: {servers[label].cluster()['plan']['stages']}", flush=True)
         series = climb(servers, payloads, levels, duration)
         for label, points in series.items():

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -26,7 +25,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import pytest
 from edgesplit import data
 from edgesplit.serve import loadgen
 from edgesplit.serve.images import encode_png
+from edgesplit.serve.process import ServeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -48,57 +47,10 @@ PER_REQUEST = 256
 """A multiple of BATCH: sent one request at a time, the server's micro-batches are the run's."""
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    err: list[str] = field(default_factory=list)
-    url: str = ""
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err)
-
-    def cluster(self) -> dict[str, Any]:
-        answer: dict[str, Any] = httpx.get(f"{self.url}/v1/cluster", timeout=30).json()
-        return answer
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def start_server(tmp_path: Path, *extra: str) -> Server:
-    env = {**os.environ, "EDGESPLIT_CACHE_DIR": str(tmp_path / "cache")}
-    argv = [sys.executable, "-m", "edgesplit", "serve", "--port", "0", *extra]
-    proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    server = Server(proc)
-    assert proc.stderr is not None
-    stream = proc.stderr
-
-    def pump() -> None:
-        for line in stream:
-            server.err.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.url:
-        found = re.search(r"serving on (http://\S+?)/? ", server.stderr)
-        if found:
-            server.url = found.group(1).rstrip("/")
-        elif proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            pytest.fail(f"edgesplit serve did not start (exit {proc.poll()}):\n{server.stderr}")
-        else:
-            time.sleep(0.1)
-    return server
+def start_server(tmp_path: Path, *extra: str) -> ServeProcess:
+    return ServeProcess(
+        extra, env={"EDGESPLIT_CACHE_DIR": str(tmp_path / "cache")}, timeout_s=START_TIMEOUT_S
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +59,7 @@ def fashion() -> data.ImageSet:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     tmp = tmp_path_factory.mktemp("serve")
     s = start_server(
         tmp, "--devices", "3", "--partition", PARTITION, "--max-batch", str(BATCH),
@@ -124,7 +76,7 @@ def classify(url: str, blobs: list[bytes], **params: Any) -> httpx.Response:
 
 
 def test_the_test_set_through_the_api_gives_the_predictions_of_edgesplit_run(
-    server: Server, fashion: data.ImageSet, tmp_path: Path
+    server: ServeProcess, fashion: data.ImageSet, tmp_path: Path
 ) -> None:
     pngs = [encode_png(image) for image in fashion.images]
     served: list[int] = []
@@ -168,7 +120,7 @@ def data_classes() -> set[str]:
 
 
 def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_keeps_serving(
-    server: Server, fashion: data.ImageSet
+    server: ServeProcess, fashion: data.ImageSet
 ) -> None:
     from PIL import Image
 
@@ -198,7 +150,9 @@ def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_keeps_serv
     assert "edgesplit_device_rss_bytes{" in metrics
 
 
-def test_a_full_queue_answers_429_with_retry_after(server: Server, fashion: data.ImageSet) -> None:
+def test_a_full_queue_answers_429_with_retry_after(
+    server: ServeProcess, fashion: data.ImageSet
+) -> None:
     blobs = [encode_png(image) for image in fashion.images[:PER_REQUEST]]
     with ThreadPoolExecutor(max_workers=24) as pool:
         responses = list(pool.map(lambda _: classify(server.url, blobs), range(24)))
@@ -286,7 +240,7 @@ class Browser:
 
 
 def test_the_page_shows_every_device_and_classifies_an_uploaded_image(
-    server: Server, fashion: data.ImageSet, tmp_path: Path
+    server: ServeProcess, fashion: data.ImageSet, tmp_path: Path
 ) -> None:
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("chromium is not installed (make test installs Debian's chromium)")
