@@ -22,7 +22,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when pyproject.toml or constraints.txt change.
+# The venv takes about 6 GB (torch's x86_64 wheel is a CUDA build); say so before pip runs out.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	@free_kb=$$(df -Pk $(VENV) | awk 'NR==2 {print $$4}'); \
+	if [ -n "$$free_kb" ] && [ "$$free_kb" -lt 7000000 ]; then \
+	  echo "WARNING: $$((free_kb / 1024)) MB free where $(VENV) lives; installing torch needs about 6,500 MB."; \
+	  echo "         If pip fails with 'No space left on device', free disk space and run make again."; \
+	fi
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
