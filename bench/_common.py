@@ -21,11 +21,12 @@ from typing import Any
 import psutil
 import torch
 
-from edgesplit import __version__, graph
-from edgesplit.partition import Ranges, balanced_ranges, format_partition
+from edgesplit import __version__
+from edgesplit.model import graph
+from edgesplit.model.partition import Ranges, balanced_ranges, format_partition
+from edgesplit.plan.staging import unit_times_ms
 from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS
 from edgesplit.runtime.records import HopRecord
-from edgesplit.staging import unit_times_ms
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

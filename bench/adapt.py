@@ -49,11 +49,11 @@ from typing import Any
 
 import _common as common
 
-from edgesplit import autoplan, planner
+from edgesplit.cluster.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.config import LinkSpec, PairLink
-from edgesplit.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.job import RunConfig, run_job
-from edgesplit.profiler import Profile, load_profile, to_problem
+from edgesplit.plan import autoplan, planner
+from edgesplit.plan.profile import Profile, load_profile, to_problem
 
 TARGET_RECOVERY_S = 15.0
 TARGET_RECOVERED_SHARE = 0.85

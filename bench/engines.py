@@ -31,8 +31,8 @@ from typing import Any
 import _common as common
 import torch
 
-from edgesplit import graph, models
 from edgesplit.engines import EngineSpec, Executor, build_executor
+from edgesplit.model import graph, models
 
 VARIANTS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
 

@@ -41,9 +41,9 @@ import numpy as np
 import psutil
 import torch
 
-from edgesplit import models
 from edgesplit.config import parse_cluster
 from edgesplit.engines import Execution
+from edgesplit.model import models
 from edgesplit.runtime import codec, limits
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb

@@ -33,7 +33,7 @@ from typing import Any
 
 import _common as common
 
-from edgesplit.emulate import exit_on_sigterm
+from edgesplit.cluster.emulate import exit_on_sigterm
 from edgesplit.job import RunConfig, run_job
 
 CLUSTERS = {"3 devices": (1.0, 0.5, 0.25), "4 devices": (1.0, 0.5, 0.25, 0.25)}

@@ -72,9 +72,9 @@ def build(folder: Path, kind: str, models: list[str]) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from edgesplit import checkpoints, data, graph
     from edgesplit.engines import EngineSpec
     from edgesplit.engines.onnx_engine import compiled_stage
+    from edgesplit.model import checkpoints, data, graph
 
     test = data.load("fashion-mnist", "test")
     train = data.load("fashion-mnist", "train")

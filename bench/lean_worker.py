@@ -35,8 +35,8 @@ import _common as common
 import torch
 import yaml
 
-from edgesplit import data
 from edgesplit.job import resolve_model
+from edgesplit.model import data
 from edgesplit.runconfig import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent

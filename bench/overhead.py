@@ -20,10 +20,10 @@ from collections.abc import Iterator
 import _common as common
 import torch
 
-from edgesplit import graph, models
+from edgesplit.cluster.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.config import LinkSpec
-from edgesplit.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.metrics.summary import percentile, request_latencies_ms
+from edgesplit.model import graph, models
 from edgesplit.runtime.coordinator import Coordinator
 
 TARGET_RATIO = 1.15

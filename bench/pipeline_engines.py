@@ -39,12 +39,12 @@ from typing import Any
 import _common as common
 import torch
 
-from edgesplit import graph, models
+from edgesplit.cluster.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.config import LinkSpec
-from edgesplit.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.engines import EngineSpec, Execution, Executor, build_executor
 from edgesplit.metrics.summary import percentile, request_latencies_ms
-from edgesplit.partition import Ranges, balanced_ranges
+from edgesplit.model import graph, models
+from edgesplit.model.partition import Ranges, balanced_ranges
 from edgesplit.runtime.coordinator import Coordinator
 
 ENGINE = "onnxruntime"

@@ -22,8 +22,16 @@ from collections.abc import Callable
 
 import _common as common
 
-from edgesplit.partition import balanced_ranges
-from edgesplit.planner import DeviceCost, LinkCost, Plan, Problem, UnitCost, choose_plan, evaluate
+from edgesplit.model.partition import balanced_ranges
+from edgesplit.plan.planner import (
+    DeviceCost,
+    LinkCost,
+    Plan,
+    Problem,
+    UnitCost,
+    choose_plan,
+    evaluate,
+)
 
 TARGET_MS = 100.0
 MB = 1_000_000

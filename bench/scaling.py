@@ -26,16 +26,16 @@ from typing import Any
 import _common as common
 import torch
 
-from edgesplit import graph, models
-from edgesplit.config import LinkSpec
-from edgesplit.emulate import (
+from edgesplit.cluster.emulate import (
     EmulatedCluster,
     EmulatedDevice,
     create_cgroup,
     exit_on_sigterm,
     remove_cgroup,
 )
-from edgesplit.partition import balanced_ranges
+from edgesplit.config import LinkSpec
+from edgesplit.model import graph, models
+from edgesplit.model.partition import balanced_ranges
 from edgesplit.runtime.coordinator import Coordinator
 
 TARGET_PER_DEVICE = 0.8

@@ -144,7 +144,7 @@ def main() -> None:
     duration = 5.0 if args.quick else args.duration
     name = f"{args.name}-quick" if args.quick else args.name
     cache = Path(tempfile.gettempdir()) / "edgesplit-bench-serve-cache"
-    from edgesplit import data
+    from edgesplit.model import data
 
     fashion = data.load("fashion-mnist", "test")
     payloads = [encode_png(fashion.images[i]) for i in range(256)]

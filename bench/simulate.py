@@ -40,8 +40,8 @@ import _common as common
 import psutil
 
 from edgesplit.config import LinkSpec
-from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
-from edgesplit.profiler import boundary_bytes, load_profile
+from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
+from edgesplit.plan.profile import boundary_bytes, load_profile
 from edgesplit.simulate import SimConfig, SimSpec, cluster_from, plan_by_kinds, simulate
 from edgesplit.simulate.kinds import Kinds
 
@@ -335,7 +335,7 @@ def _batch(run: dict[str, Any]) -> int:
 
 
 def validate(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from edgesplit.emulate import exit_on_sigterm
+    from edgesplit.cluster.emulate import exit_on_sigterm
 
     clusters = {**{k: (v, False) for k, v in HETEROGENEOUS.items()},
                 **{k: (v, True) for k, v in SCALING.items()}}  # fmt: skip

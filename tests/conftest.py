@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from edgesplit import graph, models
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics import manifest, resultlog, runsummary
+from edgesplit.model import graph, models
 
 torch.set_num_threads(1)
 
@@ -86,7 +86,7 @@ def no_emulated_hosts_left() -> Iterator[None]:
     (issue #24) that this session built or whose builder is gone; their qdiscs go with them."""
     import os
 
-    from edgesplit.emulate_hosts import leftovers, stale
+    from edgesplit.cluster.emulate_hosts import leftovers, stale
 
     yield
     mine = f"es{os.getpid()}x"

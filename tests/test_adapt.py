@@ -25,11 +25,11 @@ from edgesplit.adapt import (
     start,
 )
 from edgesplit.adapt.controller import Controller
-from edgesplit.autoplan import PlanRequest
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
 from edgesplit.metrics.live import Reading, ResultSeen, StatusSeen
-from edgesplit.profiler import DeviceProfile, LinkProfile, Profile, UnitProfile
+from edgesplit.plan.autoplan import PlanRequest
+from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile, UnitProfile
 from edgesplit.runtime.coordinator import Stage
 from edgesplit.runtime.records import HopRecord
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import checkpoints, data
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.live import LiveSnapshot
+from edgesplit.model import checkpoints, data
 from tests.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit.profiler import load_profile
+from edgesplit.plan.profile import load_profile
 
 pytestmark = pytest.mark.slow
 

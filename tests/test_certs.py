@@ -16,10 +16,15 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from edgesplit import certs
 from edgesplit.cli import main
+from edgesplit.cluster import certs
+from edgesplit.cluster.emulate import (
+    EmulatedCluster,
+    WorkerLaunch,
+    default_worker_cmd,
+    uniform_devices,
+)
 from edgesplit.config import TlsSpec, dump_cluster, load_cluster
-from edgesplit.emulate import EmulatedCluster, WorkerLaunch, default_worker_cmd, uniform_devices
 from edgesplit.errors import ConfigError, WorkerError
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import checkpoints, models
 from edgesplit.errors import ModelError
+from edgesplit.model import checkpoints, models
 from tests.test_data import make_mnist
 
 

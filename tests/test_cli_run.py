@@ -29,9 +29,9 @@ import pytest
 import torch
 import yaml
 
-from edgesplit import data, models
 from edgesplit.config import load_cluster
 from edgesplit.metrics.runfolder import FILES
+from edgesplit.model import data, models
 
 TAG_ENV = "EDGESPLIT_TEST_RUN_TAG"
 MODEL = "mobilenet_v2"

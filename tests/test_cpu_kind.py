@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import graph
 from edgesplit.engines import EngineSpec, StageKey, cpu, quantize
 from edgesplit.engines.onnx_engine import compiled_stage
-from edgesplit.models import build
+from edgesplit.model import graph
+from edgesplit.model.models import build
 
 
 @pytest.mark.parametrize(

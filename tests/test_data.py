@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgesplit import data
 from edgesplit.errors import DataError
+from edgesplit.model import data
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 

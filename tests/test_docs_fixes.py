@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgesplit import checkpoints, data
+from edgesplit.cluster.faults import Injector, parse_injections
 from edgesplit.errors import ConfigError, DataError
-from edgesplit.faults import Injector, parse_injections
 from edgesplit.job import checked_input_size
 from edgesplit.metrics.summary import DeviceRow
 from edgesplit.metrics.table import device_table
+from edgesplit.model import checkpoints, data
 from tests.summaries import a_summary, stage
 
 
@@ -168,7 +168,7 @@ def test_shipped_checkpoints_are_package_data() -> None:
 
 
 def test_doctor_version_fix_pins_no_local_build_tag() -> None:
-    from edgesplit.doctor import version_fix
+    from edgesplit.cluster.doctor import version_fix
 
     fix = version_fix("pi1", ("0.1.0", "2.14.1+cu130"), torch_differs=True)
     assert "+cu130" not in fix and "torch==2.14.1" in fix and "whl/cpu" in fix
@@ -227,7 +227,7 @@ def test_report_rounds_numbers_and_prints_half_open_units() -> None:
 
 def test_a_partition_may_name_the_device_of_each_stage() -> None:
     from edgesplit.errors import PartitionError
-    from edgesplit.partition import split_devices
+    from edgesplit.model.partition import split_devices
 
     assert split_devices("0-12,12-") == ("0-12,12-", None)
     assert split_devices("pi2:0-12, pi1:12-") == ("0-12,12-", ["pi2", "pi1"])

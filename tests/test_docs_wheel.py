@@ -54,7 +54,7 @@ def test_wheel_in_a_fresh_venv_evaluates_the_shipped_checkpoint(tmp_path: Path) 
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
-        [str(python), "-c", "import edgesplit, edgesplit.checkpoints as c; "
+        [str(python), "-c", "import edgesplit, edgesplit.model.checkpoints as c; "
          "print(edgesplit.__file__); print(c.SHIPPED_DIR)"],
         check=True, capture_output=True, text=True, cwd=elsewhere, env=env,
     ).stdout.split()  # fmt: skip

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgesplit import doctor
 from edgesplit.cli import main
-from edgesplit.emulate import EmulatedCluster, uniform_devices
+from edgesplit.cluster import doctor
+from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
 
 PI_CPUINFO = """processor\t: 0
 BogoMIPS\t: 108.00

@@ -19,8 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgesplit.config import ClusterSpec, DeviceSpec, EmulationSpec, LinkSpec, PairLink
-from edgesplit.emulate import (
+from edgesplit.cluster.emulate import (
     CFS_PERIOD_US,
     STRESS_SHARE,
     EmulatedCluster,
@@ -35,6 +34,7 @@ from edgesplit.emulate import (
     template_worker_cmd,
     uniform_devices,
 )
+from edgesplit.config import ClusterSpec, DeviceSpec, EmulationSpec, LinkSpec, PairLink
 from edgesplit.errors import ConfigError, WorkerError
 
 STUB = r"""
@@ -332,7 +332,7 @@ def test_a_hog_started_by_a_thread_that_ends_keeps_running(stub_cmd: WorkerComma
 
 
 def test_a_hog_ends_when_the_process_that_started_it_dies() -> None:
-    from edgesplit.emulate import HOG_PROGRAM
+    from edgesplit.cluster.emulate import HOG_PROGRAM
 
     parent = subprocess.Popen(
         [sys.executable, "-c",

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.cluster.emulate import (
+    CGROUP_ROOT,
+    cgroup_base,
+    detect_mechanism,
+    sweep_stale_cgroups,
+)
 from edgesplit.config import load_cluster
-from edgesplit.emulate import CGROUP_ROOT, cgroup_base, detect_mechanism, sweep_stale_cgroups
 from tests.test_emulate import STUB, wait_gone
 
 START_TIMEOUT_S = 60.0  # the CLI imports torch (via other subcommands) before it starts anything

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from edgesplit.cluster.emulate import EmulatedCluster, EmulatedDevice
 from edgesplit.config import read_token_file
-from edgesplit.emulate import EmulatedCluster, EmulatedDevice
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto.edgesplit_pb2_grpc import WorkerStub
 from edgesplit.runtime.transport import open_channel

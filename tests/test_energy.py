@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from edgesplit import doctor
+from edgesplit.cluster import doctor
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.metrics import energy
 from edgesplit.metrics.runsummary import DeviceRow
-from edgesplit.profiler import DeviceProfile, Profile, UnitProfile, load_profile, to_problem
+from edgesplit.plan.profile import DeviceProfile, Profile, UnitProfile, load_profile, to_problem
 from tests.summaries import a_summary
 
 

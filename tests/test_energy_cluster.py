@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgesplit.cli import main
-from edgesplit.emulate import EmulatedCluster, EmulatedDevice
+from edgesplit.cluster.emulate import EmulatedCluster, EmulatedDevice
 
 RAMP_W, RAMP_W_PER_S = 3.0, 0.1
 CONSTANT_W = 2.5

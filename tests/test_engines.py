@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from edgesplit import graph
 from edgesplit.engines import (
     EngineSpec,
     Execution,
@@ -20,6 +19,7 @@ from edgesplit.engines import (
     resolve_engine,
 )
 from edgesplit.errors import ConfigError, ModelError
+from edgesplit.model import graph
 from tests.conftest import traced
 
 ORT = EngineSpec("onnxruntime", "fp32")

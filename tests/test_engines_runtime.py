@@ -11,11 +11,11 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import models
 from edgesplit.config import parse_cluster
 from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import PlanError, WorkerError
+from edgesplit.model import models
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc

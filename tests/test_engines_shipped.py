@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import checkpoints, data, graph
 from edgesplit.config import parse_cluster
 from edgesplit.engines import EngineSpec, Execution, build_executor, cpu, quantize
 from edgesplit.errors import ModelError
+from edgesplit.model import checkpoints, data, graph
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 from tests.test_runtime_cluster import Proc, cluster_of, start_worker, wait_ready

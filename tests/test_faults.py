@@ -10,11 +10,11 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import models
+from edgesplit.cluster.faults import Injection, parse_injection, parse_injections
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError, RunError
-from edgesplit.faults import Injection, parse_injection, parse_injections
 from edgesplit.job import RunConfig, run_job
+from edgesplit.model import models
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.health import DeviceState as S

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from edgesplit import checkpoints, data
+from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
+from edgesplit.cluster.faults import Injector, parse_injection, parse_injections, relative
 from edgesplit.config import LinkSpec
-from edgesplit.emulate import EmulatedCluster, uniform_devices
-from edgesplit.faults import Injector, parse_injection, parse_injections, relative
 from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.live import LiveSnapshot
+from edgesplit.model import checkpoints, data
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edgesplit import graph, models
 from edgesplit.errors import GraphError
+from edgesplit.model import graph, models
 from tests.conftest import traced
 
 MIN_UNITS = {"mobilenet_v2": 18}

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit.config import COORDINATOR, ClusterSpec, LinkSpec, PairLink, parse_cluster
-from edgesplit.emulate_hosts import (
+from edgesplit.cluster.emulate_hosts import (
     HostLayout,
     class_command,
     rate_args,
@@ -20,6 +19,7 @@ from edgesplit.emulate_hosts import (
     teardown_commands,
     unavailable_reason,
 )
+from edgesplit.config import COORDINATOR, ClusterSpec, LinkSpec, PairLink, parse_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.job import emulation_mode
 
@@ -201,7 +201,7 @@ def test_a_machine_that_refuses_namespaces_even_to_root_is_named(
 ) -> None:
     """In a container without CAP_SYS_ADMIN root cannot make a namespace: `run`'s auto mode
     must fall back to loopback, so the probe has to say why instead of passing."""
-    from edgesplit.emulate_hosts import namespace_probe
+    from edgesplit.cluster.emulate_hosts import namespace_probe
 
     fake = tmp_path / "ip"
     refusal = "mount --make-shared /run/netns failed: Operation not permitted"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
+from edgesplit.cluster.emulate_hosts import leftovers, run_ip, unavailable_reason
+from edgesplit.cluster.faults import Injector, parse_injection
 from edgesplit.config import LinkSpec, load_cluster
-from edgesplit.emulate import EmulatedCluster, uniform_devices
-from edgesplit.emulate_hosts import leftovers, run_ip, unavailable_reason
-from edgesplit.faults import Injector, parse_injection
 from edgesplit.job import run_job
 from edgesplit.runconfig import RunConfig
 

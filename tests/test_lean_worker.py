@@ -22,12 +22,12 @@ import onnx
 import pytest
 import torch
 
-from edgesplit import data, graph, models
 from edgesplit.config import parse_cluster
 from edgesplit.engines import onnx_units
 from edgesplit.engines.onnx_engine import compile_model
 from edgesplit.engines.ort_session import OrtStage
 from edgesplit.errors import ModelError
+from edgesplit.model import data, graph, models
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 

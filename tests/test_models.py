@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgesplit import models
 from edgesplit.errors import ModelError
+from edgesplit.model import models
 
 
 def test_unknown_model_lists_known_ones() -> None:

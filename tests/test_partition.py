@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgesplit.errors import PartitionError
-from edgesplit.partition import (
+from edgesplit.model.partition import (
     balanced_ranges,
     format_partition,
     parse_partition,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
-from edgesplit.planner import (
+from edgesplit.plan.planner import (
     DeviceCost,
     LinkCost,
     Plan,
@@ -478,7 +478,7 @@ def test_bad_measured_stages_are_refused(
 
 
 def test_a_process_gets_a_fair_share_of_the_busy_cores() -> None:
-    from edgesplit.planner.evaluate import _core_share
+    from edgesplit.plan.planner.evaluate import _core_share
 
     assert _core_share(2.0, []) == 1.0
     assert _core_share(2.0, [1.0]) == 1.0  # one other process: a core each

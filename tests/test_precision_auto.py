@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit import autoplan, engines, precision
+from edgesplit import engines
 from edgesplit.engines import cpu
 from edgesplit.errors import AccuracyError
+from edgesplit.plan import autoplan, precision
 from tests.test_profiler_precision import _profile
 
 needs_onnxruntime = pytest.mark.skipif(

@@ -12,10 +12,10 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import graph, models
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.profiler import (
+from edgesplit.model import graph, models
+from edgesplit.plan.profile import (
     DeviceProfile,
     Profile,
     ProfileSettings,
@@ -170,7 +170,7 @@ def test_corrupt_profile_gives_clear_error(tmp_path: Path) -> None:
 
 
 def test_emulated_devices_are_planned_at_the_speed_their_quota_sustains() -> None:
-    from edgesplit.profiler import DeviceProfile
+    from edgesplit.plan.profile import DeviceProfile
 
     common = {"unit_spread_ms": (0.0, 0.0), "threads": 1, "cpu_count": 2,
               "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
@@ -182,7 +182,7 @@ def test_emulated_devices_are_planned_at_the_speed_their_quota_sustains() -> Non
 
 
 def test_boundary_model_splits_unit_times_into_stage_insides_and_ends() -> None:
-    from edgesplit.profiler import boundary_model
+    from edgesplit.plan.profile import boundary_model
 
     # Three units timed alone: 10, 20, 30 ms; as one stage 44 ms. The inner cuts carry 100 and
     # 200 bytes, so beta = (60 - 44) / 300 ms per byte and a stage end at cut k costs beta/2 * b.
@@ -201,7 +201,7 @@ def test_boundary_model_splits_unit_times_into_stage_insides_and_ends() -> None:
 
 
 def test_stage_costs_apply_the_quota_to_insides_and_ends() -> None:
-    from edgesplit.profiler import DeviceProfile
+    from edgesplit.plan.profile import DeviceProfile
 
     common = {"unit_spread_ms": (0.0, 0.0), "threads": 1, "cpu_count": 2,
               "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
@@ -280,7 +280,7 @@ def test_timed_stages_replace_the_model_and_calibrate_the_rest() -> None:
 
 
 def to_problem_device(d: DeviceProfile, cuts: tuple[int, ...]) -> object:
-    from edgesplit.planner import DeviceCost
+    from edgesplit.plan.planner import DeviceCost
 
     costs = d.stage_costs("fp32", cuts)
     return DeviceCost(
@@ -353,7 +353,7 @@ def test_a_plan_that_keeps_moving_is_kept_with_its_stages_timed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edgesplit import autoplan
+    from edgesplit.plan import autoplan
 
     # No rounds of re-planning: the first plan is kept, but its stages are still timed and
     # its prediction rests on them.

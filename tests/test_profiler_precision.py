@@ -11,10 +11,12 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import autoplan, engines, graph, models
+from edgesplit import engines
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.profiler import (
+from edgesplit.model import graph, models
+from edgesplit.plan import autoplan
+from edgesplit.plan.profile import (
     DeviceProfile,
     Profile,
     ProfileSettings,

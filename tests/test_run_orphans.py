@@ -13,7 +13,12 @@ from typing import Any
 import psutil
 import pytest
 
-from edgesplit.emulate import CGROUP_ROOT, cgroup_base, detect_mechanism, sweep_stale_cgroups
+from edgesplit.cluster.emulate import (
+    CGROUP_ROOT,
+    cgroup_base,
+    detect_mechanism,
+    sweep_stale_cgroups,
+)
 from tests.test_cli_run import SMALL, Cli, cli_fixture, left_behind, workers_of
 
 __all__ = ["cli_fixture"]  # the ``cli`` fixture, used here too

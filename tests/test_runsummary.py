@@ -14,10 +14,10 @@ import torch
 import edgesplit
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.graph import Unit
 from edgesplit.metrics import runfolder, runsummary
 from edgesplit.metrics.runsummary import RunSummary
 from edgesplit.metrics.summary import RunFacts, StageInfo, summarise
+from edgesplit.model.graph import Unit
 from edgesplit.runconfig import RunConfig
 from edgesplit.runtime.records import DeviceFailure, HopRecord, PlanChange, RunRecord
 from tests.summaries import summary_dict

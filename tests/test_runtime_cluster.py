@@ -19,9 +19,9 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import models
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.engines import Execution
+from edgesplit.model import models
 from edgesplit.runtime import codec
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb

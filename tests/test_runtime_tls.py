@@ -11,9 +11,9 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import models
 from edgesplit.config import TlsSpec, parse_cluster
 from edgesplit.engines import Execution
+from edgesplit.model import models
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc

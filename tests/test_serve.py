@@ -8,8 +8,8 @@ import io
 import pytest
 import torch
 
-from edgesplit import data
 from edgesplit.errors import ConfigError, RequestError
+from edgesplit.model import data
 from edgesplit.serve import images, loadgen
 from edgesplit.serve.batcher import Batcher, BatchPolicy, Job
 from edgesplit.serve.labels import class_names

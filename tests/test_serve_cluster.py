@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgesplit import data
+from edgesplit.model import data
 from edgesplit.serve import loadgen
 from edgesplit.serve.images import encode_png
 from edgesplit.serve.process import ServeProcess

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit import checkpoints, data
-from edgesplit.train import predict
+from edgesplit.model import checkpoints, data
+from edgesplit.model.train import predict
 
 MANIFEST = checkpoints.SHIPPED_DIR / "MANIFEST.json"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

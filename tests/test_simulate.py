@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from edgesplit.adapt.policy import AdaptPolicy
 from edgesplit.cli import main
+from edgesplit.cluster.faults import parse_injection
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError, PlanError, RunError
-from edgesplit.faults import parse_injection
-from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost, choose_plan, evaluate
-from edgesplit.profiler import DeviceProfile, LinkProfile, Profile, UnitProfile
+from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost, choose_plan, evaluate
+from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile, UnitProfile
 from edgesplit.simulate import (
     Kinds,
     SimConfig,

@@ -11,8 +11,8 @@ import pytest
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import ConfigError
-from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
-from edgesplit.profiler import DeviceProfile, Profile, UnitProfile
+from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
+from edgesplit.plan.profile import DeviceProfile, Profile, UnitProfile
 from edgesplit.simulate import SimConfig, SimSpec, cluster_from, simulate
 from edgesplit.simulate.build import one_host_hop
 from edgesplit.simulate.cpu import Host, Proc, settle, water_level

@@ -15,10 +15,10 @@ import grpc
 import pytest
 import torch
 
-from edgesplit import models
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.engines import Execution
 from edgesplit.errors import EdgesplitError, RunError, WorkerError
+from edgesplit.model import models
 from edgesplit.runtime import PROTOCOL_VERSION, codec
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -227,8 +227,8 @@ def test_model_bytes_travel_once_across_runs_replans_and_restarts(
     model: torch.nn.Module, tmp_path: Path
 ) -> None:
     """Two runs, a re-plan and a worker restart: the compiled model crosses the wire once."""
-    from edgesplit import graph
     from edgesplit.engines.onnx_engine import compile_model
+    from edgesplit.model import graph
     from edgesplit.runtime.model_store import ModelStore
 
     compiled = compile_model(

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgesplit import models
 from edgesplit.config import parse_cluster
+from edgesplit.model import models
 from edgesplit.runtime import codec, limits
 from edgesplit.runtime.auth import RejectLog
 from edgesplit.runtime.budget import Budget

@@ -44,8 +44,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from edgesplit import checkpoints, data, graph
 from edgesplit.engines import cpu, onnx_engine, onnx_units, quantize
+from edgesplit.model import checkpoints, data, graph
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "arm" / "run.sh"

@@ -26,9 +26,9 @@ from edgesplit.errors import EdgesplitError
 
 if TYPE_CHECKING:
     from edgesplit._api import plan, profile, run, serve, simulate, split, sweep
-    from edgesplit._cluster import Cluster, EmulatedCluster
     from edgesplit._data import Plan, Profile, Simulation, Split
     from edgesplit._results import RunPlots, RunResult
+    from edgesplit.cluster.handle import Cluster, EmulatedCluster
     from edgesplit.metrics.runsummary import RunSummary
 
 __version__ = "0.1.0"
@@ -54,8 +54,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Cluster": "edgesplit._cluster",
-    "EmulatedCluster": "edgesplit._cluster",
+    "Cluster": "edgesplit.cluster.handle",
+    "EmulatedCluster": "edgesplit.cluster.handle",
     "Plan": "edgesplit._data",
     "Profile": "edgesplit._data",
     "Simulation": "edgesplit._data",

@@ -1,5 +1,5 @@
 """The public functions: split, profile, plan, run, simulate, sweep and serve. Each builds the
-internal config objects (:class:`~edgesplit.runconfig.RunConfig`, :class:`~edgesplit.profiler.
+internal config objects (:class:`~edgesplit.runconfig.RunConfig`, :class:`~edgesplit.plan.profile.
 ProfileSettings`, ...) from a few named arguments and wraps what comes back."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgesplit._cluster import Cluster
 from edgesplit._data import Plan, Profile, Simulation, Split
 from edgesplit._results import RunResult, frame
+from edgesplit.cluster.handle import Cluster
 from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,10 +48,10 @@ def split(
         >>> s.num_units, s.max_abs_diff
         (33, 0.0)
     """
-    from edgesplit import graph, models
     from edgesplit.cli.split import check_partition
     from edgesplit.job import default_input_size
-    from edgesplit.partition import format_partition, parse_partition
+    from edgesplit.model import graph, models
+    from edgesplit.model.partition import format_partition, parse_partition
 
     size = input_size or default_input_size(model, "fashion-mnist")
     module = models.build(model, num_classes=num_classes)
@@ -93,7 +93,7 @@ def profile(
         ...     prof = edgesplit.profile(cluster, "mobilenet_v2", batch_size=16)
     """
     from edgesplit.job import profile_job
-    from edgesplit.profiler import ProfileSettings
+    from edgesplit.plan.profile import ProfileSettings
     from edgesplit.runconfig import RunConfig
 
     config = RunConfig(model=model, dataset=dataset, input_size=input_size, batch_size=batch_size)
@@ -120,7 +120,7 @@ def plan(
         >>> p = edgesplit.plan(prof, objective="latency", min_throughput_ips=20)
         >>> print(p)
     """
-    from edgesplit import autoplan
+    from edgesplit.plan import autoplan
 
     request = autoplan.PlanRequest(
         objective,
@@ -233,8 +233,8 @@ def simulate(
         >>> sim = edgesplit.simulate(prof, devices="8xpi1", images=4000)
         >>> sim.throughput_ips
     """
+    from edgesplit.cluster.faults import parse_injection
     from edgesplit.config import LinkSpec
-    from edgesplit.faults import parse_injection
     from edgesplit.simulate import (
         SimConfig,
         cluster_from,

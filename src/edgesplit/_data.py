@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from edgesplit import planner, profiler
-    from edgesplit.graph import UnitGraph
+    from edgesplit.model.graph import UnitGraph
+    from edgesplit.plan import planner
+    from edgesplit.plan import profile as profiler
     from edgesplit.simulate import SimResult
 
 
@@ -132,7 +133,7 @@ class Profile:
 
             >>> prof.devices.set_index("name")["model_ms"]
         """
-        from edgesplit.profiler import boundary_bytes
+        from edgesplit.plan.profile import boundary_bytes
 
         p = self._profile
         cuts = boundary_bytes(p)
@@ -169,7 +170,7 @@ class Profile:
 
             >>> prof = edgesplit.Profile.load("profile.json")
         """
-        from edgesplit.profiler import load_profile
+        from edgesplit.plan.profile import load_profile
 
         return cls(load_profile(Path(path)))
 

@@ -20,24 +20,25 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import torch
 from torch import nn
 
-from edgesplit import autoplan, checkpoints, data, graph, models, planner
-from edgesplit import precision as precision_auto
 from edgesplit.adapt.controller import Controller
+from edgesplit.cluster.faults import Injection, Injector, parse_injections
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
-from edgesplit.execution import choose_precision, execution_for, int8_gate
-from edgesplit.faults import Injection, Injector, parse_injections
 from edgesplit.metrics import manifest, resultlog, runfolder
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 from edgesplit.metrics.summary import RunFacts, run_events, summarise
-from edgesplit.partition import format_partition
-from edgesplit.profiler import Profile, ProfileSettings
+from edgesplit.model import checkpoints, data, graph, models
+from edgesplit.model.partition import format_partition
+from edgesplit.plan import autoplan, planner
+from edgesplit.plan import precision as precision_auto
+from edgesplit.plan.execution import choose_precision, execution_for, int8_gate
+from edgesplit.plan.profile import Profile, ProfileSettings
+from edgesplit.plan.staging import choose_ranges, replanner, stage_infos, unit_costs
 from edgesplit.runconfig import RunConfig
-from edgesplit.staging import choose_ranges, replanner, stage_infos, unit_costs
 
 if TYPE_CHECKING:
-    from edgesplit.emulate import EmulatedCluster
+    from edgesplit.cluster.emulate import EmulatedCluster
     from edgesplit.engines.onnx_units import CompiledModel
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class ResolvedModel:
     def unit_graph(self) -> graph.UnitGraph:
         """The model's units: traced with torch.fx, or found on the ONNX graph."""
         if self.compiled is not None:
-            from edgesplit.onnx_graph import OnnxUnitGraph
+            from edgesplit.engines.onnx_graph import OnnxUnitGraph
 
             return OnnxUnitGraph(self.compiled)  # type: ignore[return-value]
         assert self.model is not None
@@ -108,7 +109,7 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
 def partition_devices(partition: str | None, spec: ClusterSpec, stages: int) -> list[str]:
     """The devices of a fixed partition's stages: those it names (``pi2:0-12,pi1:12-``), else
     the cluster's first ``stages`` devices in cluster order."""
-    from edgesplit.partition import split_devices
+    from edgesplit.model.partition import split_devices
 
     _, named = split_devices(partition or "")
     if named is None:
@@ -137,7 +138,7 @@ def checked_input_size(asked: int | None, trained: int, path: Path | str) -> int
 
 def onnx_model(path: str, input_size: int | None, classes: int) -> ResolvedModel:
     """A ``.onnx`` file as the run's model (its weights are in the file)."""
-    from edgesplit.onnx_graph import compile_file
+    from edgesplit.engines.onnx_graph import compile_file
 
     compiled = compile_file(Path(path))
     shape = compiled.units.input_shape
@@ -158,7 +159,7 @@ def cluster_for(
     if cluster is not None:
         yield with_result_port(cluster, config.result_port), None
         return
-    from edgesplit.emulate import EmulatedCluster, EmulatedDevice, uniform_devices
+    from edgesplit.cluster.emulate import EmulatedCluster, EmulatedDevice, uniform_devices
 
     link = LinkSpec(bandwidth_mbps=config.bandwidth_mbps, latency_ms=config.latency_ms)
     devices = uniform_devices(config.devices, cpus=config.cpus)
@@ -179,7 +180,7 @@ def emulation_mode(network: str) -> tuple[bool, str]:
     """Whether an emulated cluster runs as namespaced hosts, and a note that says which mode
     it is and why. ``network``: ``hosts`` (ConfigError when this machine cannot), ``loopback``,
     or ``auto`` (hosts when root with iproute2, else loopback)."""
-    from edgesplit.emulate_hosts import check_available, unavailable_reason
+    from edgesplit.cluster.emulate_hosts import check_available, unavailable_reason
 
     if network not in ("auto", "hosts", "loopback"):
         raise ConfigError(f"network must be auto, hosts or loopback, got {network!r}")
@@ -207,7 +208,7 @@ def injections_for(config: RunConfig, cluster: ClusterSpec | None) -> list[Injec
             "--inject needs an emulated cluster (run without --cluster, with --devices N); "
             "real devices cannot be killed or paused from here"
         )
-    from edgesplit.emulate import uniform_devices
+    from edgesplit.cluster.emulate import uniform_devices
 
     count = len(config.cpus_each) if config.cpus_each else config.devices
     return parse_injections(config.inject, [d.name for d in uniform_devices(count)])
@@ -592,7 +593,7 @@ def profile_job(
     """Profile ``config.model`` on ``cluster`` (or on an emulated cluster started for it).
 
     Unit times do not depend on the weights' values, so the model gets random weights."""
-    from edgesplit.profiler import profile_cluster
+    from edgesplit.plan.profile import profile_cluster
     from edgesplit.runtime.coordinator import Coordinator
 
     classes = data.DATASETS[config.dataset].classes if config.dataset in data.DATASETS else 10

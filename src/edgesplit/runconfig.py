@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesplit import engines, models
-from edgesplit import precision as precision_auto
+from edgesplit import engines
 from edgesplit.adapt.policy import AdaptPolicy
+from edgesplit.model import models
+from edgesplit.plan import precision as precision_auto
 
 ASSUMED_BANDWIDTH_MBPS = 940.0
 """Gigabit Ethernet's TCP goodput, assumed for unshaped links when balancing stages."""
@@ -36,7 +37,7 @@ class RunConfig:
     """Unit ranges like "0-7,7-" for the devices in cluster order, or one of :data:`NAMED`;
     None means "auto"."""
     objective: str = "throughput"
-    """What ``auto`` optimises: throughput, latency or energy (see :mod:`edgesplit.planner`)."""
+    """What ``auto`` optimises: throughput, latency or energy (:mod:`edgesplit.plan.planner`)."""
     max_latency_ms: float | None = None
     min_throughput_ips: float | None = None
     reprofile: bool = False
@@ -64,7 +65,7 @@ class RunConfig:
     out: Path | None = None
     seed: int = 0
     inject: tuple[str, ...] = ()
-    """Fault injection specs (see :mod:`edgesplit.faults`); only with an emulated cluster."""
+    """Fault injection specs (:mod:`edgesplit.cluster.faults`); only with an emulated cluster."""
     heartbeat_deadline_s: float = 2.0
     """A device silent for this long is LOST (see :mod:`edgesplit.runtime.health`)."""
     probation_s: float = 3.0
@@ -73,7 +74,7 @@ class RunConfig:
     """Stage executor; None: onnxruntime when installed, else torch (with a note)."""
     precision: str = "fp32"
     """fp32, int8, or auto: int8 where the planner predicts a gain and the measured accuracy
-    drop stays inside ``max_accuracy_drop`` (see :mod:`edgesplit.precision`; needs auto)."""
+    drop stays inside ``max_accuracy_drop`` (see :mod:`edgesplit.plan.precision`; needs auto)."""
     max_accuracy_drop: float = precision_auto.DEFAULT_MAX_ACCURACY_DROP
     """Accuracy points int8 may cost under ``precision="auto"``."""
     wire: str = "fp32"

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgesplit import planner
 from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, Stages, decide, live_problem
 from edgesplit.adapt.state import (
     AdaptState,
@@ -34,11 +33,12 @@ from edgesplit.adapt.state import (
     observe,
     start,
 )
-from edgesplit.autoplan import PlanRequest
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import EdgesplitError
 from edgesplit.metrics.live import LiveEvent, ResultSeen, StatusSeen
-from edgesplit.profiler import Profile
+from edgesplit.plan import planner
+from edgesplit.plan.autoplan import PlanRequest
+from edgesplit.plan.profile import Profile
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator

@@ -35,11 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgesplit import planner
 from edgesplit.adapt.state import DEFAULT_WINDOW_S, AdaptState, profiled_link
-from edgesplit.autoplan import PlanRequest
 from edgesplit.errors import PlanError
-from edgesplit.profiler import Profile, to_problem
+from edgesplit.plan import planner
+from edgesplit.plan.autoplan import PlanRequest
+from edgesplit.plan.profile import Profile, to_problem
 
 Stages = tuple[tuple[str, int, int], ...]
 """``(device, start, end)`` per stage, units half-open."""

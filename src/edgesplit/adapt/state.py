@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 
 from edgesplit.config import COORDINATOR
-from edgesplit.profiler import Profile, boundary_bytes
+from edgesplit.plan.profile import Profile, boundary_bytes
 
 MIN_EXPECTED_MS = 0.05
 """Stages the profile times below this are too short to tell a speed from noise."""

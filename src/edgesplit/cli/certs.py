@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgesplit import certs
 from edgesplit.cli import main
+from edgesplit.cluster import certs
 
 _DIR = click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 _FORCE = click.option("--force", is_flag=True, help="Replace existing files.")

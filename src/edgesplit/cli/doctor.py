@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from edgesplit import doctor as checks
 from edgesplit.cli import main
+from edgesplit.cluster import doctor as checks
 from edgesplit.config import load_cluster
 
 

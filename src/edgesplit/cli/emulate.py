@@ -11,8 +11,7 @@ from typing import Any
 import click
 
 from edgesplit.cli import main
-from edgesplit.config import LinkSpec
-from edgesplit.emulate import (
+from edgesplit.cluster.emulate import (
     EmulatedCluster,
     EmulatedDevice,
     cluster_table,
@@ -21,8 +20,9 @@ from edgesplit.emulate import (
     template_worker_cmd,
     uniform_devices,
 )
+from edgesplit.cluster.faults import Injector, parse_injections
+from edgesplit.config import LinkSpec
 from edgesplit.errors import ConfigError
-from edgesplit.faults import Injector, parse_injections
 
 MECHANISMS = ("auto", "cgroup-v2", "cgroup-v1", "affinity", "none")
 
@@ -161,7 +161,7 @@ def emulate(
     link = LinkSpec(bandwidth_mbps=bandwidth_mbps if bandwidth_mbps > 0 else None,
                     latency_ms=latency_ms)  # fmt: skip
     if hosts:
-        from edgesplit.emulate_hosts import check_available
+        from edgesplit.cluster.emulate_hosts import check_available
 
         check_available()  # before anything starts
     worker_cmd = template_worker_cmd(worker_command) if worker_command else default_worker_cmd

@@ -13,7 +13,7 @@ from edgesplit.cli._cluster_options import objective_options
 from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgesplit.profiler import Profile
+    from edgesplit.plan.profile import Profile
 
 
 @main.command("plan")
@@ -93,8 +93,8 @@ def plan_command(
     With --target-ips: the smallest cluster from a device catalogue that meets the target
     (see edgesplit simulate).
     """
-    from edgesplit.autoplan import PlanRequest, plan
-    from edgesplit.profiler import load_profile
+    from edgesplit.plan.autoplan import PlanRequest, plan
+    from edgesplit.plan.profile import load_profile
 
     profile = load_profile(profile_path)
     if target_ips is not None:

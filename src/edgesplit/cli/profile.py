@@ -9,12 +9,12 @@ import click
 import torch
 from rich.console import Console
 
-from edgesplit import models
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, parse_cpus
 from edgesplit.config import load_cluster
 from edgesplit.job import RunConfig, default_input_size, profile_job
-from edgesplit.profiler import Profile, ProfileSettings, boundary_bytes
+from edgesplit.model import models
+from edgesplit.plan.profile import Profile, ProfileSettings, boundary_bytes
 
 
 @main.command("profile")

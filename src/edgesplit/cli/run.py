@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from edgesplit import models
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
 from edgesplit.config import ClusterSpec, load_cluster
 from edgesplit.errors import ConfigError
+from edgesplit.model import models
 
 if TYPE_CHECKING:
     from edgesplit.metrics.live import LiveCallback, LiveSnapshot
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from edgesplit.runconfig import RunConfig
 
 DATASETS_HELP = "cifar10, cifar100, fashion-mnist, mnist, imagefolder:PATH, synthetic"
-"""``edgesplit.data.known_datasets()``, written out: importing it takes torch, and ``run --help``
-should take a moment, not seconds (issue #20; a test keeps the two equal)."""
+"""``edgesplit.model.data.known_datasets()``, written out: importing it takes torch, and
+``run --help`` should take a moment, not seconds (issue #20; a test keeps the two equal)."""
 
 
 def _on_live(show: LiveCallback | None, metrics: RunMetrics | None) -> LiveCallback | None:
@@ -317,7 +317,7 @@ def run_command(
     chooses from a profile of the devices and links (cached after the first run).
     """
     from edgesplit.adapt import AdaptPolicy
-    from edgesplit.emulate import exit_on_sigterm
+    from edgesplit.cluster.emulate import exit_on_sigterm
     from edgesplit.job import RunConfig, run_job
     from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
     from edgesplit.metrics.energy import comparison as energy_comparison
@@ -512,7 +512,7 @@ def history_lines(summary: RunSummary) -> list[str]:
 def fetch_dataset(dataset: str, data_dir: Path | None, int8: bool) -> None:
     """``--download``: fetch the test split (and the training split, which int8 calibration
     draws from) into the user cache unless found; the run then finds it there."""
-    from edgesplit import data
+    from edgesplit.model import data
 
     if dataset in data.DATASETS:
         data.load(dataset, "test", data_dir=data_dir, download=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from edgesplit import models
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
 from edgesplit.config import load_cluster
 from edgesplit.errors import ConfigError
+from edgesplit.model import models
 from edgesplit.runconfig import RunConfig
 
 
@@ -149,7 +149,7 @@ def serve_command(
     import torch
     import uvicorn
 
-    from edgesplit.emulate import exit_on_sigterm
+    from edgesplit.cluster.emulate import exit_on_sigterm
     from edgesplit.serve.app import create_app
     from edgesplit.serve.batcher import BatchPolicy
     from edgesplit.serve.images import ImageLimits

@@ -146,9 +146,9 @@ def simulate_command(
     per image; with --inject, how the run recovers.
     """
     from edgesplit.adapt.policy import AdaptPolicy
+    from edgesplit.cluster.faults import parse_injection
     from edgesplit.config import LinkSpec
-    from edgesplit.faults import parse_injection
-    from edgesplit.profiler import load_profile
+    from edgesplit.plan.profile import load_profile
     from edgesplit.simulate import (
         SimConfig,
         cluster_from,

@@ -10,10 +10,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit import graph, models
 from edgesplit.cli import main
 from edgesplit.errors import GraphError
-from edgesplit.partition import parse_partition
+from edgesplit.model import graph, models
+from edgesplit.model.partition import parse_partition
 
 
 def _human(n: int) -> str:
@@ -133,7 +133,7 @@ def split(
     """
     model: torch.nn.Module | None = None
     if models.is_onnx_model(model_name):
-        from edgesplit.onnx_graph import OnnxUnitGraph, compile_file
+        from edgesplit.engines.onnx_graph import OnnxUnitGraph, compile_file
 
         ug: graph.UnitGraph = OnnxUnitGraph(compile_file(Path(model_name)))  # type: ignore[assignment]
         input_size = int(ug.input_shape[-1])

@@ -18,9 +18,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edgesplit import checkpoints, data, models
 from edgesplit.cli import main
-from edgesplit.train import TrainConfig, TrainProgress, accuracy, predict, train
+from edgesplit.model import checkpoints, data, models
+from edgesplit.model.train import TrainConfig, TrainProgress, accuracy, predict, train
 
 DATASET_HELP = f"Dataset: one of {', '.join(data.known_datasets())}."
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     import torch
 
-    from edgesplit.graph import UnitGraph
+    from edgesplit.model.graph import UnitGraph
 
 ENGINES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")

@@ -30,7 +30,7 @@ from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import ModelError
-from edgesplit.graph import UnitGraph
+from edgesplit.model.graph import UnitGraph
 from edgesplit.runtime.weights import cache_dir as weights_cache_dir
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def export_stage(ug: UnitGraph, start: int, end: int) -> bytes:
     """Units ``[start, end)`` of ``ug`` as an fp32 ONNX model (input ``x``, output ``y``, both
     with a dynamic batch dimension). Raises :class:`ModelError` naming the operation that has
     no ONNX export. A graph read from a ``.onnx`` file is cut instead (nothing to export)."""
-    if hasattr(ug, "stage_bytes"):  # edgesplit.onnx_graph.OnnxUnitGraph
+    if hasattr(ug, "stage_bytes"):  # edgesplit.engines.onnx_graph.OnnxUnitGraph
         return bytes(ug.stage_bytes(start, end))
     module = ug.stage(start, end)
     generator = torch.Generator().manual_seed(0)

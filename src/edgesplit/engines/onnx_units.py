@@ -8,7 +8,7 @@ last (the *boundaries*), the model output, and each unit's per-sample output sha
 count and multiply-accumulates. Unit ``i`` (of ``n``) reads the tensor before it (the input for
 ``i == 0``, else boundary ``i - 1``) and writes the tensor after it (the output for
 ``i == n - 1``); a stage is the half-open range ``[start, end)``, the same ranges as
-:mod:`edgesplit.graph`.
+:mod:`edgesplit.model.graph`.
 
 For a model exported by the coordinator the boundaries are the tensors of ``graph.py``'s unit
 boundaries (named at export, see :mod:`edgesplit.export`). For a ``.onnx`` file they are found

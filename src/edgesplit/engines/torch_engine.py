@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from edgesplit.graph import UnitGraph
+from edgesplit.model.graph import UnitGraph
 
 
 class TorchExecutor:

@@ -30,7 +30,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.runconfig import RunConfig
 
 if TYPE_CHECKING:
-    from edgesplit.data import ImageSet
+    from edgesplit.model.data import ImageSet
     from edgesplit.runtime.coordinator import DeviceInfo
 
 FILE = "manifest.json"

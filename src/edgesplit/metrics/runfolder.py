@@ -25,9 +25,9 @@ import torch
 
 from edgesplit.config import ClusterSpec, dump_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.graph import Unit
 from edgesplit.metrics import runsummary
 from edgesplit.metrics.runsummary import DeviceRow, RunSummary
+from edgesplit.model.graph import Unit
 from edgesplit.runtime.records import RunRecord
 
 FILES = (

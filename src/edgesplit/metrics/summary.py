@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from edgesplit.faults import relative
+from edgesplit.cluster.faults import relative
 from edgesplit.metrics import energy
 from edgesplit.metrics.runsummary import (
     Adaptive,

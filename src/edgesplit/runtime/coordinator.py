@@ -27,7 +27,7 @@ from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import ConfigError, EdgesplitError, PlanError, WorkerError
 from edgesplit.metrics.live import LiveCallback, LiveObserver
-from edgesplit.models import KNOWN_MODELS, state_dict_sha256
+from edgesplit.model.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
@@ -684,8 +684,8 @@ def _compile(
     model: nn.Module, name: str, sha: str, in_channels: int, input_size: int
 ) -> CompiledModel:
     """``model`` traced and exported to ONNX (cached by weights, see compile_model)."""
-    from edgesplit import graph
     from edgesplit.engines.onnx_engine import compile_model
+    from edgesplit.model import graph
 
     ug = graph.trace(model, (in_channels, input_size, input_size))
     return compile_model(ug, name, sha)

@@ -19,7 +19,7 @@ engine that fuses a stage into one graph (ONNX Runtime converts a stage's input 
 layouts once, at its ends) runs a stage faster than the sum of its units timed alone: fp32
 MobileNetV2 at 224, batch 8, one thread: 87 ms as one stage against 149 ms summed over units.
 The coordinator turns the difference into a cost per stage boundary
-(:func:`edgesplit.profiler.boundary_model`).
+(:func:`edgesplit.plan.profile.boundary_model`).
 Link probes time Probe calls of several sizes to another worker with the same emulated shaping
 a run applies (:func:`~edgesplit.runtime.links.link_delay_s`), so what they measure is what a
 hand-off costs.

@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import torch
 
-from edgesplit import graph, models
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.model import graph, models
 from edgesplit.runtime.weights import from_bytes
 
 FX_LOCK = threading.Lock()

@@ -1,6 +1,6 @@
 """Model weights on the wire and in the worker's cache, as safetensors (never pickle).
 
-Weights are identified by :func:`edgesplit.models.state_dict_sha256`, a digest of the state
+Weights are identified by :func:`edgesplit.model.models.state_dict_sha256`, a digest of the state
 dict itself, so a worker verifies what it loaded regardless of how the file was written.
 The cache lives in ``~/.cache/edgesplit/weights`` unless ``EDGESPLIT_CACHE_DIR`` says otherwise.
 """

@@ -3,7 +3,7 @@
 An upload is JPEG or PNG bytes. Each image is checked before it is decoded (size in bytes, then
 the pixel count read from its header, so a small file that would decode to gigabytes is refused
 cheaply), converted to the dataset's channels (grayscale for Fashion-MNIST), then preprocessed
-exactly as ``edgesplit run`` preprocesses the test set (:func:`edgesplit.data.preprocess`:
+exactly as ``edgesplit run`` preprocesses the test set (:func:`edgesplit.model.data.preprocess`:
 bilinear resize to the model's input size, per-dataset normalisation). A Fashion-MNIST test image
 sent as PNG therefore reaches the model as the same tensor a run gives it.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgesplit import data
 from edgesplit.errors import RequestError
+from edgesplit.model import data
 
 FORMATS = ("JPEG", "PNG")
 

@@ -349,7 +349,7 @@ def plot(
 
 def dataset_payloads(name: str, count: int, data_dir: Path | None = None) -> list[bytes]:
     """The first ``count`` test images of a dataset as PNG files (lossless)."""
-    from edgesplit import data
+    from edgesplit.model import data
     from edgesplit.serve.images import encode_png
 
     dataset = data.load(name, "test", data_dir=data_dir)

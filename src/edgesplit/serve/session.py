@@ -25,23 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgesplit import autoplan, data
 from edgesplit.adapt.controller import Controller
 from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, EdgesplitError, ModelError, RequestError
-from edgesplit.execution import execution_for
 from edgesplit.job import cluster_for, emulation_mode, resolve_model
 from edgesplit.metrics.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.metrics.summary import percentile
-from edgesplit.profiler import ProfileSettings
+from edgesplit.model import data
+from edgesplit.plan import autoplan
+from edgesplit.plan.execution import execution_for
+from edgesplit.plan.profile import ProfileSettings
+from edgesplit.plan.staging import choose_ranges, replanner, unit_costs
 from edgesplit.runconfig import RunConfig
 from edgesplit.serve.batcher import Batcher, BatchPolicy, Job, MicroBatch
 from edgesplit.serve.images import ImageLimits
 from edgesplit.serve.labels import class_names
-from edgesplit.staging import choose_ranges, replanner, unit_costs
 
 if TYPE_CHECKING:
-    from edgesplit.emulate import EmulatedCluster
+    from edgesplit.cluster.emulate import EmulatedCluster
     from edgesplit.metrics.prometheus import RunMetrics
     from edgesplit.runtime.coordinator import Coordinator
 

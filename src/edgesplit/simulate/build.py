@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError, PartitionError, PlanError
-from edgesplit.partition import parse_partition
-from edgesplit.planner import Plan, Problem, choose_plan, evaluate
-from edgesplit.profiler import Profile, to_problem
+from edgesplit.model.partition import parse_partition
+from edgesplit.plan.planner import Plan, Problem, choose_plan, evaluate
+from edgesplit.plan.profile import Profile, to_problem
 from edgesplit.simulate.kinds import Kinds, kinds_of, plan_by_kinds
 from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimSpec, Stages, spread_of
 from edgesplit.simulate.synthetic import synthetic_profile

@@ -10,7 +10,7 @@ amount of full-speed CPU work in ms. While it runs, the thread progresses at ``s
   (``phase_ms + k * period_ms``); when their budget is spent they all stall until the next
   boundary. This gives both of the planner's speeds: a busy device sustains ``work / share``,
   a lone job on an idle device runs at full speed until the budget is spent
-  (:meth:`~edgesplit.planner.DeviceCost.under_quota`).
+  (:meth:`~edgesplit.plan.planner.DeviceCost.under_quota`).
 - **Shared host** (``cores`` not None): CFS shares the cores fairly between its runnable
   *entities*: an emulated device's cgroup is one entity however many of its threads run
   (its ``entity``), a thread outside a cgroup (the coordinator's) is one, and so is each of a

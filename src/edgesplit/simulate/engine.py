@@ -46,10 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from edgesplit.cluster.faults import Injection
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import ConfigError, RunError
-from edgesplit.faults import Injection
-from edgesplit.planner import LinkCost
+from edgesplit.plan.planner import LinkCost
 from edgesplit.simulate.adaptive import AdaptiveLoop
 from edgesplit.simulate.cpu import Host, Proc, Quota, settle
 from edgesplit.simulate.result import (
@@ -692,7 +692,7 @@ def simulate(
     plan after a loss (as the run's replan); without it a loss of a stage's device is a
     :class:`RunError`. Raises :class:`~edgesplit.errors.PlanError` for stages that do not cover
     the units or name unknown devices."""
-    from edgesplit.planner import evaluate
+    from edgesplit.plan.planner import evaluate
 
     evaluate(spec.problem, stages, check_memory=False)  # the same checks as a plan
     return _Sim(spec, config, tuple(stages), replan).run()

@@ -1,8 +1,8 @@
 """Plans for clusters of many devices of a few kinds (16 Pis and 4 faster boxes, 64 of one kind).
 
-The exact planner (:mod:`edgesplit.planner.dp`) works over subsets of devices, 2^D of them: fine
-for 8 devices, impossible for 64. Devices of one *kind* (the same costs; links set per kind)
-are interchangeable, so a plan only needs how many of each kind it uses and in what order.
+The exact planner (:mod:`edgesplit.plan.planner.dp`) works over subsets of devices, 2^D of
+them: fine for 8 devices, impossible for 64. Devices of one *kind* (the same costs; links set
+per kind) are interchangeable, so a plan only needs how many of each kind it uses and in what order.
 The dynamic program here runs over count vectors ``c`` (devices used per kind):
 
     F[c][k, e] = least latency covering units [0, e) with c[i] devices of kind i, the last
@@ -11,7 +11,7 @@ The dynamic program here runs over count vectors ``c`` (devices used per kind):
     F[c + 1_k2][k2, e] = min over j, k of F[c][k, j] + hop[k, k2, j] + stage_latency[k2, j, e]
 
 level by level (the number of devices used), with the planner's cost model and pieces
-(:func:`edgesplit.planner.dp.build_tables` on one device of each kind). The least bottleneck is
+(:func:`edgesplit.plan.planner.dp.build_tables` on one device of each kind). The least bottleneck is
 found by bisection over the pieces' costs; at a cap, the first level with a complete plan is
 the fewest devices that reach it, and among those plans the least latency is taken.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgesplit.errors import PlanError
-from edgesplit.planner import Plan, Problem, dp, evaluate
-from edgesplit.planner.energy import piece_values
+from edgesplit.plan.planner import Plan, Problem, dp, evaluate
+from edgesplit.plan.planner.energy import piece_values
 
 INF = np.inf
 Counts = tuple[int, ...]

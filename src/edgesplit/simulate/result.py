@@ -10,7 +10,7 @@ from typing import Any
 
 from edgesplit.config import PowerModel
 from edgesplit.metrics.energy import MODEL, DeviceEnergy, energy_summary
-from edgesplit.planner import Problem
+from edgesplit.plan.planner import Problem
 from edgesplit.simulate.spec import Stages
 
 PERCENTILES = (50, 90, 99)

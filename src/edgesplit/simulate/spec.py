@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgesplit.adapt.policy import AdaptPolicy
+from edgesplit.cluster.faults import Injection
 from edgesplit.errors import ConfigError
-from edgesplit.faults import Injection
-from edgesplit.planner import Problem
-from edgesplit.profiler import Profile
+from edgesplit.plan.planner import Problem
+from edgesplit.plan.profile import Profile
 
 Stages = tuple[tuple[str, int, int], ...]
 """``(device, start, end)`` per stage, units half-open."""

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from edgesplit.config import COORDINATOR, LinkSpec, PairLink
 from edgesplit.errors import ConfigError
-from edgesplit.profiler import DeviceProfile, LinkProfile, Profile
+from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile
 from edgesplit.simulate.kinds import Kinds
 
 _COUNT = re.compile(r"^\s*(?:(\d+)\s*[xX]\s*)?([A-Za-z0-9_.]+)\s*$")

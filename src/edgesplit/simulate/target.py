@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgesplit.errors import PlanError
-from edgesplit.planner import evaluate
+from edgesplit.plan.planner import evaluate
 from edgesplit.simulate.build import SimCluster
 from edgesplit.simulate.engine import simulate
 from edgesplit.simulate.kinds import Candidate, candidates_under

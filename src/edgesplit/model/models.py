@@ -205,7 +205,7 @@ def build(
 
     ``weights``: ``None`` for random initialisation, ``"imagenet"`` for torchvision's ImageNet
     weights from the local cache (the head is replaced afterwards, so only the backbone is
-    pretrained), or a path to a safetensors checkpoint (see :mod:`edgesplit.checkpoints`).
+    pretrained), or a path to a safetensors checkpoint (see :mod:`edgesplit.model.checkpoints`).
     ``name`` may also be ``path/to/file.py:callable`` (:func:`load_user_model`).
     """
     if is_user_model(name):

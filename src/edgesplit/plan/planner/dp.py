@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgesplit.config import COORDINATOR
-from edgesplit.planner.types import Problem
+from edgesplit.plan.planner.types import Problem
 
 INF = np.inf
 Array = np.ndarray
@@ -67,7 +67,7 @@ def stage_memory(problem: Problem) -> Array:
 
 def _latency_spans(problem: Problem) -> Array:
     """[d, j, e]: the compute of units [j, e) on d for one micro-batch reaching d idle (see
-    :class:`~edgesplit.planner.DeviceCost`), by the arithmetic of ``stage_latency_ms``."""
+    :class:`~edgesplit.plan.planner.DeviceCost`), by the arithmetic of ``stage_latency_ms``."""
     n = problem.num_units
     out = []
     for d in problem.devices:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgesplit import emulate
+    from edgesplit.cluster import emulate
     from edgesplit.config import ClusterSpec
 
 
@@ -132,9 +132,9 @@ class EmulatedCluster(Cluster):
         """
         if self._running is not None:
             return self
+        from edgesplit.cluster.emulate import EmulatedCluster as Running
+        from edgesplit.cluster.emulate import EmulatedDevice, WorkerLaunch, default_worker_cmd
         from edgesplit.config import LinkSpec
-        from edgesplit.emulate import EmulatedCluster as Running
-        from edgesplit.emulate import EmulatedDevice, WorkerLaunch, default_worker_cmd
 
         def counted(launch: WorkerLaunch) -> list[str]:
             self.worker_starts += 1

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from edgesplit import autoplan, data, engines, graph, planner
-from edgesplit import precision as precision_auto
-from edgesplit.profiler import Profile
+from edgesplit import engines
+from edgesplit.model import data, graph
+from edgesplit.plan import autoplan, planner
+from edgesplit.plan import precision as precision_auto
+from edgesplit.plan.profile import Profile
 from edgesplit.runconfig import RunConfig
 
 if TYPE_CHECKING:

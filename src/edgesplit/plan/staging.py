@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import torch
 
-from edgesplit import graph
 from edgesplit.errors import ConfigError
 from edgesplit.metrics.summary import StageInfo
-from edgesplit.partition import Ranges, balanced_ranges, parse_partition, split_devices
+from edgesplit.model import graph
+from edgesplit.model.partition import Ranges, balanced_ranges, parse_partition, split_devices
 from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS, RunConfig
 
 

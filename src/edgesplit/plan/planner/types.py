@@ -1,6 +1,6 @@
 """The planner's data: a planning problem, a plan and its prediction (frozen, pure data).
 
-The cost model these types carry is defined once, in :mod:`edgesplit.planner`.
+The cost model these types carry is defined once, in :mod:`edgesplit.plan.planner`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
-from edgesplit.partition import format_partition
+from edgesplit.model.partition import format_partition
 
 OBJECTIVES = ("throughput", "latency", "energy")
 MB = 1e6
@@ -50,7 +50,7 @@ class DeviceCost:
 
     ``measured_stages`` are stages timed as they run, ``(start, end, sustained_ms, burst_ms)``:
     for units ``[start, end)`` they replace the modelled sustained time and the full-speed time
-    (a planner asks for them at the stages it chose, see :mod:`edgesplit.autoplan`).
+    (a planner asks for them at the stages it chose, see :mod:`edgesplit.plan.autoplan`).
 
     Power is linear in utilisation: ``idle_w + (busy_w - idle_w) * busy_fraction`` while the
     device computes, ``idle_w`` otherwise."""
@@ -328,7 +328,7 @@ class Plan:
     notes: tuple[str, ...] = ()
 
     def partition(self) -> str:
-        """The partition string (:func:`edgesplit.partition.format_partition`) of the stages."""
+        """The stages' partition string (:func:`edgesplit.model.partition.format_partition`)."""
         return format_partition([(s.start, s.end) for s in self.stages])
 
     def assignment(self) -> tuple[tuple[str, int, int], ...]:
@@ -359,7 +359,7 @@ class Plan:
             raise PlanError(f"malformed plan: {e}") from e
 
     def table(self) -> str:
-        from edgesplit.planner.table import plan_table
+        from edgesplit.plan.planner.table import plan_table
 
         return plan_table(self)
 

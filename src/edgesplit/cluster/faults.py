@@ -15,9 +15,9 @@ changes under the coordinator's feet, as a real one would: the cluster file and 
 view stay as they were. Links to the coordinator cannot be injected (its upload side is shaped
 in the coordinator process, which the emulator does not reach).
 
-On namespaced hosts (``--hosts``, :mod:`edgesplit.emulate_hosts`) the kernel shapes bandwidth:
-a bandwidth change is a ``tc class change`` of the link's HTB classes, both directions, and only
-a latency change goes to the workers' ``SetLink``.
+On namespaced hosts (``--hosts``, :mod:`edgesplit.cluster.emulate_hosts`) the kernel shapes
+bandwidth: a bandwidth change is a ``tc class change`` of the link's HTB classes, both
+directions, and only a latency change goes to the workers' ``SetLink``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import grpc
 from edgesplit.errors import ConfigError, EdgesplitError, WorkerError
 
 if TYPE_CHECKING:
-    from edgesplit.emulate import EmulatedCluster
+    from edgesplit.cluster.emulate import EmulatedCluster
 
 log = logging.getLogger(__name__)
 

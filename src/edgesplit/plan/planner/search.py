@@ -1,4 +1,4 @@
-"""choose_plan: the best plan for an objective (exact; see :mod:`edgesplit.planner`)."""
+"""choose_plan: the best plan for an objective (exact; see :mod:`edgesplit.plan.planner`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgesplit.errors import PlanError
-from edgesplit.planner import dp
-from edgesplit.planner.energy import least_energy_stages, piece_values
-from edgesplit.planner.evaluate import check_objective, evaluate, throughput_ips
-from edgesplit.planner.pareto import energy_with_latency_bound
-from edgesplit.planner.types import MB, Plan, Problem
+from edgesplit.plan.planner import dp
+from edgesplit.plan.planner.energy import least_energy_stages, piece_values
+from edgesplit.plan.planner.evaluate import check_objective, evaluate, throughput_ips
+from edgesplit.plan.planner.pareto import energy_with_latency_bound
+from edgesplit.plan.planner.types import MB, Plan, Problem
 
 TIE_REL = 1e-9
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from edgesplit.config import COORDINATOR
 from edgesplit.errors import PartitionError, PlanError
-from edgesplit.partition import validate_ranges
-from edgesplit.planner.types import MB, OBJECTIVES, Plan, Prediction, Problem, StagePlan
+from edgesplit.model.partition import validate_ranges
+from edgesplit.plan.planner.types import MB, OBJECTIVES, Plan, Prediction, Problem, StagePlan
 
 
 def check_objective(objective: str) -> None:
@@ -44,7 +44,7 @@ def evaluate(
     notes: Sequence[str] = (),
 ) -> Plan:
     """The plan running units ``[start, end)`` on ``device`` for every ``(device, start, end)``
-    in ``stages``, with its prediction under the cost model of :mod:`edgesplit.planner`.
+    in ``stages``, with its prediction under the cost model of :mod:`edgesplit.plan.planner`.
 
     Raises :class:`PlanError` if the stages do not cover the units in order, repeat a device, or
     (with ``check_memory``) a stage does not fit its device's memory budget."""

@@ -20,7 +20,7 @@ import heapq
 
 import numpy as np
 
-from edgesplit.planner import dp
+from edgesplit.plan.planner import dp
 
 TIE_REL = 1e-9
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from edgesplit import planner
 from edgesplit.errors import ConfigError
-from edgesplit.profiler import (
+from edgesplit.plan import planner
+from edgesplit.plan.profile import (
     Profile,
     ProfileSettings,
     measure_stages,
@@ -20,7 +20,7 @@ from edgesplit.profiler import (
 )
 
 if TYPE_CHECKING:
-    from edgesplit.graph import UnitGraph
+    from edgesplit.model.graph import UnitGraph
     from edgesplit.runtime.coordinator import Coordinator
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgesplit.planner.types import MB, Plan
+from edgesplit.plan.planner.types import MB, Plan
 
 
 def _fmt(v: object) -> str:

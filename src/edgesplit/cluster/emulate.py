@@ -47,7 +47,7 @@ from edgesplit.config import (
 from edgesplit.errors import ConfigError, WorkerError
 
 if TYPE_CHECKING:
-    from edgesplit.emulate_hosts import HostNetwork
+    from edgesplit.cluster.emulate_hosts import HostNetwork
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ class EmulatedCluster:
         """Start one worker per device and wait until every one has written its ready file.
 
         ``hosts``: each device in its own network namespace with its own address, links shaped
-        by the kernel (:mod:`edgesplit.emulate_hosts`); ConfigError when this host cannot.
+        by the kernel (:mod:`edgesplit.cluster.emulate_hosts`); ConfigError when this host cannot.
 
         Raises WorkerError (with the tail of the worker's log) when a worker exits or is not
         ready within ``ready_timeout_s``; everything started so far is stopped first.
@@ -392,7 +392,7 @@ class EmulatedCluster:
         atexit.register(cluster.close)
         try:
             if hosts:
-                from edgesplit.emulate_hosts import HostNetwork
+                from edgesplit.cluster.emulate_hosts import HostNetwork
 
                 cluster.network = HostNetwork.create(names, cluster.default_link, links)
             cpu_sets = affinity_sets(devices, _host_cpus())
@@ -418,7 +418,7 @@ class EmulatedCluster:
     ) -> None:
         host = self.network.address(device.name) if self.network else "127.0.0.1"
         if self.network is not None and not port:
-            from edgesplit.emulate_hosts import WORKER_PORT
+            from edgesplit.cluster.emulate_hosts import WORKER_PORT
 
             port = WORKER_PORT  # each host has its own address: the port a Pi uses
         launch = WorkerLaunch(
@@ -516,7 +516,7 @@ class EmulatedCluster:
                 links=list(self.links),
                 token_file=self.token_file,
             )
-        from edgesplit.emulate_hosts import RESULT_PORT
+        from edgesplit.cluster.emulate_hosts import RESULT_PORT
 
         return ClusterSpec(
             devices=devices,

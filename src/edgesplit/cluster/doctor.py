@@ -437,7 +437,7 @@ def _worker_power(coordinator: Any, name: str, offset_ms: float) -> tuple[str | 
 
 def cluster_checks(cluster: ClusterSpec) -> list[Check]:
     """The coordinator's TLS files, then every device (probed in parallel, listed in order)."""
-    from edgesplit import certs
+    from edgesplit.cluster import certs
 
     checks = []
     if cluster.tls is not None:

@@ -19,10 +19,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from edgesplit import models
 from edgesplit.errors import ModelError
+from edgesplit.model import models
 
-SHIPPED_DIR = (Path(__file__).parent / "_shipped").resolve()
+SHIPPED_DIR = (Path(__file__).parent.parent / "_shipped").resolve()
 """The shipped checkpoints: package data (``src/edgesplit/_shipped`` links to the repository's
 ``checkpoints/``; a wheel carries the files), so any install finds them (issue #20)."""
 

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from edgesplit import engines, planner
+from edgesplit import engines
 from edgesplit.errors import AccuracyError
+from edgesplit.plan import planner
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator

@@ -1,6 +1,6 @@
 """Least energy under a latency bound: a label-setting DP over the same states as
-:mod:`edgesplit.planner.dp`, keeping at every state the Pareto front of (active energy, latency,
-bottleneck) of the partial plans reaching it.
+:mod:`edgesplit.plan.planner.dp`, keeping at every state the Pareto front of (active energy,
+latency, bottleneck) of the partial plans reaching it.
 
 Energy = (sum of idle W) x bottleneck + active energy, and the latency bound is a second sum, so
 one scalar per state is not enough; a partial plan is only dropped when another one reaching the
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgesplit.planner.dp import INF, Tables
+from edgesplit.plan.planner.dp import INF, Tables
 
 
 class Label(NamedTuple):

@@ -1,10 +1,11 @@
 """A ``.onnx`` file as the coordinator's unit graph: units found on the ONNX graph itself.
 
-:class:`OnnxUnitGraph` offers what the coordinator reads of a :class:`~edgesplit.graph.UnitGraph`
-(units with shapes, parameters and MACs; stages for unit ranges), so ``split``, ``plan``,
-``profile`` and ``run`` take a ``.onnx`` file like a zoo model. Its stages run in ONNX Runtime
-(fp32), torch tensors in and out; there is no torch module behind them, so ``--engine torch``
-does not apply. Cut points: :func:`edgesplit.engines.onnx_units.find_units`.
+:class:`OnnxUnitGraph` offers what the coordinator reads of a
+:class:`~edgesplit.model.graph.UnitGraph` (units with shapes, parameters and MACs; stages for
+unit ranges), so ``split``, ``plan``, ``profile`` and ``run`` take a ``.onnx`` file like a zoo
+model. Its stages run in ONNX Runtime (fp32), torch tensors in and out; there is no torch module
+behind them, so ``--engine torch`` does not apply. Cut points:
+:func:`edgesplit.engines.onnx_units.find_units`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from edgesplit.engines import onnx_units
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.engines.ort_session import make_session
 from edgesplit.errors import ModelError
-from edgesplit.graph import Unit
+from edgesplit.model.graph import Unit
 
 
 def compile_file(path: Path) -> CompiledModel:
@@ -56,7 +57,7 @@ class OnnxStage:
 
 
 class OnnxUnitGraph:
-    """The units of a compiled ONNX model, read like a :class:`~edgesplit.graph.UnitGraph`."""
+    """The units of a compiled ONNX model, read like a :class:`~edgesplit.model.graph.UnitGraph`."""
 
     def __init__(self, compiled: CompiledModel) -> None:
         self.compiled = compiled

@@ -23,7 +23,7 @@ Cost model (every number is per micro-batch of ``batch_size`` images; ranges are
   extra power. W x ms = mJ; energy_j_per_image = total mJ / 1000 / batch_size. When the planner
   is told to use only some ``devices``, the others are not part of the cluster (no idle power).
 
-Objectives (all exact; :mod:`edgesplit.planner.dp` has the dynamic program):
+Objectives (all exact; :mod:`edgesplit.plan.planner.dp` has the dynamic program):
 
 - ``throughput``: least bottleneck; among those, least latency, then fewest stages.
 - ``latency``: least latency, which may use fewer devices; among equal latencies, fewest
@@ -35,9 +35,9 @@ Objectives (all exact; :mod:`edgesplit.planner.dp` has the dynamic program):
   throughput if no plan meets the bounds.
 """
 
-from edgesplit.planner.evaluate import evaluate, objective_value
-from edgesplit.planner.search import choose_plan
-from edgesplit.planner.types import (
+from edgesplit.plan.planner.evaluate import evaluate, objective_value
+from edgesplit.plan.planner.search import choose_plan
+from edgesplit.plan.planner.types import (
     OBJECTIVES,
     DeviceCost,
     LinkCost,

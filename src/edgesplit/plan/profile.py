@@ -31,12 +31,12 @@ from edgesplit.config import COORDINATOR, ClusterSpec
 from edgesplit.errors import ConfigError, WorkerError
 from edgesplit.metrics import calibrate
 from edgesplit.metrics.energy import PowerFit
-from edgesplit.planner import DeviceCost, LinkCost, Problem, UnitCost
+from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
 
 if TYPE_CHECKING:
     import torch
 
-    from edgesplit.graph import UnitGraph
+    from edgesplit.model.graph import UnitGraph
     from edgesplit.runtime.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,12 @@ class UnitProfile:
 
 
 CFS_PERIOD_MS = 100.0
-"""The CFS period of an emulated device's quota (:data:`edgesplit.emulate.CFS_PERIOD_US`)."""
+"""The CFS period of an emulated device's quota (see
+:data:`edgesplit.cluster.emulate.CFS_PERIOD_US`)."""
 
 
 class StageCosts(NamedTuple):
-    """A device's costs for the planner (:class:`~edgesplit.planner.DeviceCost`).
+    """A device's costs for the planner (:class:`~edgesplit.plan.planner.DeviceCost`).
 
     ``unit_ms``/``boundary_ms`` are what the device sustains while a pipeline keeps it busy.
     An emulated device's CPU share is a CFS quota: it runs at full speed until the quota of the

@@ -1,8 +1,8 @@
-"""Training and single-device evaluation on the datasets of :mod:`edgesplit.data`.
+"""Training and single-device evaluation on the datasets of :mod:`edgesplit.model.data`.
 
 The recipe (fixed, so the shipped checkpoints can be reproduced): AdamW with a one-cycle learning
 rate, batch 128, random shifts of up to 1/16 of the image and horizontal flips as augmentation,
-the same preprocessing as every run (:func:`edgesplit.data.preprocess`).
+the same preprocessing as every run (:func:`edgesplit.model.data.preprocess`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesplit.data import ImageSet, preprocess
+from edgesplit.model.data import ImageSet, preprocess
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The cluster: emulated devices (CPU shares, processes, hosts), faults, certificates, doctor."""

@@ -1,0 +1,1 @@
+"""The model: fx graph and cut points, partition strings, zoo, checkpoints, datasets, training."""

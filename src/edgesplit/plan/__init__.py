@@ -1,0 +1,1 @@
+"""Planning: the profile (schema, cost model, measurement), the planner, stages, precision."""
