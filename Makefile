@@ -70,6 +70,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_layering.py
 
 test: setup browser
 	@bash scripts/test-tiers.sh

@@ -22,9 +22,9 @@ import psutil
 import torch
 
 from edgesplit import __version__
+from edgesplit.app.staging import unit_times_ms
 from edgesplit.model import graph
 from edgesplit.model.partition import Ranges, balanced_ranges, format_partition
-from edgesplit.plan.staging import unit_times_ms
 from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS
 from edgesplit.runtime.records import HopRecord
 

@@ -2,8 +2,8 @@
 thread, for every zoo model (issue #9 item 5).
 
 For each model (random weights, 10 classes, 3 x 224 x 224 input, batch 8) the whole model
-``[0, units)`` runs on the executors edgesplit's stages use (:func:`edgesplit.engines
-.build_executor`): ``torch fp32`` (the traced fx module, eager), ``onnxruntime fp32`` and
+``[0, units)`` runs on the executors edgesplit's stages use (:func:`edgesplit.engines.build.
+build_executor`): ``torch fp32`` (the traced fx module, eager), ``onnxruntime fp32`` and
 ``onnxruntime int8`` (static QDQ quantization calibrated on a small batch of random images;
 speed does not depend on what the calibration batch shows). One torch thread in this process
 and one ONNX Runtime intra-op thread. The engines take turns in rounds, so drift of this noisy
@@ -31,7 +31,8 @@ from typing import Any
 import _common as common
 import torch
 
-from edgesplit.engines import EngineSpec, Executor, build_executor
+from edgesplit.engines import EngineSpec, Executor
+from edgesplit.engines.build import build_executor
 from edgesplit.model import graph, models
 
 VARIANTS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))

@@ -41,7 +41,8 @@ import torch
 
 from edgesplit.cluster.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.config import LinkSpec
-from edgesplit.engines import EngineSpec, Execution, Executor, build_executor
+from edgesplit.engines import EngineSpec, Execution, Executor
+from edgesplit.engines.build import build_executor
 from edgesplit.metrics.summary import percentile, request_latencies_ms
 from edgesplit.model import graph, models
 from edgesplit.model.partition import Ranges, balanced_ranges

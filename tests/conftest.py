@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.metrics import manifest, resultlog, runsummary
+from edgesplit.metrics import manifest, resultlog
 from edgesplit.model import graph, models
+from edgesplit.shared import runsummary
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgesplit.metrics.runsummary import RunSummary
+from edgesplit.shared.runsummary import RunSummary
 
 
 def device(name: str, stage: int = 0, **values: Any) -> dict[str, Any]:

@@ -25,13 +25,13 @@ from edgesplit.adapt import (
     start,
 )
 from edgesplit.adapt.controller import Controller
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
-from edgesplit.metrics.live import Reading, ResultSeen, StatusSeen
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile, UnitProfile
 from edgesplit.runtime.coordinator import Stage
+from edgesplit.runtime.live import Reading, ResultSeen, StatusSeen
 from edgesplit.runtime.records import HopRecord
+from edgesplit.shared.names import COORDINATOR
 
 UNITS = 8
 UNIT_MS = 10.0

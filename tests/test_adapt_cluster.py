@@ -17,8 +17,8 @@ import torch
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
-from edgesplit.metrics.live import LiveSnapshot
 from edgesplit.model import checkpoints, data
+from edgesplit.runtime.live import LiveSnapshot
 from tests.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
 
 

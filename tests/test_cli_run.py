@@ -345,8 +345,8 @@ def test_table_never_cuts_a_device_name() -> None:
     """Long names on a console narrower than the table: every name is printed whole."""
     from rich.console import Console
 
-    from edgesplit.metrics.runsummary import DeviceRow
     from edgesplit.metrics.table import device_table
+    from edgesplit.shared.runsummary import DeviceRow
     from tests.summaries import a_summary
 
     names = [f"raspberrypi-kitchen-shelf-{i}" for i in range(3)]

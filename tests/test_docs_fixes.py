@@ -160,7 +160,7 @@ def test_run_help_lists_the_known_datasets_without_importing_torch() -> None:
 
 
 def test_shipped_checkpoints_are_package_data() -> None:
-    package = Path(checkpoints.__file__).parent
+    package = Path(checkpoints.__file__).parent.parent  # edgesplit/, where pyproject ships them
     assert (package / "_shipped" / "MANIFEST.json").is_file()
     manifest = json.loads((checkpoints.SHIPPED_DIR / "MANIFEST.json").read_text())
     assert checkpoints.shipped("mobilenet_v2").is_file()

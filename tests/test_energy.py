@@ -12,9 +12,9 @@ import pytest
 from edgesplit.cluster import doctor
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import energy
-from edgesplit.metrics.runsummary import DeviceRow
+from edgesplit.plan import energy
 from edgesplit.plan.profile import DeviceProfile, Profile, UnitProfile, load_profile, to_problem
+from edgesplit.shared.runsummary import DeviceRow
 from tests.summaries import a_summary
 
 
@@ -264,7 +264,7 @@ class _Sample:
 def test_calibration_fits_a_metered_device_and_skips_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edgesplit.metrics import calibrate
+    from edgesplit.plan import calibrate
 
     monkeypatch.setattr(calibrate, "IDLE_S", 0.0)
     plain = FakeCoordinator(metered=False)

@@ -14,10 +14,10 @@ from edgesplit.engines import (
     EngineSpec,
     Execution,
     StageKey,
-    build_executor,
     onnx_engine,
     resolve_engine,
 )
+from edgesplit.engines.build import build_executor
 from edgesplit.errors import ConfigError, ModelError
 from edgesplit.model import graph
 from tests.conftest import traced

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from edgesplit.config import parse_cluster
-from edgesplit.engines import EngineSpec, Execution, build_executor, cpu, quantize
+from edgesplit.engines import EngineSpec, Execution, cpu, quantize
+from edgesplit.engines.build import build_executor
 from edgesplit.errors import ModelError
 from edgesplit.model import checkpoints, data, graph
 from edgesplit.runtime.coordinator import Coordinator

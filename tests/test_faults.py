@@ -12,7 +12,7 @@ import torch
 
 from edgesplit.cluster.faults import Injection, parse_injection, parse_injections
 from edgesplit.config import parse_cluster
-from edgesplit.errors import ConfigError, RunError
+from edgesplit.errors import ConfigError, RunAborted, RunError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.model import models
 from edgesplit.runtime import health as hl
@@ -20,7 +20,6 @@ from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.health import DeviceState as S
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
-from edgesplit.runtime.runner import RunAborted
 from edgesplit.runtime.transport import open_channel
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
@@ -80,7 +79,7 @@ def test_a_returning_device_is_readmitted_after_probation_without_a_miss() -> No
 
 
 def test_policy_validation() -> None:
-    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+    with pytest.raises(ConfigError, match="deadline_s must be > 0"):
         hl.HealthPolicy(deadline_s=0)
 
 

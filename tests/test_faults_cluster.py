@@ -18,8 +18,8 @@ from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
 from edgesplit.cluster.faults import Injector, parse_injection, parse_injections, relative
 from edgesplit.config import LinkSpec
 from edgesplit.job import RunConfig, run_job
-from edgesplit.metrics.live import LiveSnapshot
 from edgesplit.model import checkpoints, data
+from edgesplit.runtime.live import LiveSnapshot
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,10 @@ from edgesplit.cluster.emulate_hosts import (
     teardown_commands,
     unavailable_reason,
 )
-from edgesplit.config import COORDINATOR, ClusterSpec, LinkSpec, PairLink, parse_cluster
+from edgesplit.config import ClusterSpec, LinkSpec, PairLink, parse_cluster
 from edgesplit.errors import ConfigError
 from edgesplit.job import emulation_mode
+from edgesplit.shared.names import COORDINATOR
 
 DEVICES = ("pi1", "pi2", "pi3")
 

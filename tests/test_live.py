@@ -10,9 +10,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from edgesplit.metrics import live
+from edgesplit.errors import ConfigError
 from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard, live_table
-from edgesplit.metrics.live import (
+from edgesplit.metrics.prometheus import RunMetrics
+from edgesplit.metrics.worker_prometheus import WorkerMetrics
+from edgesplit.runtime import live
+from edgesplit.runtime.live import (
     FailureSeen,
     HopSeen,
     LiveFeed,
@@ -22,9 +25,7 @@ from edgesplit.metrics.live import (
     StatusSeen,
     UnreachableSeen,
 )
-from edgesplit.metrics.prometheus import RunMetrics
-from edgesplit.metrics.sampler import DeviceSample
-from edgesplit.metrics.worker_prometheus import WorkerMetrics
+from edgesplit.runtime.sampler import DeviceSample
 
 T0 = 1_000.0
 
@@ -150,7 +151,7 @@ def test_the_reducer_does_not_mutate_its_input() -> None:
 
 
 def test_window_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="window_s must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="window_s must be > 0, got 0"):
         live.start(T0, ["pi1"], window_s=0)
 
 

@@ -11,10 +11,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgesplit.config import parse_cluster
-from edgesplit.metrics.live import LiveSnapshot
 from edgesplit.metrics.worker_prometheus import WorkerMetrics
 from edgesplit.model import models
 from edgesplit.runtime.coordinator import Coordinator
+from edgesplit.runtime.live import LiveSnapshot
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
 TOKEN = "live-test-token"

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import PlanError
 from edgesplit.plan.planner import (
     DeviceCost,
@@ -24,6 +23,7 @@ from edgesplit.plan.planner import (
     evaluate,
     objective_value,
 )
+from edgesplit.shared.names import COORDINATOR
 
 MB = 1_000_000
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import power
-from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
+from edgesplit.runtime import power
 from edgesplit.runtime import samples as sample_codec
+from edgesplit.runtime.sampler import DeviceSample, DeviceSampler
 
 PI5_PMIC = """\
    3V7_WL_SW_A current(0)=0.10000000A

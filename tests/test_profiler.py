@@ -196,7 +196,7 @@ def test_boundary_model_splits_unit_times_into_stage_insides_and_ends() -> None:
     # No whole-model time (an old profile), or units that are not slower alone: no boundary cost.
     assert boundary_model((10.0, 20.0), None, (1, 2, 3)) == ((10.0, 20.0), (0.0, 0.0, 0.0))
     assert boundary_model((10.0, 20.0), 35.0, (1, 2, 3))[1] == (0.0, 0.0, 0.0)
-    with pytest.raises(ValueError, match="boundary sizes"):
+    with pytest.raises(ConfigError, match="boundary sizes"):
         boundary_model((10.0, 20.0), 25.0, (1, 2))
 
 

@@ -14,12 +14,13 @@ import torch
 import edgesplit
 from edgesplit.config import ClusterSpec, parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import runfolder, runsummary
-from edgesplit.metrics.runsummary import RunSummary
+from edgesplit.metrics import runfolder
 from edgesplit.metrics.summary import RunFacts, StageInfo, summarise
 from edgesplit.model.graph import Unit
 from edgesplit.runconfig import RunConfig
 from edgesplit.runtime.records import DeviceFailure, HopRecord, PlanChange, RunRecord
+from edgesplit.shared import runsummary
+from edgesplit.shared.runsummary import RunSummary
 from tests.summaries import summary_dict
 
 SCHEMA = Path(__file__).parents[1] / "docs" / "summary.schema.json"
@@ -190,7 +191,7 @@ def test_the_model_is_frozen() -> None:
 
 
 def test_the_committed_schema_is_the_models() -> None:
-    """docs/summary.schema.json is generated (python -m edgesplit.metrics.runsummary >
+    """docs/summary.schema.json is generated (python -m edgesplit.shared.runsummary >
     docs/summary.schema.json): it cannot drift from what runs write."""
     assert json.loads(SCHEMA.read_text()) == runsummary.json_schema()
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgesplit.errors import ModelError, PlanError
+from edgesplit.errors import ModelError, PlanError, WorkerError
 from edgesplit.runtime import samples, weights
 from edgesplit.runtime.coordinator import Stage, _validate_plan
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import best_offset, hop_records, upload_record
+from edgesplit.shared import cache
 
 
 def test_best_offset_takes_the_smallest_round_trip() -> None:
@@ -25,7 +26,7 @@ def test_best_offset_takes_the_smallest_round_trip() -> None:
 
 
 def test_best_offset_needs_a_probe() -> None:
-    with pytest.raises(ValueError, match="at least one probe"):
+    with pytest.raises(WorkerError, match="at least one clock probe"):
         best_offset([])
 
 
@@ -128,7 +129,7 @@ def test_missing_sensors_travel_as_absent_not_zero() -> None:
 
 
 def test_weights_round_trip_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     model = torch.nn.Linear(3, 2)
     blob = weights.to_bytes(model)
     state = weights.from_bytes(blob)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit.metrics.sampler import (
+from edgesplit.errors import ConfigError
+from edgesplit.runtime.sampler import (
     THROTTLED_PATH,
     DeviceSample,
     DeviceSampler,
@@ -132,9 +133,9 @@ def test_sample_round_trips_through_json() -> None:
 
 
 def test_from_dict_names_unknown_and_missing_fields() -> None:
-    with pytest.raises(ValueError, match="unknown fields \\['cpu'\\]"):
+    with pytest.raises(ConfigError, match="unknown fields \\['cpu'\\]"):
         DeviceSample.from_dict({"cpu": 1})
-    with pytest.raises(ValueError, match="missing required fields"):
+    with pytest.raises(ConfigError, match="missing required fields"):
         DeviceSample.from_dict({"t": 1.0})
 
 
@@ -171,5 +172,5 @@ def test_sampler_real_host_buffer_is_bounded() -> None:
         sampler.sample()
     assert len(sampler.drain()) == 3
     assert sampler.dropped == 2
-    with pytest.raises(ValueError, match="interval_s"):
+    with pytest.raises(ConfigError, match="interval_s"):
         DeviceSampler(interval_s=0)

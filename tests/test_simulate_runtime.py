@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import ConfigError
 from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
 from edgesplit.plan.profile import DeviceProfile, Profile, UnitProfile
+from edgesplit.shared.names import COORDINATOR
 from edgesplit.simulate import SimConfig, SimSpec, cluster_from, simulate
 from edgesplit.simulate.build import one_host_hop
 from edgesplit.simulate.cpu import Host, Proc, settle, water_level

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from edgesplit.config import parse_cluster
+from edgesplit.errors import Refused
 from edgesplit.model import models
 from edgesplit.runtime import codec, limits
 from edgesplit.runtime.auth import RejectLog
@@ -28,7 +29,7 @@ from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.links import LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
-from edgesplit.runtime.transport import Refused, bind, make_server, open_channel, service_handler
+from edgesplit.runtime.transport import bind, make_server, open_channel, service_handler
 from edgesplit.runtime.weights import trim_lru
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 

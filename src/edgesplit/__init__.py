@@ -22,6 +22,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from edgesplit._version import __version__
 from edgesplit.errors import EdgesplitError
 
 if TYPE_CHECKING:
@@ -29,9 +30,8 @@ if TYPE_CHECKING:
     from edgesplit._data import Plan, Profile, Simulation, Split
     from edgesplit._results import RunPlots, RunResult
     from edgesplit.cluster.handle import Cluster, EmulatedCluster
-    from edgesplit.metrics.runsummary import RunSummary
+    from edgesplit.shared.runsummary import RunSummary
 
-__version__ = "0.1.0"
 __all__ = [
     "Cluster",
     "EdgesplitError",
@@ -62,7 +62,7 @@ _LAZY = {
     "Split": "edgesplit._data",
     "RunPlots": "edgesplit._results",
     "RunResult": "edgesplit._results",
-    "RunSummary": "edgesplit.metrics.runsummary",
+    "RunSummary": "edgesplit.shared.runsummary",
     "plan": "edgesplit._api",
     "profile": "edgesplit._api",
     "run": "edgesplit._api",

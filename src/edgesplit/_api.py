@@ -48,7 +48,6 @@ def split(
         >>> s.num_units, s.max_abs_diff
         (33, 0.0)
     """
-    from edgesplit.cli.split import check_partition
     from edgesplit.job import default_input_size
     from edgesplit.model import graph, models
     from edgesplit.model.partition import format_partition, parse_partition
@@ -59,7 +58,7 @@ def split(
     ranges = parse_partition(partition, ug.num_units) if partition is not None else None
     if check and ranges is None:
         raise ConfigError("check=True needs a partition, e.g. partition='0-9,9-'")
-    diff = check_partition(ug, module, ranges, 2) if check and ranges is not None else None
+    diff = graph.check_partition(ug, module, ranges, 2) if check and ranges is not None else None
     return Split(
         model=model,
         input_size=size,

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import runsummary
-from edgesplit.metrics.runsummary import RunSummary
+from edgesplit.shared import runsummary
+from edgesplit.shared.runsummary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd

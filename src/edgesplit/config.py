@@ -33,9 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesplit.errors import ConfigError
-
-COORDINATOR = "coordinator"
-"""The name links use for the coordinator's end (input upload, result return)."""
+from edgesplit.shared.names import COORDINATOR
 
 TOKEN_ENV = "EDGESPLIT_TOKEN"
 
@@ -83,7 +81,7 @@ class EmulationSpec(Strict):
 
 
 POWER_CHANNEL = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.+-]+)?$"
-"""``CHIP`` or ``CHIP:CHANNEL`` (channel number or label), see edgesplit.metrics.power."""
+"""``CHIP`` or ``CHIP:CHANNEL`` (channel number or label), see edgesplit.runtime.power."""
 
 
 class TlsSpec(Strict):

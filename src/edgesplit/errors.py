@@ -2,8 +2,16 @@
 
 Every error says what was expected and what was given. Lower-level exceptions (grpc, OSError,
 torch.fx) are translated into these at the boundary, so the CLI only has to catch
-:class:`EdgesplitError`.
+:class:`EdgesplitError`. Every exception class of the package lives here (scripts/check_layering.py
+checks it), and none is raised as the bare base class.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 
 class EdgesplitError(Exception):
@@ -64,3 +72,56 @@ class RequestError(EdgesplitError):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+class CodecError(EdgesplitError):
+    """A tensor message is malformed: unknown dtype, bad shape, or wrong byte count."""
+
+
+class Refused(EdgesplitError):
+    """Raised by a handler to answer the call with ``code`` and a message saying what was
+    expected."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ListenError(EdgesplitError):
+    """A gRPC server cannot listen on its address (in use, invalid, or refused by the OS)."""
+
+
+class OversizeError(EdgesplitError):
+    """A message would exceed the gRPC size limit."""
+
+
+class SendStopped(EdgesplitError):
+    """The sender was closed while a message waited for its link."""
+
+
+class InstallFailed(WorkerError):
+    """A device did not take its stage of a new epoch (the epoch did not become current)."""
+
+    def __init__(self, message: str, device: str) -> None:
+        super().__init__(message)
+        self.device = device
+
+
+class RunAborted(RunError):
+    """The run could not finish; ``record`` (a :class:`edgesplit.runtime.records.RunRecord`)
+    holds what it did (results that arrived, failures). Typed ``Any`` here so that this module
+    imports nothing of the package."""
+
+    def __init__(self, message: str, record: Any) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class RunInterrupted(RunAborted):
+    """Ctrl-C or SIGTERM (as ``SystemExit``) stopped the run; ``record`` holds what it did and
+    ``interruption`` the exception to raise again once the run folder is written."""
+
+    def __init__(self, record: Any, interruption: BaseException) -> None:
+        what = "Ctrl-C" if isinstance(interruption, KeyboardInterrupt) else "a signal (SIGTERM)"
+        super().__init__(f"interrupted by {what}", record)
+        self.interruption = interruption

@@ -21,21 +21,21 @@ import torch
 from torch import nn
 
 from edgesplit.adapt.controller import Controller
+from edgesplit.app.execution import choose_precision, execution_for, int8_gate
+from edgesplit.app.staging import choose_ranges, replanner, stage_infos, unit_costs
 from edgesplit.cluster.faults import Injection, Injector, parse_injections
 from edgesplit.config import ClusterSpec, LinkSpec
 from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.metrics import manifest, resultlog, runfolder
-from edgesplit.metrics.live import LiveCallback, LiveSnapshot
-from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 from edgesplit.metrics.summary import RunFacts, run_events, summarise
 from edgesplit.model import checkpoints, data, graph, models
 from edgesplit.model.partition import format_partition
 from edgesplit.plan import autoplan, planner
 from edgesplit.plan import precision as precision_auto
-from edgesplit.plan.execution import choose_precision, execution_for, int8_gate
 from edgesplit.plan.profile import Profile, ProfileSettings
-from edgesplit.plan.staging import choose_ranges, replanner, stage_infos, unit_costs
 from edgesplit.runconfig import RunConfig
+from edgesplit.runtime.live import LiveCallback, LiveSnapshot
+from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 if TYPE_CHECKING:
     from edgesplit.cluster.emulate import EmulatedCluster
@@ -251,7 +251,7 @@ def run_job(
 
     ``on_progress(images_done, images_total, elapsed_s)`` is called after each result;
     ``on_phase(text)`` when the job moves on (starting the cluster, loading, running);
-    ``on_live(snapshot)`` while it runs (see :class:`edgesplit.metrics.live.LiveFeed`).
+    ``on_live(snapshot)`` while it runs (see :class:`edgesplit.runtime.live.LiveFeed`).
 
     The folder gets ``manifest.json`` before the first image runs and every result in
     ``results.jsonl`` as it arrives (:mod:`edgesplit.metrics.resultlog`); Ctrl-C or SIGTERM
@@ -259,9 +259,9 @@ def run_job(
     ``resume``: ``config.out`` holds an interrupted run of the same configuration; only the
     images its log lacks run, and the folder is completed. ``command`` is the command line
     for the manifest (default ``sys.argv``)."""
+    from edgesplit.errors import RunAborted, RunInterrupted
     from edgesplit.runtime.coordinator import Coordinator
     from edgesplit.runtime.health import HealthPolicy
-    from edgesplit.runtime.runner import RunAborted, RunInterrupted
 
     phase = on_phase or (lambda text: log.info("%s", text))
     injections = injections_for(config, cluster)  # a bad spec fails before anything starts

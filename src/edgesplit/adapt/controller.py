@@ -33,12 +33,12 @@ from edgesplit.adapt.state import (
     observe,
     start,
 )
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import EdgesplitError
-from edgesplit.metrics.live import LiveEvent, ResultSeen, StatusSeen
 from edgesplit.plan import planner
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile
+from edgesplit.runtime.live import LiveEvent, ResultSeen, StatusSeen
+from edgesplit.shared.names import COORDINATOR
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator

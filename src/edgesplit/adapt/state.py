@@ -26,8 +26,8 @@ import dataclasses
 import statistics
 from dataclasses import dataclass
 
-from edgesplit.config import COORDINATOR
 from edgesplit.plan.profile import Profile, boundary_bytes
+from edgesplit.shared.names import COORDINATOR
 
 MIN_EXPECTED_MS = 0.05
 """Stages the profile times below this are too short to tell a speed from noise."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from edgesplit import __version__
+from edgesplit._version import __version__
 from edgesplit.errors import EdgesplitError
 
 # gRPC's fork handlers print "Other threads are currently calling into gRPC, skipping fork()

@@ -8,14 +8,14 @@ import click
 
 from edgesplit.cli import main
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import manifest, resultlog, runsummary
+from edgesplit.metrics import manifest, resultlog
 from edgesplit.metrics.report import (
     FORMATS,
     completion_line,
     export,
     write_partial_report,
-    write_report,
 )
+from edgesplit.shared import runsummary
 
 
 @main.command("report")
@@ -61,6 +61,8 @@ def report_command(run_dir: Path, compare: tuple[Path, ...], out: Path | None, f
         click.echo(f"report: {write_partial_report(run_dir, out)}")
         return
     if fmt == "html":
+        from edgesplit.metrics.plots import write_report  # matplotlib: only when drawing
+
         click.echo(f"report: {write_report(run_dir, compare, out)}")
     else:
         for path in export(run_dir, fmt, compare, out):

@@ -17,10 +17,10 @@ from edgesplit.errors import ConfigError
 from edgesplit.model import models
 
 if TYPE_CHECKING:
-    from edgesplit.metrics.live import LiveCallback, LiveSnapshot
     from edgesplit.metrics.prometheus import RunMetrics
-    from edgesplit.metrics.runsummary import RunSummary
     from edgesplit.runconfig import RunConfig
+    from edgesplit.runtime.live import LiveCallback, LiveSnapshot
+    from edgesplit.shared.runsummary import RunSummary
 
 DATASETS_HELP = "cifar10, cifar100, fashion-mnist, mnist, imagefolder:PATH, synthetic"
 """``edgesplit.model.data.known_datasets()``, written out: importing it takes torch, and
@@ -320,8 +320,8 @@ def run_command(
     from edgesplit.cluster.emulate import exit_on_sigterm
     from edgesplit.job import RunConfig, run_job
     from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
-    from edgesplit.metrics.energy import comparison as energy_comparison
     from edgesplit.metrics.table import device_table
+    from edgesplit.plan.energy import comparison as energy_comparison
 
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
     cpus_value, cpus_each = parse_cpus(cpus)
@@ -384,7 +384,7 @@ def run_command(
     if metrics:
         metrics.on_summary(outcome.summary)
     if with_report:
-        from edgesplit.metrics.report import write_report
+        from edgesplit.metrics.plots import write_report
 
         click.echo(f"report: {write_report(outcome.folder)}", err=True)
     if as_json:

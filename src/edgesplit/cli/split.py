@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.cli import main
-from edgesplit.errors import GraphError
 from edgesplit.model import graph, models
+from edgesplit.model.graph import check_partition
 from edgesplit.model.partition import parse_partition
 
 
@@ -40,31 +40,6 @@ def units_table(name: str, ug: graph.UnitGraph) -> Table:
             f"{u.out_bytes / 1024:.2f}",
         )
     return table
-
-
-def check_partition(
-    ug: graph.UnitGraph,
-    model: torch.nn.Module | None,
-    ranges: tuple[tuple[int, int], ...],
-    batch: int,
-) -> float:
-    """Max absolute difference between the whole model and the chained stages on a random batch;
-    raises GraphError unless the outputs are bit-identical. A ``.onnx`` model (``model`` None)
-    runs in ONNX Runtime, whose fusions differ per stage: there the bound is 1e-4 relative."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *ug.input_shape, generator=generator)
-    with torch.inference_mode():
-        reference = model(x) if model is not None else ug.stage(0, ug.num_units)(x)
-        y = x
-        for start, end in ranges:
-            y = ug.stage(start, end)(y)
-    diff = (reference - y).abs().max().item()
-    exact = torch.equal(reference, y)
-    if model is None:
-        exact = diff <= 1e-4 * max(1.0, reference.abs().max().item())
-    if not exact:
-        raise GraphError(f"chained stages differ from the whole model: max |diff| = {diff:.3g}")
-    return diff
 
 
 @main.command()

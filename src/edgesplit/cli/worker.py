@@ -18,7 +18,7 @@ from edgesplit.config import TlsSpec, env_token, load_cluster, read_token_file
 from edgesplit.engines import resolve_engine
 from edgesplit.engines.ort_session import lean_allocator
 from edgesplit.errors import ConfigError
-from edgesplit.metrics.power import COMMAND_TIMEOUT_S, PowerSettings
+from edgesplit.runtime.power import COMMAND_TIMEOUT_S, PowerSettings
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 import psutil
 
-from edgesplit import __version__
+from edgesplit._version import __version__
 from edgesplit.config import ClusterSpec, DeviceSpec
 from edgesplit.errors import EdgesplitError
-from edgesplit.metrics import power
-from edgesplit.metrics.sampler import ThrottleReader, read_temperature_c
+from edgesplit.runtime import power
+from edgesplit.runtime.sampler import ThrottleReader, read_temperature_c
 
 Status = Literal["OK", "WARN", "FAIL"]
 

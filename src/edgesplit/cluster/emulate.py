@@ -73,7 +73,7 @@ class EmulatedDevice:
     """Worker compute threads; default ``max(1, ceil(cpus))``."""
     power_command: str | None = None
     """A program that prints this device's watts (its worker runs it; see
-    :mod:`edgesplit.metrics.power`). Without one the device's power is the model's."""
+    :mod:`edgesplit.runtime.power`). Without one the device's power is the model's."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):

@@ -43,8 +43,9 @@ from pathlib import Path
 
 import psutil
 
-from edgesplit.config import COORDINATOR, LinkSpec, PairLink
+from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError, WorkerError
+from edgesplit.shared.names import COORDINATOR
 
 log = logging.getLogger(__name__)
 

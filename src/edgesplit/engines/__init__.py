@@ -10,8 +10,8 @@ Two engines sit behind one small interface (build, run a batch, describe):
 
 The engine matters more than the split (issue #9: MobileNetV2 at 224, one thread, eager torch
 32.5 img/s, ONNX Runtime fp32 139 img/s, int8 327 img/s), so edgesplit's stages run on the fast
-engine by default. :func:`build_executor` is also what the profiler uses to time units per
-engine and precision.
+engine by default. :func:`edgesplit.engines.build.build_executor` is also what the profiler
+uses to time units per engine and precision.
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from edgesplit.errors import ConfigError
+from edgesplit.shared.names import check_wire
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
-
-    from edgesplit.model.graph import UnitGraph
 
 ENGINES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
@@ -88,8 +85,6 @@ class Execution:
     calibration: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        from edgesplit.runtime.wire import check_wire
-
         EngineSpec(self.engine or "onnxruntime", self.precision)
         check_wire(self.wire)
         if self.precision == "int8" and self.calibration is None:
@@ -146,38 +141,6 @@ def resolve_engine(engine: str | None) -> tuple[str, str | None]:
     return engine, None
 
 
-def build_executor(
-    ug: UnitGraph,
-    start: int,
-    end: int,
-    spec: EngineSpec,
-    threads: int = 1,
-    key: StageKey | None = None,
-    calibration: torch.Tensor | None = None,
-    cache_dir: Path | None = None,
-    stage_calibration: torch.Tensor | None = None,
-) -> Executor:
-    """An executor for units ``[start, end)`` (half-open) of ``ug`` on ``spec``'s engine.
-
-    ``threads`` is the intra-op thread count (onnxruntime; torch threads are per process and
-    set by the worker). ``key`` lets onnxruntime reuse an exported or quantized stage from
-    ``cache_dir`` (default: the user cache); without it nothing is written to disk.
-    ``calibration`` is a batch of *model inputs* for int8: the executor runs the torch prefix
-    ``[0, start)`` on it to get this stage's inputs; ``stage_calibration`` instead gives those
-    inputs directly (the profiler computes them unit by unit). Raises :class:`ModelError` naming the
-    operation when a stage cannot be exported or loaded.
-    """
-    if spec.engine == "torch":
-        from edgesplit.engines.torch_engine import TorchExecutor
-
-        return TorchExecutor(ug, start, end)
-    from edgesplit.engines.onnx_engine import build_onnx_executor
-
-    return build_onnx_executor(
-        ug, start, end, spec, threads, key, calibration, cache_dir, stage_calibration
-    )
-
-
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
     "ENGINES",
@@ -186,7 +149,6 @@ __all__ = [
     "Execution",
     "Executor",
     "StageKey",
-    "build_executor",
     "default_engine",
     "onnxruntime_available",
     "resolve_engine",

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from edgesplit import __version__
+from edgesplit._version import __version__
 from edgesplit.engines import EngineSpec, StageKey
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import ModelError
 from edgesplit.model.graph import UnitGraph
-from edgesplit.runtime.weights import cache_dir as weights_cache_dir
+from edgesplit.shared.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def engine_version() -> str:
 
 def cache_dir() -> Path:
     """Where compiled stages live: beside the weights cache, in ``onnx/``."""
-    return weights_cache_dir().parent / "onnx"
+    return cache_root() / "onnx"
 
 
 def stage_input_shape(ug: UnitGraph, start: int) -> tuple[int, ...]:
@@ -241,7 +241,7 @@ def build_onnx_executor(
     directory: Path | None,
     stage_calibration: torch.Tensor | None = None,
 ) -> OnnxExecutor:
-    """See :func:`edgesplit.engines.build_executor`."""
+    """See :func:`edgesplit.engines.build.build_executor`."""
     if threads < 1:
         raise ModelError(f"onnxruntime needs at least 1 intra-op thread, got {threads}")
     data, path = compiled_stage(

@@ -104,7 +104,7 @@ class ModelUnits:
                 params=tuple(_count(p) for p in raw["params"]),
                 macs=tuple(_count(m) for m in raw["macs"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ModelError) as exc:
             raise ModelError(
                 f"the model's {META_KEY} metadata is malformed: {type(exc).__name__}: {exc}"
             ) from None
@@ -113,21 +113,21 @@ class ModelUnits:
 
 def _name(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > 1000:
-        raise ValueError(f"a tensor name must be a non-empty string, got {value!r:.80}")
+        raise ModelError(f"a tensor name must be a non-empty string, got {value!r:.80}")
     return value
 
 
 def _shape(value: object) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > 8:
-        raise ValueError(f"a per-sample shape must be a list of at most 8 sizes, got {value!r:.80}")
+        raise ModelError(f"a per-sample shape must be a list of at most 8 sizes, got {value!r:.80}")
     if not all(isinstance(d, int) and 0 < d <= 1 << 24 for d in value):
-        raise ValueError(f"shape sizes must be positive integers, got {value!r:.80}")
+        raise ModelError(f"shape sizes must be positive integers, got {value!r:.80}")
     return tuple(value)
 
 
 def _count(value: object) -> int:
     if not isinstance(value, int) or value < 0:
-        raise ValueError(f"a count must be a non-negative integer, got {value!r:.80}")
+        raise ModelError(f"a count must be a non-negative integer, got {value!r:.80}")
     return value
 
 

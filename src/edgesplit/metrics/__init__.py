@@ -1,5 +1,5 @@
 """Measurements of devices and runs: device sampler (this package), power, run records, report."""
 
-from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
+from edgesplit.runtime.sampler import DeviceSample, DeviceSampler
 
 __all__ = ["DeviceSample", "DeviceSampler"]

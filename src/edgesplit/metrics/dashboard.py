@@ -2,7 +2,7 @@
 terminal, plain periodic lines otherwise (CI logs stay readable).
 
 Both take the run's callbacks (``on_phase``, ``on_progress``, ``on_live``) and throttle the
-rendering themselves; the numbers come from :mod:`edgesplit.metrics.live`.
+rendering themselves; the numbers come from :mod:`edgesplit.runtime.live`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgesplit.metrics.live import LiveSnapshot, pipeline_line, plain_lines, state_of
+from edgesplit.runtime.live import LiveSnapshot, pipeline_line, plain_lines, state_of
 
 TERMINAL_REFRESH_PER_S = 1.0
 PLAIN_EVERY_S = 3.0

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgesplit import __version__
+from edgesplit._version import __version__
 from edgesplit.adapt.policy import AdaptPolicy
 from edgesplit.engines import cpu
 from edgesplit.errors import ConfigError

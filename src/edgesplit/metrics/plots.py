@@ -258,3 +258,16 @@ def render(run: report.RunData, others: Sequence[report.RunData], out: Path) -> 
         fig.savefig(paths[name], dpi=110)
         plt.close(fig)
     return paths
+
+
+def write_report(run_dir: Path, compare: Sequence[Path] = (), out: Path | None = None) -> Path:
+    """Write ``report.html`` and its PNGs into ``out`` (default: the run folder); returns the
+    HTML path."""
+    run = report.load_run(run_dir)
+    others = [report.load_run(c) for c in compare]
+    out = Path(out) if out is not None else run.folder
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = render(run, others, out)
+    page = out / "report.html"
+    page.write_text(report.render_html(run, pngs, report.tables(run, others)))
+    return page

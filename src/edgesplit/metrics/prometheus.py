@@ -3,7 +3,7 @@
 
 Live during the run: per device (``{device="pi1"}``) the readings of its sampler, its queue
 depths and its throughput over the last few seconds (from the snapshots of
-:mod:`edgesplit.metrics.live`), and the pipeline's throughput and latency quantiles over the
+:mod:`edgesplit.runtime.live`), and the pipeline's throughput and latency quantiles over the
 same window. At the end, the run summary's whole-run numbers replace them. Names follow the
 Prometheus conventions: base units in the name (``_hertz``, ``_bytes``, ``_seconds``,
 ``_celsius``), ``_ratio`` for fractions, ``_total`` for counters; CPU stays in percent
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from edgesplit.metrics.live import LiveSnapshot
-from edgesplit.metrics.runsummary import RunSummary
 from edgesplit.runtime.health import DeviceState
+from edgesplit.runtime.live import LiveSnapshot
+from edgesplit.shared.runsummary import RunSummary
 
 HEALTH_STATES = tuple(s.value for s in DeviceState)
 

@@ -1,8 +1,9 @@
 """``edgesplit report``: read a run folder, reduce it, and write plots, an HTML page or tables.
 
-The shell (reading files, writing files) is :func:`load_run`, :func:`write_report` and
-:func:`export`; everything between is a pure function of the loaded run, so tests can check the
-numbers without matplotlib. No torch import: a report must open on a laptop in a second.
+The shell (reading files, writing files) is :func:`load_run`, :func:`export` and
+:func:`edgesplit.metrics.plots.write_report` (it draws); everything between is a pure function
+of the loaded run, so tests can check the numbers without matplotlib. No torch import: a report
+must open on a laptop in a second.
 
 Time: ``requests.csv`` and ``samples.csv`` carry seconds on the coordinator's clock (workers'
 clocks are already offset), so every plot shares one time axis, starting at the run's first
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import energy, runsummary
-from edgesplit.metrics.runsummary import RunSummary
 from edgesplit.metrics.summary import request_latencies_ms as summary_latencies_ms
+from edgesplit.plan import energy
 from edgesplit.runtime.records import HopRecord as Hop
+from edgesplit.shared import runsummary
+from edgesplit.shared.runsummary import RunSummary
 
 REQUIRED = ("summary.json", "devices.csv", "requests.csv", "samples.csv")
 """Files a report cannot do without (predictions, plan and cluster are not plotted)."""
@@ -514,21 +516,6 @@ def render_html(run: RunData, pngs: dict[str, Path], data: dict[str, list[dict[s
     parts.append("<h2>Per-stage means (ms)</h2>" + _html_table(data["stages"]))
     parts.append("</body></html>\n")
     return "\n".join(parts)
-
-
-def write_report(run_dir: Path, compare: Sequence[Path] = (), out: Path | None = None) -> Path:
-    """Write ``report.html`` and its PNGs into ``out`` (default: the run folder); returns the
-    HTML path."""
-    from edgesplit.metrics import plots  # matplotlib is slow to import; only when drawing
-
-    run = load_run(run_dir)
-    others = [load_run(c) for c in compare]
-    out = Path(out) if out is not None else run.folder
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = plots.render(run, others, out)
-    page = out / "report.html"
-    page.write_text(render_html(run, pngs, tables(run, others)))
-    return page
 
 
 def export(

@@ -1,6 +1,6 @@
 """The run folder: every number of a run, as files that tools and people read.
 
-``summary.json`` (a :class:`~edgesplit.metrics.runsummary.RunSummary`; its schema is
+``summary.json`` (a :class:`~edgesplit.shared.runsummary.RunSummary`; its schema is
 docs/summary.schema.json), ``devices.csv`` (the per-device table), ``requests.csv`` (one row
 per micro-batch per hop, the coordinator's upload as stage -1), ``samples.csv`` (each device's
 sampler time series), ``predictions.csv`` (per image: prediction, label), ``plan.json`` (stages
@@ -25,10 +25,10 @@ import torch
 
 from edgesplit.config import ClusterSpec, dump_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.metrics import runsummary
-from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 from edgesplit.model.graph import Unit
 from edgesplit.runtime.records import RunRecord
+from edgesplit.shared import runsummary
+from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 FILES = (
     "summary.json",

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from edgesplit.cluster.faults import relative
-from edgesplit.metrics import energy
-from edgesplit.metrics.runsummary import (
+from edgesplit.plan import energy
+from edgesplit.runtime.records import HopRecord, RunRecord
+from edgesplit.shared.runsummary import (
     Adaptive,
     ChangedStage,
     DeviceRow,
@@ -47,7 +48,7 @@ from edgesplit.metrics.runsummary import (
     RunPlan,
     RunSummary,
 )
-from edgesplit.runtime.records import HopRecord, RunRecord
+from edgesplit.shared.stats import percentile
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,15 +76,6 @@ def _median(values: Sequence[float]) -> float | None:
 def _mean(values: Sequence[float | int | None]) -> float | None:
     present = [float(v) for v in values if v is not None]
     return statistics.fmean(present) if present else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` in [0, 100] (None for no values)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def request_latencies_ms(

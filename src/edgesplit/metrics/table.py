@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from rich import box
 from rich.table import Table
 
-from edgesplit.metrics.runsummary import DeviceRow, RunSummary
+from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 Column = tuple[str, str, Callable[[DeviceRow], str]]
 """Header, justification, cell of a row."""

@@ -25,7 +25,7 @@ from edgesplit.metrics.prometheus import (
     SYSTEM_CPU_HELP,
     TEMPERATURE_HELP,
 )
-from edgesplit.metrics.sampler import DeviceSample
+from edgesplit.runtime.sampler import DeviceSample
 
 POWER_HELP = "Device power from its meter (absent without one; see power_source in samples)"
 COMPUTE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -323,3 +323,28 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224)) -> Uni
         )
     log.debug("traced %s: %d nodes, %d units", type(model).__name__, len(compute), len(units))
     return UnitGraph(module, units, groups, tuple(input_shape))
+
+
+def check_partition(
+    ug: UnitGraph,
+    model: torch.nn.Module | None,
+    ranges: tuple[tuple[int, int], ...],
+    batch: int,
+) -> float:
+    """Max absolute difference between the whole model and the chained stages on a random batch;
+    raises GraphError unless the outputs are bit-identical. A ``.onnx`` model (``model`` None)
+    runs in ONNX Runtime, whose fusions differ per stage: there the bound is 1e-4 relative."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *ug.input_shape, generator=generator)
+    with torch.inference_mode():
+        reference = model(x) if model is not None else ug.stage(0, ug.num_units)(x)
+        y = x
+        for start, end in ranges:
+            y = ug.stage(start, end)(y)
+    diff = (reference - y).abs().max().item()
+    exact = torch.equal(reference, y)
+    if model is None:
+        exact = diff <= 1e-4 * max(1.0, reference.abs().max().item())
+    if not exact:
+        raise GraphError(f"chained stages differ from the whole model: max |diff| = {diff:.3g}")
+    return diff

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgesplit.errors import DataError
 from edgesplit.model.data import ImageSet, preprocess
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def train(
 ) -> nn.Module:
     """Train ``model`` in place on ``train_set``; returns it in eval mode."""
     if train_set.labels is None:
-        raise ValueError("training needs labels")
+        raise DataError("training needs a labelled dataset, got one without labels")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     n = len(train_set)

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
-from edgesplit.config import COORDINATOR, ClusterSpec
+from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, WorkerError
-from edgesplit.metrics import calibrate
-from edgesplit.metrics.energy import PowerFit
+from edgesplit.plan import calibrate
+from edgesplit.plan.energy import PowerFit
 from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
+from edgesplit.shared.names import COORDINATOR
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +129,7 @@ class DeviceProfile:
     by measured / modelled over its timed stages (:func:`_calibrated`)."""
     power_fit: dict[str, Any] = field(default_factory=dict)
     """The power model fitted to the device's meter while it was timed (idle_w, busy_w,
-    residual_w, readings, utilisation_min/max, source; see :mod:`edgesplit.metrics.calibrate`);
+    residual_w, readings, utilisation_min/max, source; see :mod:`edgesplit.plan.calibrate`);
     empty without a meter. Where present, ``idle_w``/``busy_w`` are the fit's."""
 
     @property
@@ -317,7 +318,7 @@ class Profile:
                 prepare_ms=float(data.get("prepare_ms", 0.0)),
                 host_cpus=data.get("host_cpus"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
 
     def save(self, path: Path) -> Path:
@@ -351,10 +352,10 @@ def _device_from_dict(d: dict[str, Any]) -> DeviceProfile:
 
 
 def _span(text: str) -> str:
-    """A stage span key ``"start-end"``, checked (ValueError if it is not one)."""
+    """A stage span key ``"start-end"``, checked (ConfigError if it is not one)."""
     start, sep, end = str(text).partition("-")
     if not sep or not 0 <= int(start) < int(end):
-        raise ValueError(f"stage span {text!r} is not START-END with START < END")
+        raise ConfigError(f"stage span {text!r} is not START-END with START < END")
     return f"{int(start)}-{int(end)}"
 
 
@@ -411,7 +412,7 @@ def boundary_model(
     the whole model ``model_ms``. Without ``model_ms`` (or no inner cut): beta = 0."""
     n = len(unit_ms)
     if len(boundary_bytes) != n + 1:
-        raise ValueError(f"need {n + 1} boundary sizes for {n} units, got {len(boundary_bytes)}")
+        raise ConfigError(f"need {n + 1} boundary sizes for {n} units, got {len(boundary_bytes)}")
     inner_bytes = sum(boundary_bytes[1:n])
     beta = 0.0
     if model_ms and inner_bytes > 0:
@@ -457,7 +458,7 @@ def fit_link(sizes: tuple[int, ...], median_ms: tuple[float, ...]) -> tuple[floa
     Returns ``(latency_ms, bandwidth_mbps)``; bandwidth is None when time does not grow with
     size (a link faster than the probes can tell)."""
     if len(sizes) != len(median_ms) or not sizes:
-        raise ValueError("need one median per size")
+        raise ConfigError(f"need one median per size, got {len(median_ms)} for {len(sizes)} sizes")
     if len(sizes) == 1:
         return max(0.0, median_ms[0]), None
     mx = statistics.fmean(sizes)
@@ -538,7 +539,7 @@ def to_problem(
 def cache_dir() -> Path:
     """``<cache root>/profiles``: ``~/.cache/edgesplit/profiles`` as documented (it was below
     ``datasets/`` by mistake; issue #20), ``$EDGESPLIT_CACHE_DIR/profiles`` when that is set."""
-    from edgesplit.runtime.weights import cache_root
+    from edgesplit.shared.cache import cache_root
 
     return cache_root() / "profiles"
 
@@ -821,7 +822,7 @@ def _budget(spec_device: Any, device: DeviceProfile) -> dict[str, Any]:
 def _read_cached(path: Path, num_units: int) -> DeviceProfile | None:
     try:
         device = _device_from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ConfigError):
         return None  # no cache, or a damaged one: measure again
     lengths = {len(device.unit_ms), *(len(v) for v in device.precision_unit_ms.values())}
     return device if lengths == {num_units} else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import grpc
 import psutil
 
-from edgesplit.runtime.transport import Refused
+from edgesplit.errors import Refused
 
 DEFAULT_SHARE = 0.5
 """Share of the device's total RAM a worker may use unless ``--max-memory-mb`` says."""

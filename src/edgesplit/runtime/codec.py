@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import CodecError
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
 if TYPE_CHECKING:  # the worker runs without torch; only the coordinator's helpers use it
@@ -42,10 +42,6 @@ _NUMPY_NAMES = {dtype: name for name, dtype in NUMPY.items()}
 MAX_DIMS = 8
 DEFAULT_MAX_ELEMENTS = 16 * 1024 * 1024
 """64 MiB of float32: the message size limit, so a larger claim is a lie or an attack."""
-
-
-class CodecError(EdgesplitError):
-    """A tensor message is malformed: unknown dtype, bad shape, or wrong byte count."""
 
 
 if sys.byteorder != "little":  # pragma: no cover - every supported board is little endian

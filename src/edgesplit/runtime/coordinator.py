@@ -21,20 +21,19 @@ import grpc
 import torch
 from torch import nn
 
-from edgesplit import __version__
-from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
+from edgesplit._version import __version__
+from edgesplit.config import ClusterSpec, DeviceSpec
 from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
-from edgesplit.errors import ConfigError, EdgesplitError, PlanError, WorkerError
-from edgesplit.metrics.live import LiveCallback, LiveObserver
+from edgesplit.errors import ConfigError, EdgesplitError, InstallFailed, PlanError, WorkerError
 from edgesplit.model.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
-from edgesplit.runtime.links import COORDINATOR_HOP
+from edgesplit.runtime.live import LiveCallback, LiveObserver
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
-from edgesplit.runtime.runner import Event, FailureEvent, InstallFailed, Replan, ResultEvent, Run
+from edgesplit.runtime.runner import Event, FailureEvent, Replan, ResultEvent, Run
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -44,6 +43,7 @@ from edgesplit.runtime.transport import (
     service_handler,
 )
 from edgesplit.runtime.weights import to_bytes
+from edgesplit.shared.names import COORDINATOR
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ class Coordinator:
             stage=index,
             start=stage.start,
             end=stage.end,
-            next_hop=COORDINATOR_HOP if last else self.cluster.device(next_name).address,
+            next_hop=COORDINATOR if last else self.cluster.device(next_name).address,
             coordinator=coord,
             latency_ms=link.latency_ms,
         )

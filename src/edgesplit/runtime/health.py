@@ -20,6 +20,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
+from edgesplit.errors import ConfigError
+
 
 class DeviceState(enum.Enum):
     HEALTHY = "healthy"
@@ -39,9 +41,9 @@ class HealthPolicy:
 
     def __post_init__(self) -> None:
         if not self.deadline_s > 0:
-            raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+            raise ConfigError(f"deadline_s must be > 0, got {self.deadline_s}")
         if not self.probation_s >= 0:
-            raise ValueError(f"probation_s must be >= 0, got {self.probation_s}")
+            raise ConfigError(f"probation_s must be >= 0, got {self.probation_s}")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from edgesplit.metrics.live import LiveFeed, Reading, StatusSeen, UnreachableSeen
 from edgesplit.runtime import health as hl
 from edgesplit.runtime import samples as sample_codec
+from edgesplit.runtime.live import LiveFeed, Reading, StatusSeen, UnreachableSeen
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import best_offset
 from edgesplit.runtime.transport import describe_rpc_error

@@ -13,7 +13,7 @@ import math
 
 import grpc
 
-from edgesplit.runtime.transport import Refused
+from edgesplit.errors import Refused
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -21,24 +21,15 @@ from dataclasses import dataclass, field
 import grpc
 
 from edgesplit.config import TlsSpec
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import EdgesplitError, OversizeError, SendStopped
 from edgesplit.runtime import MAX_MESSAGE_BYTES
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import describe_rpc_error, open_channel
 
 log = logging.getLogger(__name__)
 
-COORDINATOR_HOP = "coordinator"
 SEND_TIMEOUT_S = 30.0
 BUSY_RETRY_S = 0.05
-
-
-class OversizeError(EdgesplitError):
-    """A message would exceed the gRPC size limit."""
-
-
-class SendStopped(EdgesplitError):
-    """The sender was closed while a message waited for its link."""
 
 
 @dataclass(frozen=True)

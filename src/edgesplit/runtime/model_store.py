@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgesplit.errors import ModelError
-from edgesplit.runtime.weights import cache_root, check_sha256
+from edgesplit.runtime.weights import check_sha256
+from edgesplit.shared.cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import psutil
 
 from edgesplit import engines
 from edgesplit.config import TlsSpec
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import EdgesplitError, Refused
 from edgesplit.runtime import limits
 from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
@@ -50,7 +50,7 @@ from edgesplit.runtime.stages import (
     calibration,
     work_bytes,
 )
-from edgesplit.runtime.transport import Call, Refused, open_channel
+from edgesplit.runtime.transport import Call, open_channel
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_PROFILE_BATCH = 256

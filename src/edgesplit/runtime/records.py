@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edgesplit.errors import WorkerError
+
 if TYPE_CHECKING:  # keeps the run-folder readers (edgesplit report) free of torch
     import torch
 
@@ -159,7 +161,7 @@ def best_offset(probes: Iterable[tuple[float, float, float]]) -> tuple[float, fl
         if best is None or rtt < best[1]:
             best = (offset, rtt)
     if best is None:
-        raise ValueError("best_offset needs at least one probe")
+        raise WorkerError("best_offset needs at least one clock probe, got none")
     return best[0] * 1000.0, best[1] * 1000.0
 
 

@@ -3,7 +3,7 @@
 Invariants: a request is done only when its result reached the coordinator; until then its
 input is kept, so it can be replayed. Results are de-duplicated by request id, so a replayed
 request counts once whichever copy arrives first. User callbacks run on the caller's thread,
-except ``on_live`` (see :class:`~edgesplit.metrics.live.LiveFeed`).
+except ``on_live`` (see :class:`~edgesplit.runtime.live.LiveFeed`).
 
 Plans change in three ways, all through new epochs (workers keep old ones, so nothing in flight
 is disturbed): :meth:`Coordinator.switch_plan` from any thread; a device LOST (heartbeats
@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING
 import grpc
 import torch
 
-from edgesplit.config import COORDINATOR
-from edgesplit.errors import RunError, WorkerError
-from edgesplit.metrics.live import FailureSeen, LiveCallback, LiveFeed, LiveObserver, ResultSeen
+from edgesplit.errors import InstallFailed, RunAborted, RunError, RunInterrupted
 from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.heartbeat import Collected, HealthEvent, Heartbeats
 from edgesplit.runtime.links import LinkShape, link_delay_s
+from edgesplit.runtime.live import FailureSeen, LiveCallback, LiveFeed, LiveObserver, ResultSeen
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import DeviceFailure, RunRecord, hop_records, upload_record
 from edgesplit.runtime.transport import describe_rpc_error
+from edgesplit.shared.names import COORDINATOR
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
@@ -62,32 +62,6 @@ KEPT_SAMPLES = 600
 
 Replan = Callable[[list[str]], list[tuple[str, int, int]]]
 """Given the usable devices (cluster order), the stages ``(device, start, end)`` to run on."""
-
-
-class InstallFailed(WorkerError):
-    """A device did not take its stage of a new epoch (the epoch did not become current)."""
-
-    def __init__(self, message: str, device: str) -> None:
-        super().__init__(message)
-        self.device = device
-
-
-class RunAborted(RunError):
-    """The run could not finish; ``record`` holds what it did (results that arrived, failures)."""
-
-    def __init__(self, message: str, record: RunRecord) -> None:
-        super().__init__(message)
-        self.record = record
-
-
-class RunInterrupted(RunAborted):
-    """Ctrl-C or SIGTERM (as ``SystemExit``) stopped the run; ``record`` holds what it did and
-    ``interruption`` the exception to raise again once the run folder is written."""
-
-    def __init__(self, record: RunRecord, interruption: BaseException) -> None:
-        what = "Ctrl-C" if isinstance(interruption, KeyboardInterrupt) else "a signal (SIGTERM)"
-        super().__init__(f"interrupted by {what}", record)
-        self.interruption = interruption
 
 
 @dataclass(frozen=True)

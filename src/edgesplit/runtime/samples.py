@@ -19,7 +19,7 @@ OPTIONAL = (
 
 
 def to_proto(sample: Any) -> pb.DeviceSample:
-    """Encode a :class:`edgesplit.metrics.sampler.DeviceSample` (or anything with its fields)."""
+    """Encode a :class:`edgesplit.runtime.sampler.DeviceSample` (or anything with its fields)."""
     msg = pb.DeviceSample(**{name: getattr(sample, name) for name in REQUIRED})
     for name in OPTIONAL:
         value = getattr(sample, name, None)

@@ -30,12 +30,13 @@ import numpy as np
 from edgesplit import engines
 from edgesplit.engines import onnx_units
 from edgesplit.engines.ort_session import OrtStage, read_cached, write_cached
-from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.errors import EdgesplitError, ModelError, Refused
 from edgesplit.runtime import codec, limits, wire
 from edgesplit.runtime.links import LinkShape
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
-from edgesplit.runtime.transport import Refused
-from edgesplit.runtime.weights import cache_root, check_sha256, trim_lru
+from edgesplit.runtime.weights import check_sha256, trim_lru
+from edgesplit.shared.cache import cache_root
+from edgesplit.shared.names import DEFAULT_WIRE, check_wire
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def check_install(model: LoadedModel, request: pb.InstallPlanRequest) -> None:
     limits.check_link(request.latency_ms, bandwidth)
     limits.check_text("wire", request.wire, 32)
     try:
-        wire.check_wire(request.wire or wire.DEFAULT_WIRE)
+        check_wire(request.wire or DEFAULT_WIRE)
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
     limits.check_text("engine", request.engine, 32)
@@ -383,7 +384,7 @@ def make_epoch(
         )
     except EdgesplitError as exc:
         raise Refused(INVALID, str(exc)) from None
-    out_wire = request.wire or wire.DEFAULT_WIRE
+    out_wire = request.wire or DEFAULT_WIRE
     bandwidth = request.bandwidth_mbps if request.HasField("bandwidth_mbps") else None
     return Epoch(
         epoch=request.epoch,

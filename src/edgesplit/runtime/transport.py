@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from edgesplit.config import TlsSpec
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import EdgesplitError, ListenError, Refused
 from edgesplit.runtime import MAX_MESSAGE_BYTES
 from edgesplit.runtime.auth import (
     TokenClientInterceptor,
@@ -46,15 +46,6 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 )
-
-
-class Refused(EdgesplitError):
-    """Raised by a handler to answer the call with ``code`` and a message saying what was
-    expected."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Call:
@@ -201,9 +192,9 @@ def bind(server: grpc.Server, address: str, tls: TlsSpec | None) -> int:
         else:
             port = server.add_secure_port(address, server_credentials(tls))
     except RuntimeError as exc:
-        raise EdgesplitError(f"cannot listen on {address}: {exc}") from exc
+        raise ListenError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
-        raise EdgesplitError(f"cannot listen on {address}: the address is in use or invalid")
+        raise ListenError(f"cannot listen on {address}: the address is in use or invalid")
     return int(port)
 
 

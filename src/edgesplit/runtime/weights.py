@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgesplit.errors import ModelError
+from edgesplit.shared.cache import cache_root
 
 if TYPE_CHECKING:  # workers without torch import this module for the cache paths
     import torch
@@ -22,20 +23,9 @@ if TYPE_CHECKING:  # workers without torch import this module for the cache path
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EDGESPLIT_CACHE_DIR"
 MAX_CACHED_WEIGHTS = 4
 """Weight files the cache keeps; the least recently used leave first (issue #18, row 5)."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def cache_root() -> Path:
-    """``$EDGESPLIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgesplit`` (``~/.cache/edgesplit``):
-    every cache lives below it. The only place this package reads that variable."""
-    root = os.environ.get(CACHE_ENV, "").strip()
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgesplit"
 
 
 def cache_dir() -> Path:

@@ -22,21 +22,13 @@ import numpy as np
 from edgesplit.errors import ConfigError
 from edgesplit.runtime import codec
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.shared.names import WIRE_FORMATS, check_wire
 
 if TYPE_CHECKING:  # workers run without torch; torch tensors come only from the coordinator
     import torch
 
-WIRE_FORMATS = ("fp32", "fp16", "int8")
-DEFAULT_WIRE = "fp32"
 FP16_MAX = 65504.0
 _QMIN, _QMAX = -128, 127
-
-
-def check_wire(wire: str) -> str:
-    """``wire`` if it names a format, else a :class:`ConfigError` listing the formats."""
-    if wire not in WIRE_FORMATS:
-        raise ConfigError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
-    return wire
 
 
 def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:

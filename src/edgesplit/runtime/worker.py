@@ -38,19 +38,19 @@ import grpc
 import numpy as np
 from google.protobuf import __version__ as protobuf_version
 
-from edgesplit import __version__
+from edgesplit._version import __version__
 from edgesplit.config import TlsSpec
 from edgesplit.engines import cpu
 from edgesplit.engines.ort_session import release_memory
-from edgesplit.errors import EdgesplitError, ModelError
-from edgesplit.metrics.power import PowerSettings, choose_source, source_name
-from edgesplit.metrics.sampler import DeviceSample, DeviceSampler
+from edgesplit.errors import ConfigError, EdgesplitError, ModelError
 from edgesplit.runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, codec, limits, profiling, wire
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.budget import Budget, Reservation, default_budget_bytes
-from edgesplit.runtime.links import COORDINATOR_HOP, LinkSender, LinkShape, Outgoing
+from edgesplit.runtime.links import LinkSender, LinkShape, Outgoing
 from edgesplit.runtime.model_store import ModelStore
+from edgesplit.runtime.power import PowerSettings, choose_source, source_name
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
+from edgesplit.runtime.sampler import DeviceSample, DeviceSampler
 from edgesplit.runtime.stages import (
     BUILD_FACTOR,
     Epoch,
@@ -73,6 +73,7 @@ from edgesplit.runtime.transport import (
     service_handler,
 )
 from edgesplit.runtime.weights import cached, check_sha256, store
+from edgesplit.shared.names import COORDINATOR
 
 
 def _default_threads() -> int:
@@ -122,7 +123,7 @@ class WorkerConfig:
     store: ModelStore | None = None
     """Where received models are kept; None: the user cache's ``models/``."""
     power: PowerSettings = field(default_factory=PowerSettings)
-    """Where this device's power is read (see :mod:`edgesplit.metrics.power`)."""
+    """Where this device's power is read (see :mod:`edgesplit.runtime.power`)."""
     max_memory_bytes: int | None = None
     """The worker's memory budget (see :mod:`~edgesplit.runtime.budget`); None: half the
     device's RAM."""
@@ -612,10 +613,10 @@ class Worker:
         if self.on_computed is not None:
             images, seconds = int(job.x.shape[0]), compute_end - compute_start
             self.on_computed(epoch.stage, images, seconds, len(out.tensor.data))
-        to_coordinator = epoch.next_hop == COORDINATOR_HOP
+        to_coordinator = epoch.next_hop == COORDINATOR
         address = epoch.coordinator if to_coordinator else epoch.next_hop
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
-        shape = self._link_shape(COORDINATOR_HOP if to_coordinator else address, epoch.shape)
+        shape = self._link_shape(COORDINATOR if to_coordinator else address, epoch.shape)
         on_done = job.output.release if job.output is not None else None
         item = Outgoing(out, shape, to_coordinator, epoch.coordinator, on_done)
         self._sender(address, token).put(item)
@@ -647,7 +648,7 @@ class Worker:
         with self._lock:
             used = set()
             for e in self._epochs.values():
-                used.add(e.coordinator if e.next_hop == COORDINATOR_HOP else e.next_hop)
+                used.add(e.coordinator if e.next_hop == COORDINATOR else e.next_hop)
             idle = [a for a, s in self._senders.items() if a not in used and not s.depth()]
             closing = [self._senders.pop(a) for a in idle]
         for sender in closing:
@@ -780,7 +781,7 @@ def serve(config: WorkerConfig, listen: str, insecure_no_token: bool = False) ->
     Without a token the worker refuses to start unless ``insecure_no_token`` says so.
     """
     if not config.token and not insecure_no_token:
-        raise EdgesplitError(
+        raise ConfigError(
             f"worker {config.name} has no token; give --token-file or EDGESPLIT_TOKEN "
             "(or --insecure-no-token on a trusted network)"
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgesplit.errors import RequestError
-from edgesplit.metrics.live import ResultSeen
+from edgesplit.runtime.live import ResultSeen
 
 
 @dataclass(eq=False)

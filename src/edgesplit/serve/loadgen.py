@@ -115,11 +115,12 @@ def best_qps(points: Sequence[Point], p99_ms: float) -> float | None:
 
 def parse_levels(text: str) -> list[float]:
     """``"5,10,20"`` or ``"10:100:10"`` (start:stop:step, stop included) -> levels."""
+    expected = f"expected levels like 5,10,20 or start:stop:step like 10:100:10, got {text!r}"
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
             if step <= 0 or stop < start:
-                raise ValueError
+                raise ConfigError(expected)
             levels, value = [], start
             while value <= stop + 1e-9:
                 levels.append(round(value, 6))
@@ -127,9 +128,7 @@ def parse_levels(text: str) -> list[float]:
         else:
             levels = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(
-            f"expected levels like 5,10,20 or start:stop:step like 10:100:10, got {text!r}"
-        ) from None
+        raise ConfigError(expected) from None
     if not levels or any(not v > 0 for v in levels):
         raise ConfigError(f"levels must be > 0, got {text!r}")
     return levels

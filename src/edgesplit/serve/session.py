@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edgesplit.adapt.controller import Controller
+from edgesplit.app.execution import execution_for
+from edgesplit.app.staging import choose_ranges, replanner, unit_costs
 from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, EdgesplitError, ModelError, RequestError
 from edgesplit.job import cluster_for, emulation_mode, resolve_model
-from edgesplit.metrics.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.metrics.summary import percentile
 from edgesplit.model import data
 from edgesplit.plan import autoplan
-from edgesplit.plan.execution import execution_for
 from edgesplit.plan.profile import ProfileSettings
-from edgesplit.plan.staging import choose_ranges, replanner, unit_costs
 from edgesplit.runconfig import RunConfig
+from edgesplit.runtime.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.serve.batcher import Batcher, BatchPolicy, Job, MicroBatch
 from edgesplit.serve.images import ImageLimits
 from edgesplit.serve.labels import class_names
@@ -210,7 +210,7 @@ class Session:
                 fn(event)
 
         def run() -> None:
-            from edgesplit.runtime.runner import RunAborted
+            from edgesplit.errors import RunAborted
 
             try:
                 coordinator.run(

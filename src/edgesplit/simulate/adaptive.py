@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, decide
 from edgesplit.adapt.state import ResultArrived, StageSeen, observe, start
-from edgesplit.config import COORDINATOR
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile
+from edgesplit.shared.names import COORDINATOR
 from edgesplit.simulate.spec import Stages
 
 

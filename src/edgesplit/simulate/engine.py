@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 
 from edgesplit.cluster.faults import Injection
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import ConfigError, RunError
 from edgesplit.plan.planner import LinkCost
+from edgesplit.shared.names import COORDINATOR
 from edgesplit.simulate.adaptive import AdaptiveLoop
 from edgesplit.simulate.cpu import Host, Proc, Quota, settle
 from edgesplit.simulate.result import (

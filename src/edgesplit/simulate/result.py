@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesplit.config import PowerModel
-from edgesplit.metrics.energy import MODEL, DeviceEnergy, energy_summary
+from edgesplit.plan.energy import MODEL, DeviceEnergy, energy_summary
 from edgesplit.plan.planner import Problem
 from edgesplit.simulate.spec import Stages
 
@@ -68,7 +68,7 @@ class SimResult:
     energy_j_per_image: float
     energy: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The ``energy`` entry of a run's ``summary.json``
-    (:func:`~edgesplit.metrics.energy.energy_summary`): every device of the cluster, used or
+    (:func:`~edgesplit.plan.energy.energy_summary`): every device of the cluster, used or
     not, over the simulated wall time."""
     plan_changes: tuple[PlanChange, ...] = ()
     losses: tuple[Loss, ...] = ()

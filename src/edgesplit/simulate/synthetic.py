@@ -18,9 +18,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from edgesplit.config import COORDINATOR, LinkSpec, PairLink
+from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError
 from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile
+from edgesplit.shared.names import COORDINATOR
 from edgesplit.simulate.kinds import Kinds
 
 _COUNT = re.compile(r"^\s*(?:(\d+)\s*[xX]\s*)?([A-Za-z0-9_.]+)\s*$")

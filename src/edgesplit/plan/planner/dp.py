@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesplit.config import COORDINATOR
 from edgesplit.plan.planner.types import Problem
+from edgesplit.shared.names import COORDINATOR
 
 INF = np.inf
 Array = np.ndarray

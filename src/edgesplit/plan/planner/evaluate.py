@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from edgesplit.config import COORDINATOR
 from edgesplit.errors import PartitionError, PlanError
 from edgesplit.model.partition import validate_ranges
 from edgesplit.plan.planner.types import MB, OBJECTIVES, Plan, Prediction, Problem, StagePlan
+from edgesplit.shared.names import COORDINATOR
 
 
 def check_objective(objective: str) -> None:

@@ -1,7 +1,7 @@
 """Fit a metered device's power model while ``edgesplit profile`` times it (issue #22).
 
 The device idles for :data:`IDLE_S` first, so the readings span idle and busy; its samples of
-the whole window then go to :func:`edgesplit.metrics.energy.fit_power`.
+the whole window then go to :func:`edgesplit.plan.energy.fit_power`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgesplit.metrics.energy import MODEL, PowerFit, fit_power, fit_readings
+from edgesplit.plan.energy import MODEL, PowerFit, fit_power, fit_readings
 from edgesplit.runtime import samples as sample_codec
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Energy per device and per image: measured where a device has a meter, modelled elsewhere.
 
-A metered device's samples carry ``power_w`` (see :mod:`edgesplit.metrics.power`); its joules are
+A metered device's samples carry ``power_w`` (see :mod:`edgesplit.runtime.power`); its joules are
 the trapezoid-rule integral of those readings over the run's wall time (first upload to last
 result), the power at the window's edges interpolated between the readings around them (held at
 the nearest reading where none lies beyond an edge). A device without readings gets the model:
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesplit.config import ClusterSpec
-from edgesplit.metrics.runsummary import DeviceRow, RunSummary
+from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 MODEL = "model"
 

@@ -8,7 +8,7 @@ CPU percentages are computed from ``cpu_times`` deltas between our own samples (
 :func:`cpu_percent_between`) rather than ``psutil.cpu_percent(None)``, whose "since last call"
 state is global to the process and would be shared with any other caller.
 
-Power comes from the device's meter (:mod:`edgesplit.metrics.power`), read with the rest of the
+Power comes from the device's meter (:mod:`edgesplit.runtime.power`), read with the rest of the
 sample; without one ``power_w`` is absent and ``power_source`` says ``model``.
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 
 import psutil
 
-from edgesplit.metrics import power
+from edgesplit.errors import ConfigError
+from edgesplit.runtime import power
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,11 @@ class DeviceSample:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"DeviceSample: unknown fields {unknown}; expected {sorted(names)}")
+            raise ConfigError(f"DeviceSample: unknown fields {unknown}; expected {sorted(names)}")
         required = ("t", "cpu_percent", "process_cpu_percent", "memory_percent", "rss_mb")
         missing = [n for n in required if data.get(n) is None]
         if missing:
-            raise ValueError(f"DeviceSample: missing required fields {missing}")
+            raise ConfigError(f"DeviceSample: missing required fields {missing}")
         kwargs: dict[str, Any] = {n: data.get(n) for n in names}
         return cls(**kwargs)
 
@@ -265,7 +266,7 @@ class DeviceSampler:
         power_source: power.PowerSource | None = None,
     ) -> None:
         if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+            raise ConfigError(f"interval_s must be > 0, got {interval_s}")
         self.interval_s = interval_s
         self._process = process if process is not None else psutil.Process()
         self._sys_root = sys_root

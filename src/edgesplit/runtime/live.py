@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgesplit.metrics.summary import percentile
+from edgesplit.errors import ConfigError
 from edgesplit.runtime.records import HopRecord
+from edgesplit.shared.stats import percentile
 
 DEFAULT_WINDOW_S = 5.0
 
@@ -184,7 +185,7 @@ class LiveState:
 def start(started: float, stages: Sequence[str], window_s: float = DEFAULT_WINDOW_S) -> LiveState:
     """The state of a run that started at ``started`` with devices ``stages`` (stage order)."""
     if window_s <= 0:
-        raise ValueError(f"window_s must be > 0, got {window_s}")
+        raise ConfigError(f"window_s must be > 0, got {window_s}")
     devices = tuple(DeviceLive(name, index, order=index) for index, name in enumerate(stages))
     return LiveState(started=started, window_s=window_s, devices=devices)
 

@@ -434,7 +434,7 @@ def _problems(exc: ValidationError, shown: int = 3) -> str:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of ``summary.json`` as this version writes it (``docs/summary.schema.json``
-    holds it; ``python -m edgesplit.metrics.runsummary`` prints it)."""
+    holds it; ``python -m edgesplit.shared.runsummary`` prints it)."""
     schema = RunSummary.model_json_schema(mode="serialization", by_alias=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
