@@ -75,7 +75,7 @@ lint: $(STAMP)
 test: setup browser
 	@bash scripts/test-tiers.sh
 
-# The serve page test (tests/test_serve_cluster.py) loads the page in Debian's headless chromium;
+# The serve page test (tests/cluster/test_serve_cluster.py) loads the page in Debian's headless chromium;
 # without it (and without root to install it) that one test skips and says why.
 browser:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \

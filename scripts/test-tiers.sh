@@ -22,7 +22,10 @@ tier() {
 }
 
 tier lint make --no-print-directory lint
-tier unit "$BIN/python" -m pytest -q -m "not slow" -p no:cacheprovider
+# The tiers follow the folders (tests/conftest.py): unit (pure), inprocess (loopback gRPC, CLI
+# subprocesses, short runs), then slow: tests/cluster/ and the slow-marked tests of inprocess/.
+tier unit "$BIN/python" -m pytest -q -p no:cacheprovider tests/unit
+tier inprocess "$BIN/python" -m pytest -q -m "not slow" -p no:cacheprovider tests/inprocess
 tier slow "$BIN/python" -m pytest -q -m slow -p no:cacheprovider
 
 echo "=== tier timings"

@@ -1,5 +1,5 @@
-"""A script that uses only edgesplit's public API; tests/test_api.py runs ``mypy --strict`` on
-it (it is never executed there), so the public surface stays fully typed."""
+"""A script that uses only edgesplit's public API; tests/inprocess/test_api.py runs
+``mypy --strict`` on it (it is never executed there), so the public surface stays fully typed."""
 
 from __future__ import annotations
 

@@ -1,11 +1,21 @@
 """Shared test fixtures. Tests run with a fixed torch thread count so that "bit-identical" means
-the same kernels in the same order."""
+the same kernels in the same order.
+
+Tests live in three folders, one per tier (scripts/test-tiers.sh runs them in this order):
+
+* ``tests/unit/`` — pure: no worker processes, no sockets. A ``slow`` test here is an error.
+* ``tests/inprocess/`` — real gRPC on loopback in this process, the CLI as a subprocess, short
+  emulated runs; a file here may carry ``@pytest.mark.slow`` on its multi-process tests.
+* ``tests/cluster/`` — multi-process emulated clusters: every test here is ``slow`` by folder.
+
+A test file directly in ``tests/`` fails the session: put it in the folder of its tier."""
 
 from __future__ import annotations
 
 import functools
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +32,36 @@ torch.set_num_threads(1)
 # that press Ctrl-C on `edgesplit run`/`emulate` would test nothing. Children inherit a *handled*
 # SIGINT as the default action, as under an interactive terminal.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "inprocess", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    loose = sorted(p.name for p in TESTS.glob("test_*.py"))
+    if loose:
+        raise pytest.UsageError(
+            f"test files directly in tests/: {', '.join(loose)}; expected each in one of "
+            f"tests/{{{','.join(TIERS)}}}/ (see tests/conftest.py)"
+        )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test in tests/cluster/ is slow; none in tests/unit/ may be."""
+    misplaced = []
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder == "cluster":
+            item.add_marker(pytest.mark.slow)
+        elif folder == "unit" and item.get_closest_marker("slow") is not None:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            "slow tests in tests/unit/ (expected none: unit tests start no processes): "
+            + ", ".join(misplaced)
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

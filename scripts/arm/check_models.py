@@ -5,9 +5,9 @@ torch: the whole model ``[0, units)`` is exported to fp32 ONNX the way edgesplit
 stages (:func:`edgesplit.engines.onnx_engine.export_stage`) and quantized to int8 with the
 settings edgesplit uses for the CPU kind the emulated Pi reports (``arm64-neon``, read by
 :mod:`edgesplit.engines.cpu` under QEMU; :func:`edgesplit.engines.quantize.settings`),
-calibrated on 256 seeded training images as ``tests/test_engines_shipped.py`` does; the first
-``--images`` Fashion-MNIST test images are preprocessed to a float32 ``.npy``; both models run
-here in onnxruntime. Then both run over the same ``.npy`` under ``qemu-aarch64 -cpu
+calibrated on 256 seeded training images as ``tests/cluster/test_engines_shipped.py`` does;
+the first ``--images`` Fashion-MNIST test images are preprocessed to a float32 ``.npy``; both
+models run here in onnxruntime. Then both run over the same ``.npy`` under ``qemu-aarch64 -cpu
 cortex-a72`` in the aarch64 root (``scripts/arm/run.sh scripts/arm/eval_onnx.py``, numpy and
 onnxruntime only), and:
 

@@ -18,8 +18,8 @@ import pytest
 from edgesplit.errors import ConfigError
 from edgesplit.metrics import manifest, resultlog, runfolder
 from edgesplit.runconfig import RunConfig
-from tests.test_cli_run import Cli, cli_argv, cli_fixture, left_behind
-from tests.test_faults_cluster import reference
+from tests.cluster.test_faults_cluster import reference
+from tests.inprocess.test_cli_run import Cli, cli_argv, cli_fixture, left_behind
 
 __all__ = ["cli_fixture"]  # the ``cli`` fixture, used here too
 

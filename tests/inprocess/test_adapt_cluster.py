@@ -19,7 +19,7 @@ from edgesplit.errors import ConfigError
 from edgesplit.job import RunConfig, run_job
 from edgesplit.model import checkpoints, data
 from edgesplit.runtime.live import LiveSnapshot
-from tests.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
+from tests.cluster.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
 
 
 def reference(limit: int) -> list[int]:

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 from edgesplit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDGESPLIT = str(Path(sys.executable).with_name("edgesplit"))
 
 if sys.version_info >= (3, 11):

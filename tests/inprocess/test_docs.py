@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/USAGE.md", "docs/SETUP.md")
 MARKER = re.compile(r"^<!-- docs-test: (skip|background)\b\s*(.*?)\s*-->$")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")

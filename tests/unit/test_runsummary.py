@@ -23,7 +23,7 @@ from edgesplit.shared import runsummary
 from edgesplit.shared.runsummary import RunSummary
 from tests.summaries import summary_dict
 
-SCHEMA = Path(__file__).parents[1] / "docs" / "summary.schema.json"
+SCHEMA = Path(__file__).parents[2] / "docs" / "summary.schema.json"
 T0 = 1_000.0
 """The run's start on the coordinator clock (seconds)."""
 
@@ -222,7 +222,7 @@ def test_a_summary_written_before_the_model_loads_unchanged() -> None:
     """tests/data/summary-86ee430.json: `edgesplit run` at 86ee430 (the inline dict) wrote it.
     It loads, and writing it again gives the same JSON plus the keys added since, at their
     defaults (``error``, ``final_plan``, ``not_fired``)."""
-    text = (Path(__file__).parent / "data" / "summary-86ee430.json").read_text()
+    text = (Path(__file__).parents[1] / "data" / "summary-86ee430.json").read_text()
     s = runsummary.parse(text)
     assert s.partition_method == "auto" and s.predicted is not None and s.energy is not None
     assert s.stage_devices == ("pi2", "pi1") and s.device_rows[1].name == "pi1"

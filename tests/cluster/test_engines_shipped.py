@@ -24,7 +24,7 @@ from edgesplit.errors import ModelError
 from edgesplit.model import checkpoints, data, graph
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
-from tests.test_runtime_cluster import Proc, cluster_of, start_worker, wait_ready
+from tests.cluster.test_runtime_cluster import Proc, cluster_of, start_worker, wait_ready
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 MODELS = [

@@ -15,7 +15,7 @@ from edgesplit import engines
 from edgesplit.engines import cpu
 from edgesplit.errors import AccuracyError
 from edgesplit.plan import autoplan, precision
-from tests.test_profiler_precision import _profile
+from tests.inprocess.test_profiler_precision import _profile
 
 needs_onnxruntime = pytest.mark.skipif(
     not engines.onnxruntime_available(), reason="onnxruntime is not installed"

@@ -189,7 +189,7 @@ def test_hosts_without_ip_fails_with_a_clear_message(tmp_path: Path, args: list[
 def test_setup_shows_the_shipped_firewall_rules() -> None:
     """docs/SETUP.md "Ports and firewall" prints deploy/nftables/*.nft as they are (minus the
     comment header), so the rules the firewall test loads are the documented ones."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     setup = (root / "docs" / "SETUP.md").read_text()
     for name in ("edgesplit-worker.nft", "edgesplit-coordinator.nft"):
         text = (root / "deploy" / "nftables" / name).read_text()

@@ -13,7 +13,7 @@ import torch
 
 from edgesplit.errors import ModelError
 from edgesplit.model import checkpoints, models
-from tests.test_data import make_mnist
+from tests.unit.test_data import make_mnist
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 
 import edgesplit
 from edgesplit.errors import ConfigError
-from tests.test_simulate import toy_profile
+from tests.unit.test_simulate import toy_profile
 
 PUBLIC = {
     "Cluster",
@@ -35,7 +35,7 @@ PUBLIC = {
     "split",
     "sweep",
 }
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_public_surface_is_exactly_the_documented_one() -> None:

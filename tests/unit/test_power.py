@@ -233,7 +233,7 @@ def test_power_fields_cross_the_wire_and_stay_absent_when_absent(tmp_path: Path)
 
 def test_worker_metrics_export_measured_power_only_when_measured() -> None:
     from edgesplit.metrics.worker_prometheus import WorkerMetrics
-    from tests.test_live import FakeWorker, scrape
+    from tests.unit.test_live import FakeWorker, scrape
 
     base = {
         "t": 1.0, "cpu_percent": 30.0, "process_cpu_percent": 95.0, "cpu_freq_mhz": None,

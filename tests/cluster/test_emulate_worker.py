@@ -12,7 +12,7 @@ from edgesplit.config import read_token_file
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto.edgesplit_pb2_grpc import WorkerStub
 from edgesplit.runtime.transport import open_channel
-from tests.test_emulate import children_alive, wait_gone
+from tests.inprocess.test_emulate import children_alive, wait_gone
 
 
 @pytest.mark.slow

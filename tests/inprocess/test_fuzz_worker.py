@@ -24,7 +24,7 @@ from edgesplit.runtime import codec
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.worker import RunningWorker
-from tests.test_worker_limits import (  # noqa: F401  (fixtures)
+from tests.inprocess.test_worker_limits import (  # noqa: F401  (fixtures)
     MODEL,
     SIZE,
     TOKEN,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_cli_run import SMALL, Cli, cli_fixture
+from tests.inprocess.test_cli_run import SMALL, Cli, cli_fixture
 
 __all__ = ["cli_fixture"]  # the ``cli`` fixture, used here too
 

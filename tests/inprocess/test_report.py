@@ -234,7 +234,7 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
         for family in text_string_to_metric_families(generate_latest(registry).decode())
         for name in (family.name, *(s.name for s in family.samples))
     }
-    dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana-dashboard.json").read_text())
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
     used = {
         name
         for panel in dashboard["panels"]

@@ -19,7 +19,7 @@ from edgesplit.cluster.emulate import (
     detect_mechanism,
     sweep_stale_cgroups,
 )
-from tests.test_cli_run import SMALL, Cli, cli_fixture, left_behind, workers_of
+from tests.inprocess.test_cli_run import SMALL, Cli, cli_fixture, left_behind, workers_of
 
 __all__ = ["cli_fixture"]  # the ``cli`` fixture, used here too
 

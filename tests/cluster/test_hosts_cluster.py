@@ -127,7 +127,7 @@ def _wait_state(pid: int, ok: Callable[[str], bool], timeout_s: float = 10.0) ->
         time.sleep(0.02)
 
 
-NFT_DIR = Path(__file__).resolve().parent.parent / "deploy" / "nftables"
+NFT_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nftables"
 
 
 def nft_rules(name: str, subnet: str, table: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "notebooks" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "notebooks" / "quickstart.ipynb"
 
 
 def test_the_quickstart_notebook_runs_and_shows_the_table_and_the_timeline(

@@ -18,7 +18,7 @@ from edgesplit.cluster.emulate import (
     sweep_stale_cgroups,
 )
 from edgesplit.config import load_cluster
-from tests.test_emulate import STUB, wait_gone
+from tests.inprocess.test_emulate import STUB, wait_gone
 
 START_TIMEOUT_S = 60.0  # the CLI imports torch (via other subcommands) before it starts anything
 
