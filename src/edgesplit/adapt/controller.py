@@ -39,6 +39,7 @@ from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile
 from edgesplit.runtime.live import LiveEvent, ResultSeen, StatusSeen
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
@@ -53,7 +54,7 @@ LINK_FRESH_S = 10.0
 """A link observed more recently than this is not probed before a switch onto it."""
 PROBE_BYTES = (64 * 1024, 4 * 1024 * 1024)
 """A probe sends the tensor the new plan would send over the link, within these bounds."""
-PROBE_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = TIMEOUTS.adapt_probe_s
 RECORD_EVERY_S = 5.0
 """A decision whose kind did not change is still recorded this often (plans.jsonl)."""
 PLANS_FILE = "plans.jsonl"

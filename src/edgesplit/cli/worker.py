@@ -20,6 +20,7 @@ from edgesplit.engines.ort_session import lean_allocator
 from edgesplit.errors import ConfigError
 from edgesplit.runtime.power import COMMAND_TIMEOUT_S, PowerSettings
 from edgesplit.runtime.worker import RunningWorker, WorkerConfig, serve
+from edgesplit.shared.timeouts import TIMEOUTS
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def worker(
         _exit_now(name)
 
 
-STOP_GRACE_S = 0.7
+STOP_GRACE_S = TIMEOUTS.worker_stop_grace_s
 """Grace for calls in progress at SIGTERM; the whole stop takes under 2 s (issue #18)."""
 
 

@@ -31,6 +31,7 @@ from edgesplit.config import ClusterSpec, DeviceSpec
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime import power
 from edgesplit.runtime.sampler import ThrottleReader, read_temperature_c
+from edgesplit.shared.timeouts import TIMEOUTS
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -46,7 +47,7 @@ LOW_MEMORY_MB = 500.0
 CLOCK_OFFSET_WARN_MS = 10.0
 RTT_WARN_MS = 5.0
 """A wired Gigabit LAN answers a Status call in about 1 ms; much more means Wi-Fi or a problem."""
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = TIMEOUTS.doctor_connect_s
 SAMPLE_WAIT_S = 2.0
 """How long to wait for a worker's first sample (it samples at 5 Hz from its start)."""
 THROTTLE_BITS = {

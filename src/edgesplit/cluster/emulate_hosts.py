@@ -46,6 +46,7 @@ import psutil
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError, WorkerError
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ RESULT_PORT = 50052
 """The coordinator's result service on the bridge address of a namespaced cluster."""
 MAX_DEVICES = 64
 LOCK_FILE = Path("/run/lock/edgesplit-hosts.lock")
-IP_TIMEOUT_S = 10.0
+IP_TIMEOUT_S = TIMEOUTS.ip_command_s
 UNSHAPED = "100gbit"
 """The rate of a class whose link has no bandwidth (every pair has a class, so a fault
 injection changes a rate and never has to add a class and a filter in the middle of a run)."""
@@ -243,13 +244,15 @@ def namespace_probe() -> str | None:
     ]
     for make, undo in steps:
         try:
-            done = subprocess.run(make, capture_output=True, text=True, timeout=30, check=False)
+            done = subprocess.run(
+                make, capture_output=True, text=True, timeout=TIMEOUTS.host_check_s, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"`{' '.join(make[:3])}` failed here: {exc}"
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
             return f"this machine refuses `{' '.join(make[:3])}` even to root: {first[:200]}"
-        subprocess.run(undo, capture_output=True, timeout=30, check=False)
+        subprocess.run(undo, capture_output=True, timeout=TIMEOUTS.host_check_s, check=False)
     return None
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 
 from edgesplit.errors import ConfigError, EdgesplitError, WorkerError
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.cluster.emulate import EmulatedCluster
@@ -49,7 +50,7 @@ _TIME = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(s|ms)$")
 _RATE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(kbps|mbps|gbps)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 _PER_MBPS = {"kbps": 1e-3, "mbps": 1.0, "gbps": 1e3}
-LINK_TIMEOUT_S = 5.0
+LINK_TIMEOUT_S = TIMEOUTS.fault_link_s
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from edgesplit.plan import calibrate
 from edgesplit.plan.energy import PowerFit
 from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "edgesplit-profile/1"
 PROBE_SIZES = (1024, 64 * 1024, 512 * 1024, 2 * 1024 * 1024)
-PROFILE_TIMEOUT_S = 600.0
+PROFILE_TIMEOUT_S = TIMEOUTS.profile_s
 FLOAT_BYTES = 4
 Progress = Callable[[str], None]
 
@@ -873,7 +874,7 @@ def probe_links(
             if link.bandwidth_mbps is not None:
                 request.bandwidth_mbps = link.bandwidth_mbps
             try:
-                reply = coordinator.stub(a).ProbeLink(request, timeout=60.0)
+                reply = coordinator.stub(a).ProbeLink(request, timeout=TIMEOUTS.probe_link_s)
             except grpc.RpcError as exc:
                 raise coordinator.worker_error(a, f"probing the link to {b}", exc) from None
             out.append(_link(a, b, tuple(reply.sizes), tuple(reply.median_ms)))

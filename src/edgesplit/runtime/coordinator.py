@@ -44,15 +44,16 @@ from edgesplit.runtime.transport import (
 )
 from edgesplit.runtime.weights import to_bytes
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[DeviceSpec], grpc.Channel]
 """Opens the channel to one device (token and TLS included)."""
 
-CHECK_TIMEOUT_S = 3.0
-LOAD_TIMEOUT_S = 180.0
-ENGINE_INSTALL_S = 60.0
+CHECK_TIMEOUT_S = TIMEOUTS.check_s
+LOAD_TIMEOUT_S = TIMEOUTS.load_s
+ENGINE_INSTALL_S = TIMEOUTS.engine_install_s
 """InstallPlan deadline for onnxruntime stages: the first install cuts the stage from the
 model; later ones load it from the worker's cache."""
 INT8_INSTALL_S = 600.0
@@ -669,7 +670,8 @@ class Coordinator:
             self._stubs.clear()
         self._background.shutdown(wait=False, cancel_futures=True)
         if server is not None:
-            server.stop(1.0).wait(2.0)
+            grace_s = TIMEOUTS.result_server_stop_s
+            server.stop(grace_s).wait(2 * grace_s)
         for channel in channels:
             channel.close()
 

@@ -23,13 +23,14 @@ from edgesplit.runtime.live import LiveFeed, Reading, StatusSeen, UnreachableSee
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import best_offset
 from edgesplit.runtime.transport import describe_rpc_error
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
 
-MIN_PROBE_TIMEOUT_S = 0.25
+MIN_PROBE_TIMEOUT_S = TIMEOUTS.min_heartbeat_s
 """A heartbeat call always gets at least this long, even right at the deadline."""
 
 

@@ -25,10 +25,11 @@ from edgesplit.errors import EdgesplitError, OversizeError, SendStopped
 from edgesplit.runtime import MAX_MESSAGE_BYTES
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.transport import describe_rpc_error, open_channel
+from edgesplit.shared.timeouts import TIMEOUTS
 
 log = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 30.0
+SEND_TIMEOUT_S = TIMEOUTS.send_s
 BUSY_RETRY_S = 0.05
 
 

@@ -51,13 +51,14 @@ from edgesplit.runtime.stages import (
     work_bytes,
 )
 from edgesplit.runtime.transport import Call, open_channel
+from edgesplit.shared.timeouts import TIMEOUTS
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_PROFILE_BATCH = 256
 MAX_REPEATS = 50
 MAX_STAGES = 32
 MAX_PROBE_BYTES = 16 * 1024 * 1024
-PROBE_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = TIMEOUTS.probe_s
 HOP_BYTES = 2 * 1024 * 1024
 HOP_REPEATS = 5
 

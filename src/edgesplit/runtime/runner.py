@@ -41,6 +41,7 @@ from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import DeviceFailure, RunRecord, hop_records, upload_record
 from edgesplit.runtime.transport import describe_rpc_error
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
@@ -52,7 +53,7 @@ MAX_ATTEMPTS = 3
 MAX_STALLS = 2
 BUSY_RETRY_S = 0.05
 SAMPLE_LOOKBACK_S = 1.0
-CONFIRM_TIMEOUT_S = 1.0
+CONFIRM_TIMEOUT_S = TIMEOUTS.confirm_s
 """How long a device named in a failed send gets to answer our own probe."""
 UPLOAD_POLL_S = 0.02
 """While an upload RPC runs, the loop looks at it this often between events."""

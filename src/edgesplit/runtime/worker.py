@@ -74,6 +74,7 @@ from edgesplit.runtime.transport import (
 )
 from edgesplit.runtime.weights import cached, check_sha256, store
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.timeouts import TIMEOUTS
 
 
 def _default_threads() -> int:
@@ -102,7 +103,7 @@ MAX_FAILURE_CHARS = 500
 """Characters of one failure message kept for Status."""
 OUTPUT_HEADROOM_BYTES = 1 << 20
 """Room left in a message for the hop timings around an output tensor."""
-PROFILE_WAIT_S = 5.0
+PROFILE_WAIT_S = TIMEOUTS.profile_wait_s
 """How long a Profile waits for the one running before it answers RESOURCE_EXHAUSTED."""
 
 
@@ -688,7 +689,7 @@ class Worker:
             response_deserializer=pb.Ack.FromString,
         )
         try:
-            call(report, timeout=5.0)
+            call(report, timeout=TIMEOUTS.report_s)
         except grpc.RpcError as exc:
             log.warning(
                 "[%s] cannot report failure to %s: %s",

@@ -34,11 +34,12 @@ from edgesplit.errors import RequestError
 from edgesplit.serve import images
 from edgesplit.serve.batcher import Job
 from edgesplit.serve.page import PAGE
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.serve.session import Session
 
-DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_TIMEOUT_S = TIMEOUTS.serve_request_s
 """A request without a deadline gets 504 after this long (so no client waits forever)."""
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 

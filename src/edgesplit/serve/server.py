@@ -16,8 +16,9 @@ from typing import Any
 from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, RequestError
 from edgesplit.serve.session import ServeConfig, Session
+from edgesplit.shared.timeouts import TIMEOUTS
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = TIMEOUTS.serve_start_s
 """How long uvicorn may take to accept connections once the pipeline is ready."""
 
 

@@ -40,6 +40,7 @@ from edgesplit.runtime.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.serve.batcher import Batcher, BatchPolicy, Job, MicroBatch
 from edgesplit.serve.images import ImageLimits
 from edgesplit.serve.labels import class_names
+from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.cluster.emulate import EmulatedCluster
@@ -52,7 +53,7 @@ LATENCY_WINDOW_S = 10.0
 """Request latency percentiles and throughput on the page are over this many seconds."""
 MAX_RECENT = 20_000
 """Recent requests kept for those statistics at most."""
-STALL_TIMEOUT_S = 30.0
+STALL_TIMEOUT_S = TIMEOUTS.serve_stall_s
 
 
 @dataclass(frozen=True)
