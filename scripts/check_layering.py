@@ -40,7 +40,7 @@ from pathlib import Path
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "_version"),  # the exception tree and the version string: import nothing
-    ("shared",),  # plain names, types and defaults: no torch, no grpc, no pydantic
+    ("shared",),  # plain names, types (RunSummary) and defaults: no torch, no grpc
     ("config",),  # the cluster file (pydantic + yaml)
     ("model",),  # fx graph, partitions, zoo, checkpoints, datasets, training
     ("engines",),  # stage executors (onnxruntime, torch), ONNX export and quantization
