@@ -17,7 +17,10 @@ Checks:
    import its own part and parts of *lower* layers only. Parts in the same layer may not import
    each other. A part missing from :data:`LAYERS` is itself a finding, so a new folder must be
    placed in the order on purpose.
-3. **One exception tree**: every exception class is defined in ``errors.py``; nothing raises the
+3. **A light bottom**: ``shared/`` and ``errors.py`` import none of :data:`HEAVY` at run time
+   (``TYPE_CHECKING`` imports are fine here: they never run), so every layer can use them,
+   a torch-free worker included.
+4. **One exception tree**: every exception class is defined in ``errors.py``; nothing raises the
    base class ``EdgesplitError`` itself, and library code raises no bare ``ValueError`` (pydantic
    validators excepted: pydantic turns their ``ValueError`` into a ``ValidationError``).
 
@@ -72,6 +75,9 @@ ALLOWED_CYCLES: tuple[frozenset[str], ...] = (
 )
 """Module cycles reported but tolerated. Each entry must match a cycle's modules exactly."""
 
+LIGHT_PARTS = ("errors", "_version", "shared")
+HEAVY = frozenset({"torch", "torchvision", "grpc", "onnx", "onnxruntime", "numpy"})
+"""Libraries the light parts may not import at run time."""
 VALIDATOR_DECORATORS = frozenset({"field_validator", "model_validator", "validator"})
 BUILTIN_EXCEPTIONS = frozenset(
     name
@@ -351,12 +357,36 @@ def check_exceptions(modules: dict[str, Module]) -> list[str]:
     return sorted(set(findings))
 
 
+def check_light(modules: dict[str, Module]) -> list[str]:
+    """Run-time imports of heavy libraries from the light parts (errors, shared)."""
+    findings = []
+    for module in modules.values():
+        if part_of(module.name) not in LIGHT_PARTS:
+            continue
+        for node, kind in _walk(module.tree, "module"):
+            if kind == "type-checking":
+                continue
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in HEAVY:
+                    findings.append(
+                        f"{part_of(module.name)} must stay light, but imports {name}\n"
+                        f"    {_shown(module.path)}:{node.lineno}"
+                    )
+    return findings
+
+
 def check(package_dir: Path) -> tuple[list[str], list[str]]:
     """(findings, notes) for the package at ``package_dir``."""
     modules = load(package_dir)
     edges = imports(modules)
     cycles, notes = check_cycles(modules, edges)
-    return [*cycles, *check_layers(modules, edges), *check_exceptions(modules)], notes
+    layers = check_layers(modules, edges)
+    return [*cycles, *layers, *check_light(modules), *check_exceptions(modules)], notes
 
 
 def main(argv: Sequence[str]) -> int:

@@ -127,6 +127,23 @@ def test_a_part_without_a_layer_is_a_finding(tmp_path: Path) -> None:
     ]
 
 
+def test_the_light_parts_import_no_heavy_library_at_run_time(tmp_path: Path) -> None:
+    package = tree(
+        tmp_path,
+        {
+            "shared/__init__.py": "",
+            "shared/ok.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n"
+            ),
+            "shared/bad.py": "def f():\n    import grpc.aio\n",
+        },
+    )
+    modules = layering.load(package)
+    assert layering.check_light(modules) == [
+        f"shared must stay light, but imports grpc.aio\n    {package / 'shared' / 'bad.py'}:2"
+    ]
+
+
 def test_exceptions_live_in_errors_and_are_precise(tmp_path: Path) -> None:
     package = tree(
         tmp_path,
