@@ -177,14 +177,14 @@ class Outgoing:
     """A computed micro-batch waiting for its link; ``batch.hops[-1]`` is this worker's hop."""
 
     batch: pb.MicroBatch
-    """The header: its tensor has dtype and shape; the bytes are ``payload``."""
-    payload: np.ndarray
     shape: LinkShape
     to_coordinator: bool
     coordinator: str
     """The coordinator's address, where failures are reported."""
     on_done: Callable[[], None] | None = field(default=None, compare=False)
     """Called once the message is sent or reported failed (gives its memory back)."""
+    payload: np.ndarray | None = field(default=None, compare=False)
+    """The tensor's bytes (the engine's output itself for fp32); None: in ``batch.tensor``."""
 
 
 FailureSink = Callable[[pb.FailureReport, str], None]
@@ -255,7 +255,13 @@ class LinkSender:
         return self._stream
 
     def _call(self, item: Outgoing) -> None:
-        frame = codec.pack(item.batch, item.payload)
+        if item.payload is None:  # the bytes are in the message: send them after it
+            header = pb.MicroBatch()
+            header.CopyFrom(item.batch)
+            header.tensor.ClearField("data")
+            frame = codec.pack(header, item.batch.tensor.data)
+        else:
+            frame = codec.pack(item.batch, item.payload)
         if len(frame) > MAX_MESSAGE_BYTES:
             raise OversizeError(
                 f"a {len(frame)}-byte message exceeds the {MAX_MESSAGE_BYTES}-byte limit; "

@@ -640,7 +640,7 @@ class Worker:
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
         shape = self._link_shape(COORDINATOR_HOP if to_coordinator else address, epoch.shape)
         on_done = job.output.release if job.output is not None else None
-        item = Outgoing(out, payload, shape, to_coordinator, epoch.coordinator, on_done)
+        item = Outgoing(out, shape, to_coordinator, epoch.coordinator, on_done, payload)
         self._sender(address, token).put(item)
 
     def _sender(self, address: str, token: str | None) -> LinkSender:
