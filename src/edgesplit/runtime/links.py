@@ -268,9 +268,18 @@ class LinkSender:
                 "use smaller micro-batches"
             )
         deadline = time.monotonic() + SEND_TIMEOUT_S
+        retried = False
         while True:
             stream = self._open(item.to_coordinator)
-            ack = self._await(stream, stream.send(frame), deadline)
+            try:
+                ack = self._await(stream, stream.send(frame), deadline)
+            except StreamBroken:
+                # The stream may have ended before this frame (the peer restarted, or ended
+                # its oldest stream): one more try on a new one; a duplicate is dropped by id.
+                if retried or self._stop.is_set():
+                    raise
+                retried = True
+                continue
             code = ack_code(ack)
             if code == grpc.StatusCode.OK:
                 return

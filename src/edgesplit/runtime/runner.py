@@ -147,6 +147,8 @@ class _Upload:
     frame: bytes
     stream: LinkStream
     future: Future[pb.LinkAck]
+    retried: bool = False
+    """Sent again on a new stream after its stream broke (once at most)."""
 
 
 class Run:
@@ -242,8 +244,14 @@ class Run:
         while up is not None:
             try:
                 ack = up.future.result(timeout=self.c.rpc_timeout_s)
-            except (StreamBroken, futures.TimeoutError) as exc:
-                why = str(exc) or f"no acknowledgement within {self.c.rpc_timeout_s:.0f} s"
+            except StreamBroken as exc:
+                if not up.retried:  # the stream may have ended before the frame: once more
+                    up.retried, up.stream = True, self.c.link(up.device)
+                    up.future = up.stream.send(up.frame)
+                    continue
+                why = str(exc)
+            except futures.TimeoutError:
+                why = f"no acknowledgement within {self.c.rpc_timeout_s:.0f} s"
                 up.stream.close(why)  # a later frame must not get this one's acknowledgement
             else:
                 code = ack_code(ack)
