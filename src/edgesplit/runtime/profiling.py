@@ -153,7 +153,7 @@ def hop_cpu_ms_per_mb(size: int = HOP_BYTES, repeats: int = HOP_REPEATS) -> floa
     finally:
         stream.close()
         channel.close()
-        server.stop(None)
+        server.stop(0.5).wait(1.0)  # lets the cancelled stream end first
     return statistics.median(samples) / 2 / (size / 1e6)
 
 
