@@ -3,7 +3,7 @@
 
 For each engine (onnxruntime, torch) two worker processes serve a two-stage plan of
 squeezenet1_1 at 32 px: A (the target, with ``--max-memory-mb``) hands its output to B, and B
-to a real :class:`~edgesplit.runtime.coordinator.Coordinator`, whose Result and ReportFailure
+to a real :class:`~edgesplit.runtime.coordinator.Coordinator`, whose Results and ReportFailure
 services tell which accepted micro-batches arrived or were reported. Written to
 ``bench/results/fuzz.json``:
 
@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,11 @@ import torch
 
 from edgesplit.config import parse_cluster
 from edgesplit.engines import Execution
+from edgesplit.errors import StreamBroken
 from edgesplit.model import models
 from edgesplit.runtime import codec, limits
 from edgesplit.runtime.coordinator import Coordinator
+from edgesplit.runtime.links import WORKER_LINK, LinkStream, ack_code
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.runner import FailureEvent, ResultEvent
@@ -515,6 +518,66 @@ class Bench:
             t.join()
         self.row("malformed_mix", counts.elements())
 
+    def link_frames(self, count: int) -> None:
+        """Random, mutated and valid frames on Link streams from 6 threads, each on its own
+        stream: more streams than a worker keeps (the oldest are ended and reopened)."""
+        valid = pb.MicroBatch(plan_epoch=self.epoch)
+        payload = codec.encode_header(self.valid_x(1), valid.tensor)
+        counts: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def one(rng: random.Random, stream: LinkStream) -> str:
+            kind = rng.randrange(3)
+            if kind == 0:  # random bytes
+                frame = rng.randbytes(rng.randrange(0, 2048))
+            else:  # a valid frame (its own request id), its header mutated or cut (kind 1)
+                batch = pb.MicroBatch()
+                batch.CopyFrom(valid)
+                batch.request_id = self.new_id()
+                data = bytearray(codec.pack(batch, payload))
+                if kind == 1:
+                    for _ in range(rng.randrange(1, 5)):
+                        data[rng.randrange(64)] = rng.randrange(256)
+                    if rng.random() < 0.5:
+                        data = data[: rng.randrange(len(data) + 1)]
+                frame = bytes(data)
+            t0 = time.monotonic()
+            try:
+                ack = stream.send(frame).result(timeout=60)
+            except StreamBroken as exc:
+                return f"STREAM_{exc.code.name if exc.code else 'ENDED'}"
+            except futures.TimeoutError:
+                self.hangs += 1
+                return "NO_ACK"
+            if time.monotonic() - t0 > 70:
+                self.hangs += 1
+            code = ack_code(ack).name
+            if code == "OK":  # the id the worker parsed: what must arrive or be reported
+                self.ledger.accept(ack.request_id)
+            return code
+
+        def worker(seed: int, n: int) -> None:
+            rng = random.Random(seed)
+            stream: LinkStream | None = None
+            for _ in range(n):
+                if stream is None or stream.broken:
+                    stream = LinkStream(self.raw, WORKER_LINK, "A")
+                code = one(rng, stream)
+                with lock:
+                    counts[code] += 1
+            if stream is not None:
+                stream.close()
+
+        threads = [
+            threading.Thread(target=worker, args=(self.args.seed * 200 + i, count // 6))
+            for i in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.row("link_frames", counts.elements())
+
     def flood(self, count: int) -> None:
         """Valid micro-batches as fast as 8 threads can send them: accepted or busy."""
         codes: list[str] = []
@@ -568,6 +631,7 @@ class Bench:
         self.row8_strings(100 if quick else 1000)
         self.row9_probe_sizes()
         self.malformed(self.args.malformed // (10 if quick else 1))
+        self.link_frames(self.args.malformed // (10 if quick else 1))
         self.flood(400 if quick else 2000)
         missing = self.ledger.wait_all()
         crashes = sum(not p.alive() for p in (self.a, self.b))

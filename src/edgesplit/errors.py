@@ -99,6 +99,23 @@ class SendStopped(EdgesplitError):
     """The sender was closed while a message waited for its link."""
 
 
+class StreamBroken(EdgesplitError):
+    """A link stream ended before a frame was acknowledged; ``code`` is the gRPC status that
+    ended it (None: closed by us, or an acknowledgement that made no sense)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LinkRefused(EdgesplitError):
+    """The receiver acknowledged a frame with a refusal (``code``, a gRPC status)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class InstallFailed(WorkerError):
     """A device did not take its stage of a new epoch (the epoch did not become current)."""
 

@@ -50,10 +50,9 @@ class Sink:
     failures: list[pb.FailureReport] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def result(self, batch: pb.MicroBatch) -> pb.Ack:
+    def result(self, batch: pb.MicroBatch, _data: memoryview) -> None:
         with self.lock:
             self.results.append(batch.request_id)
-        return pb.Ack()
 
     def failure(self, report: pb.FailureReport) -> pb.Ack:
         with self.lock:
@@ -70,7 +69,8 @@ def sink() -> Iterator[Sink]:
     s = Sink()
     handler = service_handler(
         "edgesplit.v1.Coordinator",
-        {"Result": (pb.MicroBatch, s.result), "ReportFailure": (pb.FailureReport, s.failure)},
+        {"ReportFailure": (pb.FailureReport, s.failure)},
+        links={"Results": s.result},
     )
     server = make_server([handler], [TOKEN])
     s.address = f"127.0.0.1:{bind(server, '127.0.0.1:0', None)}"

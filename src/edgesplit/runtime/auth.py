@@ -75,7 +75,7 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
             raise ConfigError("token auth needs at least one non-empty token")
         self.rejects = RejectLog()
 
-    def _deny(self, method: str) -> grpc.RpcMethodHandler:
+    def _deny(self, method: str, bidi: bool = False) -> grpc.RpcMethodHandler:
         def deny(_request: object, context: grpc.ServicerContext) -> None:
             self.rejects.rejected(context.peer(), method)
             context.abort(
@@ -84,7 +84,10 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
                 "with the cluster token",
             )
 
-        # No deserializer: a rejected request's bytes are never parsed.
+        # No deserializer: a rejected request's bytes are never parsed. A link stream is
+        # refused as one, before its first frame is read.
+        if bidi:
+            return grpc.stream_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
 
     def _accepts(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
@@ -109,11 +112,18 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         if self._accepts(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
-        return self._deny(handler_call_details.method)
+        handler = continuation(handler_call_details)
+        bidi = handler is not None and handler.request_streaming and handler.response_streaming
+        return self._deny(handler_call_details.method, bool(bidi))
 
 
-class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
-    """Add the token to every unary and client-streaming call made through the channel."""
+class TokenClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Add the token to every unary, client-streaming and bidirectional call made through the
+    channel."""
 
     def __init__(self, token: str) -> None:
         self._header = (TOKEN_HEADER, _PREFIX + token)
@@ -129,6 +139,16 @@ class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryC
         return continuation(details, request)
 
     def intercept_stream_unary(
+        self,
+        continuation: Callable[[Any, Any], Any],
+        client_call_details: Any,
+        request_iterator: Any,
+    ) -> Any:
+        metadata = [*(client_call_details.metadata or ()), self._header]
+        details = client_call_details._replace(metadata=metadata)
+        return continuation(details, request_iterator)
+
+    def intercept_stream_stream(
         self,
         continuation: Callable[[Any, Any], Any],
         client_call_details: Any,

@@ -13,12 +13,23 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from edgesplit.errors import CodecError
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
 if TYPE_CHECKING:  # the worker runs without torch; only the coordinator's helpers use it
     import torch
+
+Buffer = bytes | bytearray | memoryview | np.ndarray
+"""Tensor bytes: bytes-like, or a C-contiguous array whose memory they are."""
+
+
+def _view(data: Buffer) -> memoryview:
+    """``data`` as a flat byte view (no copy)."""
+    view = data.data if isinstance(data, np.ndarray) else memoryview(data)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
 
 ITEMSIZE: dict[str, int] = {
     "float32": 4,
@@ -57,14 +68,10 @@ def _torch_name(tensor: Any) -> str:
     return name
 
 
-def encode(tensor: torch.Tensor | np.ndarray, out: pb.Tensor | None = None) -> pb.Tensor:
-    """Encode ``tensor`` (a numpy array, or a torch tensor on any device and layout) into a
-    ``Tensor`` message.
-
-    Pass ``out`` (e.g. ``msg.tensor``) to fill a message field in place without a copy of the
-    message.
-    """
-    msg = pb.Tensor() if out is None else out
+def encode_header(tensor: torch.Tensor | np.ndarray, out: pb.Tensor) -> np.ndarray:
+    """Fill ``out``'s dtype and shape for ``tensor`` (numpy, or torch on any device and layout)
+    and return a C-contiguous numpy array whose buffer is the tensor's wire bytes (the tensor's
+    own memory when it is contiguous on the CPU already: no copy). ``out.data`` is left alone."""
     if isinstance(tensor, np.ndarray):
         name = _NUMPY_NAMES.get(tensor.dtype)
         if name is None:
@@ -73,18 +80,28 @@ def encode(tensor: torch.Tensor | np.ndarray, out: pb.Tensor | None = None) -> p
             )
         array = np.ascontiguousarray(tensor)
         shape: tuple[int, ...] = array.shape
-        data = array.tobytes() if array.size else b""
     else:  # a torch tensor: viewing as bytes works for every dtype, bfloat16 included
         import torch
 
         name = _torch_name(tensor)
         t = tensor.detach().to("cpu").contiguous()
         shape = tuple(t.shape)
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    msg.dtype = name
-    del msg.shape[:]
-    msg.shape.extend(shape)
-    msg.data = data
+        array = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
+    out.dtype = name
+    del out.shape[:]
+    out.shape.extend(shape)
+    return array
+
+
+def encode(tensor: torch.Tensor | np.ndarray, out: pb.Tensor | None = None) -> pb.Tensor:
+    """Encode ``tensor`` (a numpy array, or a torch tensor on any device and layout) into a
+    ``Tensor`` message, its bytes in ``data``.
+
+    Pass ``out`` (e.g. ``msg.tensor``) to fill a message field in place without a copy of the
+    message. Link streams send the bytes outside the message instead (:func:`pack`)."""
+    msg = pb.Tensor() if out is None else out
+    array = encode_header(tensor, msg)
+    msg.data = array.tobytes() if array.size else b""
     return msg
 
 
@@ -93,11 +110,18 @@ def _cut(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
-def check(msg: pb.Tensor, max_elements: int, expect_dtype: str | None = None) -> tuple[int, ...]:
+def check(
+    msg: pb.Tensor,
+    max_elements: int,
+    expect_dtype: str | None = None,
+    data: Buffer | None = None,
+) -> tuple[int, ...]:
     """The message's shape after checking dtype, shape and byte count; :class:`CodecError`.
 
     ``max_elements`` bounds the element count claimed by the shape, checked before any
     allocation. ``expect_dtype`` (a wire name, e.g. "float32") additionally requires one dtype.
+    ``data`` is the tensor's bytes when they came outside the message (a link frame, see
+    :func:`unpack`); None: ``msg.data``.
     """
     itemsize = ITEMSIZE.get(msg.dtype)
     if itemsize is None:
@@ -122,10 +146,11 @@ def check(msg: pb.Tensor, max_elements: int, expect_dtype: str | None = None) ->
             "are allowed (counting empty dimensions as 1)"
         )
     expected_bytes = numel * itemsize
-    if len(msg.data) != expected_bytes:
+    got = len(msg.data) if data is None else _view(data).nbytes
+    if got != expected_bytes:
         raise CodecError(
             f"tensor {msg.dtype}{list(shape)} needs {expected_bytes} bytes "
-            f"({numel} x {itemsize}), got {len(msg.data)}"
+            f"({numel} x {itemsize}), got {got}"
         )
     return shape
 
@@ -137,12 +162,24 @@ def decode_array(
 ) -> np.ndarray:
     """Decode a ``Tensor`` message into a new, writable numpy array; raise :class:`CodecError`
     (see :func:`check`). bfloat16 has no numpy dtype and is refused here."""
-    shape = check(msg, max_elements, expect_dtype)
+    check(msg, max_elements, expect_dtype)  # before the copy
+    # A bytearray makes the buffer writable and owned by the array (the message is not aliased).
+    return view_array(msg, bytearray(msg.data), max_elements, expect_dtype)
+
+
+def view_array(
+    msg: pb.Tensor,
+    data: Buffer,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    expect_dtype: str | None = None,
+) -> np.ndarray:
+    """The tensor described by ``msg`` whose bytes are ``data``, as a numpy array that views
+    ``data`` in place (no copy; read-only when ``data`` is); checked like :func:`check`."""
+    shape = check(msg, max_elements, expect_dtype, data)
     dtype = NUMPY.get(msg.dtype)
     if dtype is None:
         raise CodecError(f"dtype {msg.dtype} has no numpy equivalent; send float32 or float16")
-    # A bytearray makes the buffer writable and owned by the array (the message is not aliased).
-    return np.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def decode(
@@ -160,6 +197,58 @@ def decode(
         return torch.empty(shape, dtype=dtype)
     flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
     return flat.view(dtype).reshape(shape)
+
+
+FRAME_HEADER_MAX_BYTES = 4 * 1024 * 1024
+"""A link frame's MicroBatch header (request id, epoch, dtype, shape, hop timings): far more
+than any pipeline's hops need."""
+
+
+def pack(batch: pb.MicroBatch, data: Buffer) -> bytes:
+    """A link-stream frame: the varint length of ``batch`` serialized (its tensor without
+    ``data``), that, then the tensor's bytes. One copy of ``data``, straight from the array the
+    engine produced; the receiver views the bytes in place (:func:`unpack`)."""
+    header = batch.SerializeToString()
+    return b"".join((_varint(len(header)), header, _view(data)))
+
+
+def unpack(frame: bytes) -> tuple[pb.MicroBatch, memoryview]:
+    """(header, tensor bytes) of a frame made by :func:`pack`; the bytes view ``frame`` (no
+    copy). :class:`CodecError` for anything else."""
+    view = memoryview(frame)
+    length, start = _read_varint(view)
+    if length > FRAME_HEADER_MAX_BYTES or start + length > len(view):
+        raise CodecError(
+            f"a link frame starts with its header length; {length} bytes do not fit in a "
+            f"{len(view)}-byte frame (at most {FRAME_HEADER_MAX_BYTES})"
+        )
+    try:
+        batch = pb.MicroBatch.FromString(bytes(view[start : start + length]))  # small
+    except DecodeError as exc:
+        raise CodecError(f"a link frame's header must be a serialized MicroBatch: {exc}") from None
+    if batch.tensor.data:
+        raise CodecError("a link frame carries the tensor's bytes after its header, not in it")
+    return batch, view[start + length :]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(view: memoryview) -> tuple[int, int]:
+    """(value, bytes used) of the varint at the start of ``view`` (at most 5 bytes)."""
+    value = 0
+    for i in range(min(5, len(view))):
+        byte = view[i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, i + 1
+    raise CodecError("a link frame must start with its header length (a varint of <= 5 bytes)")
 
 
 def nbytes(msg: pb.Tensor) -> int:

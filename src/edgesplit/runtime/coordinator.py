@@ -29,13 +29,16 @@ from edgesplit.errors import ConfigError, EdgesplitError, InstallFailed, PlanErr
 from edgesplit.model.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
+from edgesplit.runtime.links import WORKER_LINK, LinkStream
 from edgesplit.runtime.live import LiveCallback, LiveObserver
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
 from edgesplit.runtime.runner import Event, FailureEvent, Replan, ResultEvent, Run
 from edgesplit.runtime.transport import (
+    DEFAULT_LINK_STREAMS,
     Refused,
+    StreamSlots,
     bind,
     describe_rpc_error,
     make_server,
@@ -110,6 +113,8 @@ class Coordinator:
         self._factory = channel_factory or self._default_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.WorkerStub] = {}
+        self._links: dict[str, LinkStream] = {}
+        """The upload stream to each device (opened again when it broke)."""
         self._lock = threading.Lock()
         self._install_lock = threading.Lock()
         """One plan install at a time (the run loop and the adaptive controller both install)."""
@@ -152,6 +157,15 @@ class Coordinator:
                 self._channels[name] = channel
                 stub = self._stubs[name] = pb_grpc.WorkerStub(channel)
             return stub
+
+    def link(self, name: str) -> LinkStream:
+        """The upload stream to device ``name`` (over its channel), reopened if it broke."""
+        self.stub(name)  # opens the channel
+        with self._lock:
+            stream = self._links.get(name)
+            if stream is None or stream.broken:
+                stream = self._links[name] = LinkStream(self._channels[name], WORKER_LINK, name)
+            return stream
 
     def where(self, name: str) -> str:
         return f"device {name} at {self.cluster.device(name).address}"
@@ -394,14 +408,15 @@ class Coordinator:
             if self._address is not None:
                 return self._address
             tokens = [self.cluster.token_for(d.name) for d in self.cluster.devices]
+            # One results stream per last stage (a plan change may make another device last).
+            streams = max(DEFAULT_LINK_STREAMS, len(self.cluster.devices))
             handler = service_handler(
                 "edgesplit.v1.Coordinator",
-                {
-                    "Result": (pb.MicroBatch, self._on_result),
-                    "ReportFailure": (pb.FailureReport, self._on_failure),
-                },
+                {"ReportFailure": (pb.FailureReport, self._on_failure)},
+                links={"Results": self._on_result},
+                slots=StreamSlots(streams),
             )
-            server = make_server([handler], tokens)
+            server = make_server([handler], tokens, max_workers=8 + streams)
             port = bind_result_port(server, self.cluster)
             server.start()
             self._server = server
@@ -409,15 +424,14 @@ class Coordinator:
             log.info("coordinator service on %s", self._address)
             return self._address
 
-    def _on_result(self, batch: pb.MicroBatch) -> pb.Ack:
+    def _on_result(self, batch: pb.MicroBatch, data: memoryview) -> None:
         arrival = time.time()
         try:
-            tensor = wire.decode_activation(batch.tensor)
+            tensor = wire.decode_activation(batch.tensor, data=data)
         except codec.CodecError as exc:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Result: {exc}") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Results: {exc}") from None
         batch.ClearField("tensor")
         self.events.put(ResultEvent(batch, tensor, arrival))
-        return pb.Ack()
 
     def _on_failure(self, report: pb.FailureReport) -> pb.Ack:
         log.warning("failure reported by %s: %s", report.device, report.message)
@@ -666,8 +680,12 @@ class Coordinator:
         with self._lock:
             server, self._server, self._address = self._server, None, None
             channels = list(self._channels.values())
+            links = list(self._links.values())
             self._channels.clear()
             self._stubs.clear()
+            self._links.clear()
+        for stream in links:
+            stream.close("the coordinator closed")
         self._background.shutdown(wait=False, cancel_futures=True)
         if server is not None:
             grace_s = TIMEOUTS.result_server_stop_s

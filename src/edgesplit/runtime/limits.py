@@ -41,6 +41,9 @@ MAX_EPOCH = 2**62
 """A plan epoch number (uint64 on the wire; kept clear of the top for arithmetic)."""
 ECHO_CHARS = 40
 """Characters of a caller's string repeated in an error message."""
+MAX_LINK_STREAMS = 4
+"""Link streams (micro-batches from previous hops and the coordinator) a worker keeps open; a
+newer one ends the oldest (each holds a handler thread for its whole life)."""
 MAX_CONCURRENT_PROBES = 2
 """ProbeLink calls running at once; a third is RESOURCE_EXHAUSTED (each may hold a handler
 thread for its caller's whole deadline)."""

@@ -121,43 +121,40 @@ def _model_ms(
 def hop_cpu_ms_per_mb(size: int = HOP_BYTES, repeats: int = HOP_REPEATS) -> float:
     """Process CPU ms that one side of a hand-off costs per MB (1e6 bytes).
 
-    A tensor goes the way a micro-batch does: encoded into a MicroBatch, serialized, sent over a
-    loopback gRPC channel to a server in this process, parsed and decoded there. Both sides run
-    in this process, so half of its CPU time is one side's. On an emulated device that CPU comes
-    out of the same quota as the stage's compute (measured: a quarter-core device receiving a
-    4.8 MB input and sending a 6.4 MB output ran its 3-unit stage at twice the predicted time).
+    A tensor goes the way a micro-batch does: its header encoded, packed into a link frame
+    with the array's bytes, sent over a loopback link stream to a server in this process,
+    unpacked and viewed there as the engine's input, and acknowledged. Both sides run in this
+    process, so half of its CPU time is one side's. On an emulated device that CPU comes out of
+    the same quota as the stage's compute (measured: a quarter-core device receiving a 4.8 MB
+    input and sending a 6.4 MB output ran its 3-unit stage at twice the predicted time).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from edgesplit.runtime import codec, wire
+    from edgesplit.runtime.links import LinkStream
+    from edgesplit.runtime.transport import make_server, service_handler
 
-    from edgesplit.runtime import codec
-    from edgesplit.runtime.transport import GRPC_OPTIONS
+    def take(batch: pb.MicroBatch, data: memoryview) -> None:
+        wire.decode_activation_array(batch.tensor, data=data)
 
-    def take(data: bytes, context: grpc.ServicerContext) -> bytes:
-        codec.decode_array(pb.MicroBatch.FromString(data).tensor)
-        return b""
-
-    handler = grpc.method_handlers_generic_handler(
-        "edgesplit.v1.HopTimer", {"Take": grpc.unary_unary_rpc_method_handler(take)}
-    )
-    server = grpc.server(ThreadPoolExecutor(max_workers=1), options=list(GRPC_OPTIONS))
-    server.add_generic_rpc_handlers((handler,))
+    handler = service_handler("edgesplit.v1.HopTimer", {}, links={"Take": take})
+    server = make_server([handler], None, max_workers=2)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(GRPC_OPTIONS))
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    stream = LinkStream(channel, "/edgesplit.v1.HopTimer/Take", "hop timer")
     try:
-        call = channel.unary_unary("/edgesplit.v1.HopTimer/Take")
         x = np.zeros(size // 4, dtype=np.float32)
         samples = []
         for rep in range(repeats + 1):
             c0 = time.process_time()
             batch = pb.MicroBatch()
-            codec.encode(x, out=batch.tensor)
-            call(batch.SerializeToString(), timeout=PROBE_TIMEOUT_S)
-            if rep:  # the first call sets up the connection
+            payload = wire.activation_payload(x, "fp32", batch.tensor)
+            stream.send(codec.pack(batch, payload)).result(timeout=PROBE_TIMEOUT_S)
+            if rep:  # the first frame sets up the connection
                 samples.append((time.process_time() - c0) * 1000.0)
     finally:
+        stream.close()
         channel.close()
-        server.stop(None)
+        server.stop(0.5).wait(1.0)  # lets the cancelled stream end first
     return statistics.median(samples) / 2 / (size / 1e6)
 
 

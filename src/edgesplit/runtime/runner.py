@@ -25,21 +25,22 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterable
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import torch
 
-from edgesplit.errors import InstallFailed, RunAborted, RunError, RunInterrupted
+from edgesplit.errors import InstallFailed, RunAborted, RunError, RunInterrupted, StreamBroken
 from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.heartbeat import Collected, HealthEvent, Heartbeats
-from edgesplit.runtime.links import LinkShape, link_delay_s
+from edgesplit.runtime.links import LinkShape, LinkStream, ack_code, link_delay_s
 from edgesplit.runtime.live import FailureSeen, LiveCallback, LiveFeed, LiveObserver, ResultSeen
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import DeviceFailure, RunRecord, hop_records, upload_record
-from edgesplit.runtime.transport import describe_rpc_error
 from edgesplit.shared.names import COORDINATOR
 from edgesplit.shared.timeouts import TIMEOUTS
 
@@ -114,12 +115,15 @@ class _Raw:
 
 @dataclass
 class _Upload:
-    """An upload whose RPC may still be running (see :meth:`Run.send`)."""
+    """An upload not yet acknowledged (see :meth:`Run.send`)."""
 
     request_id: int
     device: str
-    batch: pb.MicroBatch
-    future: grpc.Future
+    frame: bytes
+    stream: LinkStream
+    future: Future[pb.LinkAck]
+    retried: bool = False
+    """Sent again on a new stream after its stream broke (once at most)."""
 
 
 class Run:
@@ -174,10 +178,11 @@ class Run:
         device (or the one the previous upload went to) turned out to be lost (the requests
         stay pending; :meth:`reconcile` replays them).
 
-        The request's time on the (emulated) wire comes first; meanwhile the previous upload's
-        RPC, already on its way, finishes (the receiver parses it, as a device parses one
-        message while the next arrives); then this request's RPC starts and is left running.
-        One upload RPC at a time: ``send`` settles the previous one before it starts another.
+        The request's time on the (emulated) wire comes first; meanwhile the previous upload,
+        already on the device's link stream, is acknowledged (the receiver checks it, as a
+        device parses one message while the next arrives); then this request's frame goes out
+        and is left unacknowledged. One upload at a time: ``send`` settles the previous one
+        before it starts another.
         Waiting for each RPC before the next micro-batch's wire time made the coordinator, not
         the slowest stage, set the pace (MobileNetV2 at 224, batch 8: 14 ms to prepare, 41 ms
         on the wire and 24 ms of RPC per micro-batch, one after the other)."""
@@ -186,15 +191,16 @@ class Run:
         first = plan[0].device
         link = self.c.cluster.sender_link(COORDINATOR, first)
         batch = pb.MicroBatch(request_id=request_id, plan_epoch=epoch)
-        codec.encode(pending.x, out=batch.tensor)
-        if batch.ByteSize() > MAX_MESSAGE_BYTES:
+        payload = codec.encode_header(pending.x, batch.tensor)  # the input's own memory
+        frame = codec.pack(batch, payload)
+        if len(frame) > MAX_MESSAGE_BYTES:
             raise RunError(
-                f"request {request_id} is {batch.ByteSize()} bytes on the wire; the limit is "
+                f"request {request_id} is {len(frame)} bytes on the wire; the limit is "
                 f"{MAX_MESSAGE_BYTES}: use smaller micro-batches"
             )
         pending.attempts += 1
         pending.epoch = epoch
-        pending.bytes_out = len(batch.tensor.data)
+        pending.bytes_out = payload.nbytes
         self.epochs.add(epoch)
         pending.send_start = time.time()
         delay = link_delay_s(LinkShape(link.bandwidth_mbps, link.latency_ms), pending.bytes_out)
@@ -202,30 +208,42 @@ class Run:
             time.sleep(delay)
         if not self.settle_upload():
             return False
-        future = self.c.stub(first).Forward.future(batch, timeout=self.c.rpc_timeout_s)
-        self._upload = _Upload(request_id, first, batch, future)
+        stream = self.c.link(first)
+        self._upload = _Upload(request_id, first, frame, stream, stream.send(frame))
         return True
 
     def settle_upload(self) -> bool:
-        """Wait for the upload RPC still running, if any (a full first-stage queue makes it
-        retry). False when its device turned out to be lost."""
+        """Wait for the acknowledgement of the upload still out, if any (a full first-stage
+        queue makes it retry). False when its device turned out to be lost."""
         up, self._upload = self._upload, None
         while up is not None:
             try:
-                up.future.result()
-                return True
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    time.sleep(BUSY_RETRY_S)  # the first stage's queue is full: wait our turn
-                    stub = self.c.stub(up.device)
-                    up.future = stub.Forward.future(up.batch, timeout=self.c.rpc_timeout_s)
+                ack = up.future.result(timeout=self.c.rpc_timeout_s)
+            except StreamBroken as exc:
+                if not up.retried:  # the stream may have ended before the frame: once more
+                    up.retried, up.stream = True, self.c.link(up.device)
+                    up.future = up.stream.send(up.frame)
                     continue
-                if self._confirm_lost(up.device, f"upload failed: {describe_rpc_error(exc)}"):
-                    return False
-                raise RunError(
-                    f"cannot send request {up.request_id} to stage 0: "
-                    f"{self.c.worker_error(up.device, 'upload', exc)}"
-                ) from None
+                why = str(exc)
+            except futures.TimeoutError:
+                why = f"no acknowledgement within {self.c.rpc_timeout_s:.0f} s"
+                up.stream.close(why)  # a later frame must not get this one's acknowledgement
+            else:
+                code = ack_code(ack)
+                if code == grpc.StatusCode.OK:
+                    return True
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    time.sleep(BUSY_RETRY_S)  # the first stage's queue is full: wait our turn
+                    up.stream = self.c.link(up.device)
+                    up.future = up.stream.send(up.frame)
+                    continue
+                why = f"{code.name}: {ack.message}"
+            if self._confirm_lost(up.device, f"upload failed: {why}"):
+                return False
+            raise RunError(
+                f"cannot send request {up.request_id} to stage 0: upload: "
+                f"{self.c.where(up.device)} failed: {why}"
+            )
         return True
 
     def replay(self, request_id: int, why: str) -> None:

@@ -61,7 +61,9 @@ class TorchStage:
         self.start, self.end = start, end
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._executor.run(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        # torch wants writable memory; a link frame's input is a read-only view of the frame.
+        array = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)
+        return self._executor.run(torch.from_numpy(array)).numpy()
 
     def describe(self) -> dict[str, object]:
         return self._executor.describe()

@@ -8,6 +8,7 @@ handler receives raw bytes and parses them itself, so a garbage payload gets an
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -20,13 +21,14 @@ from google.protobuf.message import DecodeError, Message
 
 from edgesplit.config import TlsSpec
 from edgesplit.errors import EdgesplitError, ListenError, Refused
-from edgesplit.runtime import MAX_MESSAGE_BYTES
+from edgesplit.runtime import MAX_MESSAGE_BYTES, codec
 from edgesplit.runtime.auth import (
     TokenClientInterceptor,
     TokenServerInterceptor,
     channel_credentials,
     server_credentials,
 )
+from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 )
+
+
+DEFAULT_LINK_STREAMS = 4
+"""Link streams a server keeps open at once (see :class:`StreamSlots`)."""
 
 
 class Call:
@@ -150,20 +156,98 @@ def _stream_unary(
     return grpc.stream_unary_rpc_method_handler(handle)
 
 
+LinkImpl = Callable[[pb.MicroBatch, memoryview], None]
+"""Takes one micro-batch of a link stream: its header and its tensor's bytes (a view of the
+frame); raises :class:`Refused` (or any :class:`EdgesplitError`) to refuse it."""
+
+
+class StreamSlots:
+    """Bounds the link streams open on one server: each holds a handler thread for its whole
+    life, so a new stream past ``limit`` ends the oldest (its sender reopens one when it next
+    sends) rather than letting streams take every thread of the server."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._open: collections.OrderedDict[int, grpc.ServicerContext] = collections.OrderedDict()
+        self._next = 0
+
+    def enter(self, context: grpc.ServicerContext) -> int:
+        with self._lock:
+            key, self._next = self._next, self._next + 1
+            self._open[key] = context
+            evicted = []
+            while len(self._open) > self.limit:
+                evicted.append(self._open.popitem(last=False)[1])
+        for old in evicted:
+            log.warning("more than %d link streams open: ending the oldest", self.limit)
+            old.cancel()
+        return key
+
+    def leave(self, key: int) -> None:
+        with self._lock:
+            self._open.pop(key, None)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
+def _link_ack(method: str, raw: bytes, impl: LinkImpl) -> pb.LinkAck:
+    """The acknowledgement of one link frame: accepted, or the status that refused it."""
+    try:
+        batch, data = codec.unpack(raw)
+    except codec.CodecError as exc:
+        return pb.LinkAck(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=f"{exc}")
+    ack = pb.LinkAck(request_id=batch.request_id, plan_epoch=batch.plan_epoch)
+    code = grpc.StatusCode.OK
+    try:
+        impl(batch, data)
+    except Refused as exc:
+        code, ack.message = exc.code, str(exc)
+    except EdgesplitError as exc:
+        code, ack.message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    except Exception as exc:  # a bug must not end the stream, let alone the server
+        log.exception("%s failed", method)
+        code, ack.message = grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}"
+    ack.code = code.value[0]
+    return ack
+
+
+def _link(method: str, impl: LinkImpl, slots: StreamSlots) -> grpc.RpcMethodHandler:
+    """A bidirectional link stream: one :class:`pb.LinkAck` per frame, in order."""
+
+    def handle(frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        key = slots.enter(context)
+        try:
+            for raw in frames:
+                yield _link_ack(method, raw, impl).SerializeToString()
+        finally:
+            slots.leave(key)
+
+    return grpc.stream_stream_rpc_method_handler(handle)
+
+
 def service_handler(
     service: str,
     methods: Mapping[str, Handler],
     streams: Mapping[str, Handler] | None = None,
     calls: Mapping[str, CallHandler] | None = None,
+    links: Mapping[str, LinkImpl] | None = None,
+    slots: StreamSlots | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``): unary
-    ``methods``, client-streaming ``streams`` (their implementations take an iterator) and unary
-    ``calls`` whose implementations also take the :class:`Call` (deadline, cancellation)."""
+    ``methods``, client-streaming ``streams`` (their implementations take an iterator), unary
+    ``calls`` whose implementations also take the :class:`Call` (deadline, cancellation) and
+    bidirectional link streams ``links`` (bounded by ``slots``, default
+    :data:`DEFAULT_LINK_STREAMS` per method)."""
     handlers = {name: _unary(service, name, cls, impl) for name, (cls, impl) in methods.items()}
     for name, (cls, call_impl) in (calls or {}).items():
         handlers[name] = _unary(service, name, cls, call_impl, with_call=True)
     for name, (cls, impl) in (streams or {}).items():
         handlers[name] = _stream_unary(service, name, cls, impl)
+    for name, link_impl in (links or {}).items():
+        handlers[name] = _link(name, link_impl, slots or StreamSlots(DEFAULT_LINK_STREAMS))
     return grpc.method_handlers_generic_handler(service, handlers)
 
 

@@ -57,10 +57,21 @@ def encode_activation(
     x: torch.Tensor | np.ndarray, wire: str, out: pb.Tensor | None = None
 ) -> pb.Tensor:
     """Encode a float activation (numpy or torch) in format ``wire`` (see the module doc)
-    into ``out``."""
+    into ``out``, its bytes in ``data``."""
+    msg = pb.Tensor() if out is None else out
+    payload = activation_payload(x, wire, msg)
+    msg.data = payload.tobytes() if payload.size else b""
+    return msg
+
+
+def activation_payload(x: torch.Tensor | np.ndarray, wire: str, out: pb.Tensor) -> np.ndarray:
+    """Fill ``out``'s dtype, shape (and int8 scale and zero point) for ``x`` in format ``wire``
+    and return the array whose buffer is the wire bytes: ``x`` itself for fp32 (no copy), the
+    converted array otherwise. ``out.data`` is left alone (link frames carry the bytes after
+    the message, :func:`codec.pack`)."""
     a = _as_float32(x)
     if wire == "fp32":
-        return codec.encode(a, out=out)
+        return codec.encode_header(a, out)
     if wire == "fp16":
         peak = float(np.abs(a).max()) if a.size else 0.0
         if peak > FP16_MAX:
@@ -68,22 +79,28 @@ def encode_activation(
                 f"activation magnitude {peak:g} exceeds fp16's range ({FP16_MAX:g}); "
                 "use the fp32 or int8 wire format"
             )
-        return codec.encode(a.astype(np.float16), out=out)
+        return codec.encode_header(a.astype(np.float16), out)
     if wire == "int8":
         scale, zero_point = int8_params(a)
         q = np.round(a / np.float32(scale)) + np.float32(zero_point)
-        msg = codec.encode(np.clip(q, _QMIN, _QMAX).astype(np.int8), out=out)
-        msg.scale = scale
-        msg.zero_point = zero_point
-        return msg
+        payload = codec.encode_header(np.clip(q, _QMIN, _QMAX).astype(np.int8), out)
+        out.scale = scale
+        out.zero_point = zero_point
+        return payload
     raise ConfigError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
 
 
 def decode_activation_array(
-    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
+    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS, data: codec.Buffer | None = None
 ) -> np.ndarray:
     """A float32 array from a message in any wire format; :class:`codec.CodecError` if the
-    message is malformed (also a bad scale or zero point)."""
+    message is malformed (also a bad scale or zero point).
+
+    ``data``: the tensor's bytes when they came outside the message (a link frame). An fp32
+    tensor then comes back as a read-only view of them (no copy); without ``data`` every array
+    is a new, writable one."""
+    if data is None:
+        data = bytearray(msg.data)  # writable, and not aliasing the message
     if msg.HasField("scale"):
         if msg.dtype != "int8":
             raise codec.CodecError(f"a quantized tensor must be int8, got {msg.dtype}")
@@ -93,21 +110,22 @@ def decode_activation_array(
             raise codec.CodecError(
                 f"int8 zero point must be in [{_QMIN}, {_QMAX}], got {msg.zero_point}"
             )
-        q = codec.decode_array(msg, max_elements=max_elements, expect_dtype="int8")
+        q = codec.view_array(msg, data, max_elements=max_elements, expect_dtype="int8")
         scale = np.float32(msg.scale)
         return (q.astype(np.float32) - np.float32(msg.zero_point)) * scale
     if msg.dtype == "float16":
-        return codec.decode_array(msg, max_elements=max_elements).astype(np.float32)
-    return codec.decode_array(msg, max_elements=max_elements, expect_dtype="float32")
+        return codec.view_array(msg, data, max_elements=max_elements).astype(np.float32)
+    return codec.view_array(msg, data, max_elements=max_elements, expect_dtype="float32")
 
 
 def decode_activation(
-    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
+    msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS, data: codec.Buffer | None = None
 ) -> torch.Tensor:
-    """:func:`decode_activation_array` as a torch tensor (the coordinator's side)."""
+    """:func:`decode_activation_array` as a writable torch tensor (the coordinator's side)."""
     import torch
 
-    return torch.from_numpy(decode_activation_array(msg, max_elements))
+    array = decode_activation_array(msg, max_elements, data)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def wire_bytes_per_element(wire: str) -> int:

@@ -7,7 +7,9 @@ numpy, grpcio, protobuf, psutil, onnx and onnxruntime.
 
 Three kinds of threads overlap so a stage is never idle waiting for the network:
 
-* gRPC handler threads validate a micro-batch and enqueue it (``Forward`` returns at once);
+* gRPC handler threads validate a micro-batch and enqueue it: one thread per ``Link`` stream
+  from the previous hop, answering each frame with an acknowledgement (``Forward``, the same
+  check for one message, returns at once too);
 * one compute thread runs the epoch's stage module and encodes the output;
 * one :class:`~edgesplit.runtime.links.LinkSender` per next hop ships it (emulated link delay
   included).
@@ -66,6 +68,7 @@ from edgesplit.runtime.stages import (
 from edgesplit.runtime.transport import (
     Call,
     Refused,
+    StreamSlots,
     bind,
     describe_rpc_error,
     make_server,
@@ -178,6 +181,7 @@ class Worker:
         self._report_channels: collections.OrderedDict[str, grpc.Channel] = (
             collections.OrderedDict()
         )
+        self.link_streams = StreamSlots(limits.MAX_LINK_STREAMS)
         self._link_overrides: dict[str, pb.SetLinkRequest] = {}
         """Emulated network changes by next hop (address or "coordinator"); see SetLink."""
         self.on_computed: Callable[[int, int, float, int], None] | None = None
@@ -204,6 +208,8 @@ class Worker:
                 "Profile": (pb.ProfileRequest, self.profile),
                 "ProbeLink": (pb.ProbeLinkRequest, self.probe_link),
             },
+            links={"Link": self.link},
+            slots=self.link_streams,
         )
 
     def status(self, request: pb.StatusRequest) -> pb.StatusReply:
@@ -486,6 +492,18 @@ class Worker:
         )
 
     def forward(self, request: pb.MicroBatch) -> pb.Ack:
+        """One micro-batch in one call (its bytes in the message)."""
+        self.accept(request, None)
+        return pb.Ack()
+
+    def link(self, batch: pb.MicroBatch, data: memoryview) -> None:
+        """One micro-batch of a link stream (its bytes after the header, viewed in place)."""
+        self.accept(batch, data)
+
+    def accept(self, request: pb.MicroBatch, data: memoryview | None) -> None:
+        """Check a micro-batch against its epoch and limits, hold its memory and queue it for
+        compute; :class:`Refused` saying what was expected otherwise. ``data``: the tensor's
+        bytes when they came outside the message."""
         received = time.time()
         with self._lock:
             model = self._model
@@ -500,7 +518,7 @@ class Worker:
         if not request.HasField("tensor"):
             raise Refused(INVALID, "Forward needs a tensor")
         try:
-            shape = codec.check(request.tensor, max_elements=self.config.max_elements)
+            shape = codec.check(request.tensor, self.config.max_elements, data=data)
         except codec.CodecError as exc:
             raise Refused(INVALID, f"stage {epoch.stage}: {exc}") from None
         if len(shape) != len(epoch.in_shape) + 1 or tuple(shape[1:]) != epoch.in_shape:
@@ -525,13 +543,17 @@ class Worker:
                 EXHAUSTED,
                 f"{self._jobs.qsize()} micro-batches queued; at most {self.config.max_queue}",
             )
-        job = self._admit(request, shape, epoch, received)
+        job = self._admit(request, data, shape, epoch, received)
         self._ensure_compute()
         self._jobs.put(job)
-        return pb.Ack()
 
     def _admit(
-        self, request: pb.MicroBatch, shape: tuple[int, ...], epoch: Epoch, received: float
+        self,
+        request: pb.MicroBatch,
+        data: memoryview | None,
+        shape: tuple[int, ...],
+        epoch: Epoch,
+        received: float,
     ) -> Job:
         """Reserve a micro-batch's memory (decoded input, the stage's work, its output), then
         decode it: RESOURCE_EXHAUSTED before anything is allocated when it does not fit."""
@@ -551,7 +573,8 @@ class Worker:
                 self.refused_for_memory += 1
             raise
         try:
-            x = wire.decode_activation_array(request.tensor, max_elements=self.config.max_elements)
+            # fp32 from a link frame: a view of the received bytes, the engine's input as is.
+            x = wire.decode_activation_array(request.tensor, self.config.max_elements, data)
         except codec.CodecError as exc:
             work.release()
             output.release()
@@ -598,7 +621,7 @@ class Worker:
             job.work.release()  # the input and the stage's working memory are done with
         out = pb.MicroBatch(request_id=job.batch.request_id, plan_epoch=job.batch.plan_epoch)
         out.hops.extend(job.batch.hops)
-        wire.encode_activation(y, epoch.wire, out=out.tensor)
+        payload = wire.activation_payload(y, epoch.wire, out.tensor)  # fp32: y itself
         out.hops.add(
             device=self.config.name,
             stage=epoch.stage,
@@ -606,20 +629,20 @@ class Worker:
             compute_start=compute_start,
             compute_end=compute_end,
             serialize_end=time.time(),
-            bytes_out=len(out.tensor.data),
+            bytes_out=payload.nbytes,
             batch_size=int(job.x.shape[0]),
         )
         with self._lock:
             self._processed += 1
         if self.on_computed is not None:
             images, seconds = int(job.x.shape[0]), compute_end - compute_start
-            self.on_computed(epoch.stage, images, seconds, len(out.tensor.data))
+            self.on_computed(epoch.stage, images, seconds, payload.nbytes)
         to_coordinator = epoch.next_hop == COORDINATOR
         address = epoch.coordinator if to_coordinator else epoch.next_hop
         token = self.config.token if to_coordinator else (epoch.next_token or self.config.token)
         shape = self._link_shape(COORDINATOR if to_coordinator else address, epoch.shape)
         on_done = job.output.release if job.output is not None else None
-        item = Outgoing(out, shape, to_coordinator, epoch.coordinator, on_done)
+        item = Outgoing(out, shape, to_coordinator, epoch.coordinator, on_done, payload)
         self._sender(address, token).put(item)
 
     def _sender(self, address: str, token: str | None) -> LinkSender:
@@ -787,7 +810,12 @@ def serve(config: WorkerConfig, listen: str, insecure_no_token: bool = False) ->
             "(or --insecure-no-token on a trusted network)"
         )
     worker = Worker(config)
-    server = make_server([worker.handler()], [config.token] if config.token else None)
+    # Link streams hold a handler thread each (at most limits.MAX_LINK_STREAMS of them).
+    server = make_server(
+        [worker.handler()],
+        [config.token] if config.token else None,
+        max_workers=8 + limits.MAX_LINK_STREAMS,
+    )
     try:
         port = bind(server, listen, config.tls)
     except EdgesplitError:

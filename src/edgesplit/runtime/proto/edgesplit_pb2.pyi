@@ -60,6 +60,24 @@ class Ack(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LinkFrame(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: bytes
+    def __init__(self, frame: _Optional[bytes] = ...) -> None: ...
+
+class LinkAck(_message.Message):
+    __slots__ = ("request_id", "plan_epoch", "code", "message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    plan_epoch: int
+    code: int
+    message: str
+    def __init__(self, request_id: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ("since_t",)
     SINCE_T_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class WorkerStub:
                 request_serializer=edgesplit__pb2.MicroBatch.SerializeToString,
                 response_deserializer=edgesplit__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Link = channel.stream_stream(
+                '/edgesplit.v1.Worker/Link',
+                request_serializer=edgesplit__pb2.LinkFrame.SerializeToString,
+                response_deserializer=edgesplit__pb2.LinkAck.FromString,
+                _registered_method=True)
         self.DropEpoch = channel.unary_unary(
                 '/edgesplit.v1.Worker/DropEpoch',
                 request_serializer=edgesplit__pb2.DropEpochRequest.SerializeToString,
@@ -114,7 +119,15 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Forward(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """one micro-batch, checked like a Link frame
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Link(self, request_iterator, context):
+        """micro-batches from the previous hop
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -176,6 +189,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=edgesplit__pb2.MicroBatch.FromString,
                     response_serializer=edgesplit__pb2.Ack.SerializeToString,
+            ),
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=edgesplit__pb2.LinkFrame.FromString,
+                    response_serializer=edgesplit__pb2.LinkAck.SerializeToString,
             ),
             'DropEpoch': grpc.unary_unary_rpc_method_handler(
                     servicer.DropEpoch,
@@ -349,6 +367,33 @@ class Worker:
             _registered_method=True)
 
     @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/edgesplit.v1.Worker/Link',
+            edgesplit__pb2.LinkFrame.SerializeToString,
+            edgesplit__pb2.LinkAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DropEpoch(request,
             target,
             options=(),
@@ -493,10 +538,10 @@ class CoordinatorStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Result = channel.unary_unary(
-                '/edgesplit.v1.Coordinator/Result',
-                request_serializer=edgesplit__pb2.MicroBatch.SerializeToString,
-                response_deserializer=edgesplit__pb2.Ack.FromString,
+        self.Results = channel.stream_stream(
+                '/edgesplit.v1.Coordinator/Results',
+                request_serializer=edgesplit__pb2.LinkFrame.SerializeToString,
+                response_deserializer=edgesplit__pb2.LinkAck.FromString,
                 _registered_method=True)
         self.ReportFailure = channel.unary_unary(
                 '/edgesplit.v1.Coordinator/ReportFailure',
@@ -508,8 +553,9 @@ class CoordinatorStub:
 class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Result(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def Results(self, request_iterator, context):
+        """the last stage's outputs
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -523,10 +569,10 @@ class CoordinatorServicer:
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Result': grpc.unary_unary_rpc_method_handler(
-                    servicer.Result,
-                    request_deserializer=edgesplit__pb2.MicroBatch.FromString,
-                    response_serializer=edgesplit__pb2.Ack.SerializeToString,
+            'Results': grpc.stream_stream_rpc_method_handler(
+                    servicer.Results,
+                    request_deserializer=edgesplit__pb2.LinkFrame.FromString,
+                    response_serializer=edgesplit__pb2.LinkAck.SerializeToString,
             ),
             'ReportFailure': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportFailure,
@@ -545,7 +591,7 @@ class Coordinator:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Result(request,
+    def Results(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -555,12 +601,12 @@ class Coordinator:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/edgesplit.v1.Coordinator/Result',
-            edgesplit__pb2.MicroBatch.SerializeToString,
-            edgesplit__pb2.Ack.FromString,
+            '/edgesplit.v1.Coordinator/Results',
+            edgesplit__pb2.LinkFrame.SerializeToString,
+            edgesplit__pb2.LinkAck.FromString,
             options,
             channel_credentials,
             insecure,
