@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 from edgesplit.errors import DataError
+from edgesplit.imagespec import ImageSpec
 
 log = logging.getLogger(__name__)
 
@@ -116,21 +117,34 @@ class ImageSet:
 def preprocess(
     images: torch.Tensor, info: DatasetInfo, input_size: int, channels: int = 3
 ) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float32 (N, channels, input_size, input_size)."""
-    x = images.to(torch.float32).div_(255.0)
-    if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = (x - mean) / std
-    if x.shape[1] != channels:
-        if x.shape[1] != 1:
-            raise DataError(
-                f"{info.name} has {x.shape[1]} channels; the model expects {channels} "
-                "(only grayscale is expanded automatically)"
-            )
-        x = x.expand(-1, channels, -1, -1)
-    return x.contiguous()
+    """uint8 (N, C, H, W) -> normalised float32 (N, channels, input_size, input_size): the
+    operations stage 0 of a run's graph starts with (:mod:`edgesplit.preprocessing`)."""
+    from edgesplit.preprocessing import Preprocess
+
+    return Preprocess(image_spec(info, tuple(images.shape[1:]), input_size, channels))(
+        images
+    ).contiguous()
+
+
+def image_spec(
+    info: DatasetInfo, in_shape: tuple[int, ...], input_size: int, channels: int = 3
+) -> ImageSpec:
+    """The preprocessing of ``info``'s images of per-sample shape ``in_shape`` for a model
+    taking ``channels`` x ``input_size`` x ``input_size``."""
+    if in_shape[0] != channels and in_shape[0] != 1:
+        raise DataError(
+            f"{info.name} has {in_shape[0]} channels; the model expects {channels} "
+            "(only grayscale is expanded automatically)"
+        )
+    c, h, w = (int(d) for d in in_shape)
+    return ImageSpec((c, h, w), input_size, channels, info.mean, info.std)
+
+
+def native_spec(info: DatasetInfo, input_size: int, channels: int = 3) -> ImageSpec:
+    """The preprocessing of ``info``'s images at their native size (what the first hop
+    carries, see :mod:`edgesplit.imagespec`)."""
+    shape = (info.channels, info.native_size, info.native_size)
+    return image_spec(info, shape, input_size, channels)
 
 
 def layout(info: DatasetInfo) -> str:
