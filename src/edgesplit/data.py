@@ -103,15 +103,30 @@ class ImageSet:
         return int(self.images.shape[0])
 
     def batches(
-        self, batch_size: int, input_size: int, channels: int = 3, limit: int | None = None
+        self,
+        batch_size: int,
+        input_size: int,
+        channels: int = 3,
+        limit: int | None = None,
+        raw: bool = False,
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
         """Yield ``(first index, preprocessed images, labels)`` in order, at most ``limit``
-        images."""
+        images; ``raw``: the uint8 images as they are (for a graph that starts with their
+        preprocessing, see :func:`native_spec`)."""
         n = len(self) if limit is None else min(limit, len(self))
         for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
             labels = None if self.labels is None else self.labels[start:end]
-            yield start, preprocess(self.images[start:end], self.info, input_size, channels), labels
+            images = self.images[start:end]
+            if not raw:
+                images = preprocess(images, self.info, input_size, channels)
+            yield start, images, labels
+
+    def model_inputs(self, index: torch.Tensor, input_size: int, raw: bool) -> torch.Tensor:
+        """Images ``index`` as a run feeds them: uint8 as they are when ``raw``, else
+        preprocessed for a model taking 3 x ``input_size`` x ``input_size``."""
+        images = self.images[index]
+        return images.contiguous() if raw else preprocess(images, self.info, input_size, 3)
 
 
 def preprocess(
@@ -346,6 +361,16 @@ def synthetic(n: int = 256, size: int = 32, classes: int = 10, seed: int = 0) ->
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
     info = DatasetInfo("synthetic", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD)
     return ImageSet("synthetic", images, None, info)
+
+
+def info_for(name: str) -> DatasetInfo:
+    """The description of dataset ``name`` without loading it: a known dataset's, the
+    synthetic set's, or an image folder's (RGB, loaded at 224 px, ImageNet statistics)."""
+    if name == "synthetic":
+        return synthetic(1).info
+    if name.startswith("imagefolder:"):
+        return DatasetInfo(name, 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
+    return dataset_info(name)
 
 
 def dataset_info(name: str) -> DatasetInfo:

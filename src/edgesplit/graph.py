@@ -276,8 +276,9 @@ def with_preprocessing(module: fx.GraphModule, prep: ImageSpec) -> tuple[fx.Grap
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
         if node.op == "get_attr":
-            env[node].target = f"edgesplit_prep_{node.target}"
-            module.register_buffer(env[node].target, getattr(front, str(node.target)))
+            target = f"edgesplit_prep_{node.target}"
+            env[node].target = target
+            module.register_buffer(target, getattr(front, str(node.target)))
         elif node.op != "placeholder":
             added += 1
     assert prepared is not None

@@ -34,6 +34,9 @@ class Preprocess(nn.Module):
     Every branch is decided here from the spec, so torch.fx traces it (no control flow on
     tensors). The result of the channel expansion is a view; the first layer reads it."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, spec: ImageSpec) -> None:
         super().__init__()
         self.spec = spec

@@ -77,6 +77,10 @@ class ModelUnits:
         """Per-sample shape of the tensor entering unit ``start``."""
         return self.input_shape if start == 0 else self.out_shapes[start - 1]
 
+    def in_dtype(self, start: int) -> str:
+        """numpy name of the dtype entering unit ``start`` (uint8 images or float32)."""
+        return self.input_dtype if start == 0 else "float32"
+
     def check_range(self, start: int, end: int) -> None:
         if not 0 <= start < end <= self.num_units:
             raise ModelError(

@@ -15,6 +15,7 @@ import torch
 from edgesplit import graph, models
 from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import EdgesplitError, ModelError
+from edgesplit.imagespec import ImageSpec
 from edgesplit.runtime.weights import from_bytes
 
 FX_LOCK = threading.Lock()
@@ -23,8 +24,9 @@ in-process emulator) must not trace or build stage modules at the same time."""
 
 
 def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256: str,
-          data: bytes) -> graph.UnitGraph:  # fmt: skip
-    """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace.
+          data: bytes, prep: ImageSpec | None = None) -> graph.UnitGraph:  # fmt: skip
+    """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace
+    (behind the preprocessing ``prep`` that the ONNX model's stage 0 starts with, if any).
     Raises :class:`ModelError` saying what does not fit. Only zoo names: a worker never runs
     a user's Python code."""
     if name not in models.KNOWN_MODELS:
@@ -46,7 +48,7 @@ def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256
     if actual != sha256:
         raise ModelError(f"weights digest mismatch: expected {sha256}, got {actual}")
     with FX_LOCK:
-        return graph.trace(model, (in_channels, input_size, input_size))
+        return graph.trace(model, (in_channels, input_size, input_size), prep)
 
 
 class TorchStage:

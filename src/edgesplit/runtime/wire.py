@@ -9,7 +9,9 @@
   tensor (0 is always inside the range), so ``|x - x'| <= scale / 2`` per element.
 
 Decoding accepts any of the three, so a receiver never needs to know what the sender chose; the
-result is always float32. Everything from the network is checked by :mod:`codec` first.
+result is float32, except uint8 images on the first hop, which stay uint8 for the stage that
+starts with their preprocessing (:mod:`edgesplit.imagespec`). Everything from the network is
+checked by :mod:`codec` first.
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def encode_activation(
 def decode_activation_array(
     msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS
 ) -> np.ndarray:
-    """A float32 array from a message in any wire format; :class:`codec.CodecError` if the
-    message is malformed (also a bad scale or zero point)."""
+    """A float32 array from a message in any wire format (uint8 images stay uint8);
+    :class:`codec.CodecError` if the message is malformed (also a bad scale or zero point)."""
     if msg.HasField("scale"):
         if msg.dtype != "int8":
             raise codec.CodecError(f"a quantized tensor must be int8, got {msg.dtype}")
@@ -106,6 +108,8 @@ def decode_activation_array(
         return (q.astype(np.float32) - np.float32(msg.zero_point)) * scale
     if msg.dtype == "float16":
         return codec.decode_array(msg, max_elements=max_elements).astype(np.float32)
+    if msg.dtype == "uint8":  # images on the first hop; the stage checks it takes them
+        return codec.decode_array(msg, max_elements=max_elements)
     return codec.decode_array(msg, max_elements=max_elements, expect_dtype="float32")
 
 
