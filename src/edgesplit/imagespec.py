@@ -103,7 +103,7 @@ class ImageSpec:
                 mean=tuple(_float(m) for m in raw["mean"][:MAX_CHANNELS]),
                 std=tuple(_float(s) for s in raw["std"][:MAX_CHANNELS]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ModelError) as exc:
             raise ModelError(
                 f"the model's {META_KEY} metadata is malformed: {type(exc).__name__}: {exc}"
             ) from None
