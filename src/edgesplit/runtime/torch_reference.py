@@ -61,8 +61,15 @@ class TorchStage:
         with FX_LOCK:
             self._executor = TorchExecutor(ug, start, end)
         self.start, self.end = start, end
+        self._uint8 = start == 0 and ug.prep is not None
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if (x.dtype == np.uint8) != self._uint8:
+            wanted = "uint8" if self._uint8 else "float32"
+            raise ModelError(
+                f"units [{self.start}, {self.end}) take {wanted} input, got {x.dtype}"
+                " (uint8 images go to the stage that starts with their preprocessing)"
+            )
         return self._executor.run(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
     def describe(self) -> dict[str, object]:
