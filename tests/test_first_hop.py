@@ -168,3 +168,18 @@ def test_pipeline_of_uint8_images_equals_the_single_process_reference(
             assert torch.equal(out, reference(model, x, FASHION))
         else:  # the same ONNX graph run whole in one process
             assert np.array_equal(out.numpy(), whole.run(x.numpy()))
+
+
+def test_serve_sends_native_uint8_images() -> None:
+    from edgesplit.serve import images as serve_images
+
+    x = images(3, FASHION, seed=4)
+    blobs = [serve_images.encode_png(img) for img in x]
+    limits = serve_images.ImageLimits()
+    got = serve_images.model_inputs(blobs, FASHION, SIZE, limits, raw=True)
+    assert got.dtype == torch.uint8 and torch.equal(got, x)  # the dataset's size: unchanged
+    big = torch.full((1, 56, 56), 200, dtype=torch.uint8)
+    (resized,) = serve_images.model_inputs(
+        [serve_images.encode_png(big)], FASHION, SIZE, limits, True
+    )
+    assert resized.shape == (1, 28, 28) and bool((resized == 200).all())
