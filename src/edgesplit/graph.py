@@ -291,6 +291,28 @@ def with_preprocessing(module: fx.GraphModule, prep: ImageSpec) -> tuple[fx.Grap
     return fx.GraphModule(module, graph, class_name=type(module).__name__), added
 
 
+def _groups(
+    compute: list[fx.Node], cuts: list[bool], module: fx.GraphModule
+) -> list[list[fx.Node]]:
+    """The nodes of each unit: a run up to a cut point closes a unit when it holds a weighted
+    node (or is the first), else it joins the unit before (see the module doc)."""
+    groups: list[list[fx.Node]] = []
+    current: list[fx.Node] = []
+    current_weighted = False
+    for node, is_cut in zip(compute, cuts, strict=True):
+        current.append(node)
+        current_weighted = current_weighted or _is_weighted(node, module)
+        if is_cut and (current_weighted or not groups):
+            groups.append(current)
+            current, current_weighted = [], False
+        elif is_cut and groups:
+            groups[-1].extend(current)
+            current, current_weighted = [], False
+    # The last compute node feeds the output, so it is always a cut point and `current` is empty.
+    assert not current, "the node feeding the output must be a cut point"
+    return groups
+
+
 def trace(
     model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224), prep: ImageSpec | None = None
 ) -> UnitGraph:
@@ -299,6 +321,12 @@ def trace(
     starts with their preprocessing (``input_shape`` must be ``prep.model_shape``)."""
     model = model.eval()
     module = symbolic_trace(model)
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise GraphError(
+            f"edgesplit splits models with exactly one input; {type(model).__name__} "
+            f"takes {len(placeholders)}: {[n.name for n in placeholders]}"
+        )
     front = 0
     if prep is not None:
         if tuple(input_shape) != prep.model_shape:
@@ -308,13 +336,7 @@ def trace(
             )
         module, front = with_preprocessing(module, prep)
     nodes = list(module.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
     outputs = [n for n in nodes if n.op == "output"]
-    if len(placeholders) != 1:
-        raise GraphError(
-            f"edgesplit splits models with exactly one input; {type(model).__name__} "
-            f"takes {len(placeholders)}: {[n.name for n in placeholders]}"
-        )
     if prep is None:
         example = torch.zeros(1, *input_shape)
     else:
@@ -339,21 +361,7 @@ def trace(
     cuts = _cut_after(compute)
     cuts[:front] = [False] * front  # the preprocessing opens unit 0 (see the module doc)
 
-    groups: list[list[fx.Node]] = []
-    current: list[fx.Node] = []
-    current_weighted = False
-    for node, is_cut in zip(compute, cuts, strict=True):
-        current.append(node)
-        current_weighted = current_weighted or _is_weighted(node, module)
-        if is_cut and (current_weighted or not groups):
-            groups.append(current)
-            current, current_weighted = [], False
-        elif is_cut and groups:
-            groups[-1].extend(current)
-            current, current_weighted = [], False
-    # The last compute node feeds the output, so it is always a cut point and `current` is empty.
-    assert not current, "the node feeding the output must be a cut point"
-
+    groups = _groups(compute, cuts, module)
     seen: set[int] = set()
     units = []
     for index, group in enumerate(groups):
