@@ -35,6 +35,7 @@ from edgesplit.plan import precision as precision_auto
 from edgesplit.plan.profile import Profile, ProfileSettings
 from edgesplit.runconfig import RunConfig
 from edgesplit.runtime.live import LiveCallback, LiveSnapshot
+from edgesplit.shared.imagespec import ImageSpec
 from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class ResolvedModel:
     """Where the weights came from, for the record: a checkpoint path or "random"."""
     checkpoint_accuracy: float | None = None
     compiled: CompiledModel | None = None
+    prep: ImageSpec | None = None
+    """The preprocessing stage 0 starts with (the first hop carries uint8 images); None for a
+    ``.onnx`` model, which takes the preprocessed floats."""
 
     def weights_sha256(self) -> str:
         """What identifies the weights: the state dict's digest, or the ONNX model's."""
@@ -72,7 +76,12 @@ class ResolvedModel:
 
             return OnnxUnitGraph(self.compiled)  # type: ignore[return-value]
         assert self.model is not None
-        return graph.trace(self.model, (3, self.input_size, self.input_size))
+        return graph.trace(self.model, (3, self.input_size, self.input_size), self.prep)
+
+    @property
+    def raw_images(self) -> bool:
+        """Whether the run feeds the dataset's uint8 images (stage 0 preprocesses them)."""
+        return self.prep is not None
 
 
 @dataclass
@@ -100,10 +109,15 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
                 f"checkpoint {path} was trained on {info.dataset}, the run uses {dataset.name}"
             )
         size = checked_input_size(config.input_size, info.input_size, path)
-        return ResolvedModel(model, config.model, size, classes, str(path), info.test_accuracy)
+        prep = data.native_spec(dataset.info, size)
+        return ResolvedModel(
+            model, config.model, size, classes, str(path), info.test_accuracy, prep=prep
+        )
     torch.manual_seed(config.seed)
     model = models.build(config.model, num_classes=classes)
-    return ResolvedModel(model, config.model, config.input_size or 224, classes, "random")
+    size = config.input_size or 224
+    prep = data.native_spec(dataset.info, size)
+    return ResolvedModel(model, config.model, size, classes, "random", prep=prep)
 
 
 def partition_devices(partition: str | None, spec: ClusterSpec, stages: int) -> list[str]:
@@ -310,7 +324,7 @@ def run_job(
     # (and re-plans) from the devices' own profile instead.
     costs = None if (config.partition or "auto") == "auto" else unit_costs(config, ug)
     ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else count, costs)
-    execution = execution_for(config, dataset, size, notes)
+    execution = execution_for(config, dataset, size, notes, resolved.raw_images)
     profile: Profile | None = None
     chosen: planner.Plan | None = None
     choice: precision_auto.PrecisionChoice | None = None
@@ -326,15 +340,18 @@ def run_job(
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
         num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled
-        )
+            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled,
+            resolved.prep,
+        )  # fmt: skip
         if num_units != ug.num_units:
             raise ModelError(
                 f"devices traced {config.model} into {num_units} units, this machine into "
                 f"{ug.num_units}; check that edgesplit and torch versions match"
             )
         model_id = f"{resolved.name}:{resolved.weights_sha256()}:{size}"
-        gate = int8_gate(config, coordinator, ug, model_id, execution, size, notes)
+        gate = int8_gate(
+            config, coordinator, ug, model_id, execution, size, notes, resolved.raw_images
+        )
         if ranges is None:
             phase("profiling the devices and links")
             settings = ProfileSettings(
@@ -353,7 +370,7 @@ def run_job(
                 planned,
                 settings,
                 phase,
-                prepare_ms=preparation_ms(dataset, config.batch_size, size),
+                prepare_ms=preparation_ms(dataset, config.batch_size, size, resolved.raw_images),
             )
             if config.precision == "auto":
                 chosen, choice, execution = choose_precision(
@@ -388,7 +405,10 @@ def run_job(
             notes.append(f"resumed: {len(earlier)} micro-batches came from the earlier run")
 
         def batches() -> Iterator[tuple[int, torch.Tensor]]:
-            for start, x, _ in dataset.batches(config.batch_size, size, 3, config.limit):
+            feed = dataset.batches(
+                config.batch_size, size, 3, config.limit, raw=resolved.raw_images
+            )
+            for start, x, _ in feed:
                 if start in finished:
                     continue
                 starts.append(start)
@@ -552,7 +572,9 @@ def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> 
     return shown
 
 
-def preparation_ms(dataset: data.ImageSet, batch_size: int, input_size: int) -> float:
+def preparation_ms(
+    dataset: data.ImageSet, batch_size: int, input_size: int, raw: bool = False
+) -> float:
     """Median time the coordinator takes to prepare one micro-batch for upload, the way a run
     does it (load, resize, normalise, encode), over 3 micro-batches after a warm-up one.
 
@@ -565,7 +587,7 @@ def preparation_ms(dataset: data.ImageSet, batch_size: int, input_size: int) -> 
     from edgesplit.runtime.proto import edgesplit_pb2 as pb
 
     times = []
-    batches = dataset.batches(batch_size, input_size, 3, limit=4 * batch_size)
+    batches = dataset.batches(batch_size, input_size, 3, limit=4 * batch_size, raw=raw)
     while True:
         t0, cpu0 = time.perf_counter(), time.process_time()
         item = next(batches, None)
@@ -603,7 +625,8 @@ def profile_job(
         resolved = onnx_model(config.model, config.input_size, classes)
     else:
         model = models.build(config.model, num_classes=classes)
-        resolved = ResolvedModel(model, config.model, size, classes, "random")
+        prep = data.native_spec(data.info_for(config.dataset), size)
+        resolved = ResolvedModel(model, config.model, size, classes, "random", prep=prep)
     ug = resolved.unit_graph()
     size = resolved.input_size
     with contextlib.ExitStack() as stack:
@@ -612,5 +635,7 @@ def profile_job(
         coordinator = stack.enter_context(Coordinator(spec))
         coordinator.check()
         phase(f"loading {config.model} on {len(spec.devices)} devices")
-        coordinator.load_model(config.model, classes, 3, size, resolved.model, resolved.compiled)
+        coordinator.load_model(
+            config.model, classes, 3, size, resolved.model, resolved.compiled, resolved.prep
+        )
         return profile_cluster(coordinator, ug, config.model, classes, settings, phase)

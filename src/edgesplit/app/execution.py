@@ -24,12 +24,13 @@ MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
 
 
 def calibration_images(
-    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
+    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str], raw: bool = False
 ) -> torch.Tensor:
     """Model inputs for int8 calibration: ``config.calibration_images`` images drawn (seeded)
-    from the training split, or from the synthetic set itself."""
+    from the training split, or from the synthetic set itself (uint8 as they are when
+    ``raw``, for a graph that starts with their preprocessing)."""
     wanted = config.calibration_images
-    per_image = 4 * 3 * size * size
+    per_image = dataset.images[0].numel() if raw and len(dataset) else 4 * 3 * size * size
     if wanted * per_image > MAX_CALIBRATION_BYTES:
         wanted = max(1, MAX_CALIBRATION_BYTES // per_image)
         notes.append(
@@ -44,13 +45,14 @@ def calibration_images(
     generator = torch.Generator().manual_seed(config.seed)
     count = min(wanted, len(source))
     index = torch.randperm(len(source), generator=generator)[:count].sort().values
-    return data.preprocess(source.images[index], source.info, size, 3)
+    return source.model_inputs(index, size, raw)
 
 
 def execution_for(
-    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str]
+    config: RunConfig, dataset: data.ImageSet, size: int, notes: list[str], raw: bool = False
 ) -> engines.Execution:
-    """The engine, precision, wire format and calibration set the run's stages use."""
+    """The engine, precision, wire format and calibration set the run's stages use (``raw``:
+    the model takes uint8 images, see :func:`calibration_images`)."""
     engine, note = engines.resolve_engine(config.engine)
     if note:
         notes.append(note)
@@ -59,13 +61,16 @@ def execution_for(
     engines.EngineSpec(engine, precision)  # int8 on torch fails here, before any work
     calibration = None
     if precision == "int8":
-        calibration = calibration_images(config, dataset, size, notes)
+        calibration = calibration_images(config, dataset, size, notes, raw)
     return engines.Execution(engine, precision, config.wire, calibration)
 
 
-def held_out_images(config: RunConfig, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def held_out_images(
+    config: RunConfig, size: int, raw: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Training images the int8 calibration does not use (the same seeded permutation, after
-    the calibration's share), with labels; None for a dataset without labels."""
+    the calibration's share), with labels (uint8 images when ``raw``); None for a dataset
+    without labels."""
     if config.dataset == "synthetic":
         return None
     source = data.load(config.dataset, "train", data_dir=config.data_dir)
@@ -75,7 +80,7 @@ def held_out_images(config: RunConfig, size: int) -> tuple[torch.Tensor, torch.T
     order = torch.randperm(len(source), generator=generator)
     first = config.calibration_images
     index = order[first : first + precision_auto.HELD_OUT_IMAGES].sort().values
-    return data.preprocess(source.images[index], source.info, size, 3), source.labels[index]
+    return source.model_inputs(index, size, raw), source.labels[index]
 
 
 def int8_gate(
@@ -86,12 +91,13 @@ def int8_gate(
     execution: engines.Execution,
     size: int,
     notes: list[str],
+    raw: bool = False,
 ) -> precision_auto.ClusterGate | None:
     """The int8 accuracy gate of an int8 (or auto) run; None for fp32, or with a note when the
-    dataset has no labels to measure with."""
+    dataset has no labels to measure with (``raw``: the model takes uint8 images)."""
     if execution.precision != "int8":
         return None
-    held_out = held_out_images(config, size)
+    held_out = held_out_images(config, size, raw)
     if held_out is None:
         notes.append("int8 accuracy not checked: the dataset has no labels")
         return None

@@ -37,7 +37,8 @@ def unit_times_ms(ug: graph.UnitGraph, batch: torch.Tensor, repeats: int = 3) ->
 
 def unit_costs(config: RunConfig, ug: graph.UnitGraph) -> tuple[list[float], list[float]]:
     """Per unit: compute ms measured here, and ms to hand its output over a link."""
-    batch = torch.zeros(config.batch_size, *ug.input_shape)
+    dtype = getattr(ug, "input_dtype", torch.float32)  # uint8 images for a graph that
+    batch = torch.zeros(config.batch_size, *ug.input_shape, dtype=dtype)  # preprocesses them
     # A hand-off costs its transfer time over the link (gigabit when the link is unshaped), so
     # the balance avoids cutting where the tensor is large.
     mbps = config.bandwidth_mbps or ASSUMED_BANDWIDTH_MBPS

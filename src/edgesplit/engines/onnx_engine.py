@@ -75,6 +75,16 @@ def stage_input_shape(ug: UnitGraph, start: int) -> tuple[int, ...]:
     return tuple(ug.input_shape) if start == 0 else tuple(ug.units[start - 1].out_shape)
 
 
+def example_input(ug: UnitGraph, start: int, batch: int = 2) -> torch.Tensor:
+    """A seeded example of what enters unit ``start`` (uint8 images for unit 0 of a graph
+    that starts with its preprocessing), to trace the export with."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch, *stage_input_shape(ug, start))
+    if start == 0 and getattr(ug, "input_dtype", torch.float32) == torch.uint8:
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    return torch.randn(shape, generator=generator)
+
+
 _OP_PATTERNS = (
     re.compile(r"operator '([\w:.]+)'"),  # torch UnsupportedOperatorError
     re.compile(r"implementation for (\w+)\("),  # onnxruntime NOT_IMPLEMENTED
@@ -109,8 +119,7 @@ def export_stage(ug: UnitGraph, start: int, end: int) -> bytes:
     if hasattr(ug, "stage_bytes"):  # edgesplit.engines.onnx_graph.OnnxUnitGraph
         return bytes(ug.stage_bytes(start, end))
     module = ug.stage(start, end)
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(EXPORT_BATCH, *stage_input_shape(ug, start), generator=generator)
+    example = example_input(ug, start, EXPORT_BATCH)
     buffer = io.BytesIO()
     try:
         # Tracing for export records autograd state, so no inference_mode here.
@@ -158,7 +167,7 @@ def calibration_id(images: torch.Tensor) -> str:
 def stage_inputs(ug: UnitGraph, start: int, images: torch.Tensor) -> torch.Tensor:
     """This stage's inputs for model inputs ``images``: the torch prefix ``[0, start)``."""
     if start == 0:
-        return images.to(torch.float32)
+        return images if images.dtype == torch.uint8 else images.to(torch.float32)
     prefix = TorchExecutor(ug, 0, start)
     return torch.cat([prefix.run(images[i : i + 64]) for i in range(0, len(images), 64)])
 
@@ -186,6 +195,9 @@ def compiled_stage(
         raise ModelError("int8 stages need calibration images; none were given")
     directory = directory or cache_dir()
     version = engine_version()
+    prep = getattr(ug, "prep", None)
+    if prep is not None:  # the same raw images and units, but other floats in the graph
+        version = f"{version}|{prep.to_json()}"
     fp32_path = int8_path = None
     if key is not None:
         stem = f"{key.model}-{start}-{end}"
@@ -223,8 +235,7 @@ class OnnxExecutor(OrtStage):
     coordinator's and the reference's executor interface)."""
 
     def run(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        array = x.detach().to(torch.float32).contiguous().numpy()
-        return torch.from_numpy(super().run(array))
+        return torch.from_numpy(super().run(x.detach().contiguous().numpy()))
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "exporter": EXPORTER}
@@ -258,8 +269,7 @@ def _export_whole(ug: UnitGraph) -> bytes:
     module = ug.with_boundaries()
     n = ug.num_units
     names = [OUTPUT_NAME, *(f"u{i}" for i in range(n - 1))]
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(EXPORT_BATCH, *ug.input_shape, generator=generator)
+    example = example_input(ug, 0, EXPORT_BATCH)
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
     try:
@@ -303,7 +313,9 @@ def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledMode
     from edgesplit.engines import onnx_units
 
     key = StageKey(name, weights_sha256, tuple(ug.input_shape), 0, ug.num_units)
-    path = cache_dir().parent / "exports" / f"{name}-{key.digest('model', engine_version())}.onnx"
+    prep = getattr(ug, "prep", None)
+    digest = key.digest("model", engine_version(), prep.to_json() if prep else "")
+    path = cache_dir().parent / "exports" / f"{name}-{digest}.onnx"
     data = read_cached(path)
     if data is None:
         model = onnx.load_from_string(_export_whole(ug))
@@ -326,6 +338,8 @@ def compile_model(ug: UnitGraph, name: str, weights_sha256: str) -> CompiledMode
             macs=tuple(u.macs for u in ug.units),
         )
         onnx_units.write_units(model, units)
+        if prep is not None:
+            onnx_units.write_prep(model, prep)
         data = model.SerializeToString()
         write_cached(path, data)
     return onnx_units.CompiledModel.from_bytes(data)
@@ -354,10 +368,12 @@ def compile_int8(compiled: CompiledModel, calibration: torch.Tensor, kind: str) 
     path = cache_dir().parent / "exports" / f"int8-{compiled.sha256[:16]}-{kind}-{digest}.onnx"
     data = read_cached(path)
     if data is None:
-        images = calibration.detach().to(torch.float32).contiguous().numpy()
+        images = calibration.detach().contiguous().numpy()
         quantized = quantize.quantize_stage(compiled.data, images, compiled.units.input_name, kind)
         model = onnx_units.parse_model(quantized)
         onnx_units.write_units(model, compiled.units)
+        if compiled.units.prep is not None:
+            onnx_units.write_prep(model, compiled.units.prep)
         keep_used_opsets(model)
         data = model.SerializeToString()  # type: ignore[attr-defined]
         write_cached(path, data)

@@ -63,6 +63,9 @@ class OnnxUnitGraph:
         self.compiled = compiled
         u = compiled.units
         self.input_shape = u.input_shape
+        self.prep = u.prep
+        self.input_dtype = torch.uint8 if u.input_dtype == "uint8" else torch.float32
+        self.model_input_shape = u.prep.model_shape if u.prep is not None else u.input_shape
         self.units = [
             Unit(
                 index=i,

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgesplit.errors import ModelError
+from edgesplit.shared.imagespec import META_KEY as PREP_KEY
+from edgesplit.shared.imagespec import ImageSpec
 
 META_KEY = "edgesplit.units"
 MAX_UNITS = 10_000
@@ -45,6 +47,11 @@ class ModelUnits:
     out_shapes: tuple[tuple[int, ...], ...]
     params: tuple[int, ...]
     macs: tuple[int, ...]
+    input_dtype: str = "float32"
+    """What the model input is: "float32", or "uint8" images when ``prep`` is set (taken from
+    the graph by :func:`read_units`, never from the metadata)."""
+    prep: ImageSpec | None = None
+    """The preprocessing stage 0 starts with (:mod:`edgesplit.shared.imagespec`), if any."""
 
     def __post_init__(self) -> None:
         n = len(self.out_shapes)
@@ -69,6 +76,10 @@ class ModelUnits:
     def in_shape(self, start: int) -> tuple[int, ...]:
         """Per-sample shape of the tensor entering unit ``start``."""
         return self.input_shape if start == 0 else self.out_shapes[start - 1]
+
+    def in_dtype(self, start: int) -> str:
+        """numpy name of the dtype entering unit ``start`` (uint8 images or float32)."""
+        return self.input_dtype if start == 0 else "float32"
 
     def check_range(self, start: int, end: int) -> None:
         if not 0 <= start < end <= self.num_units:
@@ -169,7 +180,35 @@ def read_units(model: object) -> ModelUnits:
     if missing:
         raise ModelError(f"unit boundaries {missing[:3]} are not tensors of the model's graph")
     _refuse_external_data(graph)
-    return units
+    return _with_input(units, graph, entries.get(PREP_KEY))
+
+
+def _with_input(units: ModelUnits, graph: object, prep_json: str | None) -> ModelUnits:
+    """``units`` with the input's dtype (from the graph) and preprocessing (from the metadata),
+    which must agree: uint8 images exactly when there is a preprocessing of that shape."""
+    uint8 = 2  # onnx.TensorProto.UINT8
+    (value,) = [i for i in graph.input if i.name == units.input_name]  # type: ignore[attr-defined]
+    dtype = "uint8" if value.type.tensor_type.elem_type == uint8 else "float32"
+    prep = ImageSpec.from_json(prep_json) if prep_json is not None else None
+    if (prep is not None) != (dtype == "uint8") or (
+        prep is not None and prep.in_shape != units.input_shape
+    ):
+        shape = None if prep is None else list(prep.in_shape)
+        raise ModelError(
+            f"the model's input is {dtype} {list(units.input_shape)}; its {PREP_KEY} metadata "
+            f"needs uint8 images of shape {shape} (and none without it)"
+        )
+    return replace(units, input_dtype=dtype, prep=prep)
+
+
+def write_prep(model: object, prep: ImageSpec) -> None:
+    """Set ``model``'s :data:`~edgesplit.shared.imagespec.META_KEY` metadata."""
+    props = model.metadata_props  # type: ignore[attr-defined]
+    kept = [(p.key, p.value) for p in props if p.key != PREP_KEY]
+    del props[:]
+    for key, value in [*kept, (PREP_KEY, prep.to_json())]:
+        entry = props.add()
+        entry.key, entry.value = key, value
 
 
 def _refuse_external_data(graph: object) -> None:
@@ -251,8 +290,9 @@ def cut_between(
     in_shape: tuple[int, ...],
     out_shape: tuple[int, ...] | None,
 ) -> bytes:
-    """An ONNX model computing tensor ``target`` from tensor ``source`` (both float32 with a
-    leading dynamic batch dimension and the given per-sample shapes), as bytes."""
+    """An ONNX model computing tensor ``target`` from tensor ``source`` (float32, or the model's
+    own input type when ``source`` is the model input, with a leading dynamic batch dimension
+    and the given per-sample shapes), as bytes."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -276,7 +316,10 @@ def cut_between(
     out_dims: list[str | int | None] | None = (
         ["batch", *out_shape] if out_shape is not None else None
     )
-    g.input.append(helper.make_tensor_value_info(source, TensorProto.FLOAT, in_dims))
+    in_type = next(
+        (i.type.tensor_type.elem_type for i in graph.input if i.name == source), TensorProto.FLOAT
+    )
+    g.input.append(helper.make_tensor_value_info(source, in_type, in_dims))
     g.output.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, out_dims))
     return stage.SerializeToString()
 

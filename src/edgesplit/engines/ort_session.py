@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edgesplit.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +82,9 @@ def sub_batch(x: np.ndarray) -> int:
 
 
 class OrtStage:
-    """Runs units ``[start, end)`` from their ONNX graph: a float32 array in, one out."""
+    """Runs units ``[start, end)`` from their ONNX graph: a float32 array in (uint8 images
+    for a stage 0 that starts with its preprocessing, see :mod:`edgesplit.shared.imagespec`),
+    a float32 array out."""
 
     engine = "onnxruntime"
 
@@ -100,9 +104,17 @@ class OrtStage:
         self.path = path
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        self.input_dtype = np.dtype(
+            np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
+        )
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        array = np.ascontiguousarray(x, dtype=np.float32)
+        if (x.dtype == np.uint8) != (self.input_dtype == np.uint8):
+            raise ModelError(
+                f"units [{self.start}, {self.end}) take {self.input_dtype} input, got {x.dtype}"
+                " (uint8 images go to the stage that starts with their preprocessing)"
+            )
+        array = np.ascontiguousarray(x, dtype=self.input_dtype)
         step = sub_batch(array)
         if len(array) <= step:
             (y,) = self.session.run([self._output], {self._input: array})

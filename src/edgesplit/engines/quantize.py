@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -100,13 +100,32 @@ class _Reader:
             chunk = self._inputs[i : i + CALIBRATION_BATCH]
             if not isinstance(chunk, np.ndarray):
                 chunk = chunk.detach().cpu().numpy()
-            yield {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+            dtype = np.uint8 if chunk.dtype == np.uint8 else np.float32  # images stay uint8
+            yield {self._input_name: np.ascontiguousarray(chunk, dtype=dtype)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = self._batches()
+
+
+def preprocessing_nodes(graph: Any) -> list[str]:
+    """Names of the nodes that turn uint8 images into the model's input (everything before
+    the first weighted operation of a graph whose input is uint8, see
+    :mod:`edgesplit.shared.imagespec`): they stay float, as normalised pixels quantized to 8 bits on
+    top of 8-bit images would only lose precision and save nothing."""
+    from edgesplit.engines.onnx_units import WEIGHTED_OPS
+
+    uint8 = 2  # onnx.TensorProto.UINT8
+    if not any(i.type.tensor_type.elem_type == uint8 for i in graph.input):
+        return []
+    names = []
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS:
+            break
+        names.append(node.name)
+    return names
 
 
 def quantize_stage(
@@ -138,6 +157,7 @@ def quantize_stage(
             quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
             keep = [node.name for node in graph.node if node.op_type in FP32_OPS]
+            keep += preprocessing_nodes(graph)
             quantize_static(
                 str(prepared),
                 str(out),

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 from edgesplit.errors import DataError
+from edgesplit.shared.imagespec import ImageSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,35 +103,63 @@ class ImageSet:
         return int(self.images.shape[0])
 
     def batches(
-        self, batch_size: int, input_size: int, channels: int = 3, limit: int | None = None
+        self,
+        batch_size: int,
+        input_size: int,
+        channels: int = 3,
+        limit: int | None = None,
+        raw: bool = False,
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
         """Yield ``(first index, preprocessed images, labels)`` in order, at most ``limit``
-        images."""
+        images; ``raw``: the uint8 images as they are (for a graph that starts with their
+        preprocessing, see :func:`native_spec`)."""
         n = len(self) if limit is None else min(limit, len(self))
         for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
             labels = None if self.labels is None else self.labels[start:end]
-            yield start, preprocess(self.images[start:end], self.info, input_size, channels), labels
+            images = self.images[start:end]
+            if not raw:
+                images = preprocess(images, self.info, input_size, channels)
+            yield start, images, labels
+
+    def model_inputs(self, index: torch.Tensor, input_size: int, raw: bool) -> torch.Tensor:
+        """Images ``index`` as a run feeds them: uint8 as they are when ``raw``, else
+        preprocessed for a model taking 3 x ``input_size`` x ``input_size``."""
+        images = self.images[index]
+        return images.contiguous() if raw else preprocess(images, self.info, input_size, 3)
 
 
 def preprocess(
     images: torch.Tensor, info: DatasetInfo, input_size: int, channels: int = 3
 ) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float32 (N, channels, input_size, input_size)."""
-    x = images.to(torch.float32).div_(255.0)
-    if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = (x - mean) / std
-    if x.shape[1] != channels:
-        if x.shape[1] != 1:
-            raise DataError(
-                f"{info.name} has {x.shape[1]} channels; the model expects {channels} "
-                "(only grayscale is expanded automatically)"
-            )
-        x = x.expand(-1, channels, -1, -1)
-    return x.contiguous()
+    """uint8 (N, C, H, W) -> normalised float32 (N, channels, input_size, input_size): the
+    operations stage 0 of a run's graph starts with (:mod:`edgesplit.model.preprocessing`)."""
+    from edgesplit.model.preprocessing import Preprocess
+
+    return Preprocess(image_spec(info, tuple(images.shape[1:]), input_size, channels))(
+        images
+    ).contiguous()
+
+
+def image_spec(
+    info: DatasetInfo, in_shape: tuple[int, ...], input_size: int, channels: int = 3
+) -> ImageSpec:
+    """The preprocessing of ``info``'s images of per-sample shape ``in_shape`` for a model
+    taking ``channels`` x ``input_size`` x ``input_size``."""
+    if in_shape[0] != channels and in_shape[0] != 1:
+        raise DataError(
+            f"{info.name} has {in_shape[0]} channels; the model expects {channels} "
+            "(only grayscale is expanded automatically)"
+        )
+    c, h, w = (int(d) for d in in_shape)
+    return ImageSpec((c, h, w), input_size, channels, info.mean, info.std)
+
+
+def native_spec(info: DatasetInfo, input_size: int, channels: int = 3) -> ImageSpec:
+    """The preprocessing of ``info``'s images at their native size (what the first hop
+    carries, see :mod:`edgesplit.shared.imagespec`)."""
+    shape = (info.channels, info.native_size, info.native_size)
+    return image_spec(info, shape, input_size, channels)
 
 
 def layout(info: DatasetInfo) -> str:
@@ -332,6 +361,16 @@ def synthetic(n: int = 256, size: int = 32, classes: int = 10, seed: int = 0) ->
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
     info = DatasetInfo("synthetic", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD)
     return ImageSet("synthetic", images, None, info)
+
+
+def info_for(name: str) -> DatasetInfo:
+    """The description of dataset ``name`` without loading it: a known dataset's, the
+    synthetic set's, or an image folder's (RGB, loaded at 224 px, ImageNet statistics)."""
+    if name == "synthetic":
+        return synthetic(1).info
+    if name.startswith("imagefolder:"):
+        return DatasetInfo(name, 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
+    return dataset_info(name)
 
 
 def dataset_info(name: str) -> DatasetInfo:

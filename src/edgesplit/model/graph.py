@@ -16,6 +16,11 @@ A stage is the half-open unit range ``[start, end)``. Stage modules are built fr
 graph and share its parameters, so running ``stage(0, a)``, ``stage(a, b)``, ``stage(b, n)`` one
 after another is the very same sequence of operations as the whole model (bit-identical outputs
 for the same thread count).
+
+Traced with an :class:`~edgesplit.shared.imagespec.ImageSpec`, the graph starts with the
+preprocessing of :mod:`edgesplit.model.preprocessing` (uint8 images in, issue #19): its nodes are
+never cut points, so they open unit 0 and the units (and ``--partition`` ranges) mean the same
+layers as without.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from edgesplit.errors import GraphError
+from edgesplit.shared.imagespec import ImageSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +97,17 @@ class UnitGraph:
         units: list[Unit],
         unit_nodes: list[list[fx.Node]],
         input_shape: tuple[int, ...],
+        prep: ImageSpec | None = None,
     ) -> None:
         self.module = module
         self.units = units
         self._unit_nodes = unit_nodes
         self.input_shape = input_shape
+        """Per-sample shape of what stage 0 receives (uint8 images when ``prep`` is set)."""
+        self.prep = prep
+        self.input_dtype = torch.uint8 if prep is not None else torch.float32
+        self.model_input_shape = prep.model_shape if prep is not None else input_shape
+        """Per-sample shape of the model's own (float) input."""
 
     @property
     def num_units(self) -> int:
@@ -249,20 +261,87 @@ def _cut_after(nodes: list[fx.Node]) -> list[bool]:
     return cuts
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224)) -> UnitGraph:
+def with_preprocessing(module: fx.GraphModule, prep: ImageSpec) -> tuple[fx.GraphModule, int]:
+    """``module`` with the operations of :class:`~edgesplit.model.preprocessing.Preprocess` in front
+    (the model's node names unchanged), and how many compute nodes they add."""
+    from edgesplit.model.preprocessing import Preprocess
+
+    front = fx.symbolic_trace(Preprocess(prep))
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    prepared: fx.Node | None = None
+    added = 0
+    for node in front.graph.nodes:
+        if node.op == "output":
+            prepared = env[node.args[0]]
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+        if node.op == "get_attr":
+            target = f"edgesplit_prep_{node.target}"
+            env[node].target = target
+            module.register_buffer(target, getattr(front, str(node.target)))
+        elif node.op != "placeholder":
+            added += 1
+    assert prepared is not None
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = prepared
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.lint()
+    return fx.GraphModule(module, graph, class_name=type(module).__name__), added
+
+
+def _groups(
+    compute: list[fx.Node], cuts: list[bool], module: fx.GraphModule
+) -> list[list[fx.Node]]:
+    """The nodes of each unit: a run up to a cut point closes a unit when it holds a weighted
+    node (or is the first), else it joins the unit before (see the module doc)."""
+    groups: list[list[fx.Node]] = []
+    current: list[fx.Node] = []
+    current_weighted = False
+    for node, is_cut in zip(compute, cuts, strict=True):
+        current.append(node)
+        current_weighted = current_weighted or _is_weighted(node, module)
+        if is_cut and (current_weighted or not groups):
+            groups.append(current)
+            current, current_weighted = [], False
+        elif is_cut and groups:
+            groups[-1].extend(current)
+            current, current_weighted = [], False
+    # The last compute node feeds the output, so it is always a cut point and `current` is empty.
+    assert not current, "the node feeding the output must be a cut point"
+    return groups
+
+
+def trace(
+    model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224), prep: ImageSpec | None = None
+) -> UnitGraph:
     """Trace ``model`` (switched to eval mode) for per-sample input shape ``input_shape`` and
-    cut it into Units."""
+    cut it into Units. With ``prep`` the graph takes uint8 images ``[N, *prep.in_shape]`` and
+    starts with their preprocessing (``input_shape`` must be ``prep.model_shape``)."""
     model = model.eval()
     module = symbolic_trace(model)
-    nodes = list(module.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    outputs = [n for n in nodes if n.op == "output"]
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise GraphError(
             f"edgesplit splits models with exactly one input; {type(model).__name__} "
             f"takes {len(placeholders)}: {[n.name for n in placeholders]}"
         )
-    example = torch.zeros(1, *input_shape)
+    front = 0
+    if prep is not None:
+        if tuple(input_shape) != prep.model_shape:
+            raise GraphError(
+                f"the preprocessing makes {list(prep.model_shape)}; the model is traced at "
+                f"{list(input_shape)}"
+            )
+        module, front = with_preprocessing(module, prep)
+    nodes = list(module.graph.nodes)
+    outputs = [n for n in nodes if n.op == "output"]
+    if prep is None:
+        example = torch.zeros(1, *input_shape)
+    else:
+        example = torch.zeros(1, *prep.in_shape, dtype=torch.uint8)
     try:
         with torch.inference_mode():
             ShapeProp(module).propagate(example)
@@ -281,22 +360,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224)) -> Uni
         )
     compute = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")]
     cuts = _cut_after(compute)
+    cuts[:front] = [False] * front  # the preprocessing opens unit 0 (see the module doc)
 
-    groups: list[list[fx.Node]] = []
-    current: list[fx.Node] = []
-    current_weighted = False
-    for node, is_cut in zip(compute, cuts, strict=True):
-        current.append(node)
-        current_weighted = current_weighted or _is_weighted(node, module)
-        if is_cut and (current_weighted or not groups):
-            groups.append(current)
-            current, current_weighted = [], False
-        elif is_cut and groups:
-            groups[-1].extend(current)
-            current, current_weighted = [], False
-    # The last compute node feeds the output, so it is always a cut point and `current` is empty.
-    assert not current, "the node feeding the output must be a cut point"
-
+    groups = _groups(compute, cuts, module)
     seen: set[int] = set()
     units = []
     for index, group in enumerate(groups):
@@ -322,7 +388,8 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224)) -> Uni
             )
         )
     log.debug("traced %s: %d nodes, %d units", type(model).__name__, len(compute), len(units))
-    return UnitGraph(module, units, groups, tuple(input_shape))
+    shape = tuple(input_shape) if prep is None else tuple(prep.in_shape)
+    return UnitGraph(module, units, groups, shape, prep)
 
 
 def check_partition(

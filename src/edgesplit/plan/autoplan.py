@@ -13,6 +13,7 @@ from edgesplit.plan import planner
 from edgesplit.plan.profile import (
     Profile,
     ProfileSettings,
+    first_hop,
     measure_stages,
     profile_cluster,
     to_problem,
@@ -90,16 +91,18 @@ def profile_and_plan(
         if not untimed(profile, chosen.assignment(), request.precision):
             break
         profile = measure_stages(
-            coordinator, profile, chosen.assignment(), settings, request.precision, say
-        )
+            coordinator, profile, chosen.assignment(), settings, request.precision, say,
+            first_hop(ug),
+        )  # fmt: skip
         chosen = plan(profile, request)
     if untimed(profile, chosen.assignment(), request.precision):
         # The plan still moves as its stages are timed (stage times within their noise of
         # each other): keep the last plan and time its stages too, so its prediction rests on
         # them, although another plan may be as good under all the timings.
         profile = measure_stages(
-            coordinator, profile, chosen.assignment(), settings, request.precision, say
-        )
+            coordinator, profile, chosen.assignment(), settings, request.precision, say,
+            first_hop(ug),
+        )  # fmt: skip
         problem = to_problem(profile, precision=request.precision)
         if request.devices:
             problem = problem.restrict(request.devices)

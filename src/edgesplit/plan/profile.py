@@ -375,10 +375,25 @@ def load_profile(path: Path) -> Profile:
 # --- pure pieces -------------------------------------------------------------------------------
 
 
+def input_bytes(ug: UnitGraph, batch_size: int) -> int:
+    """Bytes of one micro-batch on the first hop: float32 model inputs, or uint8 images when
+    the graph starts with their preprocessing (issue #19)."""
+    itemsize = 1 if getattr(ug, "prep", None) is not None else FLOAT_BYTES
+    return batch_size * itemsize * _numel(ug.input_shape)
+
+
+def first_hop(ug: UnitGraph) -> str | None:
+    """What stage 0 receives when it is not the float model input: ``uint8 1x28x28``."""
+    if getattr(ug, "prep", None) is None:
+        return None
+    return "uint8 " + "x".join(str(d) for d in ug.input_shape)
+
+
 def unit_profiles(ug: UnitGraph, batch_size: int) -> tuple[UnitProfile, ...]:
-    """Per-unit sizes for micro-batches of ``batch_size`` (fp32 tensors and weights)."""
+    """Per-unit sizes for micro-batches of ``batch_size`` (fp32 tensors and weights; unit 0
+    reads the model's input, uint8 images when its graph starts with their preprocessing)."""
     out = []
-    in_bytes = batch_size * FLOAT_BYTES * _numel(ug.input_shape)
+    in_bytes = input_bytes(ug, batch_size)
     for u in ug.units:
         out_bytes = batch_size * u.out_bytes
         out.append(
@@ -602,8 +617,9 @@ def profile_cluster(
     devices = []
     for d in spec.devices:
         identity, path = _identity(
-            coordinator, d.name, model, int(ug.input_shape[-1]), num_classes, settings
-        )
+            coordinator, d.name, model, int(ug.model_input_shape[-1]), num_classes, settings,
+            first_hop(ug),
+        )  # fmt: skip
         cached = None if settings.reprofile else _read_cached(path, len(units))
         if cached is not None:
             say(f"{d.name}: cached profile {path.name}")
@@ -649,10 +665,10 @@ def profile_cluster(
     links = probe_links(coordinator, settings, say)
     return Profile(
         model=model,
-        input_size=int(ug.input_shape[-1]),
+        input_size=int(ug.model_input_shape[-1]),
         batch_size=settings.batch_size,
         num_classes=num_classes,
-        input_bytes=settings.batch_size * FLOAT_BYTES * _numel(ug.input_shape),
+        input_bytes=input_bytes(ug, settings.batch_size),
         units=units,
         devices=tuple(devices),
         links=links,
@@ -670,8 +686,10 @@ def _identity(
     input_size: int,
     num_classes: int,
     settings: ProfileSettings,
+    hop: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """What a device's cached profile is valid for, and its cache file."""
+    """What a device's cached profile is valid for, and its cache file (``hop``: what stage 0
+    receives when it is not the float model input, see :func:`first_hop`)."""
     d = coordinator.cluster.device(name)
     reply, _, _ = coordinator.probe(name)
     identity = {
@@ -687,6 +705,8 @@ def _identity(
         "cpu_kind": reply.cpu_kind or "unknown",  # int8 kernels (and their speed) follow it
         "cost_model": 3,  # unit times, the whole model (boundary_model), hop CPU
     }
+    if hop is not None:  # unit 0 then also times the preprocessing
+        identity["first_hop"] = hop
     if settings.extra_precisions:  # fp32-only identities stay as they were
         identity["precisions"] = ",".join(("fp32", *settings.extra_precisions))
     key = cache_key(model, input_size, settings.batch_size, num_classes, identity)
@@ -707,11 +727,13 @@ def measure_stages(
     settings: ProfileSettings,
     precision: str = "fp32",
     progress: Progress | None = None,
+    hop: str | None = None,
 ) -> Profile:
     """``profile`` with every one of ``stages`` (``(device, start, end)``) timed on its device
     as one stage, the way a run builds it (:func:`edgesplit.runtime.profiling.profile_stages`);
     stages timed before are not timed again. The timings go into the devices' cached profiles
-    too, so a later run with the same plan does not time them again."""
+    too, so a later run with the same plan does not time them again (``hop``: the graph's
+    :func:`first_hop`, part of those profiles' identity)."""
     say = progress or (lambda text: log.info("%s", text))
     wanted: dict[str, list[tuple[int, int]]] = {}
     for name, start, end in untimed(profile, stages, precision):
@@ -736,7 +758,7 @@ def measure_stages(
             d = replace(d, stage_timings={**d.stage_timings, precision: timings})
             _, path = _identity(
                 coordinator, d.name, profile.model, profile.input_size, profile.num_classes,
-                settings,
+                settings, hop,
             )  # fmt: skip
             if path.exists():  # only a device whose profile is cached (a fresh one is)
                 _write_cached(path, replace(d, cached=False))

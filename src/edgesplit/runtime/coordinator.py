@@ -46,6 +46,7 @@ from edgesplit.runtime.transport import (
     service_handler,
 )
 from edgesplit.runtime.weights import to_bytes
+from edgesplit.shared.imagespec import ImageSpec
 from edgesplit.shared.names import COORDINATOR
 from edgesplit.shared.timeouts import TIMEOUTS
 
@@ -309,16 +310,18 @@ class Coordinator:
         input_size: int,
         model: nn.Module | None,
         compiled: CompiledModel | None = None,
+        prep: ImageSpec | None = None,
     ) -> int:
         """Make every device hold the compiled model (ONNX, sent only where its sha256 is not
         stored yet, in chunks); returns its number of units. ``compiled`` defaults to
-        ``model`` exported here (:func:`~edgesplit.engines.onnx_engine.compile_model`); a
-        ``.onnx`` model comes as ``compiled`` alone, with no torch reference."""
+        ``model`` exported here (:func:`~edgesplit.engines.onnx_engine.compile_model`), behind
+        the preprocessing ``prep`` when given (stage 0 then takes uint8 images); a ``.onnx``
+        model comes as ``compiled`` alone, with no torch reference."""
         sha = state_dict_sha256(model) if model is not None else ""
         if compiled is None:
             if model is None:
                 raise PlanError("load_model needs a torch model or a compiled one")
-            compiled = _compile(model, name, sha, in_channels, input_size)
+            compiled = _compile(model, name, sha, in_channels, input_size, prep)
         template = pb.LoadModelRequest(
             model=name,
             num_classes=num_classes,
@@ -701,13 +704,15 @@ class Coordinator:
 
 
 def _compile(
-    model: nn.Module, name: str, sha: str, in_channels: int, input_size: int
-) -> CompiledModel:
-    """``model`` traced and exported to ONNX (cached by weights, see compile_model)."""
+    model: nn.Module, name: str, sha: str, in_channels: int, input_size: int,
+    prep: ImageSpec | None = None,
+) -> CompiledModel:  # fmt: skip
+    """``model`` traced (behind ``prep``) and exported to ONNX (cached by weights, see
+    compile_model)."""
     from edgesplit.engines.onnx_engine import compile_model
     from edgesplit.model import graph
 
-    ug = graph.trace(model, (in_channels, input_size, input_size))
+    ug = graph.trace(model, (in_channels, input_size, input_size), prep)
     return compile_model(ug, name, sha)
 
 

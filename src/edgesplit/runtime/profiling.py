@@ -180,7 +180,7 @@ def profile_units(
         raise Refused(INVALID, str(exc)) from None
     samples: list[list[float]] = [[] for _ in stages]
     cpu: list[list[float]] = [[] for _ in stages]
-    x0 = np.zeros((request.batch_size, *model.units.input_shape), dtype=np.float32)
+    x0 = np.zeros((request.batch_size, *model.units.input_shape), dtype=model.units.in_dtype(0))
     for rep in range(request.warmup + request.repeats):
         if call is not None:
             call.check()  # the caller gave up: stop timing
@@ -300,7 +300,7 @@ def profile_stages(
                 model, span.start, span.end, spec, threads, images, proto=proto, int8_model=cut_from
             )
             shape = model.units.in_shape(span.start)
-            x = np.zeros((request.batch_size, *shape), dtype=np.float32)
+            x = np.zeros((request.batch_size, *shape), dtype=model.units.in_dtype(span.start))
             wall, cpu = _time_runs(executor, x, request.warmup, request.repeats)
             timings.append(
                 pb.StageTiming(

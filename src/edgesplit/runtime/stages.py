@@ -56,7 +56,8 @@ BUILD_FACTOR = 4
 
 
 class StageRunner(Protocol):
-    """Runs one stage: a float32 array ``[N, *in_shape]`` in, a float32 array out."""
+    """Runs one stage: a float32 array ``[N, *in_shape]`` in (uint8 images for a stage 0
+    that starts with their preprocessing), a float32 array out."""
 
     engine: str
     precision: str
@@ -128,9 +129,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def work_bytes(units: onnx_units.ModelUnits, start: int, end: int) -> int:
     """Estimated working memory (bytes, float32) of one sample through units ``[start, end)``:
-    :data:`WORK_FACTOR` times its largest unit's input plus output."""
+    :data:`WORK_FACTOR` times its largest unit's input plus output. Unit 0 of a model that
+    takes uint8 images counts the float image its preprocessing makes as its input."""
+    prep = _numel(units.prep.model_shape) if units.prep is not None and start == 0 else 0
     largest = max(
-        _numel(units.in_shape(i)) + _numel(units.out_shapes[i]) for i in range(start, end)
+        max(_numel(units.in_shape(i)), prep if i == 0 else 0) + _numel(units.out_shapes[i])
+        for i in range(start, end)
     )
     return 4 * WORK_FACTOR * largest
 
@@ -213,7 +217,7 @@ def calibration(
     if not request.HasField("calibration"):
         return None
     try:
-        images = codec.decode_array(request.calibration, expect_dtype="float32")
+        images = codec.decode_array(request.calibration, expect_dtype=model.units.in_dtype(0))
     except codec.CodecError as exc:
         raise Refused(INVALID, f"calibration images: {exc}") from None
     expected = model.units.input_shape
@@ -276,7 +280,7 @@ def stage_model(
         return data, path
     if stage_inputs is None:
         assert images is not None
-        stage_inputs = images.astype(np.float32)
+        stage_inputs = images.astype(model.units.in_dtype(0))
         if start > 0:
             prefix = OrtStage(onnx_units.cut(proto, model.units, 0, start), 0, start, "fp32", 1)
             stage_inputs = run_batched(prefix, stage_inputs)

@@ -16,6 +16,7 @@ from edgesplit.engines.torch_engine import TorchExecutor
 from edgesplit.errors import EdgesplitError, ModelError
 from edgesplit.model import graph, models
 from edgesplit.runtime.weights import from_bytes
+from edgesplit.shared.imagespec import ImageSpec
 
 FX_LOCK = threading.Lock()
 """torch.fx tracing patches module globals, so two workers in one process (tests, the
@@ -23,8 +24,9 @@ in-process emulator) must not trace or build stage modules at the same time."""
 
 
 def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256: str,
-          data: bytes) -> graph.UnitGraph:  # fmt: skip
-    """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace.
+          data: bytes, prep: ImageSpec | None = None) -> graph.UnitGraph:  # fmt: skip
+    """Build zoo model ``name``, load safetensors ``data`` (checked against ``sha256``), trace
+    (behind the preprocessing ``prep`` that the ONNX model's stage 0 starts with, if any).
     Raises :class:`ModelError` saying what does not fit. Only zoo names: a worker never runs
     a user's Python code."""
     if name not in models.KNOWN_MODELS:
@@ -46,7 +48,7 @@ def build(name: str, num_classes: int, in_channels: int, input_size: int, sha256
     if actual != sha256:
         raise ModelError(f"weights digest mismatch: expected {sha256}, got {actual}")
     with FX_LOCK:
-        return graph.trace(model, (in_channels, input_size, input_size))
+        return graph.trace(model, (in_channels, input_size, input_size), prep)
 
 
 class TorchStage:
@@ -59,8 +61,15 @@ class TorchStage:
         with FX_LOCK:
             self._executor = TorchExecutor(ug, start, end)
         self.start, self.end = start, end
+        self._uint8 = start == 0 and ug.prep is not None
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if (x.dtype == np.uint8) != self._uint8:
+            wanted = "uint8" if self._uint8 else "float32"
+            raise ModelError(
+                f"units [{self.start}, {self.end}) take {wanted} input, got {x.dtype}"
+                " (uint8 images go to the stage that starts with their preprocessing)"
+            )
         # torch wants writable memory; a link frame's input is a read-only view of the frame.
         array = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)
         return self._executor.run(torch.from_numpy(array)).numpy()

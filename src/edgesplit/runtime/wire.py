@@ -9,7 +9,9 @@
   tensor (0 is always inside the range), so ``|x - x'| <= scale / 2`` per element.
 
 Decoding accepts any of the three, so a receiver never needs to know what the sender chose; the
-result is always float32. Everything from the network is checked by :mod:`codec` first.
+result is float32, except uint8 images on the first hop, which stay uint8 for the stage that
+starts with their preprocessing (:mod:`edgesplit.shared.imagespec`). Everything from the network is
+checked by :mod:`codec` first.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def activation_payload(x: torch.Tensor | np.ndarray, wire: str, out: pb.Tensor) 
 def decode_activation_array(
     msg: pb.Tensor, max_elements: int = codec.DEFAULT_MAX_ELEMENTS, data: codec.Buffer | None = None
 ) -> np.ndarray:
-    """A float32 array from a message in any wire format; :class:`codec.CodecError` if the
-    message is malformed (also a bad scale or zero point).
+    """A float32 array from a message in any wire format (uint8 images stay uint8);
+    :class:`codec.CodecError` if the message is malformed (also a bad scale or zero point).
 
     ``data``: the tensor's bytes when they came outside the message (a link frame). An fp32
     tensor then comes back as a read-only view of them (no copy); without ``data`` every array
@@ -115,6 +117,8 @@ def decode_activation_array(
         return (q.astype(np.float32) - np.float32(msg.zero_point)) * scale
     if msg.dtype == "float16":
         return codec.view_array(msg, data, max_elements=max_elements).astype(np.float32)
+    if msg.dtype == "uint8":  # images on the first hop; the stage checks it takes them
+        return codec.view_array(msg, data, max_elements=max_elements)
     return codec.view_array(msg, data, max_elements=max_elements, expect_dtype="float32")
 
 

@@ -319,7 +319,7 @@ class Worker:
         try:
             ug = torch_reference.build(
                 key.model, key.num_classes, key.in_channels, key.input_size,
-                key.weights_sha256, weights,
+                key.weights_sha256, weights, loaded.units.prep,
             )  # fmt: skip
         except EdgesplitError as exc:
             raise Refused(INVALID, str(exc)) from None
@@ -758,11 +758,13 @@ def _check_reference_shape(loaded: LoadedModel) -> None:
     3.4 GB trace; issue #18, row 7)."""
     key = loaded.key
     expected = (key.in_channels, key.input_size, key.input_size)
-    if loaded.units.input_shape != expected:
+    prep = loaded.units.prep
+    model_shape = prep.model_shape if prep is not None else loaded.units.input_shape
+    if model_shape != expected:
         raise Refused(
             INVALID,
             f"in_channels and input_size must match the model's input "
-            f"{list(loaded.units.input_shape)}, got {list(expected)}",
+            f"{list(model_shape)}, got {list(expected)}",
         )
 
 

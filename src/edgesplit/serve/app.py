@@ -263,7 +263,8 @@ def create_app(session: Session) -> FastAPI:
         deadline = _deadline(request, received)
         blobs = await _uploads(request, session)
         info, size, limits = session.info_dataset, session.input_size, session.config.limits
-        x = await run_in_threadpool(images.model_inputs, blobs, info, size, limits)
+        raw = session.raw_images
+        x = await run_in_threadpool(images.model_inputs, blobs, info, size, limits, raw)
         decoded = time.time()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Job] = loop.create_future()

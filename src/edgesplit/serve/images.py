@@ -6,6 +6,11 @@ cheaply), converted to the dataset's channels (grayscale for Fashion-MNIST), the
 exactly as ``edgesplit run`` preprocesses the test set (:func:`edgesplit.model.data.preprocess`:
 bilinear resize to the model's input size, per-dataset normalisation). A Fashion-MNIST test image
 sent as PNG therefore reaches the model as the same tensor a run gives it.
+
+When stage 0 starts with the preprocessing (issue #19: the first hop carries the dataset's uint8
+images at their native size), an image is sent as uint8 instead; one of another size is first
+resized to the native size (bilinear, rounded to uint8), so it reaches the model through one
+more resize than before, while an image of the dataset's own size is unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgesplit.errors import RequestError
 from edgesplit.model import data
@@ -78,9 +84,14 @@ def decode(blob: bytes, index: int, channels: int, limits: ImageLimits) -> torch
 
 
 def model_inputs(
-    blobs: Sequence[bytes], info: data.DatasetInfo, input_size: int, limits: ImageLimits
+    blobs: Sequence[bytes],
+    info: data.DatasetInfo,
+    input_size: int,
+    limits: ImageLimits,
+    raw: bool = False,
 ) -> torch.Tensor:
-    """Every image of one request -> float32 (n, 3, input_size, input_size)."""
+    """Every image of one request -> float32 (n, 3, input_size, input_size), or with ``raw``
+    uint8 (n, channels, native size, native size) (see the module doc)."""
     if not blobs:
         raise RequestError("the request holds no image; expected at least 1", status=400)
     if len(blobs) > limits.max_images:
@@ -91,8 +102,20 @@ def model_inputs(
     rows = []
     for index, blob in enumerate(blobs):
         image = decode(blob, index, info.channels, limits)
-        rows.append(data.preprocess(image.unsqueeze(0), info, input_size, 3))
+        if raw:
+            rows.append(native(image.unsqueeze(0), info.native_size))
+        else:
+            rows.append(data.preprocess(image.unsqueeze(0), info, input_size, 3))
     return torch.cat(rows)
+
+
+def native(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) at ``size`` x ``size``: as they are at that size, else resized
+    bilinearly and rounded."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    x = F.interpolate(images.to(torch.float32), size=(size, size), mode="bilinear")
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def encode_png(image: torch.Tensor | np.ndarray) -> bytes:

@@ -87,6 +87,8 @@ class Session:
         self.info_dataset = data.dataset_info(config.run.dataset)
         self.classes = class_names(self.info_dataset.name, self.info_dataset.classes)
         self.input_size = 0
+        self.raw_images = False
+        """Whether requests go out as uint8 images (stage 0 preprocesses them)."""
         self.engine = ""
         self.notes: list[str] = []
         self.emulated: EmulatedCluster | None = None
@@ -145,12 +147,13 @@ class Session:
         if resolved.weights == "random":
             self.notes.append(f"{config.model} has random weights: its answers are meaningless")
         self.input_size = size = resolved.input_size
+        self.raw_images = resolved.raw_images
         ug = resolved.unit_graph()
         count = len(config.cpus_each) if config.cpus_each else config.devices
         costs = None if (config.partition or "auto") == "auto" else unit_costs(config, ug)
         devices = len(self.cluster.devices) if self.cluster else count
         ranges = choose_ranges(config, ug, devices, costs)
-        execution = execution_for(config, dataset, size, self.notes)
+        execution = execution_for(config, dataset, size, self.notes, resolved.raw_images)
         self.engine = str(execution.engine)
         self.phase("starting the cluster" if self.cluster is None else "connecting to the cluster")
         spec, self.emulated = self._stack.enter_context(cluster_for(config, self.cluster))
@@ -162,8 +165,9 @@ class Session:
         coordinator.check()
         self.phase(f"loading {config.model} on {len(spec.devices)} devices")
         num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled
-        )
+            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled,
+            resolved.prep,
+        )  # fmt: skip
         if num_units != ug.num_units:
             raise ModelError(
                 f"devices traced {config.model} into {num_units} units, this machine into "
