@@ -67,6 +67,7 @@ class DeviceCost:
     quota_ms: float | None = None  # CPU ms per period at full speed; None: no quota
     period_ms: float = 100.0
     hop_cpu_ms_per_mb: float = 0.0  # CPU of one side of a hand-off (see Problem.host_cpus)
+    call_cpu_ms: float = 0.0  # fixed CPU per micro-batch besides compute and hand-off bytes
     measured_stages: tuple[tuple[int, int, float, float], ...] = ()
 
     def measured(self, start: int, end: int) -> tuple[float, float] | None:
@@ -171,6 +172,13 @@ class Problem:
     cluster), the period is at least all their CPU work per micro-batch / host_cpus. The
     dynamic program does not see this limit (it is a sum over stages, not a max): plans are
     exact for the devices' own costs, and their prediction includes the host's limit."""
+    coordinator_ms: float = 0.0
+    """The coordinator's CPU per micro-batch besides ``prepare_ms``: its side of the upload,
+    receiving the result, the run's bookkeeping (measured by :mod:`edgesplit.pilot`). Serial
+    with the upload, like ``prepare_ms``."""
+    window: int | None = None
+    """Micro-batches in flight at most (None: the run's default, two per stage). A period is
+    at least the unloaded latency over the window (Little's law)."""
 
     def __post_init__(self) -> None:
         if not self.units:
@@ -181,6 +189,9 @@ class Problem:
             raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
         _check_number("input_bytes", self.input_bytes)
         _check_number("prepare_ms", self.prepare_ms)
+        _check_number("coordinator_ms", self.coordinator_ms)
+        if self.window is not None and self.window < 1:
+            raise PlanError(f"window must be >= 1 micro-batch, got {self.window}")
         if self.host_cpus is not None:
             _check_number("host_cpus", self.host_cpus, positive=True)
         for i, u in enumerate(self.units):
@@ -318,6 +329,8 @@ class Prediction:
     prepare_ms: float = 0.0  # the coordinator's preparation, serial with the upload
     host_ms: float = 0.0  # the shared host's limit on the period (0: no shared host)
     contended_ms: float = 0.0  # the period with the host's CPU contention (0: no shared host)
+    coordinator_ms: float = 0.0  # the coordinator's CPU per micro-batch besides its preparation
+    window_ms: float = 0.0  # the unloaded latency over the window: a floor under the period
 
 
 @dataclass(frozen=True)
