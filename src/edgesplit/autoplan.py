@@ -161,6 +161,7 @@ def prediction_dict(
         "contended_ms": p.contended_ms,
         "coordinator_ms": p.coordinator_ms,
         "window_ms": p.window_ms,
+        "background_cpus": p.background_cpus,
         "energy_j_per_image": p.energy_j_per_image,
         "stages": [
             {

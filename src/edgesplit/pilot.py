@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgesplit.metrics.cpu import devices_cpu_s
 from edgesplit.profiler import Profile, boundary_bytes, to_problem
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgesplit.runtime.coordinator import Coordinator
+    from edgesplit.runtime.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,16 @@ class Overheads:
     call_cpu_ms: dict[str, float]
     batches: int
     wall_s: float
+    background_cpus: float = 0.0
+    """Cores of the shared host busy with other work during the pilot (0: no shared host)."""
 
     def describe(self) -> str:
         calls = ", ".join(f"{d} {ms:.2f}" for d, ms in sorted(self.call_cpu_ms.items()))
         return (
             f"pilot ({self.batches} micro-batches, one in flight, {self.wall_s:.1f} s): CPU per "
             f"micro-batch beyond the profiled compute and hand-offs: coordinator "
-            f"{self.coordinator_ms:.2f} ms, workers {calls} ms"
+            f"{self.coordinator_ms:.2f} ms, workers {calls} ms; other work on the host "
+            f"{self.background_cpus:.2f} cores"
         )
 
 
@@ -102,7 +106,35 @@ def measure(
     first = problem.device(stages[0][0])
     upload_cpu = first.hop_cpu_ms_per_mb / 1e6 * cuts[0]
     coordinator_ms = coordinator_s * 1000.0 / done - profile.prepare_ms - upload_cpu
-    return Overheads(max(0.0, coordinator_ms), calls, done, record.wall_s)
+    ours = (coordinator_s + sum(worker_s.values())) / max(record.wall_s, 1e-9)
+    background = background_cpus(record.samples, profile.host_cpus, ours, record)
+    return Overheads(max(0.0, coordinator_ms), calls, done, record.wall_s, background)
+
+
+def background_cpus(
+    samples: Mapping[str, Sequence[Mapping[str, Any]]],
+    host_cpus: float | None,
+    ours_cpus: float,
+    record: RunRecord,
+) -> float:
+    """Cores of a shared host busy with work that is not the run's: the host's busy cores
+    (each worker samples the whole host's ``cpu_percent``; the median over workers of their
+    mean over the pilot) less the run's own processes' cores. 0 without a shared host."""
+    if host_cpus is None:
+        return 0.0
+    means = []
+    for got in samples.values():
+        inside = [
+            float(s["cpu_percent"])
+            for s in got
+            if record.started < float(s["t"]) <= record.finished
+        ]
+        if inside:
+            means.append(statistics.fmean(inside))
+    if not means:
+        return 0.0
+    busy = statistics.median(means) / 100.0 * host_cpus
+    return max(0.0, busy - ours_cpus)
 
 
 def with_overheads(profile: Profile, overheads: Overheads) -> Profile:
@@ -114,4 +146,9 @@ def with_overheads(profile: Profile, overheads: Overheads) -> Profile:
     devices = tuple(
         replace(d, call_cpu_ms=overheads.call_cpu_ms.get(d.name, typical)) for d in profile.devices
     )
-    return replace(profile, devices=devices, coordinator_ms=overheads.coordinator_ms)
+    return replace(
+        profile,
+        devices=devices,
+        coordinator_ms=overheads.coordinator_ms,
+        background_cpus=overheads.background_cpus,
+    )

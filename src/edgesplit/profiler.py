@@ -291,6 +291,9 @@ class Profile:
     """The coordinator's CPU per micro-batch besides ``prepare_ms`` (its side of the upload,
     receiving the result, the run's bookkeeping), measured by the pilot run
     (:mod:`edgesplit.pilot`); 0 when not measured."""
+    background_cpus: float = 0.0
+    """Cores of the shared host busy with other work while the pilot ran (see
+    :attr:`edgesplit.planner.Problem.background_cpus`); 0 when not measured."""
 
     def device(self, name: str) -> DeviceProfile:
         for d in self.devices:
@@ -327,6 +330,7 @@ class Profile:
                 prepare_ms=float(data.get("prepare_ms", 0.0)),
                 host_cpus=data.get("host_cpus"),
                 coordinator_ms=float(data.get("coordinator_ms", 0.0)),
+                background_cpus=float(data.get("background_cpus", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
@@ -546,6 +550,7 @@ def to_problem(
         prepare_ms=profile.prepare_ms,
         host_cpus=profile.host_cpus,
         coordinator_ms=profile.coordinator_ms,
+        background_cpus=profile.background_cpus,
         window=window,
     )
 

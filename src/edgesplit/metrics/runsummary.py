@@ -179,6 +179,8 @@ class Predicted(_Frozen):
     """The coordinator's CPU per micro-batch besides its preparation (measured by the pilot)."""
     window_ms: float = 0.0
     """The unloaded latency over the window: a floor under the period."""
+    background_cpus: float = 0.0
+    """Cores of the shared host busy with other work during the pilot."""
     energy_j_per_image: float
     stages: list[PredictedStage]
     notes: list[str] = Field(default_factory=list)

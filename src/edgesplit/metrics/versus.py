@@ -35,7 +35,7 @@ def unloaded_latency_ms(intervals: Mapping[int, tuple[float, float]]) -> tuple[f
     if len(alone) >= MIN_ALONE:
         return statistics.median(alone), f"median of {len(alone)} micro-batches alone in flight"
     first_result = min(end for _, end in spans)
-    first = [(end - start) * 1000.0 for start, end in spans if start <= first_result]
+    first = [(end - start) * 1000.0 for start, end in spans if start < first_result]
     return statistics.median(first), (
         f"p50 of the first {len(first)} micro-batches (uploaded before the first result; "
         f"never one alone in flight)"

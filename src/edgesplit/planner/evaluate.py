@@ -112,6 +112,7 @@ def evaluate(
         contended_ms=contended_ms,
         coordinator_ms=problem.coordinator_ms,
         window_ms=window_ms,
+        background_cpus=problem.background_cpus,
     )
     return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
 
@@ -165,10 +166,16 @@ def _contended_ms(
     the bottleneck when it exceeds the devices' own bottleneck ``own_ms``; measured on 2
     cores, a pipeline of 1 + 0.5 + 0.25 CPU devices and its coordinator ran at 89 % of the
     host's capacity while
-    the plain sum of CPU work over the cores predicted 100 %."""
+    the plain sum of CPU work over the cores predicted 100 %.
+
+    Work on the host that is not the run's (``background_cpus`` cores busy on average) takes
+    part as ``ceil(background)`` more processes, each running ``background / ceil`` of the
+    time."""
     if problem.host_cpus is None:
         return 0.0
     cores = problem.host_cpus
+    n = math.ceil(problem.background_cpus)
+    background = [min(1.0, problem.background_cpus / n)] * n if n else []
     quotas = []
     for name, _, _ in stages:
         d = problem.device(name)
@@ -176,7 +183,7 @@ def _contended_ms(
 
     def stretched(period: float) -> float:
         u = [min(1.0, c / period) for c in cpu]
-        share = [_core_share(cores, u[:i] + u[i + 1 :]) for i in range(len(u))]
+        share = [_core_share(cores, u[:i] + u[i + 1 :] + background) for i in range(len(u))]
         coordinator = problem.prepare_ms + problem.coordinator_ms
         pieces = [coordinator / max(share[0], 1e-9) + upload_ms, *transfers]
         for compute, q, s in zip(computes, quotas, share[1:], strict=True):

@@ -176,6 +176,10 @@ class Problem:
     """The coordinator's CPU per micro-batch besides ``prepare_ms``: its side of the upload,
     receiving the result, the run's bookkeeping (measured by :mod:`edgesplit.pilot`). Serial
     with the upload, like ``prepare_ms``."""
+    background_cpus: float = 0.0
+    """Cores of the shared host (``host_cpus``) kept busy by work that is not the run's,
+    measured by the pilot (:mod:`edgesplit.pilot`); it competes for the cores like one more
+    set of processes."""
     window: int | None = None
     """Micro-batches in flight at most (None: the run's default, two per stage). A period is
     at least the unloaded latency over the window (Little's law)."""
@@ -190,6 +194,7 @@ class Problem:
         _check_number("input_bytes", self.input_bytes)
         _check_number("prepare_ms", self.prepare_ms)
         _check_number("coordinator_ms", self.coordinator_ms)
+        _check_number("background_cpus", self.background_cpus)
         if self.window is not None and self.window < 1:
             raise PlanError(f"window must be >= 1 micro-batch, got {self.window}")
         if self.host_cpus is not None:
@@ -331,6 +336,7 @@ class Prediction:
     contended_ms: float = 0.0  # the period with the host's CPU contention (0: no shared host)
     coordinator_ms: float = 0.0  # the coordinator's CPU per micro-batch besides its preparation
     window_ms: float = 0.0  # the unloaded latency over the window: a floor under the period
+    background_cpus: float = 0.0  # cores of the shared host busy with other work (measured)
 
 
 @dataclass(frozen=True)
