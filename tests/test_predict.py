@@ -159,8 +159,9 @@ def test_the_window_puts_a_floor_under_the_period() -> None:
     one = evaluate(two_stages(window=1), STAGES).prediction
     assert one.latency_ms == pytest.approx(9.5) and one.window_ms == pytest.approx(9.5)
     assert one.bottleneck_ms == pytest.approx(9.5)
-    default = evaluate(two_stages(), STAGES).prediction  # two per stage: 4 in flight
-    assert default.window_ms == pytest.approx(9.5 / 4) and default.bottleneck_ms == 4.0
+    assert evaluate(two_stages(window=4), STAGES).prediction.bottleneck_ms == 4.0
+    unset = evaluate(two_stages(), STAGES).prediction
+    assert unset.window_ms == 0.0 and unset.bottleneck_ms == 4.0
 
 
 def test_other_work_on_the_host_slows_the_run() -> None:
@@ -168,6 +169,8 @@ def test_other_work_on_the_host_slows_the_run() -> None:
     quiet = evaluate(shared, STAGES).prediction
     busy = evaluate(dataclasses.replace(shared, background_cpus=1.5), STAGES).prediction
     assert busy.bottleneck_ms > quiet.bottleneck_ms and busy.background_cpus == 1.5
+    # what the run's processes spend per micro-batch, over the half core left
+    assert busy.host_ms == pytest.approx(quiet.host_ms * 2.0 / 0.5)
 
 
 def test_the_pilots_background_is_the_hosts_busy_cores_less_the_runs() -> None:

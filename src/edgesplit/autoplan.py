@@ -41,7 +41,7 @@ class PlanRequest:
     precision: str = "fp32"
     """Every stage runs at this precision; the plan uses the profile's unit times for it."""
     window: int | None = None
-    """The run's micro-batches in flight (None: its default, two per stage)."""
+    """The run's micro-batches in flight when it sets them (None: no bound from the window)."""
 
     def __post_init__(self) -> None:
         from edgesplit.engines import PRECISIONS

@@ -494,7 +494,7 @@ def to_problem(
 ) -> Problem:
     """The planner's view of ``profile`` with every stage at ``precision``; ``cluster`` (if
     given) overrides memory budgets and power models with the ones in the cluster file;
-    ``window``: the run's micro-batches in flight (None: its default, two per stage).
+    ``window``: the run's micro-batches in flight when it sets them (None: no bound).
     Raises :class:`ConfigError` when a device has no unit times at ``precision``."""
     devices = []
     cuts = boundary_bytes(profile)

@@ -178,11 +178,13 @@ class Problem:
     with the upload, like ``prepare_ms``."""
     background_cpus: float = 0.0
     """Cores of the shared host (``host_cpus``) kept busy by work that is not the run's,
-    measured by the pilot (:mod:`edgesplit.pilot`); it competes for the cores like one more
-    set of processes."""
+    measured by the pilot (:mod:`edgesplit.pilot`): the run's processes share what is left,
+    and the background competes with them for it like one more set of processes."""
     window: int | None = None
-    """Micro-batches in flight at most (None: the run's default, two per stage). A period is
-    at least the unloaded latency over the window (Little's law)."""
+    """Micro-batches in flight at most, when the run sets it: a period is then at least the
+    unloaded latency over the window (Little's law). None: not bounded (the run's default
+    window, two per stage, is above the pipeline's depth; the planner's search is exact
+    without this bound, which is not a sum or a max over stages)."""
 
     def __post_init__(self) -> None:
         if not self.units:
