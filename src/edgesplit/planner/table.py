@@ -40,6 +40,18 @@ def plan_table(plan: Plan) -> str:
             f"the coordinator prepares each micro-batch in {p.prepare_ms:.2f} ms before its "
             "upload (in the bottleneck)"
         )
+    if p.coordinator_ms:
+        lines.append(
+            f"the coordinator spends {p.coordinator_ms:.2f} ms of CPU per micro-batch besides "
+            "its preparation (uploading, taking the result; measured by the pilot)"
+        )
+    if p.background_cpus:
+        lines.append(f"other work keeps {p.background_cpus:.2f} cores of this host busy")
+    if p.window_ms >= p.bottleneck_ms > 0:
+        lines.append(
+            f"the window bounds the period: {p.window_ms:.2f} ms per micro-batch (the unloaded "
+            "latency over the micro-batches in flight)"
+        )
     if p.host_ms:
         bound = " (the bottleneck)" if p.host_ms >= p.bottleneck_ms else ""
         lines.append(

@@ -186,13 +186,8 @@ class Problem:
     window, two per stage, is above the pipeline's depth; the planner's search is exact
     without this bound, which is not a sum or a max over stages)."""
 
-    def __post_init__(self) -> None:
-        if not self.units:
-            raise PlanError("a problem needs at least one unit, got none")
-        if not self.devices:
-            raise PlanError("a problem needs at least one device, got none")
-        if self.batch_size < 1:
-            raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
+    def _check_host(self) -> None:
+        """The input, the coordinator's and the shared host's terms."""
         _check_number("input_bytes", self.input_bytes)
         _check_number("prepare_ms", self.prepare_ms)
         _check_number("coordinator_ms", self.coordinator_ms)
@@ -201,6 +196,15 @@ class Problem:
             raise PlanError(f"window must be >= 1 micro-batch, got {self.window}")
         if self.host_cpus is not None:
             _check_number("host_cpus", self.host_cpus, positive=True)
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            raise PlanError("a problem needs at least one unit, got none")
+        if not self.devices:
+            raise PlanError("a problem needs at least one device, got none")
+        if self.batch_size < 1:
+            raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._check_host()
         for i, u in enumerate(self.units):
             for field in ("out_bytes", "weight_bytes", "activation_bytes"):
                 _check_number(f"unit {i} ({u.name!r}) {field}", getattr(u, field))
