@@ -63,12 +63,15 @@ def edgesplit_run(out: Path, *options: str) -> dict[str, Any]:
     profile = json.loads((out / "profile.json").read_text())
     hops = [d["hop_cpu_ms_per_mb"] for d in profile["devices"] if d.get("hop_cpu_ms_per_mb")]
     versus = summary.get("versus_plan") or {}
+    quiet = without_background(out / "profile.json", summary)
     lines = [line for line in done.stdout.splitlines() if "against the prediction" in line]
     row = {
         "options": list(options),
         "throughput_ips": summary["throughput_ips"],
         "predicted_ips": (summary.get("predicted") or {}).get("throughput_ips"),
         "error": (versus.get("throughput_ips") or {}).get("error"),
+        "predicted_ips_without_background": quiet,
+        "error_without_background": summary["throughput_ips"] / quiet - 1 if quiet else None,
         "unloaded_latency": versus.get("latency_ms"),
         "energy": versus.get("energy_j_per_image"),
         "cpu": summary.get("cpu"),
@@ -88,6 +91,25 @@ def edgesplit_run(out: Path, *options: str) -> dict[str, Any]:
         flush=True,
     )
     return row
+
+
+def without_background(path: Path, summary: dict[str, Any]) -> float | None:
+    """The run's throughput prediction with the pilot's measured other work on the host left
+    out (what a quiet host would see), from the run's own profile and plan."""
+    import dataclasses
+
+    from edgesplit.planner import evaluate
+    from edgesplit.profiler import load_profile, to_problem
+
+    predicted = summary.get("predicted")
+    if not predicted:
+        return None
+    profile = dataclasses.replace(load_profile(path), background_cpus=0.0)
+    stages = [(s["device"], *s["units"]) for s in predicted["stages"]]
+    problem = to_problem(profile, precision=summary["precision"])
+    return evaluate(
+        problem, stages, predicted["objective"], check_memory=False
+    ).prediction.throughput_ips
 
 
 def overhead_ratio(quick: bool) -> dict[str, Any] | None:

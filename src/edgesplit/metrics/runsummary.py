@@ -376,7 +376,8 @@ class RunSummary(_Frozen):
     energy_j_per_image: float | None = None
     """``energy.energy_j_per_image``: all devices, the whole run."""
     cpu: CpuUse | None = None
-    """CPU time of every process of the run (None when it was not measured)."""
+    """CPU time of every process of the run (None when it was not measured: a run shorter
+    than the workers' sample interval, 0.2 s, has no worker sample inside it)."""
     cpu_tax: float | None = None
     """``cpu.cpu_tax``: the run's CPU per image over one process running the whole model."""
     versus_plan: VersusPlan | None = None
