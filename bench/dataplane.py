@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {facts['cpu_model']} ({facts['nproc']} cores), load {facts['loadavg_at_start']}")
     images = 160 if args.quick else args.images_224
     repeats = 1 if args.quick else args.repeats
-    at224 = ["--model", "mobilenet_v2", "--input-size", "224", "--random-weights", "--batch-size", "8",
-             "--engine", "onnxruntime", "--precision", "fp32", "--limit", str(images)]  # fmt: skip
+    at224 = ["--model", "mobilenet_v2", "--input-size", "224", "--random-weights",
+             "--batch-size", "8", "--engine", "onnxruntime", "--precision", "fp32",
+             "--limit", str(images)]  # fmt: skip
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dataplane-") as tmp:
         folder = Path(tmp)
