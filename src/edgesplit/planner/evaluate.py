@@ -70,7 +70,7 @@ def evaluate(
     upload_ms = problem.link(COORDINATOR, stages[0][0]).transfer_ms(problem.input_bytes)
     cores = problem.host_cpus  # None: the devices have hosts of their own
     cpu = _process_cpu_ms(problem, stages) if cores is not None else []
-    host_ms = math.fsum(cpu) / _free_cores(problem) if cores is not None else 0.0
+    host_ms = math.fsum(cpu) / _free_cores(problem, len(cpu)) if cores is not None else 0.0
     coordinator = problem.prepare_ms + problem.coordinator_ms
     own = max(upload_ms + coordinator, *computes, *transfers, host_ms)
     contended_ms = _contended_ms(problem, stages, cpu, computes, transfers, upload_ms, own)
@@ -134,15 +134,18 @@ def _process_cpu_ms(problem: Problem, stages: Sequence[tuple[str, int, int]]) ->
     return out
 
 
-def _free_cores(problem: Problem) -> float:
-    """The shared host's cores less those other work keeps busy (``background_cpus``, as the
-    pilot measured it while the run took little), at least a tenth of them. Taking all of the
-    background as kept is the pessimistic end: work that only fills idle cores yields some of
-    them to a busy run (measured here under other engineers' load: 1.37 and 1.48 background
-    cores at the pilot; the runs then had 0.78 and 0.67 of the 2 cores, where this leaves them
-    0.63 and 0.52)."""
+def _free_cores(problem: Problem, processes: int) -> float:
+    """The shared host's cores the run's ``processes`` (the coordinator and one per stage) get
+    when all of them are busy: fair sharing with the work that is not the run's, counted as
+    ``background_cpus`` processes as greedy as the run's (what the pilot measured them to keep
+    busy while the run took little), so ``cores * P / (P + background)``.
+
+    Measured here under other engineers' load (AMD EPYC, 2 cores, load average 12-16; the
+    default run, 3 devices at 0.5 CPU, 32 px): with 1.17-1.45 background cores the prediction
+    was +3 %, -26 % and -22 % off; taking the background cores as lost to the run was
+    +35..+142 % off (that work gives cores up to a busy run), ignoring it -25..-45 %."""
     assert problem.host_cpus is not None
-    return max(problem.host_cpus - problem.background_cpus, 0.1 * problem.host_cpus)
+    return problem.host_cpus * processes / (processes + problem.background_cpus)
 
 
 def _core_share(cores: float, others: Sequence[float]) -> float:

@@ -178,8 +178,9 @@ class Problem:
     with the upload, like ``prepare_ms``."""
     background_cpus: float = 0.0
     """Cores of the shared host (``host_cpus``) kept busy by work that is not the run's,
-    measured by the pilot (:mod:`edgesplit.pilot`): the run's processes share what is left,
-    and the background competes with them for it like one more set of processes."""
+    measured by the pilot (:mod:`edgesplit.pilot`): it shares the cores with the run's
+    processes as that many more processes as busy as theirs."""
+
     window: int | None = None
     """Micro-batches in flight at most, when the run sets it: a period is then at least the
     unloaded latency over the window (Little's law). None: not bounded (the run's default
