@@ -41,6 +41,7 @@ from edgesplit.shared.runsummary import DeviceRow, RunSummary
 if TYPE_CHECKING:
     from edgesplit.cluster.emulate import EmulatedCluster
     from edgesplit.engines.onnx_units import CompiledModel
+    from edgesplit.runtime.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def run_job(
 
     # Before the cluster starts: a bad partition fails in a second, not after the workers load.
     planned = autoplan.PlanRequest(
-        config.objective, config.max_latency_ms, config.min_throughput_ips
+        config.objective, config.max_latency_ms, config.min_throughput_ips, window=config.window
     )  # checks the objective before anything starts
     if config.precision == "auto" and (config.partition or "auto") != "auto":
         raise ConfigError(
@@ -326,6 +327,8 @@ def run_job(
     ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else count, costs)
     execution = execution_for(config, dataset, size, notes, resolved.raw_images)
     profile: Profile | None = None
+    given: Profile | None = None  # a given partition's profile, for its prediction only
+    measured: Profile | None = None  # the profile with the pilot's costs, for the prediction
     chosen: planner.Plan | None = None
     choice: precision_auto.PrecisionChoice | None = None
     controller: Controller | None = None
@@ -352,15 +355,15 @@ def run_job(
         gate = int8_gate(
             config, coordinator, ug, model_id, execution, size, notes, resolved.raw_images
         )
+        settings = ProfileSettings(
+            batch_size=config.batch_size,
+            reprofile=config.reprofile,
+            engine=execution.engine,
+            precisions=("fp32", execution.precision),
+            calibration=execution.calibration,
+        )
         if ranges is None:
             phase("profiling the devices and links")
-            settings = ProfileSettings(
-                batch_size=config.batch_size,
-                reprofile=config.reprofile,
-                engine=execution.engine,
-                precisions=("fp32", execution.precision),
-                calibration=execution.calibration,
-            )
             planned = replace(planned, precision=execution.precision)
             profile, chosen = autoplan.profile_and_plan(
                 coordinator,
@@ -384,6 +387,13 @@ def run_job(
         else:
             names = partition_devices(config.partition, spec, len(ranges))
         initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
+        if chosen is None:  # a given partition: evaluated with the planner's cost model
+            phase("profiling the devices and links for the given partition's prediction")
+            given, chosen = autoplan.profile_and_evaluate(
+                coordinator, ug, config.model, resolved.num_classes,
+                replace(planned, precision=execution.precision), settings, phase, initial,
+                prepare_ms=preparation_ms(dataset, config.batch_size, size),
+            )  # fmt: skip
         if gate is not None and config.precision == "int8":
             phase("measuring the int8 accuracy drop on the plan's devices")
             precision_auto.check_int8(gate.measure(tuple(initial)), config.max_accuracy_drop)
@@ -391,6 +401,12 @@ def run_job(
             notes.append(gate.last.describe())
         phase(f"installing {len(ranges)} stages ({execution.engine} {execution.precision})")
         epoch = coordinator.install_plan(initial, execution=execution)
+        measured = profile or given
+        if chosen is not None and measured is not None:
+            measured, chosen = predict_with_pilot(
+                coordinator, initial, pilot_source(dataset, config.batch_size, size, config.limit),
+                measured, replace(planned, precision=execution.precision), chosen, phase, notes,
+            )  # fmt: skip
         window = config.window or 2 * len(ranges)
         starts: list[int] = []
         made = manifest.build(
@@ -439,6 +455,7 @@ def run_job(
         if config.adaptive and profile is not None:
             controller = Controller(coordinator, profile, planned, config.adapt_policy).start()
             replan, on_live = controller.replan, with_adaptive_line(on_live, controller)
+        cpu0 = time.process_time()  # the coordinator's CPU over the run (summary's cpu)
         try:
             record = coordinator.run(
                 batches(),
@@ -451,6 +468,7 @@ def run_job(
         except RunAborted as exc:
             aborted, record = exc, exc.record
         finally:
+            coordinator_cpu_s = time.process_time() - cpu0
             if controller is not None:
                 controller.stop()  # no switch after the last result
 
@@ -470,6 +488,10 @@ def run_job(
             f"ended after {record.wall_s:.1f} s; run more images (--limit) or inject earlier"
         )
     stages = stage_infos(ug, ranges, names)
+    taken = measured
+    reference_ms, reference_source = (
+        autoplan.reference_cpu(taken, names, execution.precision) if taken else (None, None)
+    )
     # The table and devices.csv show the plan the run ended with (issue #20); summary.json's
     # "plan" stays the first one, "final_plan" is the last when it changed.
     final = record.plan_changes[-1].stages if record.plan_changes else tuple(initial)
@@ -500,8 +522,13 @@ def run_job(
             partition=format_partition(ranges),
             resumed_images=sum(len(r.predictions) for r in earlier),
             predicted=(
-                autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
+                autoplan.prediction_dict(chosen, profile or given, execution.precision)
+                if chosen
+                else None
             ),
+            coordinator_cpu_s=coordinator_cpu_s,
+            reference_cpu_ms_per_image=reference_ms,
+            reference_cpu=reference_source,
             injected=injector.events if injector else (),
             adaptive=controller.summary(until=record.finished) if controller else None,
             precision_choice=choice.to_dict() if choice else None,
@@ -543,8 +570,8 @@ def run_job(
         units=ug.units,
         events=events,
     )
-    if profile is not None:
-        profile.save(folder / "profile.json")
+    if taken is not None:
+        taken.save(folder / "profile.json")
     if chosen is not None:
         (folder / "plan.txt").write_text(chosen.table() + "\n")
     if controller is not None:
@@ -558,6 +585,57 @@ def run_job(
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
     return RunOutcome(folder, summary, rows, list(summary.notes), layer_counts)
+
+
+def pilot_source(
+    dataset: data.ImageSet, batch_size: int, input_size: int, limit: int | None
+) -> Iterator[torch.Tensor]:
+    """The run's micro-batches, prepared as the run prepares them, over and over."""
+    while True:
+        empty = True
+        for _, x, _ in dataset.batches(batch_size, input_size, 3, limit):
+            empty = False
+            yield x
+        if empty:
+            return
+
+
+def predict_with_pilot(
+    coordinator: Coordinator,
+    initial: list[tuple[str, int, int]],
+    source: Iterator[torch.Tensor],
+    profile: Profile,
+    request: autoplan.PlanRequest,
+    chosen: planner.Plan,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> tuple[Profile, planner.Plan]:
+    """The installed plan's prediction with the per-call and coordinator costs a pilot run
+    measures (:mod:`edgesplit.app.pilot`), and the profile with them. The plan itself stays (those
+    costs are much the same on every device), and so does the profile re-plans and the
+    adaptive controller use."""
+    from edgesplit.app import pilot
+    from edgesplit.plan.profile import to_problem
+    from edgesplit.runtime.runner import RunAborted
+
+    say("pilot: measuring what a micro-batch costs each process besides its compute")
+    try:
+        overheads = pilot.measure(coordinator, initial, source, profile, request.precision)
+    except RunAborted as exc:
+        notes.append(f"the pilot run failed ({exc}): the prediction lacks per-call costs")
+        return profile, chosen
+    notes.append(overheads.describe())
+    profile = pilot.with_overheads(profile, overheads)
+    problem = to_problem(profile, precision=request.precision, window=request.window)
+    chosen = planner.evaluate(
+        problem, initial, chosen.objective, check_memory=False, notes=chosen.notes
+    )
+    p = chosen.prediction
+    say(
+        f"{overheads.describe()}; predicted {p.throughput_ips:.1f} img/s, "
+        f"{p.latency_ms:.1f} ms per micro-batch"
+    )
+    return profile, chosen
 
 
 def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:

@@ -102,3 +102,42 @@ def test_unknown_objective_and_bad_cpus_fail_before_starting(tmp_path: Path) -> 
     cpus = edgesplit(tmp_path, "run", "--cpus", "1,fast")
     assert cpus.returncode == 2
     assert "one per device like 1,0.5,0.25" in cpus.stderr
+
+
+def test_a_given_partition_is_evaluated_and_every_run_is_compared_with_its_prediction(
+    tmp_path: Path,
+) -> None:
+    """Issue #19: a manual partition gets a prediction from the same cost model (its stages
+    timed, the pilot's per-call costs in), the run is compared with it for every objective,
+    and every process's CPU per image gives the ``cpu_tax``."""
+    out = tmp_path / "run"
+    result = edgesplit(
+        tmp_path,
+        "run", "--devices", "2", "--model", "squeezenet1_1", "--limit", "1600",
+        "--partition", "0-9,9-", "--objective", "energy", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partition_method"] == "0-9,9-"
+    predicted = summary["predicted"]
+    assert predicted["objective"] == "energy" and predicted["throughput_ips"] > 0
+    assert [s["units"] for s in predicted["stages"]] == [[0, 9], [9, 18]]
+    assert "pi1: timing stage 0-9 as one stage" in result.stderr
+    assert any(note.startswith("pilot (") for note in summary["notes"])
+    profile = load_profile(out / "profile.json")
+    assert all(d.call_cpu_ms > 0 for d in profile.devices) and profile.coordinator_ms > 0
+    versus = summary["versus_plan"]
+    assert versus["objective"] == "energy"
+    assert versus["throughput_ips"]["measured"] == pytest.approx(summary["throughput_ips"])
+    assert versus["energy_j_per_image"]["error"] is not None
+    assert versus["latency_ms"]["measured"] > 0
+    # the energy comparison is printed first, then throughput and latency
+    printed = [line for line in result.stdout.splitlines() if "against the prediction" in line]
+    assert [line.split(":")[0] for line in printed] == [
+        "energy", "throughput", "unloaded latency"
+    ]  # fmt: skip
+    assert result.stdout.index("the given partition, evaluated for energy") >= 0
+    cpu = summary["cpu"]
+    assert cpu["coordinator_s"] > 0 and set(cpu["devices_s"]) == {"pi1", "pi2"}
+    assert summary["cpu_tax"] == pytest.approx(cpu["cpu_tax"]) and summary["cpu_tax"] > 1.0
+    assert "cpu_tax" in result.stdout

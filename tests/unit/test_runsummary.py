@@ -221,16 +221,23 @@ def test_a_summary_from_the_first_version_loads_with_defaults() -> None:
 def test_a_summary_written_before_the_model_loads_unchanged() -> None:
     """tests/data/summary-86ee430.json: `edgesplit run` at 86ee430 (the inline dict) wrote it.
     It loads, and writing it again gives the same JSON plus the keys added since, at their
-    defaults (``error``, ``final_plan``, ``not_fired``)."""
+    defaults (``error``, ``final_plan``, ``not_fired``; issue #19: ``cpu``, ``cpu_tax``,
+    ``versus_plan`` and the prediction's measured cost terms)."""
     text = (Path(__file__).parents[1] / "data" / "summary-86ee430.json").read_text()
     s = runsummary.parse(text)
     assert s.partition_method == "auto" and s.predicted is not None and s.energy is not None
     assert s.stage_devices == ("pi2", "pi1") and s.device_rows[1].name == "pi1"
+    written = json.loads(text)
+    added = {"coordinator_ms": 0.0, "window_ms": 0.0, "background_cpus": 0.0}
     assert json.loads(s.to_json()) == {
-        **json.loads(text),
+        **written,
+        "predicted": {**written["predicted"], **added},
         "error": None,
         "final_plan": None,
         "not_fired": [],
+        "cpu": None,
+        "cpu_tax": None,
+        "versus_plan": None,
     }
 
 

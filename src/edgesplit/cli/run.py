@@ -452,19 +452,21 @@ def _config_of_earlier_run(
 
 
 def _prediction_lines(summary: RunSummary) -> list[str]:
-    """The planner's prediction next to what was measured (only for planned partitions)."""
+    """The prediction (of the planned, or the given, partition) next to what was measured, the
+    planned objective first (issue #19)."""
+    from edgesplit.metrics import versus
+
     predicted = summary.predicted
     if predicted is None:
         return []
-    measured = summary.throughput_ips
+    given = (summary.partition_method or "auto") != "auto"
     lines = [
-        f"planned for {predicted.objective}: predicted {predicted.throughput_ips:.1f} "
-        f"img/s, {predicted.latency_ms:.1f} ms per micro-batch unloaded, "
-        f"{predicted.energy_j_per_image:.3f} J/image"
+        f"{'the given partition, evaluated' if given else 'planned'} for {predicted.objective}: "
+        f"predicted {predicted.throughput_ips:.1f} img/s, {predicted.latency_ms:.1f} ms per "
+        f"micro-batch unloaded, {predicted.energy_j_per_image:.4f} J/image"
     ]
-    if measured is not None:
-        error = (measured - predicted.throughput_ips) / predicted.throughput_ips
-        lines.append(f"measured {measured:.1f} img/s ({error:+.0%} against the prediction)")
+    if summary.versus_plan is not None:
+        lines += versus.lines(summary.versus_plan)
     return lines
 
 

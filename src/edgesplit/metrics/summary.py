@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from edgesplit.cluster.faults import relative
+from edgesplit.metrics import cpu, versus
 from edgesplit.plan import energy
 from edgesplit.runtime.records import HopRecord, RunRecord
 from edgesplit.shared.runsummary import (
     Adaptive,
     ChangedStage,
+    CpuUse,
     DeviceRow,
     EnergySummary,
     Failure,
@@ -236,6 +238,12 @@ class RunFacts:
     layer_counts: Mapping[str, int] = field(default_factory=dict)
     """Graph nodes per device in the final plan."""
     not_fired: Sequence[Mapping[str, Any]] = ()
+    coordinator_cpu_s: float | None = None
+    """The coordinator process's CPU seconds over the run (None: not measured)."""
+    reference_cpu_ms_per_image: float | None = None
+    """CPU ms per image of one process running the whole model (see :mod:`.cpu`)."""
+    reference_cpu: str | None = None
+    """Where ``reference_cpu_ms_per_image`` comes from."""
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int] | None) -> float | None:
@@ -266,6 +274,9 @@ def summarise(facts: RunFacts) -> RunSummary:
         energy.energy_summary(energies, facts.images, record.started, record.finished)
     )
     failures, changes = fault_summary(record)
+    throughput = facts.ran_images / record.wall_s if record.wall_s > 0 else None
+    predicted = _optional(Predicted, facts.predicted)
+    used = cpu_use(facts)
     return RunSummary(
         model=config.model,
         dataset=facts.dataset,
@@ -282,43 +293,26 @@ def summarise(facts: RunFacts) -> RunSummary:
         complete=completed == facts.images,
         resumed_images=facts.resumed_images,
         wall_s=record.wall_s,
-        throughput_ips=facts.ran_images / record.wall_s if record.wall_s > 0 else None,
+        throughput_ips=throughput,
         latency_ms=latency_summary(latencies),
         accuracy=score,
         params_total=facts.params_total,
         partition=facts.partition,
         partition_method=config.partition or "auto",
-        predicted=_optional(Predicted, facts.predicted),
+        predicted=predicted,
         energy=spent,
         energy_j_per_image=spent.energy_j_per_image,
-        plan=RunPlan(
-            epoch=facts.epoch,
-            stages=[
-                PlanStage(
-                    device=s.device,
-                    units=(s.start, s.end),
-                    first_layer=s.first_layer,
-                    last_layer=s.last_layer,
-                    params=s.params,
-                )
-                for s in facts.stages
-            ],
-        ),
-        final_plan=(
-            FinalPlan(
-                epoch=facts.final_epoch if facts.final_epoch is not None else facts.epoch,
-                stages=[
-                    FinalStage(
-                        device=s.device,
-                        units=(s.start, s.end),
-                        layers=facts.layer_counts.get(s.device, 0),
-                    )
-                    for s in facts.final_stages
-                ],
+        cpu=used,
+        cpu_tax=used.cpu_tax if used is not None else None,
+        versus_plan=(
+            versus.versus_plan(
+                predicted, throughput, request_intervals(record), spent.energy_j_per_image
             )
-            if facts.final_stages
+            if predicted is not None
             else None
         ),
+        plan=RunPlan(epoch=facts.epoch, stages=[_plan_stage(s) for s in facts.stages]),
+        final_plan=_final_plan(facts),
         device_rows=rows,
         clock_offsets_ms=record.clock_offsets_ms,
         rtt_ms=record.rtt_ms,
@@ -335,6 +329,65 @@ def summarise(facts: RunFacts) -> RunSummary:
         cpu_kinds=dict(facts.cpu_kinds),
         notes=notes,
         error=facts.error,
+    )
+
+
+def _plan_stage(s: StageInfo) -> PlanStage:
+    return PlanStage(
+        device=s.device,
+        units=(s.start, s.end),
+        first_layer=s.first_layer,
+        last_layer=s.last_layer,
+        params=s.params,
+    )
+
+
+def _final_plan(facts: RunFacts) -> FinalPlan | None:
+    """The plan the run ended with, when it differs from the first one."""
+    if not facts.final_stages:
+        return None
+    stages = [
+        FinalStage(
+            device=s.device, units=(s.start, s.end), layers=facts.layer_counts.get(s.device, 0)
+        )
+        for s in facts.final_stages
+    ]
+    epoch = facts.final_epoch if facts.final_epoch is not None else facts.epoch
+    return FinalPlan(epoch=epoch, stages=stages)
+
+
+def request_intervals(record: RunRecord) -> dict[int, tuple[float, float]]:
+    """Per request id: (first upload start, last result arrival), coordinator clock, seconds."""
+    start: dict[int, float] = {}
+    for u in record.uploads:
+        start[u.request_id] = min(start.get(u.request_id, u.start), u.start)
+    end: dict[int, float] = {}
+    for h in record.hops:
+        end[h.request_id] = max(end.get(h.request_id, h.end), h.end)
+    return {r: (start[r], end[r]) for r in end if r in start}
+
+
+def cpu_use(facts: RunFacts) -> CpuUse | None:
+    """Every process's CPU over the run and the ``cpu_tax`` (None when the coordinator's CPU
+    was not measured)."""
+    record = facts.record
+    if facts.coordinator_cpu_s is None:
+        return None
+    devices = sorted({s.device for s in [*facts.stages, *(facts.final_stages or ())]})
+    devices_s = cpu.devices_cpu_s(record.samples, devices, record.started, record.finished)
+    per_image, tax = cpu.cpu_tax(
+        facts.coordinator_cpu_s, devices_s, facts.ran_images, facts.reference_cpu_ms_per_image
+    )
+    if per_image is None:
+        return None
+    return CpuUse(
+        coordinator_s=facts.coordinator_cpu_s,
+        devices_s=devices_s,
+        images=facts.ran_images,
+        cpu_ms_per_image=per_image,
+        reference_ms_per_image=facts.reference_cpu_ms_per_image,
+        reference=facts.reference_cpu,
+        cpu_tax=tax,
     )
 
 

@@ -39,6 +39,25 @@ def title(summary: RunSummary) -> str:
     )
 
 
+def footer(summary: RunSummary) -> str | None:
+    """The CPU line under the table: every process's CPU per image and the ``cpu_tax``."""
+    cpu = summary.cpu
+    if cpu is None:
+        return None
+    images = max(cpu.images, 1)
+    workers = sum(cpu.devices_s.values()) * 1000.0 / images
+    text = (
+        f"CPU per image, every process: {cpu.cpu_ms_per_image:.2f} ms (coordinator "
+        f"{cpu.coordinator_s * 1000.0 / images:.2f}, workers {workers:.2f})"
+    )
+    if cpu.cpu_tax is None or cpu.reference_ms_per_image is None:
+        return text + "; cpu_tax n/a (no profile of the whole model)"
+    return (
+        f"{text}; cpu_tax {cpu.cpu_tax:.2f} against {cpu.reference_ms_per_image:.2f} ms for one "
+        f"process running the whole model ({cpu.reference})"
+    )
+
+
 def _columns(layer_counts: Mapping[str, int], wide: bool) -> list[Column]:
     def layers(row: DeviceRow) -> str:
         count = layer_counts.get(row.name)
@@ -84,7 +103,13 @@ def device_table(
 ) -> Table:
     """The table of ``rows`` under the run's title line. ``layer_counts``: graph nodes
     (layers) of each device's stage, by device name."""
-    table = Table(title=title(summary), title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=title(summary),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption=footer(summary),
+        caption_justify="left",
+    )
     columns = _columns(layer_counts or {}, wide)
     for name, justify, _ in columns:
         # A device name is never cut (it is what the row is about); layer names fold.

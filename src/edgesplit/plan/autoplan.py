@@ -4,7 +4,8 @@ for the objective, and explain the plan. The shell around the pure planner."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,8 @@ class PlanRequest:
     devices: tuple[str, ...] | None = None
     precision: str = "fp32"
     """Every stage runs at this precision; the plan uses the profile's unit times for it."""
+    window: int | None = None
+    """The run's micro-batches in flight when it sets them (None: no bound from the window)."""
 
     def __post_init__(self) -> None:
         from edgesplit.engines import PRECISIONS
@@ -57,7 +60,7 @@ class PlanRequest:
 def plan(profile: Profile, request: PlanRequest) -> planner.Plan:
     """Plan ``profile`` for ``request`` (pure)."""
     return planner.choose_plan(
-        to_problem(profile, precision=request.precision),
+        to_problem(profile, precision=request.precision, window=request.window),
         request.objective,
         devices=list(request.devices) if request.devices else None,
         max_latency_ms=request.max_latency_ms,
@@ -103,7 +106,7 @@ def profile_and_plan(
             coordinator, profile, chosen.assignment(), settings, request.precision, say,
             first_hop(ug),
         )  # fmt: skip
-        problem = to_problem(profile, precision=request.precision)
+        problem = to_problem(profile, precision=request.precision, window=request.window)
         if request.devices:
             problem = problem.restrict(request.devices)
         note = (
@@ -159,6 +162,9 @@ def prediction_dict(
         "prepare_ms": p.prepare_ms,
         "host_ms": p.host_ms,
         "contended_ms": p.contended_ms,
+        "coordinator_ms": p.coordinator_ms,
+        "window_ms": p.window_ms,
+        "background_cpus": p.background_cpus,
         "energy_j_per_image": p.energy_j_per_image,
         "stages": [
             {
@@ -176,3 +182,57 @@ def prediction_dict(
         ],
         "notes": list(chosen.notes),
     }
+
+
+def profile_and_evaluate(
+    coordinator: Coordinator,
+    ug: UnitGraph,
+    model: str,
+    num_classes: int,
+    request: PlanRequest,
+    settings: ProfileSettings,
+    say: Callable[[str], None],
+    stages: Sequence[tuple[str, int, int]],
+    prepare_ms: float = 0.0,
+) -> tuple[Profile, planner.Plan]:
+    """A given partition's prediction (issue #19): profile the cluster as ``--partition auto``
+    does, time the given ``(device, start, end)`` stages as one stage each, and evaluate them
+    with the planner's cost model for ``request.objective``. The memory budget is not
+    enforced here (the run itself says when a stage does not fit)."""
+    profile = profile_cluster(coordinator, ug, model, num_classes, settings, say)
+    profile = replace(profile, prepare_ms=prepare_ms)
+    profile = measure_stages(coordinator, profile, stages, settings, request.precision, say)
+    chosen = planner.evaluate(
+        to_problem(profile, precision=request.precision, window=request.window),
+        stages,
+        request.objective,
+        check_memory=False,
+    )
+    p = chosen.prediction
+    say(
+        f"the given partition ({request.objective}, {request.precision}): {chosen.partition()} "
+        f"on {', '.join(s.device for s in chosen.stages)}; predicted {p.throughput_ips:.1f} "
+        f"img/s, {p.latency_ms:.1f} ms per micro-batch"
+    )
+    return profile, chosen
+
+
+def reference_cpu(
+    profile: Profile, devices: Sequence[str], precision: str
+) -> tuple[float | None, str | None]:
+    """``(ms, source)``: CPU ms per image of one process running the whole model at
+    ``precision`` on the profile's engine, the median over ``devices`` of the whole model's
+    timing as one stage (:attr:`DeviceProfile.model_cpu_ms`); None where not profiled."""
+    found = {}
+    for name in devices:
+        ms = profile.device(name).model_cpu_ms.get(precision)
+        if ms:
+            found[name] = ms / profile.batch_size
+    if not found:
+        return None, None
+    engine = profile.device(next(iter(found))).engine
+    where = ", ".join(sorted(found))
+    return statistics.median(found.values()), (
+        f"profile: the whole model as one stage, {engine} {precision}, batch "
+        f"{profile.batch_size}, median over {where}"
+    )

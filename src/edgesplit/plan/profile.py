@@ -123,6 +123,11 @@ class DeviceProfile:
     hop_cpu_ms_per_mb: float = 0.0
     """CPU one side of a hand-off costs per MB on this device (sending or receiving a tensor);
     on an emulated device it comes out of the stage's quota. 0: not measured."""
+    call_cpu_ms: float = 0.0
+    """The worker's fixed CPU per micro-batch besides its stage's compute and the per-MB
+    hand-off cost: receiving the call, handing the batch to the compute thread, sending it on,
+    its records (measured by a short pilot run, :mod:`edgesplit.app.pilot`; 0: not measured). On
+    an emulated device it comes out of the stage's quota."""
     stage_timings: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     """Per precision, stages timed the way a run builds them, ``"start-end"`` -> (median wall
     ms, median CPU ms) (see :func:`measure_stages`). Where one exists the planner uses it in
@@ -204,8 +209,10 @@ class DeviceProfile:
         def burst(w: tuple[float, ...], c: tuple[float, ...]) -> tuple[float, ...]:
             return tuple(min(a, b) for a, b in zip(w, c, strict=True))
 
-        # Receiving a stage's input and sending its output take CPU from the same quota.
-        hop = tuple(self.hop_cpu_ms_per_mb * b / 1e6 for b in boundary_bytes)
+        # Receiving a stage's input and sending its output take CPU from the same quota, and so
+        # does the fixed cost of a micro-batch (half counted at each end of the stage).
+        call = self.call_cpu_ms / 2
+        hop = tuple(self.hop_cpu_ms_per_mb * b / 1e6 + call for b in boundary_bytes)
         return StageCosts(
             unit_ms=sustained(inner, inner_cpu),
             boundary_ms=tuple(
@@ -283,6 +290,13 @@ class Profile:
     host_cpus: float | None = None
     """The cores of the host every device and the coordinator share (an emulated cluster on
     this machine); None for devices of their own."""
+    coordinator_ms: float = 0.0
+    """The coordinator's CPU per micro-batch besides ``prepare_ms`` (its side of the upload,
+    receiving the result, the run's bookkeeping), measured by the pilot run
+    (:mod:`edgesplit.app.pilot`); 0 when not measured."""
+    background_cpus: float = 0.0
+    """Cores of the shared host busy with other work while the pilot ran (see
+    :attr:`edgesplit.plan.planner.Problem.background_cpus`); 0 when not measured."""
 
     def device(self, name: str) -> DeviceProfile:
         for d in self.devices:
@@ -318,6 +332,8 @@ class Profile:
                 created=float(data.get("created", 0.0)),
                 prepare_ms=float(data.get("prepare_ms", 0.0)),
                 host_cpus=data.get("host_cpus"),
+                coordinator_ms=float(data.get("coordinator_ms", 0.0)),
+                background_cpus=float(data.get("background_cpus", 0.0)),
             )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"profile is malformed: {type(exc).__name__}: {exc}") from None
@@ -489,10 +505,14 @@ def fit_link(sizes: tuple[int, ...], median_ms: tuple[float, ...]) -> tuple[floa
 
 
 def to_problem(
-    profile: Profile, cluster: ClusterSpec | None = None, precision: str = "fp32"
+    profile: Profile,
+    cluster: ClusterSpec | None = None,
+    precision: str = "fp32",
+    window: int | None = None,
 ) -> Problem:
     """The planner's view of ``profile`` with every stage at ``precision``; ``cluster`` (if
-    given) overrides memory budgets and power models with the ones in the cluster file.
+    given) overrides memory budgets and power models with the ones in the cluster file;
+    ``window``: the run's micro-batches in flight when it sets them (None: no bound).
     Raises :class:`ConfigError` when a device has no unit times at ``precision``."""
     devices = []
     cuts = boundary_bytes(profile)
@@ -515,6 +535,7 @@ def to_problem(
                 quota_ms=costs.quota_ms,
                 period_ms=CFS_PERIOD_MS,
                 hop_cpu_ms_per_mb=d.hop_cpu_ms_per_mb,
+                call_cpu_ms=d.call_cpu_ms,
                 measured_stages=costs.measured,
                 memory_budget_bytes=budget,
                 idle_w=idle_w,
@@ -546,6 +567,9 @@ def to_problem(
         links=links,
         prepare_ms=profile.prepare_ms,
         host_cpus=profile.host_cpus,
+        coordinator_ms=profile.coordinator_ms,
+        background_cpus=profile.background_cpus,
+        window=window,
     )
 
 

@@ -175,9 +175,56 @@ class Predicted(_Frozen):
     prepare_ms: float = 0.0
     host_ms: float = 0.0
     contended_ms: float = 0.0
+    coordinator_ms: float = 0.0
+    """The coordinator's CPU per micro-batch besides its preparation (measured by the pilot)."""
+    window_ms: float = 0.0
+    """The unloaded latency over the window: a floor under the period."""
+    background_cpus: float = 0.0
+    """Cores of the shared host busy with other work during the pilot."""
     energy_j_per_image: float
     stages: list[PredictedStage]
     notes: list[str] = Field(default_factory=list)
+
+
+class CpuUse(_Frozen):
+    """CPU time of every process of the run (:mod:`edgesplit.metrics.cpu`): the coordinator's
+    measured around the run, each worker's integrated from its samples over the wall time."""
+
+    coordinator_s: float
+    devices_s: dict[str, float]
+    images: int
+    """Images this run computed (the per-image figures divide by it)."""
+    cpu_ms_per_image: float
+    """All processes' CPU ms per image."""
+    reference_ms_per_image: float | None = None
+    """CPU ms per image of one process running the whole model on the same engine and
+    precision; None without a profile."""
+    reference: str | None = None
+    """Where the reference comes from (the profile's whole-model timing on a device)."""
+    cpu_tax: float | None = None
+    """``cpu_ms_per_image / reference_ms_per_image``."""
+
+
+class Versus(_Frozen):
+    """One predicted figure against the run's measurement; ``error`` is
+    ``(measured - predicted) / predicted`` (None when either is unknown)."""
+
+    predicted: float
+    measured: float | None = None
+    error: float | None = None
+    how: str = ""
+    """How the run measured it."""
+
+
+class VersusPlan(_Frozen):
+    """The run against its plan's prediction, for every objective (``objective`` is the one
+    planned for, the one printed first)."""
+
+    objective: str
+    throughput_ips: Versus
+    latency_ms: Versus
+    """Unloaded latency: one micro-batch in flight (see ``how``)."""
+    energy_j_per_image: Versus
 
 
 class Failure(_Frozen):
@@ -323,10 +370,18 @@ class RunSummary(_Frozen):
     partition_method: str | None = None
     """``auto``, ``balanced``, ``equal`` or the ranges as given (None: not recorded)."""
     predicted: Predicted | None = None
-    """The planner's prediction (None for a fixed partition)."""
+    """The planner's prediction: the plan it chose, or a given partition evaluated with the same
+    cost model (None when no profile was taken)."""
     energy: EnergySummary | None = None
     energy_j_per_image: float | None = None
     """``energy.energy_j_per_image``: all devices, the whole run."""
+    cpu: CpuUse | None = None
+    """CPU time of every process of the run (None when it was not measured: a run shorter
+    than the workers' sample interval, 0.2 s, has no worker sample inside it)."""
+    cpu_tax: float | None = None
+    """``cpu.cpu_tax``: the run's CPU per image over one process running the whole model."""
+    versus_plan: VersusPlan | None = None
+    """The run against its plan's prediction (None without a prediction)."""
     plan: RunPlan
     final_plan: FinalPlan | None = None
     """The plan at the end when it differs from ``plan`` (None: the run kept its first plan)."""

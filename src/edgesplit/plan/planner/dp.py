@@ -124,7 +124,7 @@ def build_tables(problem: Problem) -> Tables:
         fits=fits,
         hop=hop,
         upload=upload,
-        period_upload=upload + problem.prepare_ms,
+        period_upload=upload + problem.prepare_ms + problem.coordinator_ms,
         ret=ret,
         active_extra_w=np.array([d.active_extra_w for d in problem.devices]),
         idle_w=np.array([d.idle_w for d in problem.devices]),

@@ -67,6 +67,7 @@ class DeviceCost:
     quota_ms: float | None = None  # CPU ms per period at full speed; None: no quota
     period_ms: float = 100.0
     hop_cpu_ms_per_mb: float = 0.0  # CPU of one side of a hand-off (see Problem.host_cpus)
+    call_cpu_ms: float = 0.0  # fixed CPU per micro-batch besides compute and hand-off bytes
     measured_stages: tuple[tuple[int, int, float, float], ...] = ()
 
     def measured(self, start: int, end: int) -> tuple[float, float] | None:
@@ -171,6 +172,31 @@ class Problem:
     cluster), the period is at least all their CPU work per micro-batch / host_cpus. The
     dynamic program does not see this limit (it is a sum over stages, not a max): plans are
     exact for the devices' own costs, and their prediction includes the host's limit."""
+    coordinator_ms: float = 0.0
+    """The coordinator's CPU per micro-batch besides ``prepare_ms``: its side of the upload,
+    receiving the result, the run's bookkeeping (measured by :mod:`edgesplit.app.pilot`). Serial
+    with the upload, like ``prepare_ms``."""
+    background_cpus: float = 0.0
+    """Cores of the shared host (``host_cpus``) kept busy by work that is not the run's,
+    measured by the pilot (:mod:`edgesplit.app.pilot`): it shares the cores with the run's
+    processes as that many more processes as busy as theirs."""
+
+    window: int | None = None
+    """Micro-batches in flight at most, when the run sets it: a period is then at least the
+    unloaded latency over the window (Little's law). None: not bounded (the run's default
+    window, two per stage, is above the pipeline's depth; the planner's search is exact
+    without this bound, which is not a sum or a max over stages)."""
+
+    def _check_host(self) -> None:
+        """The input, the coordinator's and the shared host's terms."""
+        _check_number("input_bytes", self.input_bytes)
+        _check_number("prepare_ms", self.prepare_ms)
+        _check_number("coordinator_ms", self.coordinator_ms)
+        _check_number("background_cpus", self.background_cpus)
+        if self.window is not None and self.window < 1:
+            raise PlanError(f"window must be >= 1 micro-batch, got {self.window}")
+        if self.host_cpus is not None:
+            _check_number("host_cpus", self.host_cpus, positive=True)
 
     def __post_init__(self) -> None:
         if not self.units:
@@ -179,10 +205,7 @@ class Problem:
             raise PlanError("a problem needs at least one device, got none")
         if self.batch_size < 1:
             raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
-        _check_number("input_bytes", self.input_bytes)
-        _check_number("prepare_ms", self.prepare_ms)
-        if self.host_cpus is not None:
-            _check_number("host_cpus", self.host_cpus, positive=True)
+        self._check_host()
         for i, u in enumerate(self.units):
             for field in ("out_bytes", "weight_bytes", "activation_bytes"):
                 _check_number(f"unit {i} ({u.name!r}) {field}", getattr(u, field))
@@ -318,6 +341,9 @@ class Prediction:
     prepare_ms: float = 0.0  # the coordinator's preparation, serial with the upload
     host_ms: float = 0.0  # the shared host's limit on the period (0: no shared host)
     contended_ms: float = 0.0  # the period with the host's CPU contention (0: no shared host)
+    coordinator_ms: float = 0.0  # the coordinator's CPU per micro-batch besides its preparation
+    window_ms: float = 0.0  # the unloaded latency over the window: a floor under the period
+    background_cpus: float = 0.0  # cores of the shared host busy with other work (measured)
 
 
 @dataclass(frozen=True)
@@ -413,6 +439,18 @@ def plan_table(plan: Plan) -> str:
         lines.append(
             f"the coordinator prepares each micro-batch in {p.prepare_ms:.2f} ms before its "
             "upload (in the bottleneck)"
+        )
+    if p.coordinator_ms:
+        lines.append(
+            f"the coordinator spends {p.coordinator_ms:.2f} ms of CPU per micro-batch besides "
+            "its preparation (uploading, taking the result; measured by the pilot)"
+        )
+    if p.background_cpus:
+        lines.append(f"other work keeps {p.background_cpus:.2f} cores of this host busy")
+    if p.window_ms >= p.bottleneck_ms > 0:
+        lines.append(
+            f"the window bounds the period: {p.window_ms:.2f} ms per micro-batch (the unloaded "
+            "latency over the micro-batches in flight)"
         )
     if p.host_ms:
         bound = " (the bottleneck)" if p.host_ms >= p.bottleneck_ms else ""
