@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgesplit import __version__
-from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec
+from edgesplit.config import COORDINATOR, ClusterSpec, DeviceSpec, LinkSpec
 from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import ConfigError, EdgesplitError, PlanError, WorkerError
@@ -31,10 +31,11 @@ from edgesplit.models import KNOWN_MODELS, state_dict_sha256
 from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import COORDINATOR_HOP
+from edgesplit.runtime.ports import Event, FailureEvent, History, ResultEvent, Stage
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
-from edgesplit.runtime.runner import Event, FailureEvent, InstallFailed, Replan, ResultEvent, Run
+from edgesplit.runtime.runner import InstallFailed, Replan, Run
 from edgesplit.runtime.transport import (
     Refused,
     bind,
@@ -44,6 +45,8 @@ from edgesplit.runtime.transport import (
     service_handler,
 )
 from edgesplit.runtime.weights import to_bytes
+
+__all__ = ["ChannelFactory", "Coordinator", "DeviceInfo", "Stage", "bind_result_port"]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,6 @@ class DeviceInfo:
     onnxruntime_version: str = ""
     cores: int = 0
     """Logical CPUs of the device's host (0: not reported)."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of an installed plan: ``device`` runs units ``[start, end)``."""
-
-    device: str
-    start: int
-    end: int
 
 
 class Coordinator:
@@ -151,6 +145,29 @@ class Coordinator:
                 self._channels[name] = channel
                 stub = self._stubs[name] = pb_grpc.WorkerStub(channel)
             return stub
+
+    def forward(self, name: str, batch: pb.MicroBatch) -> grpc.Future:
+        """Start the Forward RPC of ``batch`` to ``name`` (a run's upload)."""
+        return self.stub(name).Forward.future(batch, timeout=self.rpc_timeout_s)
+
+    def upload_link(self, name: str) -> LinkSpec:
+        """The link our send path applies from the coordinator to device ``name``."""
+        return self.cluster.sender_link(COORDINATOR, name)
+
+    def clocks(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Copies of (clock offset, round trip) in ms, by device."""
+        with self._lock:
+            return dict(self.clock_offsets_ms), dict(self.rtt_ms)
+
+    def history(self, transitions_from: int, changes_from: int) -> History:
+        """Health transitions and plan changes recorded from those indexes on."""
+        with self._lock:
+            return History(
+                transitions=self.transitions[transitions_from:],
+                plan_changes=self.plan_changes[changes_from:],
+                transitions_end=len(self.transitions),
+                plan_changes_end=len(self.plan_changes),
+            )
 
     def where(self, name: str) -> str:
         return f"device {name} at {self.cluster.device(name).address}"
