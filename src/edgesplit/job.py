@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -31,14 +31,19 @@ from edgesplit.metrics import manifest, resultlog, runfolder
 from edgesplit.metrics.live import LiveCallback, LiveSnapshot
 from edgesplit.metrics.runsummary import DeviceRow, RunSummary
 from edgesplit.metrics.summary import RunFacts, run_events, summarise
-from edgesplit.partition import format_partition
+from edgesplit.partition import Ranges, format_partition
 from edgesplit.profiler import Profile, ProfileSettings
 from edgesplit.runconfig import RunConfig
-from edgesplit.staging import choose_ranges, replanner, stage_infos, unit_costs
+from edgesplit.staging import Costs, choose_ranges, replanner, stage_infos, unit_costs
 
 if TYPE_CHECKING:
     from edgesplit.emulate import EmulatedCluster
+    from edgesplit.engines import Execution
     from edgesplit.engines.onnx_units import CompiledModel
+    from edgesplit.runtime.coordinator import Coordinator
+    from edgesplit.runtime.health import HealthPolicy
+    from edgesplit.runtime.records import RunRecord
+    from edgesplit.runtime.runner import Replan, RunAborted
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +241,83 @@ def one_torch_thread(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the run needs before any device is touched (phase 1, :func:`prepare`); every
+    check that can fail without the cluster has failed by then."""
+
+    config: RunConfig
+    dataset: data.ImageSet
+    resolved: ResolvedModel
+    ug: graph.UnitGraph
+    total: int
+    """Images the run covers (earlier ones of a resumed run included)."""
+    request: autoplan.PlanRequest
+    auto: bool
+    """The planner chooses the plan (``--partition auto``, the default)."""
+    folder: Path
+    earlier: list[resultlog.LoggedResult]
+    """What the interrupted run being resumed logged (empty otherwise)."""
+    injections: list[Injection]
+    costs: Costs | None
+    """Unit costs measured here, for a fixed partition and its re-plans."""
+    ranges: Ranges | None
+    """A fixed partition's unit ranges; None when the planner chooses them."""
+    execution: Execution
+    notes: list[str]
+    resume: bool
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The cluster with the model loaded on every device (:func:`bootstrap`)."""
+
+    spec: ClusterSpec
+    emulated: EmulatedCluster | None
+    coordinator: Coordinator
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The plan the run starts with, and how it was chosen (phase 2, :func:`choose_plan`)."""
+
+    initial: list[tuple[str, int, int]]
+    execution: Execution
+    request: autoplan.PlanRequest
+    profile: Profile | None
+    plan: planner.Plan | None
+    """The planner's plan (``auto``); None for a fixed partition."""
+    choice: precision_auto.PrecisionChoice | None
+    gate: precision_auto.ClusterGate | None
+
+    @property
+    def ranges(self) -> Ranges:
+        return tuple((a, b) for _, a, b in self.initial)
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What phase 3 (:func:`execute`) did."""
+
+    record: RunRecord
+    aborted: RunAborted | None
+    starts: list[int]
+    """Request id -> the index of its micro-batch's first image."""
+    window: int
+    epoch: int
+    injector: Injector | None
+    controller: Controller | None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The caller's callbacks (see :func:`run_job`)."""
+
+    on_progress: Callable[[int, int, float], None] | None = None
+    on_live: LiveCallback | None = None
+    command: list[str] | None = None
+
+
 @one_torch_thread
 def run_job(
     config: RunConfig,
@@ -257,12 +339,30 @@ def run_job(
     write the folder for what finished (``"complete": false``) and then stop the process.
     ``resume``: ``config.out`` holds an interrupted run of the same configuration; only the
     images its log lacks run, and the folder is completed. ``command`` is the command line
-    for the manifest (default ``sys.argv``)."""
-    from edgesplit.runtime.coordinator import Coordinator
+    for the manifest (default ``sys.argv``).
+
+    The phases: :func:`prepare` -> (:func:`bootstrap`) -> :func:`choose_plan` ->
+    :func:`execute` -> :func:`summarise_run` -> :func:`write_run`."""
     from edgesplit.runtime.health import HealthPolicy
-    from edgesplit.runtime.runner import RunAborted, RunInterrupted
 
     phase = on_phase or (lambda text: log.info("%s", text))
+    prep = prepare(config, cluster, resume, phase)
+    with contextlib.ExitStack() as stack:
+        policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
+        connected = bootstrap(config, cluster, prep.resolved, prep.ug, stack, phase, policy)
+        if connected.emulated is not None:
+            prep.notes.append(emulation_mode(config.network)[1])
+        chosen = choose_plan(prep, connected, phase)
+        ran = execute(prep, connected, chosen, stack, Hooks(on_progress, on_live, command), phase)
+    summary, predictions, layer_counts = summarise_run(prep, connected, chosen, ran)
+    return write_run(prep, connected, chosen, ran, summary, predictions, layer_counts)
+
+
+def prepare(
+    config: RunConfig, cluster: ClusterSpec | None, resume: bool, phase: Callable[[str], None]
+) -> Prepared:
+    """Phase 1: dataset, model, plan request, run folder and fixed partition, all checked
+    before the cluster starts (a bad partition fails in a second, not after workers load)."""
     injections = injections_for(config, cluster)  # a bad spec fails before anything starts
     if cluster is None:
         emulation_mode(config.network)  # so does --network hosts where it cannot work
@@ -276,267 +376,356 @@ def run_job(
     resolved = resolve_model(config, dataset)
     if resolved.weights == "random" and dataset.labels is not None:
         notes.append(f"{config.model} has random weights: the accuracy is meaningless")
-    size = resolved.input_size
     ug = resolved.unit_graph()
     total = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     if total == 0:
         raise ConfigError("--limit selects no images; expected at least 1")
-
-    # Before the cluster starts: a bad partition fails in a second, not after the workers load.
-    planned = autoplan.PlanRequest(
+    request = autoplan.PlanRequest(
         config.objective, config.max_latency_ms, config.min_throughput_ips
     )  # checks the objective before anything starts
-    if config.precision == "auto" and (config.partition or "auto") != "auto":
-        raise ConfigError(
-            f"--precision auto compares the planner's fp32 and int8 plans: it needs "
-            f"--partition auto, got {config.partition!r}"
-        )
-    if config.adaptive and (config.partition or "auto") != "auto":
-        raise ConfigError(
-            f"--adaptive plans from the devices' profile: it needs --partition auto, "
-            f"got {config.partition!r}"
-        )
+    auto = (config.partition or "auto") == "auto"
+    _check_needs_auto(config, auto)
     folder = config.out or runfolder.default_folder(config.model)
     if resume:
         manifest.read(folder)  # a folder that is no run fails here, before the cluster starts
     else:
         runfolder.refuse_existing(folder)
     earlier = resultlog.read(folder) if resume else []
-    finished = {r.start for r in earlier}
     count = len(config.cpus_each) if config.cpus_each else config.devices
-    injector: Injector | None = None
     # Measured here for a fixed partition and its re-plans after a device loss; ``auto`` plans
     # (and re-plans) from the devices' own profile instead.
-    costs = None if (config.partition or "auto") == "auto" else unit_costs(config, ug)
+    costs = None if auto else unit_costs(config, ug)
     ranges = choose_ranges(config, ug, len(cluster.devices) if cluster else count, costs)
-    execution = execution_for(config, dataset, size, notes)
+    execution = execution_for(config, dataset, resolved.input_size, notes)
+    return Prepared(
+        config, dataset, resolved, ug, total, request, auto, folder, earlier, injections,
+        costs, ranges, execution, notes, resume,
+    )  # fmt: skip
+
+
+def _check_needs_auto(config: RunConfig, auto: bool) -> None:
+    """``--precision auto`` and ``--adaptive`` plan with the planner: refuse a fixed partition."""
+    if config.precision == "auto" and not auto:
+        raise ConfigError(
+            f"--precision auto compares the planner's fp32 and int8 plans: it needs "
+            f"--partition auto, got {config.partition!r}"
+        )
+    if config.adaptive and not auto:
+        raise ConfigError(
+            f"--adaptive plans from the devices' profile: it needs --partition auto, "
+            f"got {config.partition!r}"
+        )
+
+
+def bootstrap(
+    config: RunConfig,
+    cluster: ClusterSpec | None,
+    resolved: ResolvedModel,
+    ug: graph.UnitGraph,
+    stack: contextlib.ExitStack,
+    phase: Callable[[str], None],
+    policy: HealthPolicy | None = None,
+) -> Connected:
+    """Start (or connect to) the cluster for the ``stack``'s lifetime, check every device and
+    load the model on all of them (shared by :func:`run_job` and :func:`profile_job`)."""
+    from edgesplit.runtime.coordinator import Coordinator
+
+    phase("starting the cluster" if cluster is None else "connecting to the cluster")
+    spec, emulated = stack.enter_context(cluster_for(config, cluster))
+    coordinator = stack.enter_context(Coordinator(spec, health_policy=policy))
+    coordinator.check()
+    phase(f"loading {config.model} on {len(spec.devices)} devices")
+    num_units = coordinator.load_model(
+        resolved.name, resolved.num_classes, 3, resolved.input_size, resolved.model,
+        resolved.compiled,
+    )  # fmt: skip
+    if num_units != ug.num_units:
+        raise ModelError(
+            f"devices traced {config.model} into {num_units} units, this machine into "
+            f"{ug.num_units}; check that edgesplit and torch versions match"
+        )
+    return Connected(spec, emulated, coordinator)
+
+
+def choose_plan(prep: Prepared, connected: Connected, phase: Callable[[str], None]) -> Chosen:
+    """Phase 2, the one place a run's first plan is chosen: the fixed partition on its
+    devices, or the planner's plan from the devices' profile (and, with ``--precision auto``,
+    the better of its fp32 and int8 plans); the int8 accuracy gate checks it."""
+    config, coordinator, size = prep.config, connected.coordinator, prep.resolved.input_size
+    execution, request = prep.execution, prep.request
+    model_id = f"{prep.resolved.name}:{prep.resolved.weights_sha256()}:{size}"
+    gate = int8_gate(config, coordinator, prep.ug, model_id, execution, size, prep.notes)
     profile: Profile | None = None
     chosen: planner.Plan | None = None
     choice: precision_auto.PrecisionChoice | None = None
+    if prep.ranges is None:
+        phase("profiling the devices and links")
+        settings = ProfileSettings(
+            batch_size=config.batch_size,
+            reprofile=config.reprofile,
+            engine=execution.engine,
+            precisions=("fp32", execution.precision),
+            calibration=execution.calibration,
+        )
+        request = replace(request, precision=execution.precision)
+        profile, chosen = autoplan.profile_and_plan(
+            coordinator, prep.ug, config.model, prep.resolved.num_classes, request, settings,
+            phase, prepare_ms=preparation_ms(prep.dataset, config.batch_size, size),
+        )  # fmt: skip
+        if config.precision == "auto":
+            chosen, choice, execution = choose_precision(
+                config, profile, request, execution, gate, phase
+            )
+            request = replace(request, precision=choice.precision)
+            prep.notes.append(f"--precision auto chose {choice.precision}: {choice.reason}")
+        prep.notes.extend(chosen.notes)
+        initial = [(s.device, s.start, s.end) for s in chosen.stages]
+    else:
+        names = partition_devices(config.partition, connected.spec, len(prep.ranges))
+        initial = [(name, a, b) for name, (a, b) in zip(names, prep.ranges, strict=True)]
+    if gate is not None and config.precision == "int8":
+        phase("measuring the int8 accuracy drop on the plan's devices")
+        precision_auto.check_int8(gate.measure(tuple(initial)), config.max_accuracy_drop)
+    if gate is not None and gate.last is not None:
+        prep.notes.append(gate.last.describe())
+    return Chosen(initial, execution, request, profile, chosen, choice, gate)
+
+
+def execute(
+    prep: Prepared,
+    connected: Connected,
+    chosen: Chosen,
+    stack: contextlib.ExitStack,
+    hooks: Hooks,
+    phase: Callable[[str], None],
+) -> Ran:
+    """Phase 3: install the plan, open the run folder's log, run every image not logged yet
+    (with the fault injector, the re-planner and the adaptive controller around the run)."""
+    from edgesplit.runtime.runner import RunAborted
+
+    config, coordinator, execution = prep.config, connected.coordinator, chosen.execution
+    stages = len(chosen.initial)
+    phase(f"installing {stages} stages ({execution.engine} {execution.precision})")
+    epoch = coordinator.install_plan(chosen.initial, execution=execution)
+    window = config.window or 2 * stages
+    results = _open_log(prep, connected, hooks.command, stack)
+    finished = {r.start for r in prep.earlier}
+    starts: list[int] = []
+
+    def batches() -> Iterator[tuple[int, torch.Tensor]]:
+        size = prep.resolved.input_size
+        for start, x, _ in prep.dataset.batches(config.batch_size, size, 3, config.limit):
+            if start in finished:
+                continue
+            starts.append(start)
+            yield len(starts) - 1, x
+
+    done = sum(len(r.predictions) for r in prep.earlier)
+    t0 = time.perf_counter()
     controller: Controller | None = None
 
-    with contextlib.ExitStack() as stack:
-        phase("starting the cluster" if cluster is None else "connecting to the cluster")
-        spec, emulated = stack.enter_context(cluster_for(config, cluster))
-        if emulated is not None:
-            notes.append(emulation_mode(config.network)[1])
-        policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
-        coordinator = stack.enter_context(Coordinator(spec, health_policy=policy))
-        coordinator.check()
-        phase(f"loading {config.model} on {len(spec.devices)} devices")
-        num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled
-        )
-        if num_units != ug.num_units:
-            raise ModelError(
-                f"devices traced {config.model} into {num_units} units, this machine into "
-                f"{ug.num_units}; check that edgesplit and torch versions match"
-            )
-        model_id = f"{resolved.name}:{resolved.weights_sha256()}:{size}"
-        gate = int8_gate(config, coordinator, ug, model_id, execution, size, notes)
-        if ranges is None:
-            phase("profiling the devices and links")
-            settings = ProfileSettings(
-                batch_size=config.batch_size,
-                reprofile=config.reprofile,
-                engine=execution.engine,
-                precisions=("fp32", execution.precision),
-                calibration=execution.calibration,
-            )
-            planned = replace(planned, precision=execution.precision)
-            profile, chosen = autoplan.profile_and_plan(
-                coordinator,
-                ug,
-                config.model,
-                resolved.num_classes,
-                planned,
-                settings,
-                phase,
-                prepare_ms=preparation_ms(dataset, config.batch_size, size),
-            )
-            if config.precision == "auto":
-                chosen, choice, execution = choose_precision(
-                    config, profile, planned, execution, gate, phase
-                )
-                planned = replace(planned, precision=choice.precision)
-                notes.append(f"--precision auto chose {choice.precision}: {choice.reason}")
-            notes.extend(chosen.notes)
-            names = [s.device for s in chosen.stages]
-            ranges = tuple((s.start, s.end) for s in chosen.stages)
-        else:
-            names = partition_devices(config.partition, spec, len(ranges))
-        initial = [(name, a, b) for name, (a, b) in zip(names, ranges, strict=True)]
-        if gate is not None and config.precision == "int8":
-            phase("measuring the int8 accuracy drop on the plan's devices")
-            precision_auto.check_int8(gate.measure(tuple(initial)), config.max_accuracy_drop)
-        if gate is not None and gate.last is not None:
-            notes.append(gate.last.describe())
-        phase(f"installing {len(ranges)} stages ({execution.engine} {execution.precision})")
-        epoch = coordinator.install_plan(initial, execution=execution)
-        window = config.window or 2 * len(ranges)
-        starts: list[int] = []
-        made = manifest.build(
-            config, coordinator.device_infos, dataset, command, emulated=emulated is not None
-        )
-        if resume:
-            made = manifest.resumed(manifest.read(folder), made)
-        manifest.write(folder, made)
-        results = stack.enter_context(resultlog.ResultLog(folder))
-        if resume:
-            results.mark_resumed(sum(len(r.predictions) for r in earlier))
-            notes.append(f"resumed: {len(earlier)} micro-batches came from the earlier run")
+    def on_result(request_id: int, output: torch.Tensor) -> None:
+        nonlocal done
+        done += int(output.shape[0])
+        results.append(starts[request_id], output.argmax(1).tolist())
+        if done >= prep.total and controller is not None:
+            controller.halt()  # a switch now would change no image, only the record
+        if hooks.on_progress is not None:
+            hooks.on_progress(done, prep.total, time.perf_counter() - t0)
 
-        def batches() -> Iterator[tuple[int, torch.Tensor]]:
-            for start, x, _ in dataset.batches(config.batch_size, size, 3, config.limit):
-                if start in finished:
-                    continue
-                starts.append(start)
-                yield len(starts) - 1, x
+    phase(f"running {prep.total} images through {stages} stages")
+    injector: Injector | None = None
+    if connected.emulated is not None and prep.injections:
+        injector = Injector(connected.emulated, prep.injections).start()
+        stack.callback(injector.stop)  # before the cluster closes
+    replan, controller, on_live = _replanning(prep, connected, chosen, hooks.on_live)
+    aborted: RunAborted | None = None
+    try:
+        record = coordinator.run(
+            batches(), window=window, on_result=on_result, replan=replan, on_live=on_live,
+            observer=controller.observe if controller else None,
+        )  # fmt: skip
+    except RunAborted as exc:
+        aborted, record = exc, exc.record
+    finally:
+        if controller is not None:
+            controller.stop()  # no switch after the last result
+    return Ran(record, aborted, starts, window, epoch, injector, controller)
 
-        done = sum(len(r.predictions) for r in earlier)
-        t0 = time.perf_counter()
 
-        def on_result(request_id: int, output: torch.Tensor) -> None:
-            nonlocal done
-            done += int(output.shape[0])
-            results.append(starts[request_id], output.argmax(1).tolist())
-            if done >= total and controller is not None:
-                controller.halt()  # a switch now would change no image, only the record
-            if on_progress is not None:
-                on_progress(done, total, time.perf_counter() - t0)
+def _open_log(
+    prep: Prepared, connected: Connected, command: list[str] | None, stack: contextlib.ExitStack
+) -> resultlog.ResultLog:
+    """Write the manifest (merged with the earlier one when resuming) and open the result log
+    for the ``stack``'s lifetime."""
+    made = manifest.build(
+        prep.config, connected.coordinator.device_infos, prep.dataset, command,
+        emulated=connected.emulated is not None,
+    )  # fmt: skip
+    if prep.resume:
+        made = manifest.resumed(manifest.read(prep.folder), made)
+    manifest.write(prep.folder, made)
+    results = stack.enter_context(resultlog.ResultLog(prep.folder))
+    if prep.resume:
+        results.mark_resumed(sum(len(r.predictions) for r in prep.earlier))
+        prep.notes.append(f"resumed: {len(prep.earlier)} micro-batches came from the earlier run")
+    return results
 
-        phase(f"running {total} images through {len(ranges)} stages")
-        aborted: RunAborted | None = None
-        if emulated is not None and injections:
-            injector = Injector(emulated, injections).start()
-            stack.callback(injector.stop)  # before the cluster closes
-        replan = (
-            autoplan.replanner(profile, planned, initial)
-            if profile is not None
-            else replanner(initial, costs or unit_costs(config, ug))
-        )
-        if config.adaptive and profile is not None:
-            controller = Controller(coordinator, profile, planned, config.adapt_policy).start()
-            replan, on_live = controller.replan, with_adaptive_line(on_live, controller)
-        try:
-            record = coordinator.run(
-                batches(),
-                window=window,
-                on_result=on_result,
-                replan=replan,
-                on_live=on_live,
-                observer=controller.observe if controller else None,
-            )
-        except RunAborted as exc:
-            aborted, record = exc, exc.record
-        finally:
-            if controller is not None:
-                controller.stop()  # no switch after the last result
 
+def _replanning(
+    prep: Prepared, connected: Connected, chosen: Chosen, on_live: LiveCallback | None
+) -> tuple[Replan, Controller | None, LiveCallback | None]:
+    """The plan after a device loss (from the profile for ``auto``, else from the unit costs),
+    and with ``--adaptive`` the controller that also switches plans while the run goes."""
+    if chosen.profile is None:
+        costs = prep.costs or unit_costs(prep.config, prep.ug)
+        return replanner(chosen.initial, costs), None, on_live
+    if not prep.config.adaptive:
+        return autoplan.replanner(chosen.profile, chosen.request, chosen.initial), None, on_live
+    controller = Controller(
+        connected.coordinator, chosen.profile, chosen.request, prep.config.adapt_policy
+    ).start()
+    return controller.replan, controller, with_adaptive_line(on_live, controller)
+
+
+def summarise_run(
+    prep: Prepared, connected: Connected, chosen: Chosen, ran: Ran
+) -> tuple[RunSummary, torch.Tensor, dict[str, int]]:
+    """Phase 4: the run's summary, its predictions by image (-1: not run) and the graph nodes
+    of each device's stage in the final plan."""
+    record, ug, total, injector = ran.record, prep.ug, prep.total, ran.injector
     predictions = torch.full((total,), -1, dtype=torch.int64)
-    for earlier_result in earlier:
+    for earlier_result in prep.earlier:
         n = len(earlier_result.predictions)
         predictions[earlier_result.start : earlier_result.start + n] = torch.tensor(
             earlier_result.predictions
         )
     for request_id, output in record.outputs.items():
-        start = starts[request_id]
+        start = ran.starts[request_id]
         predictions[start : start + output.shape[0]] = output.argmax(1)
     not_fired = injector.not_fired() if injector else []
     for f in not_fired:
-        notes.append(
+        prep.notes.append(
             f"injection {f['spec']} ({f['action']} due at {f['at_s']:g} s) did not fire: the run "
             f"ended after {record.wall_s:.1f} s; run more images (--limit) or inject earlier"
         )
-    stages = stage_infos(ug, ranges, names)
     # The table and devices.csv show the plan the run ended with (issue #20); summary.json's
     # "plan" stays the first one, "final_plan" is the last when it changed.
-    final = record.plan_changes[-1].stages if record.plan_changes else tuple(initial)
-    changed = final != tuple(initial)
+    initial = tuple(chosen.initial)
+    final = record.plan_changes[-1].stages if record.plan_changes else initial
+    changed = final != initial
     final_stages = stage_infos(ug, tuple((a, b) for _, a, b in final), [d for d, _, _ in final])
     layer_counts = {
         d: sum(len(ug.units[i].nodes) for i in range(a, b)) for d, a, b in final
     }  # fmt: skip
-    summary = summarise(
-        RunFacts(
-            config=config,
-            dataset=dataset.name,
-            weights=resolved.weights,
-            checkpoint_accuracy=resolved.checkpoint_accuracy,
-            input_size=size,
-            window=window,
-            engine=execution.engine,
-            precision=execution.precision,
-            images=total,
-            predictions=predictions.tolist(),
-            labels=dataset.labels[:total].tolist() if dataset.labels is not None else None,
-            ran_images=sum(int(output.shape[0]) for output in record.outputs.values()),
-            record=record,
-            stages=stages,
-            epoch=epoch,
-            spec=spec,
-            params_total=ug.total_params,
-            partition=format_partition(ranges),
-            resumed_images=sum(len(r.predictions) for r in earlier),
-            predicted=(
-                autoplan.prediction_dict(chosen, profile, execution.precision) if chosen else None
-            ),
-            injected=injector.events if injector else (),
-            adaptive=controller.summary(until=record.finished) if controller else None,
-            precision_choice=choice.to_dict() if choice else None,
-            int8_gate=gate.last.to_dict() if gate is not None and gate.last else None,
-            cpu_kinds={name: info.cpu_kind for name, info in coordinator.device_infos.items()},
-            notes=notes,
-            error=str(aborted) if aborted is not None else None,
-            final_stages=final_stages if changed else None,
-            final_epoch=record.plan_changes[-1].epoch if changed else None,
-            layer_counts=layer_counts,
-            not_fired=not_fired,
-        )
+    facts = _facts(prep, connected, chosen, ran, predictions, not_fired)
+    facts = replace(
+        facts,
+        final_stages=final_stages if changed else None,
+        final_epoch=record.plan_changes[-1].epoch if changed else None,
+        layer_counts=layer_counts,
     )
-    rows = summary.device_rows
-    events = run_events(record, injector.events if injector else [])
-    if resume:
+    return summarise(facts), predictions, layer_counts
+
+
+def _facts(
+    prep: Prepared,
+    connected: Connected,
+    chosen: Chosen,
+    ran: Ran,
+    predictions: torch.Tensor,
+    not_fired: list[dict[str, Any]],
+) -> RunFacts:
+    """Everything :func:`~edgesplit.metrics.summary.summarise` reads, from the phases."""
+    record, execution, gate = ran.record, chosen.execution, chosen.gate
+    labels = prep.dataset.labels
+    names = [d for d, _, _ in chosen.initial]
+    return RunFacts(
+        config=prep.config,
+        dataset=prep.dataset.name,
+        weights=prep.resolved.weights,
+        checkpoint_accuracy=prep.resolved.checkpoint_accuracy,
+        input_size=prep.resolved.input_size,
+        window=ran.window,
+        engine=execution.engine,
+        precision=execution.precision,
+        images=prep.total,
+        predictions=predictions.tolist(),
+        labels=labels[: prep.total].tolist() if labels is not None else None,
+        ran_images=sum(int(output.shape[0]) for output in record.outputs.values()),
+        record=record,
+        stages=stage_infos(prep.ug, chosen.ranges, names),
+        epoch=ran.epoch,
+        spec=connected.spec,
+        params_total=prep.ug.total_params,
+        partition=format_partition(chosen.ranges),
+        resumed_images=sum(len(r.predictions) for r in prep.earlier),
+        predicted=(
+            autoplan.prediction_dict(chosen.plan, chosen.profile, execution.precision)
+            if chosen.plan
+            else None
+        ),
+        injected=ran.injector.events if ran.injector else (),
+        adaptive=ran.controller.summary(until=record.finished) if ran.controller else None,
+        precision_choice=chosen.choice.to_dict() if chosen.choice else None,
+        int8_gate=gate.last.to_dict() if gate is not None and gate.last else None,
+        cpu_kinds={n: info.cpu_kind for n, info in connected.coordinator.device_infos.items()},
+        notes=prep.notes,
+        error=str(ran.aborted) if ran.aborted is not None else None,
+        not_fired=not_fired,
+    )
+
+
+def write_run(
+    prep: Prepared,
+    connected: Connected,
+    chosen: Chosen,
+    ran: Ran,
+    summary: RunSummary,
+    predictions: torch.Tensor,
+    layer_counts: dict[str, int],
+) -> RunOutcome:
+    """Phase 5: the run folder. An interrupted run then stops the process (Ctrl-C or SIGTERM
+    again); an aborted one raises :class:`RunError` naming the folder."""
+    from edgesplit.runtime.runner import RunInterrupted
+
+    record, aborted, folder = ran.record, ran.aborted, prep.folder
+    events = run_events(record, ran.injector.events if ran.injector else [])
+    if prep.resume:
         events = [
             *runfolder.earlier_events(folder),
             {"event": "resumed", "time_s": 0.0, "images_done_before": summary.resumed_images},
             *events,
         ]
-    if isinstance(aborted, RunInterrupted):
+    interrupted = aborted if isinstance(aborted, RunInterrupted) else None
+    if interrupted is not None:
         events.append(
             {
                 "event": "interrupted",
                 "time_s": round(record.wall_s, 3),
-                "reason": str(aborted),
+                "reason": str(interrupted),
                 "completed_images": summary.completed_images,
             }
         )
     folder = runfolder.write(
-        folder,
-        summary=summary,
-        rows=rows,
-        record=record,
-        spec=spec,
-        predictions=predictions,
-        labels=dataset.labels,
-        units=ug.units,
-        events=events,
-    )
-    if profile is not None:
-        profile.save(folder / "profile.json")
-    if chosen is not None:
-        (folder / "plan.txt").write_text(chosen.table() + "\n")
-    if controller is not None:
-        controller.write_plans(folder, record.started, until=record.finished)
-    if isinstance(aborted, RunInterrupted):
+        folder, summary=summary, rows=summary.device_rows, record=record, spec=connected.spec,
+        predictions=predictions, labels=prep.dataset.labels, units=prep.ug.units, events=events,
+    )  # fmt: skip
+    if chosen.profile is not None:
+        chosen.profile.save(folder / "profile.json")
+    if chosen.plan is not None:
+        (folder / "plan.txt").write_text(chosen.plan.table() + "\n")
+    if ran.controller is not None:
+        ran.controller.write_plans(folder, record.started, until=record.finished)
+    if interrupted is not None:
         log.warning(
             "interrupted after %d of %d images; the run folder %s has them (resume with "
-            "edgesplit run --resume %s)", summary.completed_images, total, folder, folder,
+            "edgesplit run --resume %s)", summary.completed_images, prep.total, folder, folder,
         )  # fmt: skip
-        raise aborted.interruption
+        raise interrupted.interruption
     if aborted is not None:
         raise RunError(f"{aborted} (run folder with the completed images: {folder})")
-    return RunOutcome(folder, summary, rows, list(summary.notes), layer_counts)
+    return RunOutcome(folder, summary, summary.device_rows, list(summary.notes), layer_counts)
 
 
 def with_adaptive_line(on_live: LiveCallback | None, controller: Controller) -> LiveCallback | None:
@@ -593,7 +782,6 @@ def profile_job(
 
     Unit times do not depend on the weights' values, so the model gets random weights."""
     from edgesplit.profiler import profile_cluster
-    from edgesplit.runtime.coordinator import Coordinator
 
     classes = data.DATASETS[config.dataset].classes if config.dataset in data.DATASETS else 10
     size = config.input_size or default_input_size(config.model, config.dataset)
@@ -604,12 +792,6 @@ def profile_job(
         model = models.build(config.model, num_classes=classes)
         resolved = ResolvedModel(model, config.model, size, classes, "random")
     ug = resolved.unit_graph()
-    size = resolved.input_size
     with contextlib.ExitStack() as stack:
-        phase("starting the cluster" if cluster is None else "connecting to the cluster")
-        spec, _ = stack.enter_context(cluster_for(config, cluster))
-        coordinator = stack.enter_context(Coordinator(spec))
-        coordinator.check()
-        phase(f"loading {config.model} on {len(spec.devices)} devices")
-        coordinator.load_model(config.model, classes, 3, size, resolved.model, resolved.compiled)
-        return profile_cluster(coordinator, ug, config.model, classes, settings, phase)
+        connected = bootstrap(config, cluster, resolved, ug, stack, phase)
+        return profile_cluster(connected.coordinator, ug, config.model, classes, settings, phase)
