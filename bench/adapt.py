@@ -50,9 +50,9 @@ from typing import Any
 import _common as common
 
 from edgesplit import autoplan, planner
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
-from edgesplit.job import RunConfig, run_job
 from edgesplit.profiler import Profile, load_profile, to_problem
 
 TARGET_RECOVERY_S = 15.0

@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from edgesplit import data
-from edgesplit.job import resolve_model
+from edgesplit.app.job import resolve_model
 from edgesplit.runconfig import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import torch
 
 from edgesplit import checkpoints, data
 from edgesplit.adapt import AdaptPolicy
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.errors import ConfigError
-from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.live import LiveSnapshot
 from tests.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request
 

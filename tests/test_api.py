@@ -90,9 +90,9 @@ def test_public_methods_have_docstrings_and_callables_have_examples() -> None:
 def test_import_edgesplit_stays_light() -> None:
     """A worker imports the package: the API's names (and torch, pandas) load on first use."""
     code = (
-        "import sys, edgesplit; heavy = [m for m in ('torch', 'pandas', 'edgesplit._api') "
+        "import sys, edgesplit; heavy = [m for m in ('torch', 'pandas', 'edgesplit.app.api') "
         "if m in sys.modules]; print(heavy); edgesplit.RunResult; "
-        "print('edgesplit._results' in sys.modules)"
+        "print('edgesplit.app.results' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -157,7 +157,7 @@ def test_plan_and_simulate_work_on_a_profile(tmp_path: Path) -> None:
 
 
 def test_a_plan_runs_on_its_own_devices_in_its_order() -> None:
-    from edgesplit._api import _ordered_for
+    from edgesplit.app.api import _ordered_for
     from edgesplit.config import ClusterSpec
 
     spec = ClusterSpec.model_validate(
@@ -209,7 +209,7 @@ def test_loading_what_is_no_run_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_sweeps_objectives_multiply_only_the_auto_partitions() -> None:
-    from edgesplit._api import grid
+    from edgesplit.app.api import grid
 
     cells = grid(["m"], ["0-5,5-", "auto"], ["throughput", "energy"], [8, 16])
     assert cells == [

@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 
 from edgesplit import checkpoints, data
+from edgesplit.app.job import checked_input_size
 from edgesplit.errors import ConfigError, DataError
 from edgesplit.faults import Injector, parse_injections
-from edgesplit.job import checked_input_size
 from edgesplit.metrics.summary import DeviceRow
 from edgesplit.metrics.table import device_table
 from tests.summaries import a_summary, stage
@@ -238,8 +238,8 @@ def test_a_partition_may_name_the_device_of_each_stage() -> None:
 
 
 def test_named_partition_devices_are_checked_against_the_cluster() -> None:
+    from edgesplit.app.job import partition_devices
     from edgesplit.config import ClusterSpec
-    from edgesplit.job import partition_devices
 
     spec = ClusterSpec.model_validate(
         {"devices": [{"name": n, "address": f"127.0.0.1:{5000 + i}"} for i, n in

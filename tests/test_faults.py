@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from edgesplit import models
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError, RunError
 from edgesplit.faults import Injection, parse_injection, parse_injections
-from edgesplit.job import RunConfig, run_job
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.coordinator import Coordinator
 from edgesplit.runtime.health import DeviceState as S

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from edgesplit import checkpoints, data
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.config import LinkSpec
 from edgesplit.emulate import EmulatedCluster, uniform_devices
 from edgesplit.faults import Injector, parse_injection, parse_injections, relative
-from edgesplit.job import RunConfig, run_job
 from edgesplit.metrics.live import LiveSnapshot
 
 pytestmark = pytest.mark.slow

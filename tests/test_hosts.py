@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.app.job import emulation_mode
 from edgesplit.config import COORDINATOR, ClusterSpec, LinkSpec, PairLink, parse_cluster
 from edgesplit.emulate_hosts import (
     HostLayout,
@@ -21,7 +22,6 @@ from edgesplit.emulate_hosts import (
     unavailable_reason,
 )
 from edgesplit.errors import ConfigError
-from edgesplit.job import emulation_mode
 
 DEVICES = ("pi1", "pi2", "pi3")
 

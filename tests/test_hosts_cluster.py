@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.app.job import run_job
 from edgesplit.config import LinkSpec, load_cluster
 from edgesplit.emulate import EmulatedCluster, uniform_devices
 from edgesplit.emulate_hosts import leftovers, run_ip, unavailable_reason
 from edgesplit.faults import Injector, parse_injection
-from edgesplit.job import run_job
 from edgesplit.runconfig import RunConfig
 
 REASON = unavailable_reason()

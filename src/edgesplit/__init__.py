@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from edgesplit.errors import EdgesplitError
 
 if TYPE_CHECKING:
-    from edgesplit._api import plan, profile, run, serve, simulate, split, sweep
     from edgesplit._cluster import Cluster, EmulatedCluster
     from edgesplit._data import Plan, Profile, Simulation, Split
-    from edgesplit._results import RunPlots, RunResult
+    from edgesplit.app.api import plan, profile, run, serve, simulate, split, sweep
+    from edgesplit.app.results import RunPlots, RunResult
     from edgesplit.metrics.runsummary import RunSummary
 
 __version__ = "0.1.0"
@@ -60,16 +60,16 @@ _LAZY = {
     "Profile": "edgesplit._data",
     "Simulation": "edgesplit._data",
     "Split": "edgesplit._data",
-    "RunPlots": "edgesplit._results",
-    "RunResult": "edgesplit._results",
+    "RunPlots": "edgesplit.app.results",
+    "RunResult": "edgesplit.app.results",
     "RunSummary": "edgesplit.metrics.runsummary",
-    "plan": "edgesplit._api",
-    "profile": "edgesplit._api",
-    "run": "edgesplit._api",
-    "serve": "edgesplit._api",
-    "simulate": "edgesplit._api",
-    "split": "edgesplit._api",
-    "sweep": "edgesplit._api",
+    "plan": "edgesplit.app.api",
+    "profile": "edgesplit.app.api",
+    "run": "edgesplit.app.api",
+    "serve": "edgesplit.app.api",
+    "simulate": "edgesplit.app.api",
+    "split": "edgesplit.app.api",
+    "sweep": "edgesplit.app.api",
 }
 
 

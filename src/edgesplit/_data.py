@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgesplit._results import frame
+from edgesplit.app.results import frame
 
 if TYPE_CHECKING:
     import pandas as pd

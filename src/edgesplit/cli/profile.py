@@ -10,10 +10,10 @@ import click
 import torch
 from rich.console import Console
 
+from edgesplit.app.job import RunConfig, default_input_size, profile_job
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import emulation_options, model_options, run_config
 from edgesplit.config import load_cluster
-from edgesplit.job import RunConfig, default_input_size, profile_job
 from edgesplit.profiler import Profile, ProfileSettings, boundary_bytes
 
 

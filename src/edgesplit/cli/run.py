@@ -21,7 +21,7 @@ from edgesplit.config import ClusterSpec, load_cluster
 from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgesplit.job import RunOutcome
+    from edgesplit.app.job import RunOutcome
     from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
     from edgesplit.metrics.live import LiveCallback, LiveSnapshot
     from edgesplit.metrics.prometheus import RunMetrics
@@ -252,8 +252,8 @@ def run_command(**options: Any) -> None:
     Fashion-MNIST test set on an emulated 3-device cluster, with the partition the planner
     chooses from a profile of the devices and links (cached after the first run).
     """
+    from edgesplit.app.job import run_job
     from edgesplit.emulate import exit_on_sigterm
-    from edgesplit.job import run_job
 
     cluster_file, resume, from_run = options["cluster_file"], options["resume"], options["from_run"]
     cluster = load_cluster(cluster_file) if cluster_file is not None else None

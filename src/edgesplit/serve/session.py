@@ -1,8 +1,8 @@
 """The long-lived pipeline behind ``edgesplit serve``.
 
-:class:`Session` prepares a model and a plan the way ``edgesplit run`` does (the same helpers of
-:mod:`edgesplit.job`: model and checkpoint, cluster or emulated cluster, partition or profile and
-plan) and then runs **one** :meth:`Coordinator.run` for its whole life, fed by the
+:class:`Session` prepares a model and a plan the way ``edgesplit run`` does (the same helpers
+of :mod:`edgesplit.app.job`: model and checkpoint, the cluster bootstrap, partition or profile
+and plan) and then runs **one** :meth:`Coordinator.run` for its whole life, fed by the
 :class:`~edgesplit.serve.batcher.Batcher` instead of a dataset. So the window, replay of
 unfinished micro-batches after a worker loss, re-admission after probation and ``--adaptive``
 re-planning are the run's own code, not a copy. The run keeps no outputs (``keep_outputs=False``)
@@ -27,10 +27,10 @@ import torch
 
 from edgesplit import autoplan, data
 from edgesplit.adapt.controller import Controller
+from edgesplit.app.job import Connected, ResolvedModel, bootstrap, emulation_mode, resolve_model
 from edgesplit.config import ClusterSpec
 from edgesplit.errors import ConfigError, EdgesplitError, RequestError
 from edgesplit.execution import execution_for
-from edgesplit.job import Connected, ResolvedModel, bootstrap, emulation_mode, resolve_model
 from edgesplit.metrics.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.metrics.summary import percentile
 from edgesplit.profiler import ProfileSettings

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgesplit._cluster import Cluster
 from edgesplit._data import Plan, Profile, Simulation, Split
-from edgesplit._results import RunResult, frame
+from edgesplit.app.results import RunResult, frame
 from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ def split(
         (33, 0.0)
     """
     from edgesplit import graph, models
+    from edgesplit.app.job import default_input_size
     from edgesplit.cli.split import check_partition
-    from edgesplit.job import default_input_size
     from edgesplit.partition import format_partition, parse_partition
 
     size = input_size or default_input_size(model, "fashion-mnist")
@@ -92,7 +92,7 @@ def profile(
         >>> with edgesplit.EmulatedCluster(cpus=[1, 0.5, 0.25]) as cluster:
         ...     prof = edgesplit.profile(cluster, "mobilenet_v2", batch_size=16)
     """
-    from edgesplit.job import profile_job
+    from edgesplit.app.job import profile_job
     from edgesplit.profiler import ProfileSettings
     from edgesplit.runconfig import RunConfig
 
@@ -166,7 +166,7 @@ def run(
         ...                            partition="0-11,11-22,22-", limit=256)
         >>> result.throughput_ips
     """
-    from edgesplit.job import run_job
+    from edgesplit.app.job import run_job
     from edgesplit.runconfig import RunConfig
 
     spec = cluster.spec if cluster is not None else None
