@@ -383,7 +383,7 @@ def prepare(
     request = autoplan.PlanRequest(
         config.objective, config.max_latency_ms, config.min_throughput_ips
     )  # checks the objective before anything starts
-    auto = (config.partition or "auto") == "auto"
+    auto = config.planned
     _check_needs_auto(config, auto)
     folder = config.out or runfolder.default_folder(config.model)
     if resume:

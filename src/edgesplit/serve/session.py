@@ -133,7 +133,7 @@ class Session:
         from edgesplit.runtime.health import HealthPolicy
 
         config = self.config.run
-        auto = (config.partition or "auto") == "auto"
+        auto = config.planned
         if config.adaptive and not auto:
             raise ConfigError(
                 f"--adaptive plans from the devices' profile: it needs --partition auto, "
