@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import grpc
 import torch
 
 from edgesplit.errors import RunError, WorkerError
@@ -37,7 +36,6 @@ from edgesplit.runtime import book as bk
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.book import MAX_ATTEMPTS, Pending
 from edgesplit.runtime.heartbeat import Collected, Heartbeats
-from edgesplit.runtime.links import LinkShape, link_delay_s
 from edgesplit.runtime.ports import (
     Event,
     FailureEvent,
@@ -48,7 +46,7 @@ from edgesplit.runtime.ports import (
 )
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import RunRecord, hop_records, upload_record
-from edgesplit.runtime.transport import describe_rpc_error
+from edgesplit.runtime.upload import CONFIRM_TIMEOUT_S, Uploads, confirm_lost
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -69,10 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_STALLS = 2
-BUSY_RETRY_S = 0.05
 SAMPLE_LOOKBACK_S = 1.0
-CONFIRM_TIMEOUT_S = 1.0
-"""How long a device named in a failed send gets to answer our own probe."""
 UPLOAD_POLL_S = 0.02
 """While an upload RPC runs, the loop looks at it this often between events."""
 
@@ -126,16 +121,6 @@ class _Raw:
     batch_size: int
 
 
-@dataclass
-class _Upload:
-    """An upload whose RPC may still be running (see :meth:`Run.send`)."""
-
-    request_id: int
-    device: str
-    batch: pb.MicroBatch
-    future: grpc.Future
-
-
 class Run:
     """The state of one :meth:`Coordinator.run` call: a request book (:mod:`.book`, pure) and
     the sockets, clocks and callbacks around it."""
@@ -167,7 +152,7 @@ class Run:
         self.raw: list[_Raw] = []
         self.errors: list[str] = []
         self.collected = Collected()
-        self._upload: _Upload | None = None
+        self.uploads = Uploads(coordinator)
         history = coordinator.history(0, 0)
         self._transitions_from = self._transitions_seen = history.transitions_end
         self._changes_from = history.plan_changes_end
@@ -183,20 +168,11 @@ class Run:
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, request_id: int) -> bool:
-        """Upload one pending request to the first stage of the current plan. False when that
-        device (or the one the previous upload went to) turned out to be lost (the requests
-        stay pending; :meth:`reconcile` replays them).
-
-        The request's time on the (emulated) wire comes first; meanwhile the previous upload's
-        RPC, already on its way, finishes (the receiver parses it, as a device parses one
-        message while the next arrives); then this request's RPC starts and is left running.
-        One upload RPC at a time: ``send`` settles the previous one before it starts another.
-        Waiting for each RPC before the next micro-batch's wire time made the coordinator, not
-        the slowest stage, set the pace (MobileNetV2 at 224, batch 8: 14 ms to prepare, 41 ms
-        on the wire and 24 ms of RPC per micro-batch, one after the other)."""
+        """Upload one pending request to the first stage of the current plan
+        (:class:`~edgesplit.runtime.upload.Uploads`). False when that device (or the one the
+        previous upload went to) turned out to be lost (the requests stay pending;
+        :meth:`reconcile` replays them)."""
         epoch, plan = self.c.current()
-        first = plan[0].device
-        link = self.c.upload_link(first)
         batch = pb.MicroBatch(request_id=request_id, plan_epoch=epoch)
         codec.encode(self.book.pending[request_id].x, out=batch.tensor)
         if batch.ByteSize() > MAX_MESSAGE_BYTES:
@@ -204,35 +180,8 @@ class Run:
                 f"request {request_id} is {batch.ByteSize()} bytes on the wire; the limit is "
                 f"{MAX_MESSAGE_BYTES}: use smaller micro-batches"
             )
-        pending = bk.sent(self.book, request_id, epoch, len(batch.tensor.data), time.time())
-        delay = link_delay_s(LinkShape(link.bandwidth_mbps, link.latency_ms), pending.bytes_out)
-        if delay > 0:
-            time.sleep(delay)
-        if not self.settle_upload():
-            return False
-        self._upload = _Upload(request_id, first, batch, self.c.forward(first, batch))
-        return True
-
-    def settle_upload(self) -> bool:
-        """Wait for the upload RPC still running, if any (a full first-stage queue makes it
-        retry). False when its device turned out to be lost."""
-        up, self._upload = self._upload, None
-        while up is not None:
-            try:
-                up.future.result()
-                return True
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    time.sleep(BUSY_RETRY_S)  # the first stage's queue is full: wait our turn
-                    up.future = self.c.forward(up.device, up.batch)
-                    continue
-                if self._confirm_lost(up.device, f"upload failed: {describe_rpc_error(exc)}"):
-                    return False
-                raise RunError(
-                    f"cannot send request {up.request_id} to stage 0: "
-                    f"{self.c.worker_error(up.device, 'upload', exc)}"
-                ) from None
-        return True
+        bk.sent(self.book, request_id, epoch, len(batch.tensor.data), time.time())
+        return self.uploads.start(request_id, plan[0].device, batch)
 
     def _replay(self, action: bk.Replay) -> bool:
         """Send a request again; False if that found a lost device."""
@@ -248,15 +197,6 @@ class Run:
             self.reconcile()
 
     # --- devices and plans ---------------------------------------------------------------------
-
-    def _confirm_lost(self, name: str, why: str) -> bool:
-        """A send to ``name`` failed: probe it once; if it does not answer either, it is LOST."""
-        try:
-            self.c.probe(name, since_t=time.time(), timeout_s=CONFIRM_TIMEOUT_S)
-        except grpc.RpcError:
-            self.c.observe(name, hl.SendFailed(time.time(), why))
-            return True
-        return False
 
     def _note_losses(self) -> None:
         """Record the LOST transitions since the last call as device failures."""
@@ -334,7 +274,7 @@ class Run:
             return  # a copy we replayed already, or a result that arrived after all
         target = self.c.device_at(report.next_hop)
         if target is not None and (
-            not self.c.health()[target].usable or self._confirm_lost(target, report.message)
+            not self.c.health()[target].usable or confirm_lost(self.c, target, report.message)
         ):
             self.reconcile()
             return
@@ -395,9 +335,7 @@ class Run:
         except (KeyboardInterrupt, SystemExit) as exc:
             interrupted = exc  # the caller writes what finished, then stops
         finally:
-            if self._upload is not None:
-                self._upload.future.cancel()
-                self._upload = None
+            self.uploads.cancel()
             beats.stop()
         if interrupted is None:
             for name in self.c.usable_devices():  # the samples of the run's last moments
@@ -450,12 +388,11 @@ class Run:
                     raise RunError(refused)
                 if not self.send(request_id):
                     self.reconcile()
-            done = self._upload is not None and self._upload.future.done()
-            if done and not self.settle_upload():
+            if self.uploads.done() and not self.uploads.settle():
                 self.reconcile()
             if exhausted and not self.book.pending:
                 return
-            uploading = self._upload is not None
+            uploading = self.uploads.running
             try:
                 event = events.get(timeout=UPLOAD_POLL_S if uploading else self.stall_timeout_s)
             except queue.Empty:
