@@ -49,9 +49,9 @@ from typing import Any
 
 import _common as common
 
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.cluster.emulate import EmulatedCluster, exit_on_sigterm, uniform_devices
 from edgesplit.config import LinkSpec, PairLink
-from edgesplit.job import RunConfig, run_job
 from edgesplit.plan import autoplan, planner
 from edgesplit.plan.profile import Profile, load_profile, to_problem
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import _common as common
 
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.cluster.emulate import exit_on_sigterm
-from edgesplit.job import RunConfig, run_job
 
 CLUSTERS = {"3 devices": (1.0, 0.5, 0.25), "4 devices": (1.0, 0.5, 0.25, 0.25)}
 TARGET_VS_EQUAL = 1.3

@@ -32,10 +32,10 @@ from typing import Any
 
 import _common as common
 
+from edgesplit.app.job import run_job
 from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
 from edgesplit.cluster.emulate_hosts import run_ip, unavailable_reason
 from edgesplit.config import LinkSpec
-from edgesplit.job import run_job
 from edgesplit.plan.profile import ProfileSettings, probe_links
 from edgesplit.runconfig import RunConfig
 from edgesplit.runtime.coordinator import Coordinator

@@ -35,7 +35,7 @@ import _common as common
 import torch
 import yaml
 
-from edgesplit.job import resolve_model
+from edgesplit.app.job import resolve_model
 from edgesplit.model import data
 from edgesplit.runconfig import RunConfig
 

@@ -196,7 +196,7 @@ def runs_dir(args: argparse.Namespace) -> Path:
 def one_validation(args: argparse.Namespace, name: str, cpus: tuple[float, ...], tmp: Path,
                    unshaped: bool) -> dict[str, Any]:  # fmt: skip
     """Measure one run and keep what the simulation needs under :func:`runs_dir`."""
-    from edgesplit.job import RunConfig, run_job
+    from edgesplit.app.job import RunConfig, run_job
 
     config = RunConfig(
         model=args.model,

@@ -54,8 +54,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("simulate",),  # the discrete-event simulator of plans and adaptation
     ("runconfig",),  # one run's settings
     ("metrics",),  # summaries, run folder, manifest, reports, Prometheus, dashboard
-    ("app",),  # a run's stage choice and execution settings
-    ("job",),  # the run and profile jobs
+    ("app",),  # the run and profile jobs as phases, stage choice, execution settings, pilot
     ("serve",),  # the HTTP serving session
     ("_results",),  # the Python API's run result
     ("_data",),  # the Python API's plan, profile, split and simulation objects
@@ -66,13 +65,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """Lowest first. A part may import its own part and the parts of earlier layers only."""
 
-ALLOWED_CYCLES: tuple[frozenset[str], ...] = (
-    # The run loop holds the whole Coordinator (h-book's half of issue #16 replaces it with a
-    # narrow protocol and a pure request book). Remove this entry when that lands.
-    frozenset(
-        {"edgesplit.runtime.coordinator", "edgesplit.runtime.runner", "edgesplit.runtime.heartbeat"}
-    ),
-)
+ALLOWED_CYCLES: tuple[frozenset[str], ...] = ()
 """Module cycles reported but tolerated. Each entry must match a cycle's modules exactly."""
 
 LIGHT_PARTS = ("errors", "_version", "shared")

@@ -48,7 +48,7 @@ def split(
         >>> s.num_units, s.max_abs_diff
         (33, 0.0)
     """
-    from edgesplit.job import default_input_size
+    from edgesplit.app.job import default_input_size
     from edgesplit.model import graph, models
     from edgesplit.model.partition import format_partition, parse_partition
 
@@ -91,7 +91,7 @@ def profile(
         >>> with edgesplit.EmulatedCluster(cpus=[1, 0.5, 0.25]) as cluster:
         ...     prof = edgesplit.profile(cluster, "mobilenet_v2", batch_size=16)
     """
-    from edgesplit.job import profile_job
+    from edgesplit.app.job import profile_job
     from edgesplit.plan.profile import ProfileSettings
     from edgesplit.runconfig import RunConfig
 
@@ -165,7 +165,7 @@ def run(
         ...                            partition="0-11,11-22,22-", limit=256)
         >>> result.throughput_ips
     """
-    from edgesplit.job import run_job
+    from edgesplit.app.job import run_job
     from edgesplit.runconfig import RunConfig
 
     spec = cluster.spec if cluster is not None else None

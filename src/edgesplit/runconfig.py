@@ -84,3 +84,13 @@ class RunConfig:
     adaptive: bool = False
     """Re-plan while the run goes from observed speeds and links (needs ``auto``)."""
     adapt_policy: AdaptPolicy = field(default_factory=AdaptPolicy)
+
+    @property
+    def partition_method(self) -> str:
+        """``partition`` with None spelled out: ``auto``, a name of :data:`NAMED`, or ranges."""
+        return self.partition or "auto"
+
+    @property
+    def planned(self) -> bool:
+        """Does the planner choose the plan (from a profile of the devices)?"""
+        return self.partition_method == "auto"

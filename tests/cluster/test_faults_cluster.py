@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
 from edgesplit.cluster.faults import Injector, parse_injection, parse_injections, relative
 from edgesplit.config import LinkSpec
-from edgesplit.job import RunConfig, run_job
 from edgesplit.model import checkpoints, data
 from edgesplit.runtime.live import LiveSnapshot
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.app.job import run_job
 from edgesplit.cluster.emulate import EmulatedCluster, uniform_devices
 from edgesplit.cluster.emulate_hosts import leftovers, run_ip, unavailable_reason
 from edgesplit.cluster.faults import Injector, parse_injection
 from edgesplit.config import LinkSpec, load_cluster
-from edgesplit.job import run_job
 from edgesplit.runconfig import RunConfig
 
 REASON = unavailable_reason()

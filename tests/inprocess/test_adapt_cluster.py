@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from edgesplit.adapt import AdaptPolicy
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.errors import ConfigError
-from edgesplit.job import RunConfig, run_job
 from edgesplit.model import checkpoints, data
 from edgesplit.runtime.live import LiveSnapshot
 from tests.cluster.test_faults_cluster import BATCH, MODEL, SIZE, read_run, uploads_per_request

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from edgesplit.app.job import checked_input_size
 from edgesplit.cluster.faults import Injector, parse_injections
 from edgesplit.errors import ConfigError, DataError
-from edgesplit.job import checked_input_size
 from edgesplit.metrics.summary import DeviceRow
 from edgesplit.metrics.table import device_table
 from edgesplit.model import checkpoints, data
@@ -238,8 +238,8 @@ def test_a_partition_may_name_the_device_of_each_stage() -> None:
 
 
 def test_named_partition_devices_are_checked_against_the_cluster() -> None:
+    from edgesplit.app.job import partition_devices
     from edgesplit.config import ClusterSpec
-    from edgesplit.job import partition_devices
 
     spec = ClusterSpec.model_validate(
         {"devices": [{"name": n, "address": f"127.0.0.1:{5000 + i}"} for i, n in

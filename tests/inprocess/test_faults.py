@@ -10,10 +10,10 @@ import grpc
 import pytest
 import torch
 
+from edgesplit.app.job import RunConfig, run_job
 from edgesplit.cluster.faults import Injection, parse_injection, parse_injections
 from edgesplit.config import parse_cluster
 from edgesplit.errors import ConfigError, RunAborted, RunError
-from edgesplit.job import RunConfig, run_job
 from edgesplit.model import models
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.coordinator import Coordinator

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit.app.job import emulation_mode
 from edgesplit.cluster.emulate_hosts import (
     HostLayout,
     class_command,
@@ -21,7 +22,6 @@ from edgesplit.cluster.emulate_hosts import (
 )
 from edgesplit.config import ClusterSpec, LinkSpec, PairLink, parse_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.job import emulation_mode
 from edgesplit.shared.names import COORDINATOR
 
 DEVICES = ("pi1", "pi2", "pi3")

@@ -340,6 +340,9 @@ def test_an_oversized_micro_batch_is_a_run_error(coordinator: Coordinator) -> No
     assert n is not None
     coordinator.install_plan([("w0", 0, n)])
     huge = torch.zeros(5600, 3, SIZE, SIZE)  # 68.8 MB of float32, over the 64 MiB limit
+    # The module's coordinator is shared: on a loaded host an earlier test's run can leave w0
+    # LOST (a first heartbeat 0.25 s after a long quiet); check() makes every device HEALTHY.
+    coordinator.check()
     with pytest.raises(RunError, match=r"request 3 is \d+ bytes on the wire; the limit is"):
         coordinator.run([(3, huge)], window=1)
 

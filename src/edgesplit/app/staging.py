@@ -60,7 +60,7 @@ def choose_ranges(
     config: RunConfig, ug: graph.UnitGraph, devices: int, costs: Costs | None = None
 ) -> Ranges | None:
     """The partition's unit ranges, or None when the planner chooses them (``auto``)."""
-    name = config.partition or "auto"
+    name = config.partition_method
     if name == "auto":
         return None
     stages = min(devices, ug.num_units)

@@ -1,13 +1,17 @@
 """Options shared by several commands: the emulated cluster started when no cluster file is
-given (``run``, ``profile``), and what a plan optimises (``run``, ``plan``)."""
+given (``run``, ``profile``, ``serve``), the model (the same three), what a plan optimises
+(``run``, ``plan``, ``serve``), and the one mapping of options onto a ``RunConfig``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from edgesplit.runconfig import RunConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,3 +111,79 @@ def objective_options(f: F) -> F:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def model_options(
+    dataset_help: str, input_size_help: str, weights: bool = True
+) -> Callable[[F], F]:
+    """--model, --dataset, --input-size and (``weights``) --checkpoint, --random-weights; the
+    help of --dataset and --input-size says what the command does with them."""
+    from edgesplit.model import models
+
+    options = [
+        click.option(
+            "--model",
+            "model_name",
+            default=models.DEFAULT_MODEL,
+            show_default=True,
+            help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
+            "(returning an nn.Module) or a .onnx file.",
+        ),
+        click.option("--dataset", default="fashion-mnist", show_default=True, help=dataset_help),
+        *(_weight_options() if weights else []),
+        click.option(
+            "--input-size", default=None, type=click.IntRange(min=16), help=input_size_help
+        ),
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _weight_options() -> list[Callable[[F], F]]:
+    return [
+        click.option(
+            "--checkpoint",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Weights (.safetensors + .json sidecar). Default: the shipped checkpoint "
+            "for the model and dataset, if any, else random weights (with a note).",
+        ),
+        click.option(
+            "--random-weights",
+            is_flag=True,
+            help="Use random weights even if a checkpoint is shipped (timing runs).",
+        ),
+    ]
+
+
+RENAMED = {"model_name": "model", "heartbeat_deadline": "heartbeat_deadline_s"}
+"""Options whose name is not the :class:`~edgesplit.runconfig.RunConfig` field's."""
+
+
+def run_config(options: dict[str, Any], **fields: Any) -> RunConfig:
+    """The one mapping from command-line options (click's parameter names) to a
+    :class:`~edgesplit.runconfig.RunConfig`: options named like a field (or in
+    :data:`RENAMED`) fill it, others are ignored; ``--cpus`` gives ``cpus`` and ``cpus_each``,
+    ``--bandwidth-mbps 0`` means unshaped, ``--adapt-*`` make the adaptive policy.
+    ``fields`` are set as given (they win over options)."""
+    import dataclasses
+
+    from edgesplit.adapt.policy import AdaptPolicy
+    from edgesplit.runconfig import RunConfig
+
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {RENAMED.get(k, k): v for k, v in options.items() if RENAMED.get(k, k) in known}
+    if "cpus" in options:
+        values["cpus"], values["cpus_each"] = parse_cpus(options["cpus"])
+    if "bandwidth_mbps" in options:
+        values["bandwidth_mbps"] = options["bandwidth_mbps"] or None
+    if "adapt_threshold" in options:
+        values["adapt_policy"] = AdaptPolicy(
+            options["adapt_threshold"], options["adapt_hold"], options["adapt_interval"]
+        )
+    return RunConfig(**{**values, **fields})

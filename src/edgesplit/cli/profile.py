@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 from rich.console import Console
 
+from edgesplit.app.job import RunConfig, default_input_size, profile_job
 from edgesplit.cli import main
-from edgesplit.cli._cluster_options import emulation_options, parse_cpus
+from edgesplit.cli._cluster_options import emulation_options, model_options, run_config
 from edgesplit.config import load_cluster
-from edgesplit.job import RunConfig, default_input_size, profile_job
-from edgesplit.model import models
 from edgesplit.plan.profile import Profile, ProfileSettings, boundary_bytes
 
 
 @main.command("profile")
 @emulation_options
-@click.option(
-    "--model",
-    "model_name",
-    default=models.DEFAULT_MODEL,
-    show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
-    "(returning an nn.Module) or a .onnx file.",
-)
-@click.option(
-    "--dataset",
-    default="fashion-mnist",
-    show_default=True,
-    help="Dataset whose class count shapes the model's head (times barely depend on it).",
-)
-@click.option(
-    "--input-size",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Input size in pixels. Default: the shipped checkpoint's, or 224.",
+@model_options(
+    dataset_help="Dataset whose class count shapes the model's head (times barely depend on it).",
+    input_size_help="Input size in pixels. Default: the shipped checkpoint's, or 224.",
+    weights=False,
 )
 @click.option(
     "--batch-size",
@@ -82,25 +67,7 @@ from edgesplit.plan.profile import Profile, ProfileSettings, boundary_bytes
     help="Where to write the profile (JSON, input of edgesplit plan).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the profile JSON too.")
-def profile_command(
-    cluster_file: Path | None,
-    devices: int,
-    cpus: str,
-    bandwidth_mbps: float,
-    latency_ms: float,
-    network: str,
-    model_name: str,
-    dataset: str,
-    input_size: int | None,
-    batch_size: int,
-    repeats: int,
-    warmup: int,
-    engine: str | None,
-    precision: str,
-    reprofile: bool,
-    out: Path,
-    as_json: bool,
-) -> None:
+def profile_command(**options: Any) -> None:
     """Time every unit on every device and probe the links.
 
     Each device times each unit of the model for one micro-batch (warm-up passes, then the
@@ -109,26 +76,16 @@ def profile_command(
     several sizes to fit its latency and bandwidth. Device profiles are cached and reused
     unless --reprofile. Without --cluster an emulated cluster is started for the profile.
     """
+    cluster_file, precision, out = options["cluster_file"], options["precision"], options["out"]
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
-    cpus_value, cpus_each = parse_cpus(cpus)
-    config = RunConfig(
-        model=model_name,
-        dataset=dataset,
-        input_size=input_size,
-        batch_size=batch_size,
-        devices=devices,
-        cpus=cpus_value,
-        cpus_each=cpus_each,
-        bandwidth_mbps=bandwidth_mbps or None,
-        latency_ms=latency_ms,
-        network=network,
-    )
+    # engine, precision, reprofile and out are the profile's, not a run's
+    config = run_config(options, engine=None, precision="fp32", reprofile=False, out=None)
     settings = ProfileSettings(
-        batch_size=batch_size,
-        warmup=warmup,
-        repeats=repeats,
-        reprofile=reprofile,
-        engine=engine,
+        batch_size=options["batch_size"],
+        warmup=options["warmup"],
+        repeats=options["repeats"],
+        reprofile=options["reprofile"],
+        engine=options["engine"],
         precisions=("fp32", precision),
         calibration=random_calibration(config) if precision == "int8" else None,
     )
@@ -142,7 +99,7 @@ def profile_command(
 
         profile = profile_job(config, cluster, settings, phase)
     profile.save(out)
-    if as_json:
+    if options["as_json"]:
         click.echo(json.dumps(profile.to_dict(), indent=1))
     else:
         Console(width=None if console.is_terminal else 1000).print(profile_table(profile))

@@ -5,18 +5,24 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from edgesplit.cli import main
-from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
+from edgesplit.cli._cluster_options import (
+    emulation_options,
+    model_options,
+    objective_options,
+    run_config,
+)
 from edgesplit.config import ClusterSpec, load_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.model import models
 
 if TYPE_CHECKING:
+    from edgesplit.app.job import RunOutcome
+    from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
     from edgesplit.metrics.prometheus import RunMetrics
     from edgesplit.runconfig import RunConfig
     from edgesplit.runtime.live import LiveCallback, LiveSnapshot
@@ -54,38 +60,10 @@ def _serve_metrics(port: int) -> RunMetrics:
 
 @main.command("run")
 @emulation_options
-@click.option(
-    "--model",
-    "model_name",
-    default=models.DEFAULT_MODEL,
-    show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable "
-    "(returning an nn.Module) or a .onnx file.",
-)
-@click.option(
-    "--dataset",
-    default="fashion-mnist",
-    show_default=True,
-    help=f"Test set to classify: one of {DATASETS_HELP}. 'synthetic' "
-    "is random images without labels (timing only).",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Weights (.safetensors + .json sidecar). Default: the shipped checkpoint "
-    "for the model and dataset, if any, else random weights (with a note).",
-)
-@click.option(
-    "--random-weights",
-    is_flag=True,
-    help="Use random weights even if a checkpoint is shipped (timing runs).",
-)
-@click.option(
-    "--input-size",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Input size in pixels. Default: the checkpoint's, or 224.",
+@model_options(
+    dataset_help=f"Test set to classify: one of {DATASETS_HELP}. 'synthetic' is random images "
+    "without labels (timing only).",
+    input_size_help="Input size in pixels. Default: the checkpoint's, or 224.",
 )
 @click.option(
     "--partition",
@@ -267,110 +245,26 @@ def _serve_metrics(port: int) -> RunMetrics:
     help="Also print each device's first and last layer, time per image, system CPU %, CPU "
     "MHz, memory % and temperature (wider than 120 columns; devices.csv has them all).",
 )
-def run_command(
-    cluster_file: Path | None,
-    devices: int,
-    cpus: str,
-    bandwidth_mbps: float | None,
-    latency_ms: float,
-    network: str,
-    model_name: str,
-    dataset: str,
-    checkpoint: Path | None,
-    random_weights: bool,
-    input_size: int | None,
-    partition: str | None,
-    objective: str,
-    max_latency_ms: float | None,
-    min_throughput_ips: float | None,
-    adaptive: bool,
-    adapt_threshold: float,
-    adapt_hold: float,
-    adapt_interval: float,
-    reprofile: bool,
-    batch_size: int,
-    limit: int | None,
-    window: int | None,
-    data_dir: Path | None,
-    download: bool,
-    out: Path | None,
-    as_json: bool,
-    with_report: bool,
-    engine: str | None,
-    precision: str,
-    max_accuracy_drop: float,
-    wire: str,
-    calibration_images: int,
-    metrics_port: int | None,
-    inject: tuple[str, ...],
-    heartbeat_deadline: float,
-    result_port: int | None,
-    no_dashboard: bool,
-    wide: bool,
-    resume: Path | None,
-    from_run: Path | None,
-) -> None:
+def run_command(**options: Any) -> None:
     """Run a model as a pipeline across devices and measure every device.
 
     With no options: MobileNetV2 with its shipped Fashion-MNIST checkpoint over the whole
     Fashion-MNIST test set on an emulated 3-device cluster, with the partition the planner
     chooses from a profile of the devices and links (cached after the first run).
     """
-    from edgesplit.adapt import AdaptPolicy
+    from edgesplit.app.job import run_job
     from edgesplit.cluster.emulate import exit_on_sigterm
-    from edgesplit.job import RunConfig, run_job
-    from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
-    from edgesplit.metrics.table import device_table
-    from edgesplit.plan.energy import comparison as energy_comparison
 
+    cluster_file, resume, from_run = options["cluster_file"], options["resume"], options["from_run"]
     cluster = load_cluster(cluster_file) if cluster_file is not None else None
-    cpus_value, cpus_each = parse_cpus(cpus)
-    config = RunConfig(
-        model=model_name,
-        dataset=dataset,
-        checkpoint=checkpoint,
-        random_weights=random_weights,
-        input_size=input_size,
-        partition=partition,
-        objective=objective,
-        max_latency_ms=max_latency_ms,
-        min_throughput_ips=min_throughput_ips,
-        reprofile=reprofile,
-        batch_size=batch_size,
-        limit=limit,
-        window=window,
-        devices=devices,
-        cpus=cpus_value,
-        cpus_each=cpus_each,
-        bandwidth_mbps=bandwidth_mbps or None,
-        latency_ms=latency_ms,
-        network=network,
-        result_port=result_port,
-        data_dir=data_dir,
-        out=out,
-        inject=inject,
-        heartbeat_deadline_s=heartbeat_deadline,
-        engine=engine,
-        precision=precision,
-        max_accuracy_drop=max_accuracy_drop,
-        wire=wire,
-        calibration_images=calibration_images,
-        adaptive=adaptive,
-        adapt_policy=AdaptPolicy(adapt_threshold, adapt_hold, adapt_interval),
-    )
+    config = run_config(options)
     if resume is not None or from_run is not None:
-        config, cluster = _config_of_earlier_run(resume, from_run, out, cluster)
-    if download:
+        config, cluster = _config_of_earlier_run(resume, from_run, options["out"], cluster)
+    if options["download"]:
         fetch_dataset(config.dataset, config.data_dir, int8=config.precision != "fp32")
-    metrics = _serve_metrics(metrics_port) if metrics_port else None
-    console = Console(stderr=True)
-    dashboard: TerminalDashboard | PlainDashboard
-    if console.is_terminal:
-        dashboard = TerminalDashboard(console, show_table=not no_dashboard)
-    else:
-        dashboard = PlainDashboard(
-            lambda text: click.echo(text, err=True), show_table=not no_dashboard
-        )
+    metrics = _serve_metrics(options["metrics_port"]) if options["metrics_port"] else None
+    no_dashboard = options["no_dashboard"]
+    dashboard = _dashboard(show_table=not no_dashboard)
     started = time.perf_counter()
     with exit_on_sigterm(), dashboard:
         outcome = run_job(
@@ -383,30 +277,44 @@ def run_command(
         )
     if metrics:
         metrics.on_summary(outcome.summary)
-    if with_report:
+    if options["with_report"]:
         from edgesplit.metrics.plots import write_report
 
         click.echo(f"report: {write_report(outcome.folder)}", err=True)
-    if as_json:
+    if options["as_json"]:
         click.echo(outcome.summary.to_json(), nl=False)
     else:
-        # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
-        out_console = Console(width=None if sys.stdout.isatty() else 1000)
-        out_console.print(
-            device_table(outcome.summary, outcome.rows, outcome.layer_counts, wide=wide)
-        )
-        for line in history_lines(outcome.summary):
-            out_console.print(line, markup=False, highlight=False)
-        for note in outcome.notes:
-            out_console.print(f"note: {note}")
-        for line in _prediction_lines(outcome.summary):
-            out_console.print(line)
-        metered = energy_comparison(outcome.summary)
-        for line in metered.lines() if metered is not None else []:
-            out_console.print(line, markup=False)
-        out_console.print(
-            f"run folder: {outcome.folder} ({time.perf_counter() - started:.1f} s in all)"
-        )
+        _print_outcome(outcome, options["wide"], time.perf_counter() - started)
+
+
+def _dashboard(show_table: bool) -> TerminalDashboard | PlainDashboard:
+    """The live dashboard on stderr: drawn in place on a terminal, else plain lines."""
+    from edgesplit.metrics.dashboard import PlainDashboard, TerminalDashboard
+
+    console = Console(stderr=True)
+    if console.is_terminal:
+        return TerminalDashboard(console, show_table=show_table)
+    return PlainDashboard(lambda text: click.echo(text, err=True), show_table=show_table)
+
+
+def _print_outcome(outcome: RunOutcome, wide: bool, took_s: float) -> None:
+    """The per-device table, what happened, the notes, prediction and energy lines."""
+    from edgesplit.metrics.table import device_table
+    from edgesplit.plan.energy import comparison as energy_comparison
+
+    # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
+    out_console = Console(width=None if sys.stdout.isatty() else 1000)
+    out_console.print(device_table(outcome.summary, outcome.rows, outcome.layer_counts, wide=wide))
+    for line in history_lines(outcome.summary):
+        out_console.print(line, markup=False, highlight=False)
+    for note in outcome.notes:
+        out_console.print(f"note: {note}")
+    for line in _prediction_lines(outcome.summary):
+        out_console.print(line)
+    metered = energy_comparison(outcome.summary)
+    for line in metered.lines() if metered is not None else []:
+        out_console.print(line, markup=False)
+    out_console.print(f"run folder: {outcome.folder} ({took_s:.1f} s in all)")
 
 
 _NOT_CONFIG = {"cluster_file", "out", "as_json", "with_report", "metrics_port", "no_dashboard",

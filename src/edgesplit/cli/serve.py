@@ -3,49 +3,29 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+from typing import Any
 
 import click
 
 from edgesplit.adapt import AdaptPolicy
 from edgesplit.cli import main
-from edgesplit.cli._cluster_options import emulation_options, objective_options, parse_cpus
+from edgesplit.cli._cluster_options import (
+    emulation_options,
+    model_options,
+    objective_options,
+    run_config,
+)
 from edgesplit.config import load_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.model import models
-from edgesplit.runconfig import RunConfig
 
 
 @main.command("serve")
 @emulation_options
-@click.option(
-    "--model",
-    "model_name",
-    default=models.DEFAULT_MODEL,
-    show_default=True,
-    help=f"Model: one of {', '.join(models.known_models())}, path/to/file.py:callable or a "
-    ".onnx file.",
-)
-@click.option(
-    "--dataset",
-    default="fashion-mnist",
-    show_default=True,
-    help="The label set: class names, channels and normalisation of this dataset (no test "
-    "set is read).",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Weights (.safetensors + .json sidecar). Default: the shipped checkpoint for the "
-    "model and dataset, if any, else random weights (with a note).",
-)
-@click.option("--random-weights", is_flag=True, help="Random weights even if one is shipped.")
-@click.option(
-    "--input-size",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Input size in pixels (images are resized to it). Default: the checkpoint's, or 224.",
+@model_options(
+    dataset_help="The label set: class names, channels and normalisation of this dataset (no "
+    "test set is read).",
+    input_size_help="Input size in pixels (images are resized to it). Default: the "
+    "checkpoint's, or 224.",
 )
 @click.option(
     "--partition",
@@ -115,33 +95,7 @@ from edgesplit.runconfig import RunConfig
     type=click.FloatRange(min=0.1),
     help="Seconds without a heartbeat before a device is lost and the plan moves around it.",
 )
-def serve_command(
-    cluster_file: Path | None,
-    devices: int,
-    cpus: str,
-    bandwidth_mbps: float,
-    latency_ms: float,
-    network: str,
-    model_name: str,
-    dataset: str,
-    checkpoint: Path | None,
-    random_weights: bool,
-    input_size: int | None,
-    partition: str | None,
-    objective: str,
-    max_latency_ms: float | None,
-    min_throughput_ips: float | None,
-    adaptive: bool,
-    engine: str | None,
-    window: int | None,
-    host: str,
-    port: int,
-    max_batch: int,
-    max_wait_ms: float,
-    max_queue: int,
-    max_images: int,
-    heartbeat_deadline: float,
-) -> None:
+def serve_command(**options: Any) -> None:
     """Serve a model over HTTP from a warm pipeline (dynamic batching).
 
     POST /v1/classify, GET /v1/cluster, /metrics, and a live page at /. Starts an emulated
@@ -155,36 +109,14 @@ def serve_command(
     from edgesplit.serve.images import ImageLimits
     from edgesplit.serve.session import ServeConfig, Session
 
-    cpus_value, cpus_each = parse_cpus(cpus)
-    run = RunConfig(
-        model=model_name,
-        dataset=dataset,
-        checkpoint=checkpoint,
-        random_weights=random_weights,
-        input_size=input_size,
-        partition=partition,
-        objective=objective,
-        max_latency_ms=max_latency_ms,
-        min_throughput_ips=min_throughput_ips,
-        batch_size=max_batch,
-        window=window,
-        devices=devices,
-        cpus=cpus_value,
-        cpus_each=cpus_each,
-        bandwidth_mbps=bandwidth_mbps or None,
-        latency_ms=latency_ms,
-        network=network,
-        heartbeat_deadline_s=heartbeat_deadline,
-        engine=engine,
-        adaptive=adaptive,
-        adapt_policy=AdaptPolicy(),
-    )
+    max_batch, host, port = options["max_batch"], options["host"], options["port"]
+    run = run_config(options, batch_size=max_batch, adapt_policy=AdaptPolicy())
     config = ServeConfig(
         run=run,
-        policy=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue),
-        limits=ImageLimits(max_images=max_images),
+        policy=BatchPolicy(max_batch, options["max_wait_ms"] / 1000.0, options["max_queue"]),
+        limits=ImageLimits(max_images=options["max_images"]),
     )
-    cluster = load_cluster(cluster_file) if cluster_file else None
+    cluster = load_cluster(options["cluster_file"]) if options["cluster_file"] else None
     try:
         sock = socket.create_server((host, port))
     except OSError as exc:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgesplit.cli import main
+
+if TYPE_CHECKING:
+    from edgesplit.config import LinkSpec
+    from edgesplit.plan.profile import Profile
 
 
 @main.command("simulate")
@@ -147,7 +152,6 @@ def simulate_command(
     """
     from edgesplit.adapt.policy import AdaptPolicy
     from edgesplit.cluster.faults import parse_injection
-    from edgesplit.config import LinkSpec
     from edgesplit.plan.profile import load_profile
     from edgesplit.simulate import (
         SimConfig,
@@ -161,14 +165,7 @@ def simulate_command(
 
     profile = load_profile(profile_path)
     default_link, links = load_links(links_file) if links_file else (None, [])
-    if bandwidth_mbps is not None or latency_ms is not None:
-        base = default_link or LinkSpec(
-            bandwidth_mbps=profile.default_bandwidth_mbps, latency_ms=profile.default_latency_ms
-        )
-        default_link = LinkSpec(
-            bandwidth_mbps=bandwidth_mbps if bandwidth_mbps is not None else base.bandwidth_mbps,
-            latency_ms=latency_ms if latency_ms is not None else base.latency_ms,
-        )
+    default_link = _with_link_options(profile, default_link, bandwidth_mbps, latency_ms)
     cluster = cluster_from(
         profile,
         parse_devices(devices) if devices else None,
@@ -200,3 +197,21 @@ def simulate_command(
     where = ", ".join(f"{d}[{a},{b})" for d, a, b in stages)
     click.echo(f"plan: {where}")
     click.echo(result.table())
+
+
+def _with_link_options(
+    profile: Profile, link: LinkSpec | None, bandwidth_mbps: float | None, latency_ms: float | None
+) -> LinkSpec | None:
+    """The default link (of the links file, else the profile's) with --bandwidth-mbps and
+    --latency-ms applied where given."""
+    from edgesplit.config import LinkSpec
+
+    if bandwidth_mbps is None and latency_ms is None:
+        return link
+    base = link or LinkSpec(
+        bandwidth_mbps=profile.default_bandwidth_mbps, latency_ms=profile.default_latency_ms
+    )
+    return LinkSpec(
+        bandwidth_mbps=bandwidth_mbps if bandwidth_mbps is not None else base.bandwidth_mbps,
+        latency_ms=latency_ms if latency_ms is not None else base.latency_ms,
+    )

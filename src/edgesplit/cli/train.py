@@ -137,28 +137,8 @@ def train_command(
             "training and the test set, so the test accuracy is a training accuracy",
             err=True,
         )
-    started = time.perf_counter()
-    with _progress() as bar:
-        steps = (len(train_set) + batch_size - 1) // batch_size
-        task = bar.add_task("train", total=epochs * steps, info="")
-        plain = not bar.console.is_terminal
-
-        def show(p: TrainProgress) -> None:
-            info = f"loss {p.loss:.3f} acc {p.accuracy:.3f} {p.images_per_s:.0f} img/s"
-            bar.update(task, advance=1, description=f"epoch {p.epoch + 1}/{epochs}", info=info)
-            if plain and (p.step == p.steps or p.step % 100 == 0):
-                elapsed = time.perf_counter() - started
-                done = p.epoch * steps + p.step
-                eta = elapsed / done * (epochs * steps - done)
-                click.echo(
-                    f"epoch {p.epoch + 1}/{epochs} step {p.step}/{p.steps}: {info}, "
-                    f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s",
-                    err=True,
-                )
-
-        train(model, train_set, config, show)
+    train_seconds = _train_with_progress(model, train_set, config)
     half = not fp32
-    train_seconds = round(time.perf_counter() - started, 1)
     # The accuracy recorded is that of the weights as stored (fp16 by default), not as trained.
     stored = checkpoints.as_stored(model, half)
     assert test_set.labels is not None
@@ -183,6 +163,36 @@ def train_command(
         f"({len(test_set)} images); wrote {out} ({out.stat().st_size / 1e6:.1f} MB, "
         f"sha256 {info.sha256[:12]})"
     )
+
+
+def _train_with_progress(
+    model: torch.nn.Module, train_set: data.ImageSet, config: TrainConfig
+) -> float:
+    """Train ``model`` with a progress bar (plain lines with an ETA when stderr is no
+    terminal); returns the seconds it took."""
+    started = time.perf_counter()
+    with _progress() as bar:
+        steps = (len(train_set) + config.batch_size - 1) // config.batch_size
+        task = bar.add_task("train", total=config.epochs * steps, info="")
+        plain = not bar.console.is_terminal
+
+        def show(p: TrainProgress) -> None:
+            info = f"loss {p.loss:.3f} acc {p.accuracy:.3f} {p.images_per_s:.0f} img/s"
+            bar.update(
+                task, advance=1, description=f"epoch {p.epoch + 1}/{config.epochs}", info=info
+            )
+            if plain and (p.step == p.steps or p.step % 100 == 0):
+                elapsed = time.perf_counter() - started
+                done = p.epoch * steps + p.step
+                eta = elapsed / done * (config.epochs * steps - done)
+                click.echo(
+                    f"epoch {p.epoch + 1}/{config.epochs} step {p.step}/{p.steps}: {info}, "
+                    f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s",
+                    err=True,
+                )
+
+        train(model, train_set, config, show)
+    return round(time.perf_counter() - started, 1)
 
 
 @main.command("eval")

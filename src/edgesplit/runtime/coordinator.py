@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgesplit._version import __version__
-from edgesplit.config import ClusterSpec, DeviceSpec
+from edgesplit.config import ClusterSpec, DeviceSpec, LinkSpec
 from edgesplit.engines import Execution
 from edgesplit.engines.onnx_units import CompiledModel
 from edgesplit.errors import ConfigError, EdgesplitError, InstallFailed, PlanError, WorkerError
@@ -31,10 +31,11 @@ from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import WORKER_LINK, LinkStream
 from edgesplit.runtime.live import LiveCallback, LiveObserver
+from edgesplit.runtime.ports import Event, FailureEvent, History, ResultEvent, Stage
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
-from edgesplit.runtime.runner import Event, FailureEvent, Replan, ResultEvent, Run
+from edgesplit.runtime.runner import Replan, Run
 from edgesplit.runtime.transport import (
     DEFAULT_LINK_STREAMS,
     Refused,
@@ -49,6 +50,8 @@ from edgesplit.runtime.weights import to_bytes
 from edgesplit.shared.imagespec import ImageSpec
 from edgesplit.shared.names import COORDINATOR
 from edgesplit.shared.timeouts import TIMEOUTS
+
+__all__ = ["ChannelFactory", "Coordinator", "DeviceInfo", "Stage", "bind_result_port"]
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +90,6 @@ class DeviceInfo:
     onnxruntime_version: str = ""
     cores: int = 0
     """Logical CPUs of the device's host (0: not reported)."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of an installed plan: ``device`` runs units ``[start, end)``."""
-
-    device: str
-    start: int
-    end: int
 
 
 class Coordinator:
@@ -167,6 +161,25 @@ class Coordinator:
             if stream is None or stream.broken:
                 stream = self._links[name] = LinkStream(self._channels[name], WORKER_LINK, name)
             return stream
+
+    def upload_link(self, name: str) -> LinkSpec:
+        """The link our send path applies from the coordinator to device ``name``."""
+        return self.cluster.sender_link(COORDINATOR, name)
+
+    def clocks(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Copies of (clock offset, round trip) in ms, by device."""
+        with self._lock:
+            return dict(self.clock_offsets_ms), dict(self.rtt_ms)
+
+    def history(self, transitions_from: int, changes_from: int) -> History:
+        """Health transitions and plan changes recorded from those indexes on."""
+        with self._lock:
+            return History(
+                transitions=self.transitions[transitions_from:],
+                plan_changes=self.plan_changes[changes_from:],
+                transitions_end=len(self.transitions),
+                plan_changes_end=len(self.plan_changes),
+            )
 
     def where(self, name: str) -> str:
         return f"device {name} at {self.cluster.device(name).address}"

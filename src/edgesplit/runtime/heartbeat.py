@@ -13,32 +13,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from edgesplit.runtime import health as hl
 from edgesplit.runtime import samples as sample_codec
 from edgesplit.runtime.live import LiveFeed, Reading, StatusSeen, UnreachableSeen
+from edgesplit.runtime.ports import HealthEvent, RunPort
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import best_offset
 from edgesplit.runtime.transport import describe_rpc_error
 from edgesplit.shared.timeouts import TIMEOUTS
 
-if TYPE_CHECKING:
-    from edgesplit.runtime.coordinator import Coordinator
+__all__ = ["Collected", "HealthEvent", "Heartbeats"]
 
 log = logging.getLogger(__name__)
 
 MIN_PROBE_TIMEOUT_S = TIMEOUTS.min_heartbeat_s
 """A heartbeat call always gets at least this long, even right at the deadline."""
-
-
-@dataclass(frozen=True)
-class HealthEvent:
-    device: str
-    before: hl.DeviceHealth
-    after: hl.DeviceHealth
 
 
 @dataclass
@@ -56,7 +49,7 @@ class Heartbeats:
 
     def __init__(
         self,
-        coordinator: Coordinator,
+        coordinator: RunPort,
         tell: Callable[[HealthEvent], None],
         interval_s: float,
         since: dict[str, float],
@@ -128,7 +121,7 @@ class Heartbeats:
     def _status_seen(
         self, name: str, reply: pb.StatusReply, got: list[dict[str, Any]], t: float, health: str
     ) -> StatusSeen:
-        stages = [s.device for s in self.c.plan]
+        stages = [s.device for s in self.c.current()[1]]
         stage = stages.index(name) if name in stages else None
         return StatusSeen(
             t, name, Reading.from_samples(got), reply.queue_depth, reply.send_queue_depth,
@@ -141,7 +134,7 @@ class Heartbeats:
 
     def _drop_stale(self, name: str, reply: pb.StatusReply) -> None:
         """A device that was away when an epoch was dropped still holds it: drop it now."""
-        current = self.c.epoch
+        current, _ = self.c.current()
         installed = self.c.installed_epochs()
         for info in reply.epochs:
             if info.epoch < current and info.epoch not in installed:

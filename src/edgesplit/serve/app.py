@@ -237,6 +237,36 @@ def results(outputs: torch.Tensor, names: tuple[str, ...], k: int) -> list[dict[
     ]
 
 
+async def _run(session: Session, x: torch.Tensor, deadline: float) -> tuple[Job, torch.Tensor]:
+    """Submit ``x`` to the session's batcher and wait for its outputs until ``deadline``
+    (:class:`RequestError` 504 past it; a client that went away fails the job with 499, so
+    its images need not run)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Job] = loop.create_future()
+
+    def on_done(job: Job) -> None:
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(job)
+
+        # RuntimeError: the server stopped meanwhile, and nobody waits for this answer.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(resolve)
+
+    job = session.submit(x, deadline, on_done)
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout=max(deadline - time.time(), 0))
+    except asyncio.TimeoutError:
+        job.fail(RequestError("the request's deadline passed in the pipeline", status=504))
+    except asyncio.CancelledError:  # the client went away: its images need not run
+        job.fail(RequestError("the client disconnected", status=499))
+        raise
+    if job.error is not None:
+        raise job.error
+    assert job.outputs is not None
+    return job, job.outputs
+
+
 def create_app(session: Session) -> FastAPI:
     """The ASGI app over an open :class:`~edgesplit.serve.session.Session`."""
     app = FastAPI(
@@ -266,29 +296,7 @@ def create_app(session: Session) -> FastAPI:
         raw = session.raw_images
         x = await run_in_threadpool(images.model_inputs, blobs, info, size, limits, raw)
         decoded = time.time()
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Job] = loop.create_future()
-
-        def on_done(job: Job) -> None:
-            def resolve() -> None:
-                if not done.done():
-                    done.set_result(job)
-
-            # RuntimeError: the server stopped meanwhile, and nobody waits for this answer.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(resolve)
-
-        job = session.submit(x, deadline, on_done)
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout=max(deadline - time.time(), 0))
-        except asyncio.TimeoutError:
-            job.fail(RequestError("the request's deadline passed in the pipeline", status=504))
-        except asyncio.CancelledError:  # the client went away: its images need not run
-            job.fail(RequestError("the client disconnected", status=499))
-            raise
-        if job.error is not None:
-            raise job.error
-        assert job.outputs is not None
+        job, outputs = await _run(session, x, deadline)
         answered = time.time()
         session.record(job, answered)
         metrics.images.inc(job.images)
@@ -297,7 +305,7 @@ def create_app(session: Session) -> FastAPI:
         body = {
             "request_id": request_id,
             "images": job.images,
-            "results": results(job.outputs, session.classes, k),
+            "results": results(outputs, session.classes, k),
             "latency_ms": latency_split(job, received, decoded, answered),
             "plan_epoch": epoch,
             "model": session.config.run.model,

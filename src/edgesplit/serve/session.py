@@ -1,8 +1,8 @@
 """The long-lived pipeline behind ``edgesplit serve``.
 
-:class:`Session` prepares a model and a plan the way ``edgesplit run`` does (the same helpers of
-:mod:`edgesplit.job`: model and checkpoint, cluster or emulated cluster, partition or profile and
-plan) and then runs **one** :meth:`Coordinator.run` for its whole life, fed by the
+:class:`Session` prepares a model and a plan the way ``edgesplit run`` does (the same helpers
+of :mod:`edgesplit.app.job`: model and checkpoint, the cluster bootstrap, partition or profile
+and plan) and then runs **one** :meth:`Coordinator.run` for its whole life, fed by the
 :class:`~edgesplit.serve.batcher.Batcher` instead of a dataset. So the window, replay of
 unfinished micro-batches after a worker loss, re-admission after probation and ``--adaptive``
 re-planning are the run's own code, not a copy. The run keeps no outputs (``keep_outputs=False``)
@@ -27,10 +27,16 @@ import torch
 
 from edgesplit.adapt.controller import Controller
 from edgesplit.app.execution import execution_for
+from edgesplit.app.job import (
+    Connected,
+    ResolvedModel,
+    bootstrap,
+    emulation_mode,
+    resolve_model,
+)
 from edgesplit.app.staging import choose_ranges, replanner, unit_costs
 from edgesplit.config import ClusterSpec
-from edgesplit.errors import ConfigError, EdgesplitError, ModelError, RequestError
-from edgesplit.job import cluster_for, emulation_mode, resolve_model
+from edgesplit.errors import ConfigError, EdgesplitError, RequestError
 from edgesplit.metrics.summary import percentile
 from edgesplit.model import data
 from edgesplit.plan import autoplan
@@ -44,8 +50,13 @@ from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
     from edgesplit.cluster.emulate import EmulatedCluster
+    from edgesplit.engines import Execution
     from edgesplit.metrics.prometheus import RunMetrics
+    from edgesplit.model.graph import UnitGraph
+    from edgesplit.model.partition import Ranges
+    from edgesplit.plan.profile import Profile
     from edgesplit.runtime.coordinator import Coordinator
+    from edgesplit.runtime.runner import Replan
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +140,11 @@ class Session:
         return self
 
     def _prepare(self) -> None:
-        from edgesplit.metrics.prometheus import RunMetrics
-        from edgesplit.runtime.coordinator import Coordinator
         from edgesplit.runtime.health import HealthPolicy
 
         config = self.config.run
-        if config.adaptive and (config.partition or "auto") != "auto":
+        auto = config.planned
+        if config.adaptive and not auto:
             raise ConfigError(
                 f"--adaptive plans from the devices' profile: it needs --partition auto, "
                 f"got {config.partition!r}"
@@ -146,55 +156,28 @@ class Session:
         resolved = resolve_model(config, dataset)
         if resolved.weights == "random":
             self.notes.append(f"{config.model} has random weights: its answers are meaningless")
-        self.input_size = size = resolved.input_size
+        self.input_size = resolved.input_size
         self.raw_images = resolved.raw_images
         ug = resolved.unit_graph()
         count = len(config.cpus_each) if config.cpus_each else config.devices
-        costs = None if (config.partition or "auto") == "auto" else unit_costs(config, ug)
+        costs = None if auto else unit_costs(config, ug)
         devices = len(self.cluster.devices) if self.cluster else count
         ranges = choose_ranges(config, ug, devices, costs)
-        execution = execution_for(config, dataset, size, self.notes, resolved.raw_images)
+        execution = execution_for(
+            config, dataset, resolved.input_size, self.notes, resolved.raw_images
+        )
         self.engine = str(execution.engine)
-        self.phase("starting the cluster" if self.cluster is None else "connecting to the cluster")
-        spec, self.emulated = self._stack.enter_context(cluster_for(config, self.cluster))
+        policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
+        connected = bootstrap(config, self.cluster, resolved, ug, self._stack, self.phase, policy)
+        self.emulated, self.coordinator = connected.emulated, connected.coordinator
         if self.emulated is not None:
             self.notes.append(emulation_mode(config.network)[1])
-        policy = HealthPolicy(config.heartbeat_deadline_s, config.probation_s)
-        coordinator = self._stack.enter_context(Coordinator(spec, health_policy=policy))
-        self.coordinator = coordinator
-        coordinator.check()
-        self.phase(f"loading {config.model} on {len(spec.devices)} devices")
-        num_units = coordinator.load_model(
-            resolved.name, resolved.num_classes, 3, size, resolved.model, resolved.compiled,
-            resolved.prep,
-        )  # fmt: skip
-        if num_units != ug.num_units:
-            raise ModelError(
-                f"devices traced {config.model} into {num_units} units, this machine into "
-                f"{ug.num_units}; check that edgesplit and torch versions match"
-            )
-        profile = None
         planned = autoplan.PlanRequest(
             config.objective, config.max_latency_ms, config.min_throughput_ips, precision="fp32"
         )
-        if ranges is None:
-            self.phase("profiling the devices and links")
-            settings = ProfileSettings(
-                batch_size=self.config.policy.max_batch,
-                reprofile=config.reprofile,
-                engine=execution.engine,
-                precisions=("fp32",),
-            )
-            profile, chosen = autoplan.profile_and_plan(
-                coordinator, ug, config.model, resolved.num_classes, planned, settings, self.phase
-            )
-            self.notes.extend(chosen.notes)
-            initial = [(s.device, s.start, s.end) for s in chosen.stages]
-        else:
-            names = [d.name for d in spec.devices[: len(ranges)]]
-            initial = [(n, a, b) for n, (a, b) in zip(names, ranges, strict=True)]
+        profile, initial = self._first_plan(connected, resolved, ug, ranges, planned, execution)
         self.phase(f"installing {len(initial)} stages ({execution.engine} fp32)")
-        coordinator.install_plan(initial, execution=execution)
+        connected.coordinator.install_plan(initial, execution=execution)
         replan = (
             autoplan.replanner(profile, planned, initial)
             if profile is not None
@@ -202,12 +185,54 @@ class Session:
         )
         observers: list[Callable[[LiveEvent], None]] = [self._observe]
         if config.adaptive and profile is not None:
-            self.controller = Controller(coordinator, profile, planned, config.adapt_policy).start()
+            self.controller = Controller(
+                connected.coordinator, profile, planned, config.adapt_policy
+            ).start()
             self._stack.callback(self.controller.stop)
             replan = self.controller.replan
             observers.append(self.controller.observe)
+        self._start_run(connected.coordinator, config.window or 2 * len(initial), replan, observers)
+
+    def _first_plan(
+        self,
+        connected: Connected,
+        resolved: ResolvedModel,
+        ug: UnitGraph,
+        ranges: Ranges | None,
+        planned: autoplan.PlanRequest,
+        execution: Execution,
+    ) -> tuple[Profile | None, list[tuple[str, int, int]]]:
+        """The plan the session starts with: the planner's from a profile (``auto``), else the
+        fixed ranges on the cluster's first devices; and the profile, if one was taken."""
+        if ranges is not None:
+            names = [d.name for d in connected.spec.devices[: len(ranges)]]
+            return None, [(n, a, b) for n, (a, b) in zip(names, ranges, strict=True)]
+        config = self.config.run
+        self.phase("profiling the devices and links")
+        settings = ProfileSettings(
+            batch_size=self.config.policy.max_batch,
+            reprofile=config.reprofile,
+            engine=execution.engine,
+            precisions=("fp32",),
+        )
+        profile, chosen = autoplan.profile_and_plan(
+            connected.coordinator, ug, config.model, resolved.num_classes, planned, settings,
+            self.phase,
+        )  # fmt: skip
+        self.notes.extend(chosen.notes)
+        return profile, [(s.device, s.start, s.end) for s in chosen.stages]
+
+    def _start_run(
+        self,
+        coordinator: Coordinator,
+        window: int,
+        replan: Replan,
+        observers: list[Callable[[LiveEvent], None]],
+    ) -> None:
+        """Run the feed through the pipeline on its own thread until the session closes."""
+        from edgesplit.metrics.prometheus import RunMetrics
+
         self.metrics = RunMetrics()
-        window = config.window or 2 * len(initial)
         self.started = time.time()
 
         def observe(event: LiveEvent) -> None:

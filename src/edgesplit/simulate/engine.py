@@ -3,7 +3,7 @@
 It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated time (ms):
 
 - **Coordinator**: keeps at most ``window`` micro-batches unfinished; for a new one it prepares
-  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.job.preparation_ms` times it)
+  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.app.job.preparation_ms` times it)
   and uploads it to the current plan's first stage the way ``Run.send`` does: the request's
   latency starts, the coordinator sleeps the declared link's time (the emulated wire), waits
   for the previous upload's RPC to finish, then starts this one's and takes the next request
