@@ -8,7 +8,10 @@ current plan on the same problem, and switches only when
   ``policy.threshold`` (default 15 %) times the backoff, and has been so without a break for
   ``policy.hold_s`` (default 3 s): a short spike never switches. For throughput the current
   plan counts at least what it measured over the last ``MEASURE_S`` (a switch must beat the
-  plan it leaves as measured under it, issue #20);
+  plan it leaves as measured under it, issue #20), and once the current plan has run
+  ``policy.min_interval_s`` its measured throughput must have fallen by the threshold below
+  what it measured then (its *reference*): a switch answers a change under the current plan,
+  not the noise of the speed factors on a busy host;
 - at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
   plans that each look better under the other's measurements cannot flap faster than that;
 - every device of the current plan has been observed ``policy.min_observations`` times
@@ -105,6 +108,9 @@ class Hold:
     current_since: float | None = None
     """Since when ``stages`` is the current plan (its measured throughput counts once it has
     run ``MEASURE_S``)."""
+    reference_ips: float | None = None
+    """What the current plan measured over ``MEASURE_S`` once it had run ``min_interval_s``:
+    the next switch answers a drop below it (see :func:`_gate`)."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +256,12 @@ def decide(
     gain timer (the plan changed under us, e.g. a re-plan after a device loss)."""
     current = tuple(current)
     if hold.stages != current:
-        hold = dataclasses.replace(hold, since=None, stages=current, current_since=now)
+        hold = dataclasses.replace(
+            hold, since=None, stages=current, current_since=now, reference_ips=None
+        )
+    ran = now - hold.current_since if hold.current_since is not None else 0.0
+    if hold.reference_ips is None and ran >= policy.min_interval_s:
+        hold = dataclasses.replace(hold, reference_ips=state.measured_ips(now - MEASURE_S, now))
     problem, links = live_problem(state, profile, policy)
     hold, verdict = _judge(state, hold, policy, now)
     factors = state.speed_factors()
@@ -335,6 +346,22 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
             reason=f"gain {gain:.0%} below the threshold {threshold:.0%}{raised}",
             hold=dataclasses.replace(hold, since=None),
         )
+    measured, reference = base.measured_ips, hold.reference_ips
+    if (
+        objective == "throughput"
+        and measured is not None
+        and reference is not None
+        and measured >= reference * (1.0 - policy.threshold)
+    ):
+        # Issue #20: a loaded host moves every device's speed factor by 1.5-3x within
+        # seconds, and the best of many plans planned on them always looks better; the
+        # measured throughput of the plan shows whether anything changed under it.
+        return dataclasses.replace(
+            base,
+            reason=f"gain {gain:.0%}, but the current plan still measures {measured:.1f} of its "
+            f"{reference:.1f} img/s (a switch answers a drop of {policy.threshold:.0%})",
+            hold=dataclasses.replace(hold, since=None),
+        )
     hold = dataclasses.replace(hold, since=hold.since if hold.since is not None else now)
     since = hold.since if hold.since is not None else now
     reversal = bool(hold.left) and best == hold.left
@@ -361,11 +388,11 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
     why = "; ".join(
         [f"speed {', '.join(slow)}"] * bool(slow) + [f"link {', '.join(links)}"] * bool(links)
     )
-    measured = f", {base.measured_ips:.1f} measured" if base.measured_ips is not None else ""
+    seen = f", {measured:.1f} measured" if measured is not None else ""
     return dataclasses.replace(
         base,
         switch=True,
-        reason=f"predicted +{gain:.0%} {objective} ({base.current_ips or 0:.1f}{measured} -> "
+        reason=f"predicted +{gain:.0%} {objective} ({base.current_ips or 0:.1f}{seen} -> "
         f"{base.best_ips or 0:.1f} img/s)" + (f": {why}" if why else "") + back,
         hold=Hold(
             last_switch=now,
