@@ -672,3 +672,22 @@ def test_a_plan_that_still_measures_what_it_did_is_not_left() -> None:
         _steady(factors(pi2=1.5), 150.0, 25.0), PROFILE, BALANCED, REQUEST, policy, 25.0, d.hold
     )
     assert d.switch and d.hold.reference_ips is None
+
+
+def test_a_plan_slowed_before_it_settled_has_no_reference_and_is_left() -> None:
+    """pi2 slowed 4x before the first plan had run the minimum interval: the plan measures the
+    same 60 img/s throughout, but it was never found as good as any, so it has no reference
+    and the switch comes after the hold time."""
+    policy = AdaptPolicy(hold_s=3.0, min_interval_s=10.0)
+    hold, switched = Hold(started=0.0), []
+    for tick in range(1, 40):
+        now = tick * 0.5
+        d = decide(
+            _steady(factors(pi2=4.0), 60.0, now), PROFILE, BALANCED, REQUEST, policy, now, hold
+        )
+        hold = d.hold
+        assert hold.reference_ips is None or d.switch
+        if d.switch:
+            switched.append(now)
+            break
+    assert switched == [13.0]

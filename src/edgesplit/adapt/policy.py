@@ -9,9 +9,9 @@ current plan on the same problem, and switches only when
   ``policy.hold_s`` (default 3 s): a short spike never switches. For throughput the current
   plan counts at least what it measured over the last ``MEASURE_S`` (a switch must beat the
   plan it leaves as measured under it, issue #20), and once the current plan has run
-  ``policy.min_interval_s`` its measured throughput must have fallen by the threshold below
-  what it measured then (its *reference*): a switch answers a change under the current plan,
-  not the noise of the speed factors on a busy host;
+  ``policy.min_interval_s`` and been found as good as any, its measured throughput must have
+  fallen by the threshold below what it measured then (its *reference*): a switch answers a
+  change under the current plan, not the noise of the speed factors on a busy host;
 - at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
   plans that each look better under the other's measurements cannot flap faster than that;
 - every device of the current plan has been observed ``policy.min_observations`` times
@@ -109,8 +109,10 @@ class Hold:
     """Since when ``stages`` is the current plan (its measured throughput counts once it has
     run ``MEASURE_S``)."""
     reference_ips: float | None = None
-    """What the current plan measured over ``MEASURE_S`` once it had run ``min_interval_s``:
-    the next switch answers a drop below it (see :func:`_gate`)."""
+    """What the current plan measured over ``MEASURE_S`` at the first decision, once it had run
+    ``min_interval_s``, that found no plan better by the threshold: the next switch answers a
+    drop below it (see :func:`_gate`). A plan that was bad from its start (a device slowed
+    before it had run the minimum interval) has none until then."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +261,6 @@ def decide(
         hold = dataclasses.replace(
             hold, since=None, stages=current, current_since=now, reference_ips=None
         )
-    ran = now - hold.current_since if hold.current_since is not None else 0.0
-    if hold.reference_ips is None and ran >= policy.min_interval_s:
-        hold = dataclasses.replace(hold, reference_ips=state.measured_ips(now - MEASURE_S, now))
     problem, links = live_problem(state, profile, policy)
     hold, verdict = _judge(state, hold, policy, now)
     factors = state.speed_factors()
@@ -341,10 +340,14 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
     threshold = policy.threshold * hold.backoff
     if gain < threshold:
         raised = " (raised after switches that did not deliver)" if hold.backoff > 1 else ""
+        ran = now - hold.current_since if hold.current_since is not None else 0.0
+        reference = hold.reference_ips
+        if reference is None and ran >= policy.min_interval_s:
+            reference = base.measured_ips
         return dataclasses.replace(
             base,
             reason=f"gain {gain:.0%} below the threshold {threshold:.0%}{raised}",
-            hold=dataclasses.replace(hold, since=None),
+            hold=dataclasses.replace(hold, since=None, reference_ips=reference),
         )
     measured, reference = base.measured_ips, hold.reference_ips
     if (
