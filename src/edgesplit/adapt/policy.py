@@ -386,12 +386,21 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
             f"(minimum {interval:g} s{backed})",
             hold=hold,
         )
+    return _switch(base, state, since, reversal, objective)
+
+
+def _switch(
+    base: Decision, state: AdaptState, since: float, reversal: bool, objective: str
+) -> Decision:
+    """``base`` turned into a switch to its best plan (the gain held since ``since``)."""
+    now, hold, gain, measured = base.t, base.hold, base.gain or 0.0, base.measured_ips
     slow = [f"{d} x{f:.1f}" for d, f in base.speed_factors.items() if abs(f - 1.0) >= 0.2]
     links = list(base.links)
     why = "; ".join(
         [f"speed {', '.join(slow)}"] * bool(slow) + [f"link {', '.join(links)}"] * bool(links)
     )
     seen = f", {measured:.1f} measured" if measured is not None else ""
+    back = " (back to the plan left last)" if reversal else ""
     return dataclasses.replace(
         base,
         switch=True,
@@ -399,7 +408,7 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
         f"{base.best_ips or 0:.1f} img/s)" + (f": {why}" if why else "") + back,
         hold=Hold(
             last_switch=now,
-            stages=best,
+            stages=base.best or (),
             # While the gain held: the state the switch answers (a window reaching back
             # before the change would credit the old plan with the old conditions).
             before_ips=state.measured_ips(since if since < now else now - MEASURE_S, now),
