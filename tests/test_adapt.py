@@ -25,6 +25,7 @@ from edgesplit.adapt import (
     observe,
     start,
 )
+from edgesplit.adapt import state as state_mod
 from edgesplit.adapt.controller import Controller
 from edgesplit.autoplan import PlanRequest
 from edgesplit.config import COORDINATOR
@@ -691,3 +692,32 @@ def test_a_plan_slowed_before_it_settled_has_no_reference_and_is_left() -> None:
             switched.append(now)
             break
     assert switched == [13.0]
+
+
+def test_a_device_slow_seconds_ago_is_not_handed_more_work() -> None:
+    """pi1 reads 1.5x slow: moving work from it to pi2 predicts +50 %. Had pi2 read 4x slow
+    in the last CAUTION_S (a hog it bursts through on its light stage, a busy host), the new
+    plan is planned on that, and nothing beats the current plan."""
+    state = factors(pi1=1.5)
+    d = decide(state, PROFILE, BALANCED, REQUEST, AdaptPolicy(hold_s=0), 10.0)
+    assert d.switch and d.gain == pytest.approx(0.5)
+    devices = tuple(
+        dataclasses.replace(e, peaks=((0.0, 4.0),)) if e.name == "pi2" else e for e in state.devices
+    )
+    d = decide(dataclasses.replace(state, devices=devices), PROFILE, BALANCED, REQUEST,
+               AdaptPolicy(hold_s=0), 10.0)  # fmt: skip
+    assert not d.switch and d.gain == pytest.approx(0.0)
+
+
+def test_the_cautious_factor_remembers_the_slowest_second() -> None:
+    state = start(PROFILE)
+    for i in range(20):  # pi3: 4x slow for 5 s, then as profiled
+        state = observe(state, seen("pi3", 80.0 if i < 10 else 20.0, t=i * 0.5), PROFILE)
+    for i in range(20, 40):
+        state = observe(state, seen("pi3", 20.0, t=i * 0.5), PROFILE)
+    d = state.device("pi3")
+    assert d.speed_factor == pytest.approx(1.0)
+    assert d.cautious_factor == pytest.approx(4.0)
+    state = observe(state, seen("pi3", 20.0, t=30.0), PROFILE)  # 25 s after the slow spell
+    assert state.device("pi3").cautious_factor == pytest.approx(1.0)
+    assert len(state.device("pi3").peaks) <= state_mod.CAUTION_S + 1

@@ -207,12 +207,22 @@ def _slowed(d: planner.DeviceCost, factor: float) -> planner.DeviceCost:
 
 
 def live_problem(
-    state: AdaptState, profile: Profile, policy: AdaptPolicy = AdaptPolicy()
+    state: AdaptState,
+    profile: Profile,
+    policy: AdaptPolicy = AdaptPolicy(),
+    cautious: bool = False,
 ) -> tuple[planner.Problem, dict[str, dict[str, float | None]]]:
-    """The profile's problem with the live speed factors and the links that got slower; also
-    the replaced links as ``"a-b" -> {bandwidth_mbps, latency_ms}``."""
+    """The profile's problem with the live speed factors (``cautious``: the highest of the
+    last ``CAUTION_S``, see :attr:`~edgesplit.adapt.state.DeviceEstimate.cautious_factor`) and
+    the links that got slower; also the replaced links as ``"a-b" -> {bandwidth_mbps,
+    latency_ms}``."""
     problem = to_problem(profile)
-    devices = tuple(_slowed(d, state.device(d.name).speed_factor) for d in problem.devices)
+
+    def factor(name: str) -> float:
+        d = state.device(name)
+        return d.cautious_factor if cautious else d.speed_factor
+
+    devices = tuple(_slowed(d, factor(d.name)) for d in problem.devices)
     links = {(a, b): lk for a, b, lk in problem.links}
     changed: dict[str, dict[str, float | None]] = {}
     for k in state.links:
@@ -277,7 +287,9 @@ def decide(
     ]
     try:
         now_plan = planner.evaluate(problem, current, request.objective, check_memory=False)
-        best = _best(problem, request, candidates)
+        # The new plan is planned on every device at its slowest of the last CAUTION_S: it
+        # must beat the current plan even if its devices are as slow as they just were.
+        best = _best(live_problem(state, profile, policy, cautious=True)[0], request, candidates)
     except PlanError as exc:
         return dataclasses.replace(base, reason=f"no plan: {exc}")
     base = _predicted(base, state, now_plan, best, problem.batch_size)
