@@ -1,8 +1,9 @@
 """The adaptive policy (issue #6 item 3): a pure function from the live state to a decision.
 
 :func:`decide` plans on the *live problem* (the profile with every device's unit times
-multiplied by its speed factor and slow links replaced by their estimates), evaluates the
-current plan on the same problem, and switches only when
+multiplied by its speed factor and slow links replaced by their estimates; for the new plan
+the highest speed factor of each device over the last ``CAUTION_S``), evaluates the current
+plan on the live problem, and switches only when
 
 - the predicted gain ``objective(current) / objective(best) - 1`` is at least
   ``policy.threshold`` (default 15 %) times the backoff, and has been so without a break for
