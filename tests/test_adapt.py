@@ -721,3 +721,15 @@ def test_the_cautious_factor_remembers_the_slowest_second() -> None:
     state = observe(state, seen("pi3", 20.0, t=30.0), PROFILE)  # 25 s after the slow spell
     assert state.device("pi3").cautious_factor == pytest.approx(1.0)
     assert len(state.device("pi3").peaks) <= state_mod.CAUTION_S + 1
+
+
+def test_an_unmistakable_gain_switches_without_a_drop() -> None:
+    """pi2 slowed 4x (+200 % predicted) before the plan's reference was taken, while its
+    readings did not show it yet: the plan measures its reference, but a gain of four times
+    the threshold switches anyway."""
+    policy = AdaptPolicy(hold_s=0.0)
+    hold = Hold(stages=BALANCED, current_since=0.0, reference_ips=60.0)
+    d = decide(
+        _steady(factors(pi2=4.0), 60.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0, hold
+    )
+    assert d.switch and d.gain == pytest.approx(2.0)

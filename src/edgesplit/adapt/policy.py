@@ -11,8 +11,9 @@ plan on the live problem, and switches only when
   plan counts at least what it measured over the last ``MEASURE_S`` (a switch must beat the
   plan it leaves as measured under it, issue #20), and once the current plan has run
   ``policy.min_interval_s`` and been found as good as any, its measured throughput must have
-  fallen by the threshold below what it measured then (its *reference*): a switch answers a
-  change under the current plan, not the noise of the speed factors on a busy host;
+  fallen by the threshold below what it measured then (its *reference*), unless the gain is
+  ``UNMISTAKABLE`` times the threshold: a switch answers a change under the current plan, not
+  the noise of the speed factors on a busy host;
 - at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
   plans that each look better under the other's measurements cannot flap faster than that;
 - every device of the current plan has been observed ``policy.min_observations`` times
@@ -163,6 +164,11 @@ class Decision:
 MEASURE_S = 5.0
 """Measured throughput before a switch, and when it is judged, is over this many seconds."""
 MAX_BACKOFF = 8.0
+UNMISTAKABLE = 4.0
+"""A predicted gain of this many times the threshold switches without a measured drop below
+the reference (a plan slowed before its reference was taken, while its gain did not show
+yet, would otherwise never be left; noise is far smaller once the new plan is planned on the
+devices' highest speed factors)."""
 REVERSAL_FACTOR = 3.0
 """A switch back to the plan just left must hold this many times ``hold_s``."""
 
@@ -368,6 +374,7 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
         and measured is not None
         and reference is not None
         and measured >= reference * (1.0 - policy.threshold)
+        and gain < policy.threshold * UNMISTAKABLE
     ):
         # Issue #20: a loaded host moves every device's speed factor by 1.5-3x within
         # seconds, and the best of many plans planned on them always looks better; the
