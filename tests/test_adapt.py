@@ -406,7 +406,24 @@ def test_switches_that_do_not_deliver_back_off() -> None:
     assert gaps[1] >= 2 * 10.0 and gaps[-1] > gaps[0], flat
     delivering = _switch_times(delivering=True)
     assert len(delivering) > len(flat)
-    assert max(b - a for a, b in itertools.pairwise(delivering)) < 20.0, delivering
+    # A delivering switch keeps the base interval for the next; only the streak rule (a
+    # third switch within a minute) stretches it.
+    gaps = [b - a for a, b in itertools.pairwise(delivering)]
+    assert gaps[0] < 20.0 and gaps[-1] < 20.0, delivering
+
+
+def test_a_third_switch_within_a_minute_waits_four_intervals() -> None:
+    policy = AdaptPolicy(hold_s=0.0, min_interval_s=10.0)
+    hold = Hold(last_switch=20.0, stages=BALANCED, switches=(5.0, 20.0))
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 35.0, hold)
+    assert not d.switch
+    assert "(minimum 40 s after 2 switches in 60 s)" in d.reason
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 60.0, d.hold)
+    assert d.switch and d.hold.switches == (5.0, 20.0, 60.0)
+    # Once the first of them is a minute old, one interval again.
+    hold = Hold(last_switch=20.0, stages=BALANCED, switches=(5.0, 20.0))
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 66.0, hold)
+    assert d.switch
 
 
 def test_measured_throughput_counts_results_in_the_interval() -> None:

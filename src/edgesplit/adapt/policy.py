@@ -16,6 +16,7 @@ plan on the live problem, and switches only when
   the noise of the speed factors on a busy host;
 - at least ``policy.min_interval_s`` (default 10 s) have passed since the last switch: two
   plans that each look better under the other's measurements cannot flap faster than that;
+  after two switches within ``STREAK_S`` the interval quadruples with each further one;
 - every device of the current plan has been observed ``policy.min_observations`` times
   (a fresh plan is not judged on its warm-up);
 - a switch back to the plan the last switch left (a *reversal*) holds
@@ -104,6 +105,8 @@ class Hold:
     started: float | None = None
     """When the run's first plan started: it runs ``min_interval_s`` before it is judged, as
     a plan switched to does (a run's first seconds are its noisiest; issue #20)."""
+    switches: tuple[float, ...] = ()
+    """When the switches of the last ``STREAK_S`` were made."""
     promised: float = 0.0
     """The predicted gain of the last switch: it delivered if it measured half of that (of at
     most +100 %)."""
@@ -164,6 +167,11 @@ class Decision:
 MEASURE_S = 5.0
 """Measured throughput before a switch, and when it is judged, is over this many seconds."""
 MAX_BACKOFF = 8.0
+STREAK_S = 60.0
+STREAK_FACTOR = 4.0
+"""After ``k`` switches in the last ``STREAK_S``, the next waits ``STREAK_FACTOR ** (k - 1)``
+minimum intervals (10, 40, 160 s by default): an answer to a change and one correction come
+at the base interval, a third switch within a minute is what flapping looks like."""
 UNMISTAKABLE = 4.0
 """A predicted gain of this many times the threshold switches without a measured drop below
 the reference (a plan slowed before its reference was taken, while its gain did not show
@@ -396,9 +404,13 @@ def _gate(base: Decision, state: AdaptState, policy: AdaptPolicy, objective: str
             reason=f"gain {gain:.0%} held {now - since:.1f} s of {hold_s:g} s{back}",
             hold=hold,
         )
-    interval = policy.min_interval_s * hold.backoff
+    recent = [t for t in hold.switches if t > now - STREAK_S]
+    streak = STREAK_FACTOR ** max(len(recent) - 1, 0)
+    interval = policy.min_interval_s * max(hold.backoff, streak)
     if hold.last_switch is not None and now - hold.last_switch < interval:
         backed = " after switches that did not deliver" if hold.backoff > 1 else ""
+        if streak > hold.backoff:
+            backed = f" after {len(recent)} switches in {STREAK_S:g} s"
         ago = now - hold.last_switch
         return dataclasses.replace(
             base,
@@ -434,6 +446,7 @@ def _switch(
             before_ips=state.measured_ips(since if since < now else now - MEASURE_S, now),
             judged=False,
             backoff=min(hold.backoff * 2, MAX_BACKOFF) if reversal else hold.backoff,
+            switches=(*(t for t in hold.switches if t > now - STREAK_S), now),
             left=base.current,
             started=hold.started,
             promised=gain,
