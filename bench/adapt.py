@@ -295,8 +295,10 @@ def case(
     }
 
 
-def stressed_best(args: argparse.Namespace, tmp: Path, device: str, images: int) -> dict[str, Any]:
-    out = tmp / "stress-best"
+def stressed_best(
+    args: argparse.Namespace, tmp: Path, device: str, images: int, name: str = "stress-best"
+) -> dict[str, Any]:
+    out = tmp / name  # one folder per case: a run refuses a folder that holds one
     devices = uniform_devices(args.devices, cpus=args.cpus)
     link = LinkSpec(bandwidth_mbps=940.0, latency_ms=0.2)
     with (
@@ -329,7 +331,7 @@ def documented(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     run_job(config(args, out, DOCUMENTED_IMAGES, inject=inject, adaptive=True))
     adaptive = measure(out)
     print("  documented: best static plan with pi2 stressed from the start", flush=True)
-    best = stressed_best(args, tmp, "pi2", DOCUMENTED_IMAGES)
+    best = stressed_best(args, tmp, "pi2", DOCUMENTED_IMAGES, name="documented-best")
     best_ips = steady(best["bins_ips"])
     after = mean_ips(adaptive["bins_ips"], args.at + SETTLE_S)
     switches = (adaptive["adaptive"] or {}).get("switches")

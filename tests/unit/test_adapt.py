@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgesplit import planner
 from edgesplit.adapt import (
     AdaptPolicy,
     AdaptState,
@@ -24,6 +25,7 @@ from edgesplit.adapt import (
     observe,
     start,
 )
+from edgesplit.adapt import state as state_mod
 from edgesplit.adapt.controller import Controller
 from edgesplit.errors import PlanError
 from edgesplit.plan.autoplan import PlanRequest
@@ -374,16 +376,20 @@ def test_controller_switches_once_on_a_lasting_slowdown_and_records_why(tmp_path
 
 
 def _switch_times(delivering: bool) -> list[float]:
-    """pi2 and pi3 take turns being slow every 12 s for 2 minutes; results arrive at 80 img/s,
-    or 1.5x faster after every switch when switches deliver."""
+    """pi2 and pi3 take turns being slow every 16 s for 2 minutes; results arrive 20 % slower
+    at every turn whatever the plan, or, when switches deliver, at half the rate the current
+    plan is predicted on the true state (measured below predicted, as on a busy host)."""
     policy = AdaptPolicy(hold_s=1.0, min_interval_s=10.0)
     hold, current, switched_at = Hold(), BALANCED, []
+    results: list[tuple[float, float]] = []
     for tick in range(240):
         now = tick * 0.5
-        rate = 80.0 * (1.5 ** len(switched_at) if delivering else 1.0)
-        results = tuple((now - i * 0.1, rate * 0.1) for i in reversed(range(100)))
-        slow = factors(pi2=4.0) if (now // 12) % 2 == 0 else factors(pi3=4.0)
-        state = dataclasses.replace(slow, results=results)
+        slow = factors(pi2=4.0) if (now // 16) % 2 == 0 else factors(pi3=4.0)
+        true = planner.evaluate(live_problem(slow, PROFILE)[0], current).prediction
+        # Not delivering: 20 % slower at every turn whatever the plan (a drop every time).
+        rate = true.throughput_ips / 2 if delivering else 80.0 * 0.8 ** (now // 16)
+        results = [*results[-200:], *((now - 0.4 + i * 0.1, rate * 0.1) for i in range(5))]
+        state = dataclasses.replace(slow, results=tuple(results))
         d = decide(state, PROFILE, current, REQUEST, policy, now, hold)
         hold = d.hold
         if d.switch:
@@ -400,7 +406,24 @@ def test_switches_that_do_not_deliver_back_off() -> None:
     assert gaps[1] >= 2 * 10.0 and gaps[-1] > gaps[0], flat
     delivering = _switch_times(delivering=True)
     assert len(delivering) > len(flat)
-    assert max(b - a for a, b in itertools.pairwise(delivering)) < 20.0, delivering
+    # A delivering switch keeps the base interval for the next; only the streak rule (a
+    # third switch within a minute) stretches it.
+    gaps = [b - a for a, b in itertools.pairwise(delivering)]
+    assert gaps[0] < 20.0 and gaps[-1] < 20.0, delivering
+
+
+def test_a_third_switch_within_a_minute_waits_four_intervals() -> None:
+    policy = AdaptPolicy(hold_s=0.0, min_interval_s=10.0)
+    hold = Hold(last_switch=20.0, stages=BALANCED, switches=(5.0, 20.0))
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 35.0, hold)
+    assert not d.switch
+    assert "(minimum 40 s after 2 switches in 60 s)" in d.reason
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 60.0, d.hold)
+    assert d.switch and d.hold.switches == (5.0, 20.0, 60.0)
+    # Once the first of them is a minute old, one interval again.
+    hold = Hold(last_switch=20.0, stages=BALANCED, switches=(5.0, 20.0))
+    d = decide(factors(pi2=4.0), PROFILE, BALANCED, REQUEST, policy, 66.0, hold)
+    assert d.switch
 
 
 def test_measured_throughput_counts_results_in_the_interval() -> None:
@@ -589,3 +612,141 @@ def test_the_first_plan_runs_the_minimum_interval_before_it_is_judged() -> None:
             break
     assert switched == [110.0 + policy.hold_s]
     assert hold.started == 100.0
+
+
+def _steady(state: AdaptState, ips: float, until: float) -> AdaptState:
+    """``state`` with results arriving at ``ips`` for the 10 s up to ``until``."""
+    return dataclasses.replace(
+        state, results=tuple((until - 10.0 + i * 0.1, ips * 0.1) for i in range(1, 101))
+    )
+
+
+def test_a_switch_must_beat_what_the_current_plan_measures() -> None:
+    """pi2 reads 1.5x slow: the current plan is predicted at 177.8 img/s and the best at
+    266.7 (+50 %). Measured at 250 img/s under the current plan, the best beats it by 7 %
+    only: no switch (issue #20: on a busy host noisy speed factors predicted gains that the
+    measurements never showed). Measured at 150 img/s, down from the 250 it measured once it
+    had run the minimum interval, the gain is counted from the prediction, the larger."""
+    policy = AdaptPolicy(hold_s=0.0)
+    hold = Hold(stages=BALANCED, current_since=0.0)
+    d = decide(
+        _steady(factors(pi2=1.5), 250.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0, hold
+    )
+    assert not d.switch
+    assert d.measured_ips == pytest.approx(250.0)
+    assert d.gain == pytest.approx(266.7 / 250.0 - 1, abs=1e-3)
+    assert "below the threshold 15%" in d.reason
+    d = decide(
+        _steady(factors(pi2=1.5), 150.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0,
+        dataclasses.replace(hold, reference_ips=250.0),
+    )  # fmt: skip
+    assert d.switch and d.gain == pytest.approx(0.5)
+    assert "(177.8, 150.0 measured -> 266.7 img/s)" in d.reason
+    # A plan that has not run MEASURE_S yet is judged on its prediction alone.
+    young = Hold(stages=BALANCED, current_since=18.0)
+    d = decide(
+        _steady(factors(pi2=1.5), 250.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0, young
+    )
+    assert d.measured_ips is None and d.switch
+
+
+def test_a_switch_that_fell_short_of_its_promise_raises_the_threshold() -> None:
+    """A switch promised +200 % and measured +20 %: it did not deliver, so the backoff doubles
+    and the next switch needs twice the threshold (a +25 % gain no longer switches), and
+    twice the minimum interval."""
+    policy = AdaptPolicy(hold_s=0.0, min_interval_s=10.0)
+    hold = Hold(
+        last_switch=0.0, stages=BALANCED, before_ips=100.0, judged=False, promised=2.0,
+        current_since=0.0,
+    )  # fmt: skip
+    state = _steady(factors(pi2=1.25), 120.0, 10.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 10.0, hold)
+    assert d.verdict is not None and "did not deliver: 100.0 -> 120.0" in d.verdict
+    assert d.hold.backoff == 2.0
+    assert not d.switch
+    assert "below the threshold 30% (raised after switches that did not deliver)" in d.reason
+    # Had it measured +60 % (half its promise, at most +100 %), it delivered.
+    state = _steady(factors(pi2=1.25), 160.0, 10.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 10.0, hold)
+    assert d.verdict is not None and "delivered" in d.verdict and d.hold.backoff == 1.0
+
+
+def test_a_plan_that_still_measures_what_it_did_is_not_left() -> None:
+    """The current plan measured 180 img/s once it had run the minimum interval. pi2 now
+    reads 1.5x slow (+50 % predicted for another plan): while the plan still measures within
+    the threshold of 180, that is noise in the speed factors (issue #20), no switch; measured
+    down to 150 (-17 %), it switches."""
+    policy = AdaptPolicy(hold_s=0.0)
+    hold = Hold(stages=BALANCED, current_since=0.0)
+    state = _steady(factors(), 180.0, 10.0)
+    d = decide(state, PROFILE, BALANCED, REQUEST, policy, 10.0, hold)
+    assert d.hold.reference_ips == pytest.approx(180.0)
+    d = decide(
+        _steady(factors(pi2=1.5), 170.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0, d.hold
+    )
+    assert not d.switch
+    assert "still measures 170.0 of its 180.0 img/s" in d.reason
+    d = decide(
+        _steady(factors(pi2=1.5), 150.0, 25.0), PROFILE, BALANCED, REQUEST, policy, 25.0, d.hold
+    )
+    assert d.switch and d.hold.reference_ips is None
+
+
+def test_a_plan_slowed_before_it_settled_has_no_reference_and_is_left() -> None:
+    """pi2 slowed 4x before the first plan had run the minimum interval: the plan measures the
+    same 60 img/s throughout, but it was never found as good as any, so it has no reference
+    and the switch comes after the hold time."""
+    policy = AdaptPolicy(hold_s=3.0, min_interval_s=10.0)
+    hold, switched = Hold(started=0.0), []
+    for tick in range(1, 40):
+        now = tick * 0.5
+        d = decide(
+            _steady(factors(pi2=4.0), 60.0, now), PROFILE, BALANCED, REQUEST, policy, now, hold
+        )
+        hold = d.hold
+        assert hold.reference_ips is None or d.switch
+        if d.switch:
+            switched.append(now)
+            break
+    assert switched == [13.0]
+
+
+def test_a_device_slow_seconds_ago_is_not_handed_more_work() -> None:
+    """pi1 reads 1.5x slow: moving work from it to pi2 predicts +50 %. Had pi2 read 4x slow
+    in the last CAUTION_S (a hog it bursts through on its light stage, a busy host), the new
+    plan is planned on that, and nothing beats the current plan."""
+    state = factors(pi1=1.5)
+    d = decide(state, PROFILE, BALANCED, REQUEST, AdaptPolicy(hold_s=0), 10.0)
+    assert d.switch and d.gain == pytest.approx(0.5)
+    devices = tuple(
+        dataclasses.replace(e, peaks=((0.0, 4.0),)) if e.name == "pi2" else e for e in state.devices
+    )
+    d = decide(dataclasses.replace(state, devices=devices), PROFILE, BALANCED, REQUEST,
+               AdaptPolicy(hold_s=0), 10.0)  # fmt: skip
+    assert not d.switch and d.gain == pytest.approx(0.0)
+
+
+def test_the_cautious_factor_remembers_the_slowest_second() -> None:
+    state = start(PROFILE)
+    for i in range(20):  # pi3: 4x slow for 5 s, then as profiled
+        state = observe(state, seen("pi3", 80.0 if i < 10 else 20.0, t=i * 0.5), PROFILE)
+    for i in range(20, 40):
+        state = observe(state, seen("pi3", 20.0, t=i * 0.5), PROFILE)
+    d = state.device("pi3")
+    assert d.speed_factor == pytest.approx(1.0)
+    assert d.cautious_factor == pytest.approx(4.0)
+    state = observe(state, seen("pi3", 20.0, t=30.0), PROFILE)  # 25 s after the slow spell
+    assert state.device("pi3").cautious_factor == pytest.approx(1.0)
+    assert len(state.device("pi3").peaks) <= state_mod.CAUTION_S + 1
+
+
+def test_an_unmistakable_gain_switches_without_a_drop() -> None:
+    """pi2 slowed 4x (+200 % predicted) before the plan's reference was taken, while its
+    readings did not show it yet: the plan measures its reference, but a gain of four times
+    the threshold switches anyway."""
+    policy = AdaptPolicy(hold_s=0.0)
+    hold = Hold(stages=BALANCED, current_since=0.0, reference_ips=60.0)
+    d = decide(
+        _steady(factors(pi2=4.0), 60.0, 20.0), PROFILE, BALANCED, REQUEST, policy, 20.0, hold
+    )
+    assert d.switch and d.gain == pytest.approx(2.0)

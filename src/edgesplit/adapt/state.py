@@ -46,6 +46,9 @@ SLOW_FACTOR = 1.2
 COMPARABLE_LOAD = 0.5
 """Observations on a stage whose profiled time is at least this share of the one the slow
 evidence came from can overrule it (issue #20)."""
+CAUTION_S = 20.0
+"""How long a device's highest speed factor is remembered for the plans that would give it
+work (:attr:`DeviceEstimate.cautious_factor`)."""
 MAX_SAMPLES = 64
 RESULTS_KEPT_S = 30.0
 MAX_RESULTS = 1024
@@ -137,6 +140,19 @@ class DeviceEstimate:
     device whose CPU hog never stopped looked as fast as profiled as soon as it was given
     little work, was given much again, was slow again: the controller flapped every 10 s.
     Only observations on a stage at least ``COMPARABLE_LOAD`` times as heavy clear it."""
+
+    peaks: Samples = ()
+    """``(second, highest speed factor in that second)`` over the last ``CAUTION_S``."""
+
+    @property
+    def cautious_factor(self) -> float:
+        """The highest speed factor of the last ``CAUTION_S`` (at least the current one): what
+        a plan that hands the device work must assume (issue #20). A device under a CPU hog
+        runs a light stage in bursts and reads as fast as profiled between slow spells, and on
+        a busy host every device reads 1.5-3x slow now and then; the best of many plans
+        planned on the current readings hands the heavy stage to whichever device reads
+        fastest at the moment, and that device was slow seconds ago."""
+        return max([self.speed_factor, *(v for _, v in self.peaks)])
 
     @property
     def speed_factor(self) -> float:
@@ -269,13 +285,24 @@ def _observe_stage(
             observations=d.observations + 1,
             last_t=seen.t,
         )
-        state = _replace_device(state, dataclasses.replace(d, slow=_slow_evidence(d)))
+        d = dataclasses.replace(d, slow=_slow_evidence(d))
+        state = _replace_device(state, dataclasses.replace(d, peaks=_peak(d, seen.t)))
     # Links to the coordinator stay as profiled: their arrival time includes the coordinator's
     # own queueing (one busy Python process), which is not the network.
     if seen.bytes_out > 0 and seen.transfer_ms >= 0 and seen.next_device != COORDINATOR:
         link = LinkProbed(seen.t, seen.device, seen.next_device, seen.bytes_out, seen.transfer_ms)
         state = _observe_link(state, link, profile, window_s)
     return state
+
+
+def _peak(d: DeviceEstimate, t: float) -> Samples:
+    """``d.peaks`` with its current speed factor at ``t`` (one entry per second, its highest),
+    without those older than ``CAUTION_S``."""
+    second = float(int(t))
+    kept = [p for p in d.peaks if p[0] > t - CAUTION_S]
+    if kept and kept[-1][0] == second:
+        return (*kept[:-1], (second, max(kept[-1][1], d.speed_factor)))
+    return (*kept, (second, d.speed_factor))
 
 
 def _slow_evidence(d: DeviceEstimate) -> tuple[float, float] | None:
