@@ -23,6 +23,9 @@ Checks:
 4. **One exception tree**: every exception class is defined in ``errors.py``; nothing raises the
    base class ``EdgesplitError`` itself, and library code raises no bare ``ValueError`` (pydantic
    validators excepted: pydantic turns their ``ValueError`` into a ``ValidationError``).
+5. **Short functions**: no function or method longer than :data:`MAX_FUNCTION_LINES` lines
+   (generated ``*_pb2*`` modules excepted): a longer one is a phase or a helper waiting to be
+   named (issue #16).
 
 The layer order (:data:`LAYERS`), lowest first. Data flows model -> plan -> runtime -> metrics
 with adapt feeding plans back; *imports* follow who drives whom: the profiler measures through
@@ -373,13 +376,35 @@ def check_light(modules: dict[str, Module]) -> list[str]:
     return findings
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def check_lengths(modules: dict[str, Module]) -> list[str]:
+    """Functions longer than :data:`MAX_FUNCTION_LINES` (decorators and docstring included)."""
+    findings = []
+    for module in modules.values():
+        if module.path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                end = node.end_lineno or node.lineno
+                lines = end - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    findings.append(
+                        f"{node.name} is {lines} lines; at most {MAX_FUNCTION_LINES}\n"
+                        f"    {_shown(module.path)}:{node.lineno}"
+                    )
+    return findings
+
+
 def check(package_dir: Path) -> tuple[list[str], list[str]]:
     """(findings, notes) for the package at ``package_dir``."""
     modules = load(package_dir)
     edges = imports(modules)
     cycles, notes = check_cycles(modules, edges)
     layers = check_layers(modules, edges)
-    return [*cycles, *layers, *check_light(modules), *check_exceptions(modules)], notes
+    found = [*cycles, *layers, *check_light(modules), *check_exceptions(modules)]
+    return [*found, *check_lengths(modules)], notes
 
 
 def main(argv: Sequence[str]) -> int:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit import planner
 from edgesplit.adapt import (
     AdaptPolicy,
     AdaptState,
@@ -28,6 +27,7 @@ from edgesplit.adapt import (
 from edgesplit.adapt import state as state_mod
 from edgesplit.adapt.controller import Controller
 from edgesplit.errors import PlanError
+from edgesplit.plan import planner
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile, UnitProfile
 from edgesplit.runtime.coordinator import Stage

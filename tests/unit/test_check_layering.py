@@ -226,3 +226,16 @@ def test_a_directory_that_is_no_package_is_refused(
 ) -> None:
     assert layering.main([str(tmp_path)]) == 2
     assert "expected a package directory with __init__.py" in capsys.readouterr().out
+
+
+def test_a_long_function_is_a_finding(tmp_path: Path) -> None:
+    package = tmp_path / "edgesplit"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "errors.py").write_text("")
+    short = "def short():\n" + "    x = 1\n" * (layering.MAX_FUNCTION_LINES - 1)
+    long = "def long():\n" + "    x = 1\n" * layering.MAX_FUNCTION_LINES
+    (package / "config.py").write_text(short + "\n\n" + long)
+    findings, _ = layering.check(package)
+    assert len(findings) == 1
+    assert f"long is {layering.MAX_FUNCTION_LINES + 1} lines" in findings[0]
