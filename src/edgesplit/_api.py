@@ -50,7 +50,7 @@ def split(
     """
     from edgesplit.app.job import default_input_size
     from edgesplit.model import graph, models
-    from edgesplit.model.partition import format_partition, parse_partition
+    from edgesplit.shared.plan import format_partition, parse_partition
 
     size = input_size or default_input_size(model, "fashion-mnist")
     module = models.build(model, num_classes=num_classes)

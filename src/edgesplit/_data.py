@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgesplit._results import frame
+from edgesplit.shared.plan import Stages
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -272,7 +273,7 @@ class Simulation:
         >>> print(sim)
     """
 
-    stages: tuple[tuple[str, int, int], ...]
+    stages: Stages
     """``(device, start, end)`` per stage of the initial plan, units half-open."""
     images: int
     batch_size: int

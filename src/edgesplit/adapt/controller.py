@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, Stages, decide, live_problem
+from edgesplit.adapt.policy import AdaptPolicy, Decision, Hold, decide, live_problem
 from edgesplit.adapt.state import (
     AdaptState,
     LinkProbed,
@@ -39,6 +39,7 @@ from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile
 from edgesplit.runtime.live import LiveEvent, ResultSeen, StatusSeen
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage, Stages, as_plan
 from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class Controller:
             plan = self._plans.get(epoch)
         if plan is None:
             stages = self.c.installed_epochs().get(epoch, ())
-            plan = tuple((s.device, s.start, s.end) for s in stages)
+            plan = as_plan(stages)
             if plan:
                 with self._lock:
                     self._plans[epoch] = plan
@@ -162,7 +163,7 @@ class Controller:
         """One decision against the coordinator's current plan; switches if it says so."""
         now = self.clock()
         _, plan = self.c.current()
-        current = tuple((s.device, s.start, s.end) for s in plan)
+        current = as_plan(plan)
         d = decide(
             self.state, self.profile, current, self.request, self.policy, now, self._hold,
             self.c.usable_devices(),
@@ -245,7 +246,7 @@ class Controller:
         self._recorded = (kind, now)
         self.records.append(d.to_dict())
 
-    def replan(self, usable: list[str]) -> list[tuple[str, int, int]]:
+    def replan(self, usable: list[str]) -> list[Stage]:
         """The runner's hook when the usable devices change: the best plan on them under the
         live view (what the controller would pick), without waiting for the hold time."""
         if not usable:
@@ -258,7 +259,7 @@ class Controller:
             max_latency_ms=self.request.max_latency_ms,
             min_throughput_ips=self.request.min_throughput_ips,
         )
-        return [(s.device, s.start, s.end) for s in chosen.stages]
+        return list(chosen.assignment())
 
     def line(self) -> str | None:
         """The last decision for the live display."""

@@ -48,9 +48,7 @@ from edgesplit.errors import PlanError
 from edgesplit.plan import planner
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile, to_problem
-
-Stages = tuple[tuple[str, int, int], ...]
-"""``(device, start, end)`` per stage, units half-open."""
+from edgesplit.shared.plan import Stage, Stages, as_plan
 
 
 @dataclass(frozen=True)
@@ -269,7 +267,7 @@ def _best(
 def decide(
     state: AdaptState,
     profile: Profile,
-    current: Sequence[tuple[str, int, int]],
+    current: Sequence[Stage],
     request: PlanRequest,
     policy: AdaptPolicy,
     now: float,
@@ -281,7 +279,7 @@ def decide(
     ``usable``: devices a plan may use (default: every device of the profile). ``hold`` is the
     previous decision's :attr:`Decision.hold`; a different ``current`` than the hold's resets the
     gain timer (the plan changed under us, e.g. a re-plan after a device loss)."""
-    current = tuple(current)
+    current = as_plan(current)
     if hold.stages != current:
         hold = dataclasses.replace(
             hold, since=None, stages=current, current_since=now, reference_ips=None

@@ -15,6 +15,7 @@ from edgesplit.plan import autoplan, planner
 from edgesplit.plan import precision as precision_auto
 from edgesplit.plan.profile import Profile
 from edgesplit.runconfig import RunConfig
+from edgesplit.shared.plan import Stages
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
@@ -122,7 +123,7 @@ def choose_precision(
     measure: precision_auto.Measure | None = None
     if gate is not None:
 
-        def measure(stages: precision_auto.Stages) -> tuple[float, float]:
+        def measure(stages: Stages) -> tuple[float, float]:
             phase("measuring the int8 accuracy drop on the plan's devices")
             return gate.accuracies(stages)
 

@@ -29,13 +29,13 @@ from edgesplit.errors import ConfigError, ModelError, RunError
 from edgesplit.metrics import manifest, resultlog, runfolder
 from edgesplit.metrics.summary import RunFacts, run_events, summarise
 from edgesplit.model import checkpoints, data, graph, models
-from edgesplit.model.partition import Ranges, format_partition
 from edgesplit.plan import autoplan, planner
 from edgesplit.plan import precision as precision_auto
 from edgesplit.plan.profile import Profile, ProfileSettings
 from edgesplit.runconfig import RunConfig
 from edgesplit.runtime.live import LiveCallback, LiveSnapshot
 from edgesplit.shared.imagespec import ImageSpec
+from edgesplit.shared.plan import Ranges, Stage, format_partition
 from edgesplit.shared.runsummary import DeviceRow, RunSummary
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def resolve_model(config: RunConfig, dataset: data.ImageSet) -> ResolvedModel:
 def partition_devices(partition: str | None, spec: ClusterSpec, stages: int) -> list[str]:
     """The devices of a fixed partition's stages: those it names (``pi2:0-12,pi1:12-``), else
     the cluster's first ``stages`` devices in cluster order."""
-    from edgesplit.model.partition import split_devices
+    from edgesplit.shared.plan import split_devices
 
     _, named = split_devices(partition or "")
     if named is None:
@@ -297,7 +297,7 @@ class Connected:
 class Chosen:
     """The plan the run starts with, and how it was chosen (phase 2, :func:`choose_plan`)."""
 
-    initial: list[tuple[str, int, int]]
+    initial: list[Stage]
     execution: Execution
     request: autoplan.PlanRequest
     profile: Profile | None
@@ -509,10 +509,10 @@ def choose_plan(prep: Prepared, connected: Connected, phase: Callable[[str], Non
             request = replace(request, precision=choice.precision)
             prep.notes.append(f"--precision auto chose {choice.precision}: {choice.reason}")
         prep.notes.extend(plan.notes)
-        initial = [(s.device, s.start, s.end) for s in plan.stages]
+        initial = list(plan.assignment())
     else:
         names = partition_devices(config.partition, connected.spec, len(prep.ranges))
-        initial = [(name, a, b) for name, (a, b) in zip(names, prep.ranges, strict=True)]
+        initial = [Stage(name, a, b) for name, (a, b) in zip(names, prep.ranges, strict=True)]
         phase("profiling the devices and links for the given partition's prediction")
         given, plan = autoplan.profile_and_evaluate(
             coordinator, prep.ug, config.model, prep.resolved.num_classes, request, settings,
@@ -818,7 +818,7 @@ def pilot_source(
 
 def predict_with_pilot(
     coordinator: Coordinator,
-    initial: list[tuple[str, int, int]],
+    initial: list[Stage],
     source: Iterator[torch.Tensor],
     profile: Profile,
     request: autoplan.PlanRequest,

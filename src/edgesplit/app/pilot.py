@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgesplit.metrics.cpu import devices_cpu_s
 from edgesplit.plan.profile import Profile, boundary_bytes, to_problem
+from edgesplit.shared.plan import Stage
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +77,7 @@ def _feed(source: Iterator[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
 
 def measure(
     coordinator: Coordinator,
-    stages: list[tuple[str, int, int]],
+    stages: list[Stage],
     source: Iterator[torch.Tensor],
     profile: Profile,
     precision: str = "fp32",

@@ -16,6 +16,7 @@ from edgesplit.metrics.summary import StageInfo
 from edgesplit.model import graph
 from edgesplit.model.partition import Ranges, balanced_ranges, parse_partition, split_devices
 from edgesplit.runconfig import ASSUMED_BANDWIDTH_MBPS, RunConfig
+from edgesplit.shared.plan import Stage
 
 
 def unit_times_ms(ug: graph.UnitGraph, batch: torch.Tensor, repeats: int = 3) -> list[float]:
@@ -78,20 +79,18 @@ def choose_ranges(
     return balanced_ranges(times, stages, cuts)
 
 
-def replanner(
-    initial: list[tuple[str, int, int]], costs: Costs
-) -> Callable[[list[str]], list[tuple[str, int, int]]]:
+def replanner(initial: list[Stage], costs: Costs) -> Callable[[list[str]], list[Stage]]:
     """The plan when the usable devices change: the initial plan while all its devices are
     usable, else the same number of stages (at most one per usable device) balanced by
     ``costs`` (measured before the run, so a re-plan takes no time)."""
     times, cuts = costs
 
-    def replan(usable: list[str]) -> list[tuple[str, int, int]]:
+    def replan(usable: list[str]) -> list[Stage]:
         if all(device in usable for device, _, _ in initial):
             return initial
         stages = min(len(initial), len(usable), len(times))
         ranges = balanced_ranges(times, stages, cuts)
-        return [(device, a, b) for device, (a, b) in zip(usable, ranges, strict=False)]
+        return [Stage(device, a, b) for device, (a, b) in zip(usable, ranges, strict=False)]
 
     return replan
 

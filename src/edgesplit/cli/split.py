@@ -13,7 +13,7 @@ from rich.table import Table
 from edgesplit.cli import main
 from edgesplit.model import graph, models
 from edgesplit.model.graph import check_partition
-from edgesplit.model.partition import parse_partition
+from edgesplit.shared.plan import parse_partition
 
 
 def _human(n: int) -> str:

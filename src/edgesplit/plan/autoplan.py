@@ -20,6 +20,7 @@ from edgesplit.plan.profile import (
     to_problem,
     untimed,
 )
+from edgesplit.shared.plan import Stage
 
 if TYPE_CHECKING:
     from edgesplit.model.graph import UnitGraph
@@ -126,18 +127,18 @@ def profile_and_plan(
 
 
 def replanner(
-    profile: Profile, request: PlanRequest, initial: list[tuple[str, int, int]]
-) -> Callable[[list[str]], list[tuple[str, int, int]]]:
+    profile: Profile, request: PlanRequest, initial: list[Stage]
+) -> Callable[[list[str]], list[Stage]]:
     """The plan when the usable devices change: the initial plan while all its devices are
     usable, else the planner's best plan on the usable devices (same objective, same profile)."""
 
-    def replan(usable: list[str]) -> list[tuple[str, int, int]]:
+    def replan(usable: list[str]) -> list[Stage]:
         if all(device in usable for device, _, _ in initial):
             return initial
         if not usable:
             return []
         chosen = plan(profile, replace(request, devices=tuple(usable)))
-        return [(s.device, s.start, s.end) for s in chosen.stages]
+        return list(chosen.assignment())
 
     return replan
 
@@ -192,7 +193,7 @@ def profile_and_evaluate(
     request: PlanRequest,
     settings: ProfileSettings,
     say: Callable[[str], None],
-    stages: Sequence[tuple[str, int, int]],
+    stages: Sequence[Stage],
     prepare_ms: float = 0.0,
 ) -> tuple[Profile, planner.Plan]:
     """A given partition's prediction (issue #19): profile the cluster as ``--partition auto``

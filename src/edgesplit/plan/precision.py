@@ -32,6 +32,7 @@ import torch
 from edgesplit import engines
 from edgesplit.errors import AccuracyError
 from edgesplit.plan import planner
+from edgesplit.shared.plan import Stages
 
 if TYPE_CHECKING:
     from edgesplit.runtime.coordinator import Coordinator
@@ -41,8 +42,6 @@ DEFAULT_MAX_ACCURACY_DROP = 1.0
 HELD_OUT_IMAGES = 300
 """Training images, not used for calibration, that measure the drop."""
 
-Stages = tuple[tuple[str, int, int], ...]
-"""A plan's ``(device, start, end)`` stages, units half-open."""
 Measure = Callable[[Stages], tuple[float, float]]
 """A plan's stages -> (fp32 accuracy, int8 accuracy), both in [0, 1]."""
 
@@ -96,7 +95,7 @@ def choose(
         )
     if measure is None:
         return keep_fp32("the accuracy drop cannot be measured without labels", int8_value)
-    fp32_acc, int8_acc = measure(tuple((s.device, s.start, s.end) for s in int8.stages))
+    fp32_acc, int8_acc = measure(int8.assignment())
     drop = (fp32_acc - int8_acc) * 100.0
     ok = drop <= max_drop_points
     reason = f"int8 {describe_drop(drop)} (bound {max_drop_points:g})"

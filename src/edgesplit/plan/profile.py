@@ -33,6 +33,7 @@ from edgesplit.plan import calibrate
 from edgesplit.plan.energy import PowerFit
 from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage
 from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
@@ -737,17 +738,15 @@ def _identity(
     return identity, (settings.cache or cache_dir()) / f"{key}.json"
 
 
-def untimed(
-    profile: Profile, stages: Sequence[tuple[str, int, int]], precision: str = "fp32"
-) -> list[tuple[str, int, int]]:
+def untimed(profile: Profile, stages: Sequence[Stage], precision: str = "fp32") -> list[Stage]:
     """The ``(device, start, end)`` stages that ``profile`` has no stage timing for."""
-    return [(n, a, b) for n, a, b in stages if not profile.device(n).is_timed(a, b, precision)]
+    return [Stage(n, a, b) for n, a, b in stages if not profile.device(n).is_timed(a, b, precision)]
 
 
 def measure_stages(
     coordinator: Coordinator,
     profile: Profile,
-    stages: Sequence[tuple[str, int, int]],
+    stages: Sequence[Stage],
     settings: ProfileSettings,
     precision: str = "fp32",
     progress: Progress | None = None,

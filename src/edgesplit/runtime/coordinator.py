@@ -31,7 +31,7 @@ from edgesplit.runtime import PROTOCOL_VERSION, codec, model_store, wire
 from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import WORKER_LINK, LinkStream
 from edgesplit.runtime.live import LiveCallback, LiveObserver
-from edgesplit.runtime.ports import Event, FailureEvent, History, ResultEvent, Stage
+from edgesplit.runtime.ports import Event, FailureEvent, History, ResultEvent
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.proto import edgesplit_pb2_grpc as pb_grpc
 from edgesplit.runtime.records import PlanChange, RunRecord, Transition, best_offset
@@ -49,6 +49,7 @@ from edgesplit.runtime.transport import (
 from edgesplit.runtime.weights import to_bytes
 from edgesplit.shared.imagespec import ImageSpec
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage, Stages, as_plan
 from edgesplit.shared.timeouts import TIMEOUTS
 
 __all__ = ["ChannelFactory", "Coordinator", "DeviceInfo", "Stage", "bind_result_port"]
@@ -117,7 +118,7 @@ class Coordinator:
         self._address: str | None = None
         self.events: queue.Queue[Event] = queue.Queue()
         self._epoch = 0
-        self._plan: tuple[Stage, ...] = ()
+        self._plan: Stages = ()
         self._execution = Execution()
         self._num_units: int | None = None
         self._compiled: CompiledModel | None = None
@@ -127,7 +128,7 @@ class Coordinator:
         self._int8_models: dict[tuple[str, str, str], CompiledModel] = {}
         """The loaded model quantized per (model sha256, calibration id, CPU kind)."""
         self._int8_lock = threading.Lock()
-        self._installed: dict[int, tuple[Stage, ...]] = {}
+        self._installed: dict[int, Stages] = {}
         """Epochs the workers hold, by epoch; an epoch leaves when it is dropped."""
         self.clock_offsets_ms: dict[str, float] = {}
         self.rtt_ms: dict[str, float] = {}
@@ -456,7 +457,7 @@ class Coordinator:
 
     def install_plan(
         self,
-        stages: list[tuple[str, int, int]],
+        stages: list[Stage],
         reason: str = "install",
         timeout_s: float | None = None,
         execution: Execution | None = None,
@@ -475,7 +476,7 @@ class Coordinator:
 
     def _install_plan(
         self,
-        stages: list[tuple[str, int, int]],
+        stages: list[Stage],
         reason: str,
         timeout_s: float | None,
         execution: Execution | None,
@@ -488,7 +489,7 @@ class Coordinator:
             raise PlanError("install_plan needs a model; call load_model first")
         if execution is not None and execution.engine == "torch":
             self.ensure_torch_reference()
-        plan = tuple(Stage(d, s, e) for d, s, e in stages)
+        plan = as_plan(stages)
         _validate_plan(plan, num_units, {d.name for d in self.cluster.devices})
         coordinator = self.result_address()
         with self._lock:
@@ -499,15 +500,11 @@ class Coordinator:
         with self._lock:
             self._epoch, self._plan = epoch, plan
             self._installed[epoch] = plan
-            self.plan_changes.append(
-                PlanChange(
-                    epoch, time.time(), reason, tuple((p.device, p.start, p.end) for p in plan)
-                )
-            )
+            self.plan_changes.append(PlanChange(epoch, time.time(), reason, plan))
         log.info("installed epoch %d (%s): %s", epoch, reason, plan)
         return epoch
 
-    def switch_plan(self, stages: list[tuple[str, int, int]], reason: str = "switch") -> int:
+    def switch_plan(self, stages: list[Stage], reason: str = "switch") -> int:
         """Make ``stages`` the plan for new micro-batches, also in the middle of a run (from any
         thread): micro-batches already in flight finish under their epoch, and a running
         :class:`Run` drops that epoch on the workers once none of its requests is unfinished.
@@ -515,7 +512,7 @@ class Coordinator:
         return self.install_plan(stages, reason=reason)
 
     def _install_one(
-        self, epoch: int, index: int, plan: tuple[Stage, ...], coord: str, timeout_s: float
+        self, epoch: int, index: int, plan: Stages, coord: str, timeout_s: float
     ) -> None:
         stage = plan[index]
         last = index + 1 == len(plan)
@@ -635,12 +632,12 @@ class Coordinator:
             self._installed.pop(epoch, None)
         self._background.submit(self.drop_epoch, epoch, list(devices) if devices else None)
 
-    def installed_epochs(self) -> dict[int, tuple[Stage, ...]]:
+    def installed_epochs(self) -> dict[int, Stages]:
         """Epochs installed and not yet dropped, with their plans."""
         with self._lock:
             return dict(self._installed)
 
-    def current(self) -> tuple[int, tuple[Stage, ...]]:
+    def current(self) -> tuple[int, Stages]:
         """The current epoch and its plan, read together (another thread may install)."""
         with self._lock:
             return self._epoch, self._plan
@@ -651,7 +648,7 @@ class Coordinator:
             return self._epoch
 
     @property
-    def plan(self) -> tuple[Stage, ...]:
+    def plan(self) -> Stages:
         with self._lock:
             return self._plan
 
@@ -729,7 +726,7 @@ def _compile(
     return compile_model(ug, name, sha)
 
 
-def _validate_plan(plan: tuple[Stage, ...], num_units: int, devices: set[str]) -> None:
+def _validate_plan(plan: Stages, num_units: int, devices: set[str]) -> None:
     if not plan:
         raise PlanError("a plan needs at least one stage")
     expected = 0

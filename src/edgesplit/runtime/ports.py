@@ -22,15 +22,7 @@ from edgesplit.runtime import health as hl
 from edgesplit.runtime.links import LinkStream
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import PlanChange, Transition
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of an installed plan: ``device`` runs units ``[start, end)``."""
-
-    device: str
-    start: int
-    end: int
+from edgesplit.shared.plan import Stage, Stages
 
 
 @dataclass(frozen=True)
@@ -77,13 +69,11 @@ class RunPort(Protocol):
     def health_policy(self) -> hl.HealthPolicy: ...
 
     # plans and epochs
-    def current(self) -> tuple[int, tuple[Stage, ...]]: ...
+    def current(self) -> tuple[int, Stages]: ...
 
-    def installed_epochs(self) -> dict[int, tuple[Stage, ...]]: ...
+    def installed_epochs(self) -> dict[int, Stages]: ...
 
-    def install_plan(
-        self, stages: list[tuple[str, int, int]], reason: str, timeout_s: float | None
-    ) -> int: ...
+    def install_plan(self, stages: list[Stage], reason: str, timeout_s: float | None) -> int: ...
 
     def drop_epoch_later(self, epoch: int, devices: Iterable[str] | None = None) -> None: ...
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgesplit.errors import WorkerError
+from edgesplit.shared.plan import Stages
 
 if TYPE_CHECKING:  # keeps the run-folder readers (edgesplit report) free of torch
     import torch
@@ -84,7 +85,7 @@ class PlanChange:
     epoch: int
     t: float
     reason: str
-    stages: tuple[tuple[str, int, int], ...]
+    stages: Stages
 
     def to_dict(self) -> dict[str, Any]:
         return {

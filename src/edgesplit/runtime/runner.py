@@ -52,6 +52,7 @@ from edgesplit.runtime.ports import (
 from edgesplit.runtime.proto import edgesplit_pb2 as pb
 from edgesplit.runtime.records import RunRecord, hop_records, upload_record
 from edgesplit.runtime.upload import CONFIRM_TIMEOUT_S, Uploads, confirm_lost
+from edgesplit.shared.plan import Stage
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -79,7 +80,7 @@ UPLOAD_POLL_S = 0.02
 KEPT_SAMPLES = 600
 """Heartbeat samples kept per device when a run keeps no outputs (a serving session)."""
 
-Replan = Callable[[list[str]], list[tuple[str, int, int]]]
+Replan = Callable[[list[str]], list[Stage]]
 """Given the usable devices (cluster order), the stages ``(device, start, end)`` to run on."""
 
 

@@ -46,6 +46,7 @@ from edgesplit.runtime.live import LiveEvent, LiveSnapshot, ResultSeen
 from edgesplit.serve.batcher import Batcher, BatchPolicy, Job, MicroBatch
 from edgesplit.serve.images import ImageLimits
 from edgesplit.serve.labels import class_names
+from edgesplit.shared.plan import Stage
 from edgesplit.shared.timeouts import TIMEOUTS
 
 if TYPE_CHECKING:
@@ -53,10 +54,10 @@ if TYPE_CHECKING:
     from edgesplit.engines import Execution
     from edgesplit.metrics.prometheus import RunMetrics
     from edgesplit.model.graph import UnitGraph
-    from edgesplit.model.partition import Ranges
     from edgesplit.plan.profile import Profile
     from edgesplit.runtime.coordinator import Coordinator
     from edgesplit.runtime.runner import Replan
+    from edgesplit.shared.plan import Ranges
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,12 @@ class Session:
         ranges: Ranges | None,
         planned: autoplan.PlanRequest,
         execution: Execution,
-    ) -> tuple[Profile | None, list[tuple[str, int, int]]]:
+    ) -> tuple[Profile | None, list[Stage]]:
         """The plan the session starts with: the planner's from a profile (``auto``), else the
         fixed ranges on the cluster's first devices; and the profile, if one was taken."""
         if ranges is not None:
             names = [d.name for d in connected.spec.devices[: len(ranges)]]
-            return None, [(n, a, b) for n, (a, b) in zip(names, ranges, strict=True)]
+            return None, [Stage(n, a, b) for n, (a, b) in zip(names, ranges, strict=True)]
         config = self.config.run
         self.phase("profiling the devices and links")
         settings = ProfileSettings(
@@ -220,7 +221,7 @@ class Session:
             self.phase,
         )  # fmt: skip
         self.notes.extend(chosen.notes)
-        return profile, [(s.device, s.start, s.end) for s in chosen.stages]
+        return profile, list(chosen.assignment())
 
     def _start_run(
         self,

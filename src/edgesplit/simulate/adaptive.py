@@ -10,7 +10,7 @@ from edgesplit.adapt.state import ResultArrived, StageSeen, observe, start
 from edgesplit.plan.autoplan import PlanRequest
 from edgesplit.plan.profile import Profile
 from edgesplit.shared.names import COORDINATOR
-from edgesplit.simulate.spec import Stages
+from edgesplit.shared.plan import Stages
 
 
 class AdaptiveLoop:

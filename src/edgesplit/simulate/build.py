@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from edgesplit.config import LinkSpec, PairLink
 from edgesplit.errors import ConfigError, PartitionError, PlanError
-from edgesplit.model.partition import parse_partition
 from edgesplit.plan.planner import Plan, Problem, choose_plan, evaluate
 from edgesplit.plan.profile import Profile, to_problem
+from edgesplit.shared.plan import Stages, parse_plan
 from edgesplit.simulate.kinds import Kinds, kinds_of, plan_by_kinds
-from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimSpec, Stages, spread_of
+from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimSpec, spread_of
 from edgesplit.simulate.synthetic import synthetic_profile
 
 
@@ -104,17 +104,12 @@ def plan_for(
 
 
 def fixed_stages(cluster: SimCluster, partition: str) -> Stages:
-    """A partition string (``0-10,10-``) on the cluster's first devices, in order."""
+    """A partition string on the cluster's first devices, in order (``0-10,10-``), or a plan's
+    text naming each stage's device (``pi2:0-10,pi1:10-``)."""
     try:
-        ranges = parse_partition(partition, cluster.problem.num_units)
+        stages = parse_plan(partition, cluster.problem.num_units, cluster.problem.device_names)
     except PartitionError as exc:
         raise ConfigError(str(exc)) from None
-    names = cluster.problem.device_names
-    if len(ranges) > len(names):
-        raise ConfigError(
-            f"partition {partition!r} has {len(ranges)} stages, the cluster {len(names)} devices"
-        )
-    stages = tuple((n, a, b) for n, (a, b) in zip(names, ranges, strict=False))
     evaluate(cluster.problem, stages, check_memory=False)
     return stages
 

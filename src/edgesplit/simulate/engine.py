@@ -50,6 +50,7 @@ from edgesplit.cluster.faults import Injection
 from edgesplit.errors import ConfigError, RunError
 from edgesplit.plan.planner import LinkCost
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stages, as_plan
 from edgesplit.simulate.adaptive import AdaptiveLoop
 from edgesplit.simulate.cpu import Host, Proc, Quota, settle
 from edgesplit.simulate.result import (
@@ -60,7 +61,7 @@ from edgesplit.simulate.result import (
     SimResult,
     summarise,
 )
-from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimConfig, SimSpec, Stages
+from edgesplit.simulate.spec import EXACT_MAX_DEVICES, Replan, SimConfig, SimSpec
 
 MEDIUM = "(medium)"
 DEFAULT_CONFIG = SimConfig()
@@ -200,7 +201,7 @@ class _Sim:
         self.replayed = 0
         self.lost: dict[str, _LostState] = {}
         self.usable = [d.name for d in self.p.devices]
-        self._stage_cost: dict[tuple[str, int, int], float] = {}
+        self._stage_cost: dict[tuple[str, int, int], float] = {}  # a cache, by stage
         self.adaptive: AdaptiveLoop | None = None
         if config.adaptive is not None:
             if spec.profile is None:
@@ -248,9 +249,10 @@ class _Sim:
         return link
 
     def _install(self, stages: Stages, reason: str) -> int:
-        self.plans.append(tuple(stages))
+        stages = as_plan(stages)
+        self.plans.append(stages)
         epoch = len(self.plans) - 1
-        self.changes.append(PlanChange(self.now / 1000.0, epoch, tuple(stages), reason))
+        self.changes.append(PlanChange(self.now / 1000.0, epoch, stages, reason))
         return epoch
 
     @property
@@ -695,4 +697,4 @@ def simulate(
     from edgesplit.plan.planner import evaluate
 
     evaluate(spec.problem, stages, check_memory=False)  # the same checks as a plan
-    return _Sim(spec, config, tuple(stages), replan).run()
+    return _Sim(spec, config, as_plan(stages), replan).run()

@@ -27,6 +27,7 @@ import numpy as np
 from edgesplit.errors import PlanError
 from edgesplit.plan.planner import Plan, Problem, dp, evaluate
 from edgesplit.plan.planner.energy import piece_values
+from edgesplit.shared.plan import Stage, Stages
 
 INF = np.inf
 Counts = tuple[int, ...]
@@ -188,11 +189,11 @@ def _stages(
     return list(reversed(out))
 
 
-def _assign(kinds: Kinds, stages: list[tuple[int, int, int]]) -> tuple[tuple[str, int, int], ...]:
+def _assign(kinds: Kinds, stages: list[tuple[int, int, int]]) -> Stages:
     used = [0] * len(kinds.names)
-    out = []
+    out: list[Stage] = []
     for k, a, b in stages:
-        out.append((kinds.members[k][used[k]], a, b))
+        out.append(Stage(kinds.members[k][used[k]], a, b))
         used[k] += 1
     return tuple(out)
 
@@ -233,7 +234,7 @@ class Candidate:
 
     counts: Counts
     latency_ms: float
-    stages: tuple[tuple[str, int, int], ...]
+    stages: Stages
 
 
 def candidates_under(

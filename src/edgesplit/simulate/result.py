@@ -11,7 +11,7 @@ from typing import Any
 from edgesplit.config import PowerModel
 from edgesplit.plan.energy import MODEL, DeviceEnergy, energy_summary
 from edgesplit.plan.planner import Problem
-from edgesplit.simulate.spec import Stages
+from edgesplit.shared.plan import Stages
 
 PERCENTILES = (50, 90, 99)
 

@@ -11,9 +11,7 @@ from edgesplit.cluster.faults import Injection
 from edgesplit.errors import ConfigError
 from edgesplit.plan.planner import Problem
 from edgesplit.plan.profile import Profile
-
-Stages = tuple[tuple[str, int, int], ...]
-"""``(device, start, end)`` per stage, units half-open."""
+from edgesplit.shared.plan import Stages
 
 Replan = Callable[[Sequence[str]], Stages]
 """Given the usable devices (cluster order), the stages to run on (as the run's replan)."""

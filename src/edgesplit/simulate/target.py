@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 from edgesplit.errors import PlanError
 from edgesplit.plan.planner import evaluate
+from edgesplit.shared.plan import Stages
 from edgesplit.simulate.build import SimCluster
 from edgesplit.simulate.engine import simulate
 from edgesplit.simulate.kinds import Candidate, candidates_under
-from edgesplit.simulate.spec import SimConfig, Stages
+from edgesplit.simulate.spec import SimConfig
 
 By = Literal["count", "watts"]
 TIGHTEN = (1.0, 0.95, 0.9, 0.8, 0.7)

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgesplit.plan.planner.types import Problem
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage, Stages
 
 INF = np.inf
 Array = np.ndarray
@@ -186,15 +187,15 @@ class Solved:
         pick = h.argmin(axis=0)
         return h[pick, np.arange(width)], members[pick]
 
-    def stages(self, subset: int, device: int) -> tuple[tuple[str, int, int], ...]:
+    def stages(self, subset: int, device: int) -> Stages:
         """The plan ending on ``device`` with device set ``subset``, as (device, start, end)."""
-        out = []
+        out: list[Stage] = []
         end = self.f.shape[2] - 1
         while device >= 0:
             subset &= ~(1 << device)
             g, pred = self._fold(subset, device)
             start = int(_op(self.costs)(g, self.costs.stage[device, :, end]).argmin())
-            out.append((self.names[device], start, end))
+            out.append(Stage(self.names[device], start, end))
             device, end = int(pred[start]), start
         return tuple(reversed(out))
 
@@ -270,7 +271,7 @@ def active_energy_costs(tables: Tables, cap: float = INF, strict: bool = False) 
     )
 
 
-def bottleneck_of(tables: Tables, stages: tuple[tuple[str, int, int], ...]) -> float:
+def bottleneck_of(tables: Tables, stages: Stages) -> float:
     """The bottleneck of ``stages`` from the tables' own numbers (so a cap derived from it
     compares exactly with the DP's pieces; a sum in another order may differ in the last bit)."""
     index = [tables.names.index(name) for name, _, _ in stages]

@@ -21,6 +21,7 @@ import heapq
 import numpy as np
 
 from edgesplit.plan.planner import dp
+from edgesplit.shared.plan import Stages
 
 TIE_REL = 1e-9
 
@@ -37,14 +38,12 @@ def piece_values(tables: dp.Tables, floor_ms: float, cap_ms: float) -> np.ndarra
     return values[(values >= floor_ms) & (values <= cap_ms)]
 
 
-def least_energy_stages(
-    tables: dp.Tables, floor_ms: float, cap_ms: float
-) -> list[tuple[tuple[str, int, int], ...]]:
+def least_energy_stages(tables: dp.Tables, floor_ms: float, cap_ms: float) -> list[Stages]:
     """The plans probed on the way (each the least active energy under some cap), among which
     the least energy (I x T + A) is; the caller evaluates them and breaks ties."""
     idle_w = float(tables.idle_w.sum())
     values = piece_values(tables, floor_ms, cap_ms)
-    found: list[tuple[tuple[str, int, int], ...]] = []
+    found: list[Stages] = []
     best_mj = np.inf
     # (lower bound mJ, lo index, hi index, least active energy known for the interval)
     heap: list[tuple[float, int, int, float]] = [(-np.inf, 0, len(values) - 1, -np.inf)]

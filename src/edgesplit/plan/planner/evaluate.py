@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 
 from edgesplit.errors import PartitionError, PlanError
-from edgesplit.model.partition import validate_ranges
 from edgesplit.plan.planner.types import MB, OBJECTIVES, Plan, Prediction, Problem, StagePlan
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage, validate_ranges
 
 
 def check_objective(objective: str) -> None:
@@ -17,7 +17,7 @@ def check_objective(objective: str) -> None:
         raise PlanError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
 
 
-def _check_assignment(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> None:
+def _check_assignment(problem: Problem, stages: Sequence[Stage]) -> None:
     try:
         validate_ranges([(a, b) for _, a, b in stages], problem.num_units)
     except PartitionError as e:
@@ -37,7 +37,7 @@ def throughput_ips(batch_size: int, bottleneck_ms: float) -> float:
 
 def evaluate(
     problem: Problem,
-    stages: Sequence[tuple[str, int, int]],
+    stages: Sequence[Stage],
     objective: str = "throughput",
     *,
     check_memory: bool = True,
@@ -117,7 +117,7 @@ def evaluate(
     return Plan(objective=objective, stages=tuple(plans), prediction=prediction, notes=tuple(notes))
 
 
-def _process_cpu_ms(problem: Problem, stages: Sequence[tuple[str, int, int]]) -> list[float]:
+def _process_cpu_ms(problem: Problem, stages: Sequence[Stage]) -> list[float]:
     """CPU ms per micro-batch of each process on a shared host: the coordinator (its
     preparation, its side of the upload, which costs what the first device's side does, and
     its fixed cost per micro-batch), then each stage's device (its full-speed compute, both of
@@ -160,7 +160,7 @@ def _core_share(cores: float, others: Sequence[float]) -> float:
 
 def _contended_ms(
     problem: Problem,
-    stages: Sequence[tuple[str, int, int]],
+    stages: Sequence[Stage],
     cpu: Sequence[float],
     computes: Sequence[float],
     transfers: Sequence[float],

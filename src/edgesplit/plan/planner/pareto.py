@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgesplit.plan.planner.dp import INF, Tables
+from edgesplit.shared.plan import Stage, Stages
 
 
 class Label(NamedTuple):
@@ -38,18 +39,18 @@ def _insert(front: list[Label], label: Label) -> None:
     front.append(label)
 
 
-def _stages(label: Label, names: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
-    out = []
+def _stages(label: Label, names: tuple[str, ...]) -> Stages:
+    out: list[Stage] = []
     node: Label | None = label
     while node is not None:
-        out.append((names[node.device], node.start, node.end))
+        out.append(Stage(names[node.device], node.start, node.end))
         node = node.parent
     return tuple(reversed(out))
 
 
 def energy_with_latency_bound(
     tables: Tables, batch_size: int, max_latency_ms: float, cap_ms: float
-) -> list[tuple[tuple[str, int, int], ...]]:
+) -> list[Stages]:
     """Plans with latency <= ``max_latency_ms`` and bottleneck <= ``cap_ms`` whose energy is
     the least (all of those equal up to rounding, for the caller's tie-break); [] if none."""
     num_d, n = tables.num_devices, tables.num_units

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesplit.errors import PlanError
-from edgesplit.model.partition import format_partition
 from edgesplit.shared.names import COORDINATOR
+from edgesplit.shared.plan import Stage, Stages, format_partition
 
 OBJECTIVES = ("throughput", "latency", "energy")
 MB = 1e6
@@ -357,9 +357,9 @@ class Plan:
         """The stages' partition string (:func:`edgesplit.model.partition.format_partition`)."""
         return format_partition([(s.start, s.end) for s in self.stages])
 
-    def assignment(self) -> tuple[tuple[str, int, int], ...]:
+    def assignment(self) -> Stages:
         """``(device, start, end)`` per stage, the form :func:`evaluate` takes."""
-        return tuple((s.device, s.start, s.end) for s in self.stages)
+        return tuple(Stage(s.device, s.start, s.end) for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
