@@ -11,6 +11,7 @@ import click
 from edgesplit.cli import main
 from edgesplit.cli._cluster_options import objective_options
 from edgesplit.errors import ConfigError
+from edgesplit.shared.plan import plan_text
 
 if TYPE_CHECKING:
     from edgesplit.plan.profile import Profile
@@ -116,9 +117,7 @@ def plan_command(
         click.echo(json.dumps(chosen.to_dict(), indent=2))
         return
     click.echo(chosen.table())  # includes the plan's notes
-    click.echo(
-        f"partition: {chosen.partition()}  (devices: {', '.join(s.device for s in chosen.stages)})"
-    )
+    click.echo(f"partition: {plan_text(chosen.assignment())}  (as --partition takes it)")
 
 
 def _target(
@@ -148,5 +147,4 @@ def _target(
         click.echo(json.dumps(answer.to_dict(), indent=2))
         return
     click.echo(answer.summary())
-    where = ", ".join(f"{d}[{a},{b})" for d, a, b in answer.stages)
-    click.echo(f"plan: {where}")
+    click.echo(f"plan: {plan_text(answer.stages)}")

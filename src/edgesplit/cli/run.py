@@ -19,6 +19,7 @@ from edgesplit.cli._cluster_options import (
 )
 from edgesplit.config import ClusterSpec, load_cluster
 from edgesplit.errors import ConfigError
+from edgesplit.shared.plan import plan_text
 
 if TYPE_CHECKING:
     from edgesplit.app.job import RunOutcome
@@ -305,6 +306,7 @@ def _print_outcome(outcome: RunOutcome, wide: bool, took_s: float) -> None:
     # Not a terminal (a log, a pipe): the table at its natural width, nothing cut.
     out_console = Console(width=None if sys.stdout.isatty() else 1000)
     out_console.print(device_table(outcome.summary, outcome.rows, outcome.layer_counts, wide=wide))
+    out_console.print(plan_line(outcome.summary), markup=False, highlight=False)
     for line in history_lines(outcome.summary):
         out_console.print(line, markup=False, highlight=False)
     for note in outcome.notes:
@@ -379,7 +381,14 @@ def _prediction_lines(summary: RunSummary) -> list[str]:
 
 
 def _stages(stages: list[tuple[str, tuple[int, int]]]) -> str:
-    return ", ".join(f"{device} [{units[0]}, {units[1]})" for device, units in stages)
+    """The plan's text (``pi1:0-10,pi2:10-33``), as ``--partition`` takes it."""
+    return plan_text((device, units[0], units[1]) for device, units in stages)
+
+
+def plan_line(summary: RunSummary) -> str:
+    """The plan the table shows, in the form ``--partition`` takes back."""
+    shown = summary.final_plan or summary.plan
+    return f"plan: {_stages([(s.device, s.units) for s in shown.stages])}"
 
 
 def history_lines(summary: RunSummary) -> list[str]:

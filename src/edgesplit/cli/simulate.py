@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgesplit.cli import main
+from edgesplit.shared.plan import plan_text
 
 if TYPE_CHECKING:
     from edgesplit.config import LinkSpec
@@ -194,8 +195,7 @@ def simulate_command(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
         return
-    where = ", ".join(f"{d}[{a},{b})" for d, a, b in stages)
-    click.echo(f"plan: {where}")
+    click.echo(f"plan: {plan_text(stages)}")
     click.echo(result.table())
 
 

@@ -20,7 +20,7 @@ from edgesplit.plan.profile import (
     to_problem,
     untimed,
 )
-from edgesplit.shared.plan import Stage
+from edgesplit.shared.plan import Stage, plan_text
 
 if TYPE_CHECKING:
     from edgesplit.model.graph import UnitGraph
@@ -119,9 +119,8 @@ def profile_and_plan(
         )
     p = chosen.prediction
     say(
-        f"plan ({request.objective}, {request.precision}): {chosen.partition()} on "
-        f"{', '.join(s.device for s in chosen.stages)}; predicted {p.throughput_ips:.1f} img/s, "
-        f"{p.latency_ms:.1f} ms per micro-batch"
+        f"plan ({request.objective}, {request.precision}): {plan_text(chosen.assignment())}; "
+        f"predicted {p.throughput_ips:.1f} img/s, {p.latency_ms:.1f} ms per micro-batch"
     )
     return profile, chosen
 
@@ -211,9 +210,9 @@ def profile_and_evaluate(
     )
     p = chosen.prediction
     say(
-        f"the given partition ({request.objective}, {request.precision}): {chosen.partition()} "
-        f"on {', '.join(s.device for s in chosen.stages)}; predicted {p.throughput_ips:.1f} "
-        f"img/s, {p.latency_ms:.1f} ms per micro-batch"
+        f"the given partition ({request.objective}, {request.precision}): "
+        f"{plan_text(chosen.assignment())}; predicted {p.throughput_ips:.1f} img/s, "
+        f"{p.latency_ms:.1f} ms per micro-batch"
     )
     return profile, chosen
 

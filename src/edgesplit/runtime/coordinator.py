@@ -49,7 +49,7 @@ from edgesplit.runtime.transport import (
 from edgesplit.runtime.weights import to_bytes
 from edgesplit.shared.imagespec import ImageSpec
 from edgesplit.shared.names import COORDINATOR
-from edgesplit.shared.plan import Stage, Stages, as_plan
+from edgesplit.shared.plan import Stage, Stages, as_plan, plan_text
 from edgesplit.shared.timeouts import TIMEOUTS
 
 __all__ = ["ChannelFactory", "Coordinator", "DeviceInfo", "Stage", "bind_result_port"]
@@ -501,7 +501,7 @@ class Coordinator:
             self._epoch, self._plan = epoch, plan
             self._installed[epoch] = plan
             self.plan_changes.append(PlanChange(epoch, time.time(), reason, plan))
-        log.info("installed epoch %d (%s): %s", epoch, reason, plan)
+        log.info("installed epoch %d (%s): %s", epoch, reason, plan_text(plan))
         return epoch
 
     def switch_plan(self, stages: list[Stage], reason: str = "switch") -> int:

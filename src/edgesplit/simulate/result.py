@@ -11,7 +11,7 @@ from typing import Any
 from edgesplit.config import PowerModel
 from edgesplit.plan.energy import MODEL, DeviceEnergy, energy_summary
 from edgesplit.plan.planner import Problem
-from edgesplit.shared.plan import Stages
+from edgesplit.shared.plan import Stages, plan_text
 
 PERCENTILES = (50, 90, 99)
 
@@ -98,8 +98,7 @@ class SimResult:
                 f"{d.energy_j:>8.1f}"
             )
         for c in self.plan_changes:
-            where = ", ".join(f"{d}[{a},{b})" for d, a, b in c.stages)
-            lines.append(f"t={c.t_s:.2f} s epoch {c.epoch}: {where} ({c.reason})")
+            lines.append(f"t={c.t_s:.2f} s epoch {c.epoch}: {plan_text(c.stages)} ({c.reason})")
         for loss in self.losses:
             lines.append(
                 f"lost {loss.device} at {loss.t_s:.2f} s, detected "
