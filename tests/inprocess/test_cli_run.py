@@ -338,6 +338,7 @@ def test_default_output_prints_device_table_and_leaves_no_worker(cli: Any, tmp_p
     assert "Layers" in table and "features_0_0 .. " not in table  # names only with --wide
     assert f"run folder: {out}" in table
     assert (out / "summary.json").is_file()
+    assert "plan: pi1:0-16,pi2:16-" in table, table  # the plan, as --partition takes it
     assert left_behind(workers, run.tag) == []
 
 
