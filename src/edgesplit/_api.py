@@ -222,7 +222,8 @@ def simulate(
     inject: Sequence[str] = (),
 ) -> Simulation:
     """Simulate a run of ``partition`` (``"auto"``: the planner's plan for ``objective``;
-    unit ranges on the first devices; or a :class:`Plan`) on the cluster ``profile``
+    unit ranges on the first devices; a plan's text naming each stage's device,
+    ``"pi2:0-10,pi1:10-"``; or a :class:`Plan`) on the cluster ``profile``
     describes, or with ``devices`` (like ``"16xpi1,4xpi2"``) on a synthetic cluster of its
     device kinds (as ``edgesplit simulate``). ``inject``: faults as in ``edgesplit run
     --inject``, at simulated times.

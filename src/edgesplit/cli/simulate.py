@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     "--partition",
     default="auto",
     show_default=True,
-    help="auto (the planner's plan) or a partition like 0-10,10- on the first devices.",
+    help="auto (the planner's plan), a partition like 0-10,10- on the first devices, or a "
+    "printed plan naming each stage's device, like pi2:0-10,pi1:10-.",
 )
 @click.option(
     "--objective",
