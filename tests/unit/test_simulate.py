@@ -22,6 +22,7 @@ from edgesplit.simulate import (
     SimConfig,
     SimSpec,
     cluster_from,
+    fixed_stages,
     plan_by_kinds,
     plan_for,
     replanner,
@@ -373,3 +374,32 @@ def toy_profile(
         units=units, devices=devices, links=links, default_bandwidth_mbps=940.0,
         default_latency_ms=0.2,
     )  # fmt: skip
+
+
+def test_a_printed_plan_is_given_back_verbatim(tmp_path: object) -> None:
+    """Issue #16: the plan ``simulate`` and ``plan`` print is what ``--partition`` takes, and
+    the same plan comes back; the unnamed form runs on the first devices."""
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    profile = toy_profile(["a", "b", "c"], [5.0] * 12, speeds={"a": 4.0})
+    path = profile.save(folder / "profile.json")
+    runner = CliRunner()
+
+    def printed(args: list[str], prefix: str) -> str:
+        got = runner.invoke(main, [*args, "--profile", str(path)])
+        assert got.exit_code == 0, got.output
+        (line,) = [x for x in got.output.splitlines() if x.startswith(prefix)]
+        return line.removeprefix(prefix).split()[0]
+
+    planned = printed(["plan"], "partition: ")
+    simulated = printed(["simulate", "--images", "80"], "plan: ")
+    # a is slow: the plan starts elsewhere, which the unnamed form ("0-6,6-" on a, b) would lose
+    assert planned == simulated and not planned.startswith("a:"), planned
+    again = printed(["simulate", "--images", "80", "--partition", simulated], "plan: ")
+    assert again == simulated
+    cluster = cluster_from(profile)
+    assert fixed_stages(cluster, simulated) == plan_for(cluster).assignment()
+    assert fixed_stages(cluster, "0-4,4-") == (("a", 0, 4), ("b", 4, 12))
+    with pytest.raises(ConfigError, match="names z; the devices are a, b, c"):
+        fixed_stages(cluster, "z:0-4,a:4-")
