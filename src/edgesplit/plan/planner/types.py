@@ -431,8 +431,8 @@ def plan_table(plan: Plan) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(len(lines) - 1, lines[1])
     lines.append(
-        f"objective {plan.objective}: plan {plan_text(plan.assignment())}, upload "
-        f"{p.upload_ms:.2f} ms, "
+        f"objective {plan.objective}: plan {plan_text(plan.assignment())}, "
+        f"upload {p.upload_ms:.2f} ms, "
         f"bottleneck {p.bottleneck_ms:.2f} ms, throughput {p.throughput_ips:.2f} img/s, "
         f"latency {p.latency_ms:.2f} ms, energy {p.energy_j_per_image:.4f} J/image"
     )
