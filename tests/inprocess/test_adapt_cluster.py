@@ -88,8 +88,11 @@ def test_adaptive_run_switches_under_stress_and_loses_no_image(tmp_path: Path) -
     assert len(switches) == len(adaptive)
     assert all(p["gain"] >= 0.15 for p in switches)
     assert all(not p["switch"] and p["reason"] for p in plans if p not in switches)
-    # The shaped links were seen (at 32 px a late cut's small tensor may still use one).
-    assert any("link pi1-pi2" in p["reason"] or "pi2-pi3" in p["reason"] for p in switches)
+    # The switch names what it saw on pi2: its speed, or a shaped link to it. Which of the two
+    # comes first depends on the machine (the hog can cost pi2 its heartbeat, and a switch on
+    # speed alone may leave before any tensor has crossed a slow link; pure tests in
+    # tests/unit/test_adapt.py check that link observations move plans).
+    assert any("pi2" in p["reason"] for p in switches), switches
 
 
 def test_adaptive_needs_the_auto_partition() -> None:
