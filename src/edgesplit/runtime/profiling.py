@@ -355,12 +355,13 @@ def time_transfers(
     call: Call | None = None,
 ) -> list[float]:
     """Median ms of ``repeats`` probe streams per payload size (:func:`time_stream`), after one
-    untimed chunk that opens the stream machinery. Raises ``grpc.RpcError`` when a call fails,
-    and :class:`Refused` when ``call`` (the ProbeLink being answered) ends first: its deadline
-    bounds every wait."""
+    untimed chunk (at most the largest size) that warms the channel's streams. Raises
+    ``grpc.RpcError`` when a call fails, and :class:`Refused` when ``call`` (the ProbeLink being
+    answered) ends first: its deadline bounds every wait."""
     call = call or Call()
+    warm = min(PROBE_CHUNK_BYTES, max(sizes, default=0))
     stub.ProbeStream(
-        iter([pb.ProbeChunk(data=bytes(PROBE_CHUNK_BYTES))]),
+        iter([pb.ProbeChunk(data=bytes(warm))]),
         timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S)),
     )
     return [
