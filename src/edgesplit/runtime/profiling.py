@@ -25,8 +25,9 @@ ProbeStream call whose payload goes as 256 KiB chunks, so the sender's serialisa
 kernel's queue and the receiver's copies overlap instead of adding up, timed from before the
 first chunk to the reply after the last. The CPU a hand-off costs each side is measured apart
 (:func:`hop_cpu_ms_per_mb`) and modelled by the planner on its own; a probe that sent one big
-message counted it a second time in the link's slope (940 Mbit/s kernel-shaped links fitted
-0.57-0.90 of their rate that way, 50 and 100 Mbit/s ones 0.93-0.95). Emulated shaping
+message counted it a second time in the link's slope (940 Mbit/s kernel-shaped links between
+0.5-CPU devices fitted 0.73-0.84 of their rate that way, streamed 0.96-0.97; see
+``bench/README.md``). Emulated shaping
 (:func:`~edgesplit.runtime.links.link_delay_s`) is applied per chunk: the link's latency before
 the first, each chunk leaves once the emulated link has carried it, so on loopback the fitted
 rate is the emulated one and the transfer itself overlaps the wait, as on a real link.
