@@ -4,8 +4,10 @@ namespaced hosts against the planner's prediction. Needs root and iproute2.
 1. **Link probes.** For each rate (50, 100, 940 Mbit/s) a 3-device namespaced cluster whose
    every link (device to device, coordinator to device) the kernel shapes to that rate (HTB on
    the veths); the profiler's link probes (``probe_links``, the sizes and repeats ``edgesplit
-   profile`` uses) fit latency and bandwidth per link. Reported: fitted / configured bandwidth
-   per link. A shaped rate is a rate on the wire: TCP carries about 95 % of it as payload.
+   profile`` uses: streamed probes of 1 KiB .. 2 MiB, and 8 MiB on a fast link) fit latency and
+   bandwidth per link. Reported: fitted / configured bandwidth per link, the sizes and median
+   ms behind each fit and the seconds all probes took. A shaped rate is a rate on the wire:
+   TCP carries about 95 % of it as payload.
 2. **Run vs prediction.** ``edgesplit run``'s library path on a 3-device namespaced cluster at
    100 Mbit/s per link (0.5 CPU per device, auto plan from a fresh profile): measured
    throughput against the planner's predicted throughput, for the default job (MobileNetV2,
@@ -26,6 +28,7 @@ import csv
 import logging
 import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,9 @@ def probe_case(rate_mbps: float, devices: int, cpus: float, hosts: bool = True) 
         Coordinator(cluster.spec) as coordinator,
     ):
         coordinator.check()
+        t0 = time.monotonic()
         links = probe_links(coordinator, ProfileSettings(), lambda text: None)
+        probe_s = time.monotonic() - t0
     rows = []
     for k in links:
         ratio = k.bandwidth_mbps / rate_mbps if k.bandwidth_mbps else None
@@ -76,10 +81,18 @@ def probe_case(rate_mbps: float, devices: int, cpus: float, hosts: bool = True) 
                 "fitted_latency_ms": k.latency_ms,
                 "ratio": ratio,
                 "within_target": ratio is not None and abs(ratio - 1) <= TARGET_SHARE,
+                "sizes": list(k.sizes),
+                "median_ms": list(k.median_ms),
             }
         )
     network = "hosts" if hosts else "loopback"
-    return {"rate_mbps": rate_mbps, "cpus": cpus, "network": network, "links": rows}
+    return {
+        "rate_mbps": rate_mbps,
+        "cpus": cpus,
+        "network": network,
+        "probe_s": probe_s,
+        "links": rows,
+    }
 
 
 def uploaded_bytes(cluster: EmulatedCluster) -> int | None:
@@ -135,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     if reason is not None:
         raise SystemExit(f"bench/hosts.py: {reason}")
     logging.basicConfig(level=logging.WARNING)
+    machine = common.machine_facts()  # the load average at the start
     probes = [probe_case(rate, args.devices, args.cpus) for rate in RATES_MBPS]
-    # 940 Mbit/s is more than Python gRPC moves on a 0.5-CPU device here: the same probes with
-    # 2 CPUs per device, and on loopback with the rate applied in the send path, for reference.
+    # 940 Mbit/s again with 2 CPUs per device (does the devices' CPU limit the probe?), and on
+    # loopback with the rate applied in the send path, for reference.
     probes.append(probe_case(RATES_MBPS[-1], args.devices, 2.0))
     probes.append(probe_case(RATES_MBPS[-1], args.devices, args.cpus, hosts=False))
     print(
@@ -198,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     path = common.write_result(
         args.name,
         {
-            "machine": common.machine_facts(),
+            "machine": machine,
+            "loadavg_at_end": list(os.getloadavg()),
             "devices": args.devices,
             "cpus": args.cpus,
             "latency_ms": LATENCY_MS,

@@ -1,6 +1,6 @@
 """Issue #18, row 2, against a real ``edgesplit worker`` process: link probes that would hold
 the worker's handlers for minutes stop at their callers' deadlines, the worker keeps
-answering, and SIGTERM stops it promptly whatever it is doing."""
+answering, and SIGTERM stops it promptly whatever it is doing (probe streams included)."""
 
 from __future__ import annotations
 
@@ -81,10 +81,20 @@ def test_row2_probes_end_at_their_deadline_and_sigterm_stops_a_busy_worker(
     assert len(codes) == 8
     assert {c.name for c in codes} <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
     assert stub.Status(pb.StatusRequest(), timeout=30).name == "w"
-    # Now hold it busy with probes that have no deadline at all, and stop it.
+    # Now hold it busy with probes that have no deadline at all, and stop it: ProbeLinks
+    # waiting out their link's latency, and probe streams whose sender stalls mid-payload.
+    stalled = threading.Event()
+
+    def stalled_stream() -> Iterator[pb.ProbeChunk]:
+        yield pb.ProbeChunk(data=bytes(1024))
+        stalled.wait(120)
+
     busy = [
         threading.Thread(target=call_code, args=(stub.ProbeLink, slow), daemon=True)
         for _ in range(limits.MAX_CONCURRENT_PROBES)
+    ] + [
+        threading.Thread(target=call_code, args=(stub.ProbeStream, stalled_stream()), daemon=True)
+        for _ in range(limits.MAX_CONCURRENT_PROBE_STREAMS)
     ]
     for t in busy:
         t.start()
@@ -93,5 +103,9 @@ def test_row2_probes_end_at_their_deadline_and_sigterm_stops_a_busy_worker(
     proc.send_signal(signal.SIGTERM)
     proc.wait(EXIT_BOUND_S)
     took = time.monotonic() - t0
-    print(f"worker stopped {took:.2f} s after SIGTERM with 2 probes in progress")
+    stalled.set()
+    print(
+        f"worker stopped {took:.2f} s after SIGTERM with {limits.MAX_CONCURRENT_PROBES} link "
+        f"probes and {limits.MAX_CONCURRENT_PROBE_STREAMS} stalled probe streams in progress"
+    )
     assert proc.returncode == 0

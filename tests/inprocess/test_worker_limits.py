@@ -464,6 +464,67 @@ def test_row8_unauthenticated_calls_are_logged_once_per_peer_per_minute(
 # --- row 9: probe sizes -----------------------------------------------------------------
 
 
+def test_row9_probe_stream_counts_its_bytes_and_refuses_oversized_or_unauthenticated(
+    worker: RunningWorker,
+) -> None:
+    s = stub(worker)
+    reply = s.ProbeStream(iter([pb.ProbeChunk(data=bytes(1000))] * 3), timeout=DEADLINE_S)
+    assert reply.received_bytes == 3000
+    assert s.ProbeStream(iter([]), timeout=DEADLINE_S).received_bytes == 0
+    huge = pb.ProbeChunk(data=bytes(limits.MAX_PROBE_CHUNK_BYTES + 1))
+    code, details = code_of(s.ProbeStream, iter([huge]), timeout=DEADLINE_S)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "must be in" in details
+    chunk = pb.ProbeChunk(data=bytes(limits.MAX_PROBE_CHUNK_BYTES))
+    sent = [0]
+
+    def endless() -> Iterator[pb.ProbeChunk]:
+        while sent[0] < 10 * limits.MAX_PROBE_BYTES // len(chunk.data):
+            sent[0] += 1
+            yield chunk
+
+    code, details = code_of(s.ProbeStream, endless(), timeout=DEADLINE_S)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most" in details
+    code, _ = code_of(stub(worker, "wrong").ProbeStream, iter([chunk] * 4), timeout=DEADLINE_S)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = code_of(stub(worker, None).ProbeStream, iter([chunk] * 4), timeout=DEADLINE_S)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert s.Status(pb.StatusRequest(), timeout=10).name == "w0"
+
+
+def test_row2_stalled_probe_streams_are_bounded_and_cancelled(
+    worker: RunningWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that opens probe streams and never ends them (no deadline of its own) holds
+    at most MAX_CONCURRENT_PROBE_STREAMS handlers, each for at most MAX_PROBE_STREAM_S."""
+    monkeypatch.setattr(limits, "MAX_PROBE_STREAM_S", 5.0)
+    release = threading.Event()
+
+    def stalled() -> Iterator[pb.ProbeChunk]:
+        yield pb.ProbeChunk(data=b"x")
+        release.wait(DEADLINE_S)
+
+    codes: list[grpc.StatusCode] = []
+    threads = [
+        threading.Thread(
+            target=lambda: codes.append(code_of(stub(worker).ProbeStream, stalled())[0])
+        )
+        for _ in range(limits.MAX_CONCURRENT_PROBE_STREAMS)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # let them open (not a timing assertion: they last 5 s)
+        code, details = code_of(stub(worker).ProbeStream, stalled(), timeout=DEADLINE_S)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "probe streams" in details
+        for t in threads:
+            t.join(DEADLINE_S)
+    finally:
+        release.set()
+    assert [c.name for c in codes] == ["CANCELLED"] * limits.MAX_CONCURRENT_PROBE_STREAMS
+    reply = stub(worker).ProbeStream(iter([pb.ProbeChunk(data=b"y")]), timeout=DEADLINE_S)
+    assert reply.received_bytes == 1
+
+
 @pytest.mark.parametrize(
     "request_fields",
     [

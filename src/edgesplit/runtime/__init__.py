@@ -5,7 +5,7 @@ stream micro-batches to the next hop over gRPC; the coordinator feeds inputs, co
 and per-hop timings. See ``edgesplit.proto`` for the messages.
 """
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Bumped on any incompatible change to ``edgesplit.proto``; peers must agree on it."""
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -75,7 +75,9 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
             raise ConfigError("token auth needs at least one non-empty token")
         self.rejects = RejectLog()
 
-    def _deny(self, method: str, bidi: bool = False) -> grpc.RpcMethodHandler:
+    def _deny(
+        self, method: str, bidi: bool = False, client_stream: bool = False
+    ) -> grpc.RpcMethodHandler:
         def deny(_request: object, context: grpc.ServicerContext) -> None:
             self.rejects.rejected(context.peer(), method)
             context.abort(
@@ -88,6 +90,8 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
         # refused as one, before its first frame is read.
         if bidi:
             return grpc.stream_stream_rpc_method_handler(deny)
+        if client_stream:  # PutModel, ProbeStream: refused before a chunk is read
+            return grpc.stream_unary_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
 
     def _accepts(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
@@ -113,8 +117,9 @@ class TokenServerInterceptor(grpc.ServerInterceptor):
         if self._accepts(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
-        bidi = handler is not None and handler.request_streaming and handler.response_streaming
-        return self._deny(handler_call_details.method, bool(bidi))
+        streaming = handler is not None and handler.request_streaming
+        bidi = streaming and handler is not None and handler.response_streaming
+        return self._deny(handler_call_details.method, bool(bidi), bool(streaming and not bidi))
 
 
 class TokenClientInterceptor(

@@ -31,6 +31,15 @@ MAX_PROBE_SIZES = 64
 """Payload sizes in one ProbeLink."""
 MAX_PROBE_TOTAL_BYTES = 256 * 1024 * 1024
 """Bytes one ProbeLink may send in all (sum of sizes x repeats)."""
+MAX_PROBE_BYTES = 16 * 1024 * 1024
+"""One probe's payload: a ProbeLink size, and the bytes of one ProbeStream call."""
+MAX_PROBE_CHUNK_BYTES = 1024 * 1024
+"""One chunk of a ProbeStream (a prober sends 256 KiB chunks)."""
+MAX_PROBE_STREAM_S = 30.0
+"""A ProbeStream that has not ended after this long is cancelled (a sender that stalls,
+with or without a deadline of its own, holds a handler thread no longer)."""
+MAX_CONCURRENT_PROBE_STREAMS = 4
+"""ProbeStream calls received at once; a fifth is RESOURCE_EXHAUSTED."""
 MAX_LINK_OVERRIDES = 64
 """SetLink targets a worker keeps; more is refused until some are cleared."""
 MAX_EPOCHS = 16

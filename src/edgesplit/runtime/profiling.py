@@ -20,16 +20,25 @@ layouts once, at its ends) runs a stage faster than the sum of its units timed a
 MobileNetV2 at 224, batch 8, one thread: 87 ms as one stage against 149 ms summed over units.
 The coordinator turns the difference into a cost per stage boundary
 (:func:`edgesplit.plan.profile.boundary_model`).
-Link probes time Probe calls of several sizes to another worker with the same emulated shaping
-a run applies (:func:`~edgesplit.runtime.links.link_delay_s`), so what they measure is what a
-hand-off costs.
+Link probes time the wire, not the CPU around it: a probe of N bytes is one client-streaming
+ProbeStream call whose payload goes as 256 KiB chunks, so the sender's serialisation, the
+kernel's queue and the receiver's copies overlap instead of adding up, timed from before the
+first chunk to the reply after the last. The CPU a hand-off costs each side is measured apart
+(:func:`hop_cpu_ms_per_mb`) and modelled by the planner on its own; a probe that sent one big
+message counted it a second time in the link's slope (940 Mbit/s kernel-shaped links between
+0.5-CPU devices fitted 0.73-0.84 of their rate that way, streamed 0.96-0.97; see
+``bench/README.md``). Emulated shaping
+(:func:`~edgesplit.runtime.links.link_delay_s`) is applied per chunk: the link's latency before
+the first, each chunk leaves once the emulated link has carried it, so on loopback the fitted
+rate is the emulated one and the transfer itself overlaps the wait, as on a real link.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -57,7 +66,10 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MAX_PROFILE_BATCH = 256
 MAX_REPEATS = 50
 MAX_STAGES = 32
-MAX_PROBE_BYTES = 16 * 1024 * 1024
+MAX_PROBE_BYTES = limits.MAX_PROBE_BYTES
+PROBE_CHUNK_BYTES = 256 * 1024
+"""A probe stream's chunk: large enough that per-message costs are small against the bytes,
+small enough that sender, kernel and receiver overlap (a 2 MiB probe is 8 chunks)."""
 PROBE_TIMEOUT_S = TIMEOUTS.probe_s
 HOP_BYTES = 2 * 1024 * 1024
 HOP_REPEATS = 5
@@ -343,21 +355,80 @@ def time_transfers(
     shape: LinkShape,
     call: Call | None = None,
 ) -> list[float]:
-    """Median ms of ``repeats`` Probe calls per payload size, each after the emulated link delay
-    a run's sender applies. Raises ``grpc.RpcError`` when a call fails, and :class:`Refused`
-    when ``call`` (the ProbeLink being answered) ends first: its deadline bounds every wait."""
+    """Median ms of ``repeats`` probe streams per payload size (:func:`time_stream`), after one
+    untimed chunk (at most the largest size) that warms the channel's streams. Raises
+    ``grpc.RpcError`` when a call fails, and :class:`Refused` when ``call`` (the ProbeLink being
+    answered) ends first: its deadline bounds every wait."""
     call = call or Call()
-    medians = []
-    for size in sizes:
-        payload = pb.ProbeRequest(payload=bytes(size))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            call.wait(link_delay_s(shape, size))
-            stub.Probe(payload, timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S)))
-            times.append((time.perf_counter() - t0) * 1000.0)
-        medians.append(statistics.median(times))
-    return medians
+    warm = min(PROBE_CHUNK_BYTES, max(sizes, default=0))
+    stub.ProbeStream(
+        iter([pb.ProbeChunk(data=bytes(warm))]),
+        timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S)),
+    )
+    return [
+        statistics.median(time_stream(stub, size, shape, call) for _ in range(repeats))
+        for size in sizes
+    ]
+
+
+def time_stream(stub: pb_grpc.WorkerStub, size: int, shape: LinkShape, call: Call) -> float:
+    """Ms from before the first chunk of a ``size``-byte probe stream to the receiver's reply
+    after the last, with ``shape`` applied in the send path (:func:`probe_chunks`)."""
+    t0 = time.perf_counter()
+    reply = stub.ProbeStream(
+        probe_chunks(size, shape, call, t0), timeout=max(0.01, call.timeout_s(PROBE_TIMEOUT_S))
+    )
+    ms = (time.perf_counter() - t0) * 1000.0
+    call.check()  # the stream was cut short because the call ended
+    if reply.received_bytes != size:
+        raise Refused(
+            grpc.StatusCode.DATA_LOSS,
+            f"a {size}-byte probe arrived as {reply.received_bytes} bytes",
+        )
+    return ms
+
+
+def probe_chunks(size: int, shape: LinkShape, call: Call, t0: float) -> Iterator[pb.ProbeChunk]:
+    """``size`` bytes as chunks of :data:`PROBE_CHUNK_BYTES`, paced by the emulated link:
+    the first after its latency, each once the link has carried it at its bandwidth (so the
+    last leaves at ``t0 + link_delay_s(shape, size)``). Ends early, without raising, when
+    ``call`` ends (the caller checks it)."""
+    full = pb.ProbeChunk(data=bytes(min(size, PROBE_CHUNK_BYTES)))
+    rate = LinkShape(bandwidth_mbps=shape.bandwidth_mbps)
+    due = t0 + shape.latency_ms / 1000.0
+    sent = 0
+    while sent < size:
+        n = min(PROBE_CHUNK_BYTES, size - sent)
+        due += link_delay_s(rate, n)
+        try:
+            call.wait(max(0.0, due - time.perf_counter()))
+        except Refused:
+            return
+        yield full if n == len(full.data) else pb.ProbeChunk(data=bytes(n))
+        sent += n
+
+
+def receive_probe(chunks: Iterator[pb.ProbeChunk], call: Call) -> pb.ProbeStreamReply:
+    """A ProbeStream's answer: the bytes received. Each chunk may hold at most
+    :data:`~edgesplit.runtime.limits.MAX_PROBE_CHUNK_BYTES`, the stream at most
+    :data:`MAX_PROBE_BYTES` (INVALID_ARGUMENT past either, the rest unread), and a stream
+    still open after :data:`~edgesplit.runtime.limits.MAX_PROBE_STREAM_S` (or its caller's
+    deadline) is cancelled."""
+    timer = threading.Timer(call.timeout_s(limits.MAX_PROBE_STREAM_S), call.cancel)
+    timer.daemon = True
+    timer.start()
+    received = 0
+    try:
+        for chunk in chunks:
+            n = limits.check_int(
+                "a probe chunk's bytes", len(chunk.data), 0, limits.MAX_PROBE_CHUNK_BYTES
+            )
+            received += n
+            if received > MAX_PROBE_BYTES:
+                raise Refused(INVALID, f"a probe stream may carry at most {MAX_PROBE_BYTES} bytes")
+    finally:
+        timer.cancel()
+    return pb.ProbeStreamReply(received_bytes=received)
 
 
 def check_probe(request: pb.ProbeLinkRequest) -> LinkShape:
@@ -388,7 +459,7 @@ def probe_link(
     shape_for: Callable[[str, LinkShape], LinkShape] | None = None,
     call: Call | None = None,
 ) -> pb.ProbeLinkReply:
-    """Time Probe calls of each size to ``request.address`` (median of ``repeats``).
+    """Time probe streams of each size to ``request.address`` (median of ``repeats``).
     ``shape_for(address, requested)`` gives the emulated shaping in force towards the address
     (a SetLink change wins over the shaping the request names). ``call``'s deadline and
     cancellation end the probe early (DEADLINE_EXCEEDED / CANCELLED)."""

@@ -60,6 +60,7 @@ class Call:
     cancelled call, a passed deadline or a stopping server ends them (issue #18, row 2)."""
 
     def __init__(self, context: grpc.ServicerContext | None = None) -> None:
+        self._context = context
         self._ended = threading.Event()
         remaining = context.time_remaining() if context is not None else None
         self._deadline = None if remaining is None else time.monotonic() + remaining
@@ -88,6 +89,13 @@ class Call:
         self.check()
         self._ended.wait(self.timeout_s(seconds))
         self.check()
+
+    def cancel(self) -> None:
+        """End the call (CANCELLED): a client stream's handler stops waiting for its next
+        message. Safe from any thread."""
+        self._ended.set()
+        if self._context is not None:
+            self._context.cancel()
 
 
 Handler = tuple[type[Message], Callable[[Any], Message]]
@@ -136,21 +144,37 @@ def _answer(
 
 
 def _stream_unary(
-    service: str, method: str, request_cls: type[Message], impl: Callable[[Any], Message]
+    service: str,
+    method: str,
+    request_cls: type[Message],
+    impl: Callable[..., Message],
+    with_call: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """Like :func:`_unary` for a client stream: ``impl`` gets an iterator of parsed requests."""
+    """Like :func:`_unary` for a client stream: ``impl`` gets an iterator of parsed requests
+    (and with ``with_call`` the :class:`Call`; a call that ends while the handler waits for a
+    message ends the iterator with :class:`Refused`)."""
 
     def handle(raws: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        def parsed() -> Iterator[Message]:
-            for raw in raws:
-                try:
-                    yield request_cls.FromString(raw)
-                except DecodeError as exc:
-                    raise Refused(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"{method} expects serialized {request_cls.DESCRIPTOR.full_name}: {exc}",
-                    ) from None
+        call = Call(context) if with_call else None
 
+        def parsed() -> Iterator[Message]:
+            try:
+                for raw in raws:
+                    try:
+                        yield request_cls.FromString(raw)
+                    except DecodeError as exc:
+                        raise Refused(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{method} expects serialized {request_cls.DESCRIPTOR.full_name}: "
+                            f"{exc}",
+                        ) from None
+            except grpc.RpcError:  # the call was cancelled or its deadline passed
+                if call is not None:
+                    call.check()
+                raise Refused(grpc.StatusCode.CANCELLED, f"{method}: the call ended") from None
+
+        if call is not None:
+            return _answer(service, method, context, lambda: impl(parsed(), call))
         return _answer(service, method, context, lambda: impl(parsed()))
 
     return grpc.stream_unary_rpc_method_handler(handle)
@@ -235,10 +259,12 @@ def service_handler(
     calls: Mapping[str, CallHandler] | None = None,
     links: Mapping[str, LinkImpl] | None = None,
     slots: StreamSlots | None = None,
+    stream_calls: Mapping[str, CallHandler] | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for ``service`` (full name, e.g. ``edgesplit.v1.Worker``): unary
-    ``methods``, client-streaming ``streams`` (their implementations take an iterator), unary
-    ``calls`` whose implementations also take the :class:`Call` (deadline, cancellation) and
+    ``methods``, client-streaming ``streams`` (their implementations take an iterator) and
+    ``stream_calls`` (an iterator and the :class:`Call`), unary ``calls`` whose
+    implementations also take the :class:`Call` (deadline, cancellation) and
     bidirectional link streams ``links`` (bounded by ``slots``, default
     :data:`DEFAULT_LINK_STREAMS` per method)."""
     handlers = {name: _unary(service, name, cls, impl) for name, (cls, impl) in methods.items()}
@@ -246,6 +272,8 @@ def service_handler(
         handlers[name] = _unary(service, name, cls, call_impl, with_call=True)
     for name, (cls, impl) in (streams or {}).items():
         handlers[name] = _stream_unary(service, name, cls, impl)
+    for name, (cls, call_impl) in (stream_calls or {}).items():
+        handlers[name] = _stream_unary(service, name, cls, call_impl, with_call=True)
     for name, link_impl in (links or {}).items():
         handlers[name] = _link(name, link_impl, slots or StreamSlots(DEFAULT_LINK_STREAMS))
     return grpc.method_handlers_generic_handler(service, handlers)

@@ -170,6 +170,7 @@ class Worker:
             config.max_memory_bytes or default_budget_bytes(), config.memory_counts_process
         )
         self._probes = threading.BoundedSemaphore(limits.MAX_CONCURRENT_PROBES)
+        self._probe_streams = threading.BoundedSemaphore(limits.MAX_CONCURRENT_PROBE_STREAMS)
         self._senders: dict[str, LinkSender] = {}
         self._failures: collections.deque[str] = collections.deque(maxlen=50)
         self._samples: collections.deque[pb.DeviceSample] = collections.deque(maxlen=3000)
@@ -210,6 +211,7 @@ class Worker:
             },
             links={"Link": self.link},
             slots=self.link_streams,
+            stream_calls={"ProbeStream": (pb.ProbeChunk, self.probe_stream)},
         )
 
     def status(self, request: pb.StatusRequest) -> pb.StatusReply:
@@ -434,6 +436,19 @@ class Worker:
             )
         finally:
             self._probes.release()
+
+    def probe_stream(self, chunks: Iterator[pb.ProbeChunk], call: Call) -> pb.ProbeStreamReply:
+        """Receive a link probe's payload (see :func:`profiling.receive_probe`)."""
+        if not self._probe_streams.acquire(blocking=False):
+            raise Refused(
+                EXHAUSTED,
+                f"{limits.MAX_CONCURRENT_PROBE_STREAMS} probe streams are open on this worker; "
+                "retry later",
+            )
+        try:
+            return profiling.receive_probe(chunks, call)
+        finally:
+            self._probe_streams.release()
 
     def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
         # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.

@@ -400,6 +400,18 @@ class ProbeLinkRequest(_message.Message):
     latency_ms: float
     def __init__(self, address: _Optional[str] = ..., token: _Optional[str] = ..., sizes: _Optional[_Iterable[int]] = ..., repeats: _Optional[int] = ..., bandwidth_mbps: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
+class ProbeChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ProbeStreamReply(_message.Message):
+    __slots__ = ("received_bytes",)
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    received_bytes: int
+    def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...
+
 class ProbeLinkReply(_message.Message):
     __slots__ = ("sizes", "median_ms")
     SIZES_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class WorkerStub:
                 request_serializer=edgesplit__pb2.ProbeRequest.SerializeToString,
                 response_deserializer=edgesplit__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ProbeStream = channel.stream_unary(
+                '/edgesplit.v1.Worker/ProbeStream',
+                request_serializer=edgesplit__pb2.ProbeChunk.SerializeToString,
+                response_deserializer=edgesplit__pb2.ProbeStreamReply.FromString,
+                _registered_method=True)
         self.ProbeLink = channel.unary_unary(
                 '/edgesplit.v1.Worker/ProbeLink',
                 request_serializer=edgesplit__pb2.ProbeLinkRequest.SerializeToString,
@@ -150,6 +155,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbeStream(self, request_iterator, context):
+        """link probes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ProbeLink(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -209,6 +221,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Probe,
                     request_deserializer=edgesplit__pb2.ProbeRequest.FromString,
                     response_serializer=edgesplit__pb2.Ack.SerializeToString,
+            ),
+            'ProbeStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.ProbeStream,
+                    request_deserializer=edgesplit__pb2.ProbeChunk.FromString,
+                    response_serializer=edgesplit__pb2.ProbeStreamReply.SerializeToString,
             ),
             'ProbeLink': grpc.unary_unary_rpc_method_handler(
                     servicer.ProbeLink,
@@ -464,6 +481,33 @@ class Worker:
             '/edgesplit.v1.Worker/Probe',
             edgesplit__pb2.ProbeRequest.SerializeToString,
             edgesplit__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgesplit.v1.Worker/ProbeStream',
+            edgesplit__pb2.ProbeChunk.SerializeToString,
+            edgesplit__pb2.ProbeStreamReply.FromString,
             options,
             channel_credentials,
             insecure,
