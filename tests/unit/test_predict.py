@@ -14,7 +14,7 @@ from edgesplit.metrics import cpu, versus
 from edgesplit.metrics.summary import summarise
 from edgesplit.metrics.table import footer
 from edgesplit.plan.planner import DeviceCost, LinkCost, Problem, UnitCost, evaluate
-from edgesplit.plan.profile import DeviceProfile, Profile, UnitProfile, to_problem
+from edgesplit.plan.profile import DeviceProfile, LinkProfile, Profile, UnitProfile, to_problem
 from edgesplit.runtime.records import RunRecord
 from edgesplit.shared.runsummary import Predicted
 from tests.unit.test_runsummary import T0, a_record, facts
@@ -216,3 +216,21 @@ def test_per_call_cpu_comes_out_of_an_emulated_devices_quota() -> None:
     assert to_problem(free).device("pi1").stage_ms(0, 2) == to_problem(a_profile()).device(
         "pi1"
     ).stage_ms(0, 2)
+
+
+def test_a_real_devices_hand_off_cpu_lengthens_its_links_and_an_emulated_ones_its_quota() -> None:
+    # Links are fitted to the wire alone (streamed probes); the hand-offs' CPU is counted once.
+    hop = dataclasses.replace(a_profile(), links=(LinkProfile("pi1", "pi2", 0.5, 100.0),))
+    hop = dataclasses.replace(
+        hop, devices=tuple(dataclasses.replace(d, hop_cpu_ms_per_mb=2.0) for d in hop.devices)
+    )
+    mb = 1_000_000
+    wire = 0.5 + mb * 8 / 100e3
+    # devices with hosts of their own: sender and receiver each 2 ms per MB on the link
+    assert to_problem(hop).link("pi1", "pi2").transfer_ms(mb) == pytest.approx(wire + 4.0)
+    assert to_problem(hop).device("pi1").stage_ms(0, 2) == to_problem(a_profile()).device(
+        "pi1"
+    ).stage_ms(0, 2)
+    # emulated devices on one host: the link is the wire, the CPU comes out of the quotas
+    shared = dataclasses.replace(hop, host_cpus=2.0)
+    assert to_problem(shared).link("pi1", "pi2").transfer_ms(mb) == pytest.approx(wire)

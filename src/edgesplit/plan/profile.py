@@ -562,10 +562,7 @@ def to_problem(
         )
         for u in profile.units
     )
-    links = tuple(
-        (k.a, k.b, LinkCost(bandwidth_mbps=k.bandwidth_mbps, latency_ms=k.latency_ms))
-        for k in profile.links
-    )
+    links = tuple((k.a, k.b, _link_cost(profile, k)) for k in profile.links)
     return Problem(
         units=units,
         devices=tuple(devices),
@@ -580,6 +577,26 @@ def to_problem(
         coordinator_ms=profile.coordinator_ms,
         background_cpus=profile.background_cpus,
         window=window,
+    )
+
+
+def _link_cost(profile: Profile, link: LinkProfile) -> LinkCost:
+    """The planner's cost of a profiled link. Its fitted time is the wire's alone (streamed
+    probes, :mod:`edgesplit.runtime.profiling`). On a shared host (emulated devices) the
+    hand-offs' CPU is counted where it is spent, in the quotas and the host's cores. Devices with
+    hosts of their own (Pis) run a hand-off beside their compute, so its CPU, the sender's and
+    the receiver's ``hop_cpu_ms_per_mb`` (the coordinator's side costs what its device's does),
+    lengthens the link's time per byte, as it would lengthen a transfer timed end to end."""
+    if profile.host_cpus is not None:
+        return LinkCost(bandwidth_mbps=link.bandwidth_mbps, latency_ms=link.latency_ms)
+    hops = {d.name: d.hop_cpu_ms_per_mb for d in profile.devices}
+    a = hops.get(link.a, hops.get(link.b, 0.0))
+    b = hops.get(link.b, a)
+    cpu_ms_per_byte = (a + b) / 1e6
+    wire_ms_per_byte = 8 / (link.bandwidth_mbps * 1e3) if link.bandwidth_mbps else 0.0
+    per_byte = wire_ms_per_byte + cpu_ms_per_byte
+    return LinkCost(
+        bandwidth_mbps=8 / (per_byte * 1e3) if per_byte > 0 else None, latency_ms=link.latency_ms
     )
 
 
