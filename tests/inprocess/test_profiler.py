@@ -142,7 +142,13 @@ def test_profile_times_every_unit_and_fits_shaped_links(
     assert load_profile(path) == profile
     problem = to_problem(profile)
     assert len(problem.units) == unit_graph.num_units
-    assert problem.link("w0", "w1").bandwidth_mbps == profile.links[2].bandwidth_mbps
+    # Devices with hosts of their own: the link costs the wire plus both ends' hand-off CPU.
+    link, hop = profile.links[2], [d.hop_cpu_ms_per_mb for d in profile.devices]
+    assert link.bandwidth_mbps is not None
+    per_byte = 8 / (link.bandwidth_mbps * 1e3) + sum(hop) / 1e6
+    assert problem.link("w0", "w1").transfer_ms(2**20) == pytest.approx(
+        link.latency_ms + per_byte * 2**20
+    )
 
 
 def test_profile_refuses_bad_requests_and_keeps_serving(workers: list[RunningWorker]) -> None:
