@@ -184,3 +184,27 @@ def test_serve_sends_native_uint8_images() -> None:
         [serve_images.encode_png(big)], FASHION, SIZE, limits, True
     )
     assert resized.shape == (1, 28, 28) and bool((resized == 200).all())
+
+
+def test_a_uint8_stage_0_sub_batches_by_the_image_its_preprocessing_makes(
+    model: torch.nn.Module,
+) -> None:
+    """28 x 28 uint8 images are 784 bytes, but stage 0 turns each into a 224 px float image
+    (602 KB): a batch of 8 runs one image per call, as float input of that size would, so
+    ONNX Runtime's arena keeps one image's activations (issue #17's worker RSS)."""
+    from edgesplit.engines.ort_session import sub_batch
+    from edgesplit.runtime.stages import prep_image_bytes
+
+    ug = graph.trace(model, (3, 224, 224), data.native_spec(FASHION, 224))
+    compiled = compile_model(ug, MODEL, "first-hop-sub-batch")
+    x = images(8, FASHION).numpy()
+    assert prep_image_bytes(compiled.units, 0) == 3 * 224 * 224 * 4
+    assert prep_image_bytes(compiled.units, 1) == 0
+    assert sub_batch(x) >= 8  # by the uint8 bytes alone: the whole batch in one call
+    assert sub_batch(x, prep_image_bytes(compiled.units, 0)) == 1
+    stage = OrtStage(
+        onnx_units.cut(onnx_units.parse_model(compiled.data), compiled.units, 0, 2),
+        0, 2, "fp32", 1, image_bytes=prep_image_bytes(compiled.units, 0),
+    )  # fmt: skip
+    (whole,) = stage.session.run(None, {stage._input: x})
+    assert np.array_equal(stage.run(x), whole)

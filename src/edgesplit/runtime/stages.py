@@ -127,6 +127,13 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def prep_image_bytes(units: onnx_units.ModelUnits, start: int) -> int:
+    """Bytes of the float image stage ``start``'s preprocessing makes of one uint8 image (0 for
+    a stage without preprocessing): what the stage's sub-batches are counted in
+    (:func:`edgesplit.engines.ort_session.sub_batch`)."""
+    return 4 * _numel(units.prep.model_shape) if units.prep is not None and start == 0 else 0
+
+
 def work_bytes(units: onnx_units.ModelUnits, start: int, end: int) -> int:
     """Estimated working memory (bytes, float32) of one sample through units ``[start, end)``:
     :data:`WORK_FACTOR` times its largest unit's input plus output. Unit 0 of a model that
@@ -333,7 +340,9 @@ def build_runner(
     else:
         data, path = stage_model(model, start, end, spec.precision, images, stage_inputs, proto)
     try:
-        return OrtStage(data, start, end, spec.precision, threads, path)
+        return OrtStage(
+            data, start, end, spec.precision, threads, path, prep_image_bytes(model.units, start)
+        )
     except Exception as exc:  # onnxruntime's pybind errors (NOT_IMPLEMENTED, INVALID_GRAPH)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"onnxruntime cannot load units [{start}, {end}): {first[:300]}") from exc
