@@ -35,6 +35,7 @@ def reference(limit: int) -> list[int]:
 
 
 SWITCH_TIMEOUT_S = 120.0
+AFTER_SWITCH_S = 2.0
 
 
 @pytest.mark.slow
@@ -64,14 +65,22 @@ def test_adaptive_run_switches_under_stress_and_loses_no_image(tmp_path: Path) -
 
     wait_until: list[float] = []
 
+    seen_switch: list[float] = []
+
     def progress(done: int, total: int, elapsed_s: float) -> None:
         # Not a race with the clock (issue #15): past half of the images, results trickle
-        # until the controller has switched (bounded), however fast this machine runs them.
-        if done >= total // 2 and not switched:
-            if not wait_until:
-                wait_until.append(time.monotonic() + SWITCH_TIMEOUT_S)
-            if time.monotonic() < wait_until[0]:
-                time.sleep(0.05)
+        # until the controller has switched (bounded), however fast this machine runs them,
+        # and for AFTER_SWITCH_S more, so that micro-batches run under the new epoch.
+        if done < total // 2:
+            return
+        if switched and not seen_switch:
+            seen_switch.append(time.monotonic())
+        if seen_switch and time.monotonic() - seen_switch[0] >= AFTER_SWITCH_S:
+            return
+        if not wait_until:
+            wait_until.append(time.monotonic() + SWITCH_TIMEOUT_S)
+        if time.monotonic() < wait_until[0]:
+            time.sleep(0.05)
 
     run_job(config, on_progress=progress, on_live=on_live)
     assert switched, f"no adaptive switch within {SWITCH_TIMEOUT_S:g} s of the run's half"

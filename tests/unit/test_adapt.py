@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -346,6 +347,13 @@ def test_controller_switches_once_on_a_lasting_slowdown_and_records_why(tmp_path
         AdaptPolicy(hold_s=2.0, min_interval_s=10.0),
         clock=lambda: clock[0],
     )
+    switch_plan = fake.switch_plan
+
+    def slow_install(*args: Any, **kwargs: Any) -> Any:
+        clock[0] += 1.0  # installing a plan takes time: it is in force 1 s after the decision
+        return switch_plan(*args, **kwargs)
+
+    fake.switch_plan = slow_install  # type: ignore[method-assign]
     for tick in range(40):  # 20 s; pi2 is 4x slower from t = 5 s
         now = tick * 0.5
         clock[0] = now
@@ -369,6 +377,13 @@ def test_controller_switches_once_on_a_lasting_slowdown_and_records_why(tmp_path
     assert len(lines) == len(controller.records)
     assert [line["switch"] for line in lines].count(True) == 1
     assert all("t" not in line and line["time_s"] >= 0 for line in lines)
+    [switch] = [line for line in lines if line["switch"]]
+    assert switch["installed_s"] == pytest.approx(switch["time_s"] + 1.0)
+    # A switch installed after the run's last result is not in the run's record: not counted.
+    until = switch["time_s"] + 0.5
+    assert controller.summary(until=until)["switches"] == 0
+    path = controller.write_plans(tmp_path, started=0.0, until=until)
+    assert not any(json.loads(line)["switch"] for line in path.read_text().splitlines())
     # The runner's loss hook plans on the live view, on the usable devices only.
     replanned = controller.replan(["pi1", "pi3"])
     assert {d for d, _, _ in replanned} <= {"pi1", "pi3"}

@@ -178,6 +178,7 @@ class Controller:
             )  # fmt: skip
         if d.switch and self._stop.is_set():
             d = dataclasses.replace(d, switch=False, reason="the run is over")
+        installed: float | None = None
         if d.switch and d.best is not None:
             try:
                 epoch = self.c.switch_plan(list(d.best), reason=f"adaptive: {d.reason}")
@@ -185,11 +186,12 @@ class Controller:
                 log.warning("adaptive switch failed: %s", exc)
                 d = dataclasses.replace(d, switch=False, reason=f"switch failed: {exc}")
             else:
+                installed = self.clock()
                 self.switches += 1
                 log.info("adaptive switch to epoch %d: %s", epoch, d.reason)
         self._hold = d.hold
         self.last = d
-        self._record(d, now)
+        self._record(d, now, installed)
         return d
 
     def _probe_unseen_links(self, best: Stages, current: Stages, now: float) -> bool:
@@ -237,14 +239,18 @@ class Controller:
         reply = self.c.stub(a).ProbeLink(request, timeout=PROBE_TIMEOUT_S)
         return float(reply.median_ms[0])
 
-    def _record(self, d: Decision, now: float) -> None:
+    def _record(self, d: Decision, now: float, installed: float | None = None) -> None:
+        """Keep ``d`` (a switch always, with ``installed``: when its epoch was in force)."""
         kind = _kind(d)
         if self._recorded is not None:
             last_kind, last_t = self._recorded
             if not d.switch and kind == last_kind and now - last_t < RECORD_EVERY_S:
                 return
         self._recorded = (kind, now)
-        self.records.append(d.to_dict())
+        entry = d.to_dict()
+        if installed is not None:
+            entry["installed_t"] = installed
+        self.records.append(entry)
 
     def replan(self, usable: list[str]) -> list[Stage]:
         """The runner's hook when the usable devices change: the best plan on them under the
@@ -293,7 +299,10 @@ class Controller:
     # --- the record ------------------------------------------------------------------------
 
     def _until(self, until: float | None) -> list[dict[str, Any]]:
-        return [r for r in self.records if until is None or r["t"] <= until]
+        """The records up to ``until``; a switch counts from when its epoch was installed (one
+        decided before the run's last result but installed after it is not in the run's
+        record, so neither in its summary nor in ``plans.jsonl``)."""
+        return [r for r in self.records if until is None or r.get("installed_t", r["t"]) <= until]
 
     def summary(self, until: float | None = None) -> dict[str, Any]:
         """summary.json's ``adaptive`` entry; ``until``: the run's end (a switch the controller
@@ -319,5 +328,7 @@ class Controller:
             for record in self._until(until):
                 entry = {"time_s": round(record["t"] - started, 3), **record}
                 del entry["t"]
+                if "installed_t" in entry:
+                    entry["installed_s"] = round(entry.pop("installed_t") - started, 3)
                 f.write(json.dumps(entry) + "\n")
         return path
