@@ -138,7 +138,7 @@ def work_bytes(units: onnx_units.ModelUnits, start: int, end: int) -> int:
     """Estimated working memory (bytes, float32) of one sample through units ``[start, end)``:
     :data:`WORK_FACTOR` times its largest unit's input plus output. Unit 0 of a model that
     takes uint8 images counts the float image its preprocessing makes as its input."""
-    prep = _numel(units.prep.model_shape) if units.prep is not None and start == 0 else 0
+    prep = prep_image_bytes(units, start) // 4
     largest = max(
         max(_numel(units.in_shape(i)), prep if i == 0 else 0) + _numel(units.out_shapes[i])
         for i in range(start, end)

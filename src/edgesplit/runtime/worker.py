@@ -26,6 +26,7 @@ their caller's deadline.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import platform
@@ -96,6 +97,18 @@ def _version(module: str) -> str:
 
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _slot(slots: threading.BoundedSemaphore, busy: str) -> Iterator[None]:
+    """One of ``slots`` for the ``with`` block, or RESOURCE_EXHAUSTED saying ``busy``."""
+    if not slots.acquire(blocking=False):
+        raise Refused(EXHAUSTED, f"{busy}; retry later")
+    try:
+        yield
+    finally:
+        slots.release()
+
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -424,31 +437,17 @@ class Worker:
         self, request: pb.ProbeLinkRequest, call: Call | None = None
     ) -> pb.ProbeLinkReply:
         profiling.check_probe(request)
-        if not self._probes.acquire(blocking=False):
-            raise Refused(
-                EXHAUSTED,
-                f"{limits.MAX_CONCURRENT_PROBES} link probes are running on this worker; "
-                "retry later",
-            )
-        try:
+        busy = f"{limits.MAX_CONCURRENT_PROBES} link probes are running on this worker"
+        with _slot(self._probes, busy):
             return profiling.probe_link(
                 request, self.config.token, self.config.tls, self._link_shape, call
             )
-        finally:
-            self._probes.release()
 
     def probe_stream(self, chunks: Iterator[pb.ProbeChunk], call: Call) -> pb.ProbeStreamReply:
         """Receive a link probe's payload (see :func:`profiling.receive_probe`)."""
-        if not self._probe_streams.acquire(blocking=False):
-            raise Refused(
-                EXHAUSTED,
-                f"{limits.MAX_CONCURRENT_PROBE_STREAMS} probe streams are open on this worker; "
-                "retry later",
-            )
-        try:
+        busy = f"{limits.MAX_CONCURRENT_PROBE_STREAMS} probe streams are open on this worker"
+        with _slot(self._probe_streams, busy):
             return profiling.receive_probe(chunks, call)
-        finally:
-            self._probe_streams.release()
 
     def drop_epoch(self, request: pb.DropEpochRequest) -> pb.Ack:
         # Queued jobs keep their Epoch object, so in-flight work of a dropped epoch completes.
