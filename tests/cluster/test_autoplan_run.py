@@ -123,7 +123,9 @@ def test_a_given_partition_is_evaluated_and_every_run_is_compared_with_its_predi
     assert predicted["objective"] == "energy" and predicted["throughput_ips"] > 0
     assert [s["units"] for s in predicted["stages"]] == [[0, 9], [9, 18]]
     assert "pi1: timing stage 0-9 as one stage" in result.stderr
-    assert any(note.startswith("pilot (") for note in summary["notes"])
+    # the pilot measures at the run's window (2 stages: 4 in flight), not one micro-batch alone
+    assert summary["window"] == 4
+    assert any(note.startswith("pilot (") and "4 in flight" in note for note in summary["notes"])
     profile = load_profile(out / "profile.json")
     assert all(d.call_cpu_ms > 0 for d in profile.devices) and profile.coordinator_ms > 0
     versus = summary["versus_plan"]

@@ -181,8 +181,9 @@ def test_emulated_devices_are_planned_at_the_speed_their_quota_sustains() -> Non
     common = {"unit_spread_ms": (0.0, 0.0), "threads": 1, "cpu_count": 2,
               "memory_budget_bytes": None, "idle_w": 2.7, "busy_w": 6.4}  # fmt: skip
     emulated = DeviceProfile("pi1", unit_ms=(1.0, 4.0), unit_cpu_ms=(1.0, 1.5), cpus=0.5, **common)
-    # 1 ms of CPU at half a core takes 2 ms sustained; a unit already slower keeps its time.
-    assert emulated.sustained_ms == (2.0, 4.0)
+    # 1 ms of CPU at half a core takes 2 ms sustained. A median wall above CPU / share is a
+    # timing that caught a quota stall (QUOTA_WALL_NOTE), not what a pipeline sustains.
+    assert emulated.sustained_ms == (2.0, 3.0)
     real = DeviceProfile("pi2", unit_ms=(1.0, 4.0), unit_cpu_ms=(1.0, 1.5), cpus=None, **common)
     assert real.sustained_ms == (1.0, 4.0)
 
@@ -283,6 +284,10 @@ def test_timed_stages_replace_the_model_and_calibrate_the_rest() -> None:
     # A real device (no quota): its wall time, sustained and at full speed.
     real = dataclasses.replace(d, cpus=None)
     assert real.stage_costs("fp32", cuts).measured == ((0, 2, 30.0, 30.0),)
+    # Timed under the quota, a stage's median wall caught stalls (79.3 ms for 32.5 ms of CPU):
+    # the quota sustains the CPU over the share, 65 ms, plus its hand-off (QUOTA_WALL_NOTE).
+    stalled = dataclasses.replace(d, stage_timings={"fp32": {"0-2": (79.3, 32.5)}})
+    assert stalled.stage_costs("fp32", cuts).measured == ((0, 2, 69.0, 32.5),)
 
 
 def to_problem_device(d: DeviceProfile, cuts: tuple[int, ...]) -> object:

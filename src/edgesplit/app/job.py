@@ -568,8 +568,7 @@ def execute(
     from edgesplit.errors import RunAborted
 
     config, coordinator = prep.config, connected.coordinator
-    stages = len(chosen.initial)
-    window = config.window or 2 * stages
+    window = run_window(config.window, len(chosen.initial))
     results = _open_log(prep, connected, hooks.command, stack)
     finished = {r.start for r in prep.earlier}
     starts: list[int] = []
@@ -596,7 +595,7 @@ def execute(
         if hooks.on_progress is not None:
             hooks.on_progress(done, prep.total, time.perf_counter() - t0)
 
-    phase(f"running {prep.total} images through {stages} stages")
+    phase(f"running {prep.total} images through {len(chosen.initial)} stages")
     injector: Injector | None = None
     if connected.emulated is not None and prep.injections:
         injector = Injector(connected.emulated, prep.injections).start()
@@ -803,6 +802,11 @@ def write_run(
     return RunOutcome(folder, summary, summary.device_rows, list(summary.notes), layer_counts)
 
 
+def run_window(window: int | None, stages: int) -> int:
+    """Micro-batches a run keeps in flight: ``--window``, or two per stage."""
+    return window or 2 * stages
+
+
 def pilot_source(
     dataset: data.ImageSet, batch_size: int, input_size: int, limit: int | None, raw: bool
 ) -> Iterator[torch.Tensor]:
@@ -836,7 +840,10 @@ def predict_with_pilot(
 
     say("pilot: measuring what a micro-batch costs each process besides its compute")
     try:
-        overheads = pilot.measure(coordinator, initial, source, profile, request.precision)
+        overheads = pilot.measure(
+            coordinator, initial, source, profile, request.precision,
+            run_window(request.window, len(initial)),
+        )  # fmt: skip
     except RunAborted as exc:
         notes.append(f"the pilot run failed ({exc}): the prediction lacks per-call costs")
         return profile, chosen
