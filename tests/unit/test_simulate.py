@@ -99,6 +99,19 @@ def test_the_coordinator_preparation_can_be_the_bottleneck() -> None:
     assert r.steady_ips == pytest.approx(4 * 1000.0 / 32.0, rel=1e-6)
 
 
+def test_per_call_cpu_spends_the_quota_and_the_coordinators_cost_adds_to_its_preparation() -> None:
+    """What the run's pilot measures besides compute and hand-offs costs CPU in the
+    simulation too: a worker's ``call_cpu_ms`` out of its quota, the coordinator's
+    ``coordinator_ms`` beside its preparation."""
+    quota = DeviceCost("q", (40.0,), burst_unit_ms=(10.0,), quota_ms=25.0, call_cpu_ms=5.0)
+    p = dataclasses.replace(problem([[40.0]]), devices=(quota,))
+    r = simulate(SimSpec(p), (("q", 0, 1),), SimConfig(images=800, window=4))
+    assert r.steady_ips == pytest.approx(4 * 1000.0 / 60.0, rel=0.02)  # 15 ms of CPU at 1/4
+    p = problem([[10.0]], prepare_ms=20.0, coordinator_ms=10.0)
+    r = simulate(SimSpec(p), (("d0", 0, 1),), SimConfig(images=400, window=4))
+    assert r.steady_ips == pytest.approx(4 * 1000.0 / 30.0, rel=1e-6)
+
+
 def test_a_cpu_quota_sustains_its_share_and_a_shared_host_divides_its_cores() -> None:
     quota = DeviceCost("q", (40.0,), burst_unit_ms=(10.0,), quota_ms=25.0)
     p = dataclasses.replace(problem([[40.0]]), devices=(quota,))

@@ -3,7 +3,8 @@
 It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated time (ms):
 
 - **Coordinator**: keeps at most ``window`` micro-batches unfinished; for a new one it prepares
-  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.app.job.preparation_ms` times it)
+  it (``prepare_ms`` of CPU: load and encode, as :func:`edgesplit.app.job.preparation_ms` times it,
+  and ``coordinator_ms``, its fixed CPU per micro-batch that the run's pilot measured)
   and uploads it to the current plan's first stage the way ``Run.send`` does: the request's
   latency starts, the coordinator sleeps the declared link's time (the emulated wire), waits
   for the previous upload's RPC to finish, then starts this one's and takes the next request
@@ -17,8 +18,9 @@ It does what :mod:`edgesplit.runtime.runner` and the workers do, on simulated ti
   that encodes and sends an output, one message at a time, while the next job computes. A
   stage's work is, under a CPU quota, its full-speed CPU time (the profile's CPU
   measurement: the quota and the host's sharing are simulated, so a profile taken on a loaded
-  host does not count the load twice), else the planner's sustained time; times a random
-  factor of the device's spread.
+  host does not count the load twice) and the worker's fixed CPU per micro-batch
+  (``call_cpu_ms``, measured by the run's pilot), else the planner's sustained time; times a
+  random factor of the device's spread.
 - **Links**: a transfer holds its sender's link (or the one shared medium) for the declared
   link's time (the wire: ``latency + bytes * 8 / bandwidth``, what the runtime's sender
   sleeps), then for its RPC: the rest of the link's fitted time (probes time wire and RPC
@@ -260,13 +262,20 @@ class _Sim:
         return len(self.plans) - 1
 
     def _work_ms(self, device: str, start: int, end: int) -> float:
-        """A stage job's full-speed work: under a quota its CPU time (:meth:`stage_cpu_ms`;
-        the hand-offs are the other threads' jobs), else the planner's sustained time."""
+        """A stage job's full-speed work: under a quota its CPU time (:meth:`stage_cpu_ms`,
+        the hand-offs are the other threads' jobs) and the worker's fixed CPU per micro-batch
+        (``call_cpu_ms``, what the run's pilot measured besides compute and hand-offs: taking
+        the call, handing it to the compute thread, its records: all of it spends the same
+        quota), else the planner's sustained time (a device with cores of its own does that
+        work beside its compute, as the planner takes it)."""
         key = (device, start, end)
         got = self._stage_cost.get(key)
         if got is None:
             d = self.p.device(device)
-            got = d.stage_cpu_ms(start, end) if d.quota_ms is not None else d.stage_ms(start, end)
+            if d.quota_ms is not None:
+                got = d.stage_cpu_ms(start, end) + d.call_cpu_ms
+            else:
+                got = d.stage_ms(start, end)
             self._stage_cost[key] = got
         return got
 
@@ -292,7 +301,9 @@ class _Sim:
             self.next_new += 1
             self.pending[rid] = _Pending(first_send=math.nan)
             self.coord_state, self.coord_request = "preparing", rid
-            self.coord.work_ms = self.p.prepare_ms
+            # its preparation and its fixed CPU per micro-batch (the pilot's coordinator_ms:
+            # the upload call, taking the result, its records)
+            self.coord.work_ms = self.p.prepare_ms + self.p.coordinator_ms
             if self.coord.work_ms <= 0:
                 self.coord.work_ms = 0.0
                 self._upload(rid)
