@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edgesplit.app.pilot import Overheads, background_cpus, with_overheads
+from edgesplit.app.pilot import Overheads, _Feed, background_cpus, with_overheads
 from edgesplit.metrics import cpu, versus
 from edgesplit.metrics.summary import summarise
 from edgesplit.metrics.table import footer
@@ -177,9 +177,10 @@ def test_the_pilots_background_is_the_hosts_busy_cores_less_the_runs() -> None:
     record: RunRecord = a_record()
     samples = {"pi1": [sample(T0 + 0.5, 0.0, host=80.0)], "pi2": [sample(T0 + 0.6, 0.0, host=60.0)]}
     # median of 80 % and 60 % of 2 cores = 1.4 busy, the run's own 0.9
-    assert background_cpus(samples, 2.0, 0.9, record) == pytest.approx(0.5)
-    assert background_cpus(samples, None, 0.9, record) == 0.0
-    assert background_cpus(samples, 2.0, 3.0, record) == 0.0
+    window = record.started, record.finished
+    assert background_cpus(samples, 2.0, 0.9, *window) == pytest.approx(0.5)
+    assert background_cpus(samples, None, 0.9, *window) == 0.0
+    assert background_cpus(samples, 2.0, 3.0, *window) == 0.0
 
 
 def a_profile(cpus: float | None = None) -> Profile:
@@ -234,3 +235,17 @@ def test_a_real_devices_hand_off_cpu_lengthens_its_links_and_an_emulated_ones_it
     # emulated devices on one host: the link is the wire, the CPU comes out of the quotas
     shared = dataclasses.replace(hop, host_cpus=2.0)
     assert to_problem(shared).link("pi1", "pi2").transfer_ms(mb) == pytest.approx(wire)
+
+
+def test_the_pilot_measures_from_a_full_window_to_its_last_micro_batch() -> None:
+    """The pilot's steady part starts when the window is full (the first micro-batch handed
+    over for a result) and ends with the last one: the filling and draining pipeline, with
+    fewer in flight, costs more per micro-batch and is left out."""
+    feed = _Feed(iter(()), window=2)
+    # (coordinator clock, coordinator CPU) at each micro-batch handed over
+    feed.marks = [(0.0, 0.0), (0.01, 0.1), (0.3, 0.2), (0.5, 0.25), (0.7, 0.3), (1.1, 0.4)]
+    start, end, cpu_s, batches = feed.steady() or (0.0, 0.0, 0.0, 0)
+    assert (start, end, batches) == (0.3, 1.1, 3) and cpu_s == pytest.approx(0.2)
+    feed.marks = feed.marks[:4]  # 0.2 s of steady part: too short to sample
+    assert feed.steady() is None
+    assert _Feed(iter(()), window=6, marks=[(0.0, 0.0)] * 6).steady() is None

@@ -9,8 +9,10 @@ timings do not see any of it, so the default run came out 45 to 60 % under its p
 
 The pilot streams micro-batches of the run's own data through the installed plan with as many
 in flight as the run will have, for :data:`PILOT_S` seconds, and reads every process's CPU time
-over it (CPU time, not wall: waiting in a queue costs none): the coordinator's own process time
-and each worker's from its samples (:mod:`edgesplit.metrics.cpu`). Per micro-batch, what the
+over its steady part, from the first micro-batch handed over for a result to the last (CPU
+time, not wall: waiting in a queue costs none): the coordinator's own process time and each
+worker's from its samples (:mod:`edgesplit.metrics.cpu`), over the micro-batches each finished
+in that time. Per micro-batch, what the
 profile already models (the stage's compute, the hand-offs' per-MB CPU, the coordinator's
 preparation) is subtracted; the rest is ``call_cpu_ms`` of each worker and ``coordinator_ms``
 (:class:`~edgesplit.plan.profile.DeviceProfile`, :class:`~edgesplit.plan.profile.Profile`).
@@ -29,7 +31,7 @@ import logging
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgesplit.metrics.cpu import devices_cpu_s
@@ -40,14 +42,15 @@ if TYPE_CHECKING:
     import torch
 
     from edgesplit.runtime.coordinator import Coordinator
-    from edgesplit.runtime.records import RunRecord
 
 log = logging.getLogger(__name__)
 
 PILOT_S = 1.5
 """How long the pilot streams micro-batches (the workers sample their CPU every 0.2 s)."""
 MIN_BATCHES = 8
-"""Micro-batches the pilot sends at least, however long they take."""
+"""Micro-batches the pilot sends at least after its window is full, however long they take."""
+STEADY_MIN_S = 0.6
+"""The shortest steady part measured on its own (the workers sample their CPU every 0.2 s)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,34 @@ class Overheads:
         )
 
 
-def _feed(source: Iterator[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
-    t0 = time.perf_counter()
-    for i, x in enumerate(source):
-        if i >= MIN_BATCHES and time.perf_counter() - t0 >= PILOT_S:
-            return
-        yield i, x
+@dataclass
+class _Feed:
+    """The pilot's micro-batches, ``window`` in flight: for at least :data:`PILOT_S` seconds
+    and ``window`` + :data:`MIN_BATCHES` micro-batches, marking when each one was handed to the
+    coordinator (its clock, ``time.time()``) and the coordinator's process CPU time then."""
+
+    source: Iterator[torch.Tensor]
+    window: int
+    marks: list[tuple[float, float]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        t0 = time.perf_counter()
+        for i, x in enumerate(self.source):
+            if i >= self.window + MIN_BATCHES and time.perf_counter() - t0 >= PILOT_S:
+                return
+            self.marks.append((time.time(), time.process_time()))
+            yield i, x
+
+    def steady(self) -> tuple[float, float, float, int] | None:
+        """``(start, end, coordinator_cpu_s, batches)`` of the steady part: from the first
+        micro-batch handed over for a result (the window full) to the last one, when
+        ``batches`` results came back; None when that part is too short to sample."""
+        if len(self.marks) <= self.window + 1:
+            return None
+        (t0, c0), (t1, c1) = self.marks[self.window], self.marks[-1]
+        if t1 - t0 < STEADY_MIN_S:
+            return None
+        return t0, t1, c1 - c0, len(self.marks) - 1 - self.window
 
 
 def measure(
@@ -92,40 +117,49 @@ def measure(
 ) -> Overheads:
     """Run the pilot through the installed plan ``stages`` (``(device, start, end)``) with
     micro-batches from ``source`` (prepared as the run prepares them), ``window`` of them in
-    flight (the run's), and subtract what ``profile`` already models. Raises what
-    :meth:`Coordinator.run` raises."""
+    flight (the run's), and subtract what ``profile`` already models from each process's CPU
+    per micro-batch in the pilot's steady part (:meth:`_Feed.steady`; the filling and the
+    draining pipeline has fewer in flight), or over the whole pilot when that is too short.
+    Raises what :meth:`Coordinator.run` raises."""
+    feed = _Feed(source, window)
     cpu0 = time.process_time()
-    record = coordinator.run(_feed(source), window=window)
-    coordinator_s = time.process_time() - cpu0
-    done = len({h.request_id for h in record.hops})
-    if done == 0:
+    record = coordinator.run(iter(feed), window=window)
+    cpu1 = time.process_time()
+    if not record.hops:
         return Overheads(0.0, {}, 0, record.wall_s, window=window)
     names = [d for d, _, _ in stages]
-    worker_s = devices_cpu_s(record.samples, names, record.started, record.finished)
+    steady = feed.steady()
+    if steady is None:
+        start, end = record.started, record.finished
+        coordinator_s, done = cpu1 - cpu0, len({h.request_id for h in record.hops})
+    else:
+        start, end, coordinator_s, done = steady
+    worker_s = devices_cpu_s(record.samples, names, start, end)
     problem = to_problem(profile, precision=precision)
     cuts = boundary_bytes(profile)
     calls = {}
-    for name, start, end in stages:
-        if name not in worker_s:
+    for k, (name, a, b) in enumerate(stages):
+        # the micro-batches this stage finished inside the measured part
+        finished = sum(1 for h in record.hops if h.stage == k and start < h.end <= end)
+        if name not in worker_s or not finished:
             continue
         d = problem.device(name)
-        modelled = d.stage_cpu_ms(start, end) + d.hop_cpu_ms_per_mb / 1e6 * (
-            cuts[start] + cuts[end]
-        )
-        calls[name] = max(0.0, worker_s[name] * 1000.0 / done - modelled)
+        modelled = d.stage_cpu_ms(a, b) + d.hop_cpu_ms_per_mb / 1e6 * (cuts[a] + cuts[b])
+        calls[name] = max(0.0, worker_s[name] * 1000.0 / finished - modelled)
     first = problem.device(stages[0][0])
     upload_cpu = first.hop_cpu_ms_per_mb / 1e6 * cuts[0]
     coordinator_ms = coordinator_s * 1000.0 / done - profile.prepare_ms - upload_cpu
-    ours = (coordinator_s + sum(worker_s.values())) / max(record.wall_s, 1e-9)
-    background = background_cpus(record.samples, profile.host_cpus, ours, record)
-    return Overheads(max(0.0, coordinator_ms), calls, done, record.wall_s, background, window)
+    ours = (coordinator_s + sum(worker_s.values())) / max(end - start, 1e-9)
+    background = background_cpus(record.samples, profile.host_cpus, ours, start, end)
+    return Overheads(max(0.0, coordinator_ms), calls, done, end - start, background, window)
 
 
 def background_cpus(
     samples: Mapping[str, Sequence[Mapping[str, Any]]],
     host_cpus: float | None,
     ours_cpus: float,
-    record: RunRecord,
+    started: float,
+    finished: float,
 ) -> float:
     """Cores of a shared host busy with work that is not the run's: the host's busy cores
     (each worker samples the whole host's ``cpu_percent``; the median over workers of their
@@ -134,11 +168,7 @@ def background_cpus(
         return 0.0
     means = []
     for got in samples.values():
-        inside = [
-            float(s["cpu_percent"])
-            for s in got
-            if record.started < float(s["t"]) <= record.finished
-        ]
+        inside = [float(s["cpu_percent"]) for s in got if started < float(s["t"]) <= finished]
         if inside:
             means.append(statistics.fmean(inside))
     if not means:
