@@ -96,7 +96,9 @@ def probe_case(rate_mbps: float, devices: int, cpus: float, hosts: bool = True) 
 
 
 def uploaded_bytes(cluster: EmulatedCluster) -> int | None:
-    """Bytes the kernel sent from the coordinator to the devices (their HTB class 1:2)."""
+    """Bytes the kernel sent from the coordinator to the devices (their HTB class 1:2): the
+    whole job's, so the profile's link probes, the stage models and the pilot's images too,
+    not only the run's uploads."""
     if cluster.network is None:
         return None
     layout, total = cluster.network.layout, 0
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                     "predicted img/s",
                     "measured img/s",
                     "measured/predicted",
-                    "coord->device wire bytes / upload payload",
+                    "coordinator wire bytes / run upload",
                 ],
                 [
                     [
